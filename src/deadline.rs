@@ -1,0 +1,151 @@
+//! The retry schedule shared by every file-based primitive: attempt at
+//! once, then every `check_interval` (jittered) until the deadline, with a
+//! last attempt at the deadline itself.
+
+use std::cell::Cell;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// The shortest pause between attempts, so a zero interval never spins.
+pub(crate) const MIN_PAUSE: Duration = Duration::from_millis(1);
+
+/// Paces the attempts of one acquisition.
+#[derive(Debug)]
+pub(crate) struct Schedule {
+    deadline: Instant,
+    interval: Duration,
+    next: Instant,
+}
+
+impl Schedule {
+    /// Starts the clock now.
+    pub(crate) fn new(timeout: Duration, interval: Duration) -> Self {
+        let now = Instant::now();
+        Self {
+            deadline: now.checked_add(timeout).unwrap_or_else(far_future),
+            interval,
+            next: now,
+        }
+    }
+
+    /// Sleeps until the next attempt is due. Returns `false`, without
+    /// sleeping, once the deadline has passed: no attempt is left.
+    ///
+    /// Targets are fixed (start + jittered multiples of the interval), so
+    /// the time an attempt takes does not stretch the schedule; each pause
+    /// is at least [`MIN_PAUSE`] and the last target is the deadline.
+    pub(crate) async fn wait(&mut self) -> bool {
+        let now = Instant::now();
+        if now >= self.deadline {
+            return false;
+        }
+        self.next = self.next_target(now);
+        tokio::time::sleep_until(self.next).await;
+        true
+    }
+
+    fn next_target(&self, now: Instant) -> Instant {
+        let step = jittered(self.interval);
+        let target = (self.next + step).max(now + MIN_PAUSE);
+        target.min(self.deadline.max(now + MIN_PAUSE))
+    }
+}
+
+fn far_future() -> Instant {
+    // About 30 years, as tokio does for "never".
+    Instant::now() + Duration::from_secs(86400 * 365 * 30)
+}
+
+/// `interval` scaled by a random factor in [0.5, 1.5), so contenders that
+/// started together drift apart (upstream #101) while the mean pace stays
+/// `interval`.
+pub(crate) fn jittered(interval: Duration) -> Duration {
+    let unit = (random_u64() >> 11) as f64 / (1u64 << 53) as f64; // [0, 1)
+    interval.mul_f64(0.5 + unit)
+}
+
+/// A fast per-thread pseudo-random generator (xorshift64*), seeded from
+/// std's randomly keyed hasher. Not for secrets: only for jitter.
+pub(crate) fn random_u64() -> u64 {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut h = RandomState::new().build_hasher();
+            h.write_u64(u64::from(std::process::id()));
+            h.finish() | 1
+        });
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_half_and_one_and_a_half() {
+        let i = Duration::from_millis(100);
+        let mut lo = Duration::MAX;
+        let mut hi = Duration::ZERO;
+        for _ in 0..10_000 {
+            let j = jittered(i);
+            lo = lo.min(j);
+            hi = hi.max(j);
+        }
+        assert!(lo >= Duration::from_millis(50), "{lo:?}");
+        assert!(hi < Duration::from_millis(150), "{hi:?}");
+        // Really random: the spread covers most of the range.
+        assert!(hi - lo > Duration::from_millis(80), "{lo:?}..{hi:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_timeout_allows_no_wait() {
+        let mut s = Schedule::new(Duration::ZERO, Duration::from_millis(250));
+        assert!(!s.wait().await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attempts_until_and_at_the_deadline() {
+        let start = Instant::now();
+        let mut s = Schedule::new(Duration::from_secs(1), Duration::from_millis(250));
+        let mut times = vec![Duration::ZERO];
+        while s.wait().await {
+            times.push(start.elapsed());
+        }
+        // About 1 s / 250 ms attempts after the first, the last at the deadline.
+        assert!((3..=9).contains(&times.len()), "{times:?}");
+        assert_eq!(*times.last().unwrap(), Duration::from_secs(1), "{times:?}");
+        for w in times.windows(2) {
+            let gap = w[1] - w[0];
+            assert!(gap >= MIN_PAUSE, "{times:?}");
+            assert!(gap < Duration::from_millis(375), "{times:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_interval_never_spins() {
+        let start = Instant::now();
+        let mut s = Schedule::new(Duration::from_millis(10), Duration::ZERO);
+        let mut n = 0;
+        while s.wait().await {
+            n += 1;
+        }
+        assert!(n <= 10, "{n} attempts in 10 ms");
+        assert_eq!(start.elapsed(), Duration::from_millis(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn huge_timeout_does_not_overflow() {
+        let mut s = Schedule::new(Duration::MAX, Duration::from_millis(1));
+        assert!(s.wait().await);
+    }
+}

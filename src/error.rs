@@ -1,0 +1,396 @@
+//! The crate's error type.
+//!
+//! Every lock operation returns [`Error`], an opaque struct with a
+//! [`kind()`](Error::kind), predicates for the common questions
+//! ([`is_already_locked()`](Error::is_already_locked),
+//! [`is_lock_lost()`](Error::is_lock_lost)) and context accessors
+//! ([`path()`](Error::path), [`holder_pid()`](Error::holder_pid)). The
+//! underlying OS error, when there is one, is the error's
+//! [`source()`](std::error::Error::source).
+//!
+//! # Mapping to Python portalocker
+//!
+//! | Python | [`ErrorKind`] |
+//! | --- | --- |
+//! | `AlreadyLocked` | [`ErrorKind::AlreadyLocked`] |
+//! | `LockLostError` | [`ErrorKind::LockLost`] |
+//! | `LockException` (backend failure, e.g. `ENOLCK`) | [`ErrorKind::Io`] |
+//! | raw `OSError` from opening the file | [`ErrorKind::Io`] |
+//! | `RuntimeError` / `ValueError` for invalid flags or arguments | [`ErrorKind::InvalidInput`] |
+//! | `LockException('Already locked')` and other misuse | [`ErrorKind::InvalidInput`] |
+//!
+//! # Conversion to `std::io::Error`
+//!
+//! `From<Error> for std::io::Error` keeps the meaning in the
+//! [`io::ErrorKind`](std::io::ErrorKind), and the original [`Error`] stays
+//! reachable through [`io::Error::get_ref`](std::io::Error::get_ref):
+//!
+//! | [`ErrorKind`] | `io::ErrorKind` |
+//! | --- | --- |
+//! | `AlreadyLocked` | `WouldBlock` |
+//! | `LockLost` | `ConnectionAborted` |
+//! | `Io` | the kind of the underlying OS error |
+//! | `InvalidInput` | `InvalidInput` |
+//! | `Redis` | `Other` |
+
+use std::borrow::Cow;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// A `Result` whose error defaults to [`portalocker::Error`](Error).
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, in broad strokes. See [`Error::kind`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The lock is held by someone else: at the deadline, or at once with
+    /// `fail_when_locked` or `try_acquire`.
+    AlreadyLocked,
+    /// A held lock was revoked (a Redis lock whose subscription died).
+    LockLost,
+    /// An operating-system error: opening, locking, unlocking, writing or
+    /// removing a file.
+    Io,
+    /// A Redis command or connection failed.
+    Redis,
+    /// The arguments cannot work: invalid flags, an empty path, a path
+    /// with a NUL byte, a zero-slot semaphore, a symlink where a lock file
+    /// should be, misuse of an API.
+    InvalidInput,
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::AlreadyLocked => "already locked",
+            Self::LockLost => "lock lost",
+            Self::Io => "I/O error",
+            Self::Redis => "Redis error",
+            Self::InvalidInput => "invalid input",
+        })
+    }
+}
+
+/// The error type of every lock operation in this crate.
+///
+/// `Display` names the operation, the path (or channel) and the reason,
+/// for example `failed to lock "/run/app.lock": already locked by another
+/// process`.
+pub struct Error {
+    inner: Box<Inner>,
+}
+
+struct Inner {
+    kind: ErrorKind,
+    /// What was being done, e.g. "failed to lock".
+    op: Cow<'static, str>,
+    path: Option<PathBuf>,
+    channel: Option<String>,
+    holder_pid: Option<u32>,
+    /// Why it failed, in words.
+    reason: Cow<'static, str>,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl Error {
+    pub(crate) fn new(kind: ErrorKind, op: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            inner: Box::new(Inner {
+                kind,
+                op: op.into(),
+                path: None,
+                channel: None,
+                holder_pid: None,
+                reason: Cow::Borrowed(""),
+                source: None,
+            }),
+        }
+    }
+
+    pub(crate) fn with_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.inner.path = Some(path.into());
+        self
+    }
+
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn with_channel(mut self, channel: impl Into<String>) -> Self {
+        self.inner.channel = Some(channel.into());
+        self
+    }
+
+    pub(crate) fn with_reason(mut self, reason: impl Into<Cow<'static, str>>) -> Self {
+        self.inner.reason = reason.into();
+        self
+    }
+
+    #[allow(dead_code)] // set by the pid-file lock
+    pub(crate) fn with_holder_pid(mut self, pid: Option<u32>) -> Self {
+        self.inner.holder_pid = pid;
+        self
+    }
+
+    pub(crate) fn with_source(
+        mut self,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        self.inner.source = Some(source.into());
+        self
+    }
+
+    /// Contention: `op` on `path` failed because another holder has it.
+    pub(crate) fn already_locked(op: &'static str, path: Option<&Path>) -> Self {
+        let e = Self::new(ErrorKind::AlreadyLocked, op)
+            .with_reason("already locked by another process");
+        match path {
+            Some(p) => e.with_path(p),
+            None => e,
+        }
+    }
+
+    /// An OS error while doing `op` on `path`; the reason is the OS error's
+    /// text unless the error is one we can explain better.
+    pub(crate) fn io(op: &'static str, path: Option<&Path>, err: io::Error) -> Self {
+        let kind = if err.kind() == io::ErrorKind::InvalidInput {
+            ErrorKind::InvalidInput
+        } else {
+            ErrorKind::Io
+        };
+        let reason = explain_io(&err);
+        let e = Self::new(kind, op).with_reason(reason).with_source(err);
+        match path {
+            Some(p) => e.with_path(p),
+            None => e,
+        }
+    }
+
+    /// Arguments that cannot work.
+    pub(crate) fn invalid(op: &'static str, reason: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorKind::InvalidInput, op).with_reason(reason)
+    }
+
+    /// The broad category of this error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use portalocker::{ErrorKind, LockFlags};
+    ///
+    /// let file = tempfile::tempfile()?;
+    /// let err = portalocker::lock(&file, LockFlags::SHARED | LockFlags::EXCLUSIVE).unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn kind(&self) -> ErrorKind {
+        self.inner.kind
+    }
+
+    /// Whether the lock is held elsewhere (Python's `AlreadyLocked`).
+    ///
+    /// This is the error of an `acquire` whose timeout ran out while the
+    /// lock stayed busy, and of a `try_acquire` or `fail_when_locked`
+    /// attempt that met a holder.
+    pub fn is_already_locked(&self) -> bool {
+        self.inner.kind == ErrorKind::AlreadyLocked
+    }
+
+    /// Whether a held lock was revoked (Python's `LockLostError`).
+    pub fn is_lock_lost(&self) -> bool {
+        self.inner.kind == ErrorKind::LockLost
+    }
+
+    /// The pid of the current holder, when a [`PidFileLock`] could read it
+    /// from the pid file. Every other lock leaves this `None`: the pid is
+    /// diagnostic only and says who *wrote* the file, not whether that
+    /// process is still alive.
+    ///
+    /// [`PidFileLock`]: crate::PidFileLock
+    pub fn holder_pid(&self) -> Option<u32> {
+        self.inner.holder_pid
+    }
+
+    /// The file concerned, when there is one.
+    pub fn path(&self) -> Option<&Path> {
+        self.inner.path.as_deref()
+    }
+
+    /// The Redis channel concerned, for errors of the Redis lock.
+    pub fn channel(&self) -> Option<&str> {
+        self.inner.channel.as_deref()
+    }
+
+    /// The operating-system error behind this one, if any.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let err = portalocker::Lock::new("/nonexistent-dir/app.lock")
+    ///     .try_acquire()
+    ///     .await
+    ///     .unwrap_err();
+    /// assert_eq!(err.io_error().unwrap().kind(), std::io::ErrorKind::NotFound);
+    /// # }
+    /// ```
+    pub fn io_error(&self) -> Option<&io::Error> {
+        self.inner.source.as_deref().and_then(|s| s.downcast_ref())
+    }
+}
+
+fn explain_io(err: &io::Error) -> Cow<'static, str> {
+    #[cfg(unix)]
+    if err.raw_os_error() == Some(libc::ELOOP) {
+        return Cow::Borrowed("the path is a symbolic link, which is never followed");
+    }
+    Cow::Owned(err.to_string())
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &self.inner;
+        f.write_str(&i.op)?;
+        if let Some(path) = &i.path {
+            write!(f, " {path:?}")?;
+        } else if let Some(channel) = &i.channel {
+            write!(f, " on channel {channel:?}")?;
+        }
+        if !i.reason.is_empty() {
+            write!(f, ": {}", i.reason)?;
+        }
+        if let Some(pid) = i.holder_pid {
+            write!(f, " (holder pid {pid})")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &self.inner;
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &i.kind).field("message", &self.to_string());
+        if let Some(source) = &i.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner
+            .source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(err: Error) -> Self {
+        let kind = match err.kind() {
+            ErrorKind::AlreadyLocked => io::ErrorKind::WouldBlock,
+            ErrorKind::LockLost => io::ErrorKind::ConnectionAborted,
+            ErrorKind::InvalidInput => io::ErrorKind::InvalidInput,
+            ErrorKind::Io => err
+                .io_error()
+                .map_or(io::ErrorKind::Other, io::Error::kind),
+            ErrorKind::Redis => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_names_path_and_reason() {
+        let e = Error::already_locked("failed to lock", Some(Path::new("/run/app.lock")));
+        assert_eq!(
+            e.to_string(),
+            "failed to lock \"/run/app.lock\": already locked by another process"
+        );
+        let e = e.with_holder_pid(Some(42));
+        assert_eq!(
+            e.to_string(),
+            "failed to lock \"/run/app.lock\": already locked by another process (holder pid 42)"
+        );
+        assert_eq!(e.holder_pid(), Some(42));
+    }
+
+    #[test]
+    fn io_errors_keep_source_and_kind() {
+        let os = io::Error::from(io::ErrorKind::PermissionDenied);
+        let e = Error::io("failed to open lock file", Some(Path::new("/x")), os);
+        assert_eq!(e.kind(), ErrorKind::Io);
+        assert_eq!(e.path(), Some(Path::new("/x")));
+        assert!(std::error::Error::source(&e).is_some());
+        assert_eq!(e.io_error().unwrap().kind(), io::ErrorKind::PermissionDenied);
+        let io: io::Error = e.into();
+        assert_eq!(io.kind(), io::ErrorKind::PermissionDenied);
+        let back = io.get_ref().unwrap().downcast_ref::<Error>().unwrap();
+        assert_eq!(back.kind(), ErrorKind::Io);
+    }
+
+    #[test]
+    fn io_invalid_input_is_invalid_input() {
+        let os = io::Error::new(io::ErrorKind::InvalidInput, "nul byte");
+        let e = Error::io("failed to open lock file", None, os);
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn eloop_is_explained() {
+        let os = io::Error::from_raw_os_error(libc::ELOOP);
+        let e = Error::io("failed to open lock file", Some(Path::new("/l")), os);
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+    }
+
+    #[test]
+    fn io_error_mapping() {
+        let cases = [
+            (
+                Error::already_locked("failed to lock", None),
+                io::ErrorKind::WouldBlock,
+            ),
+            (
+                Error::new(ErrorKind::LockLost, "lock lost"),
+                io::ErrorKind::ConnectionAborted,
+            ),
+            (
+                Error::invalid("bad flags", "why"),
+                io::ErrorKind::InvalidInput,
+            ),
+            (
+                Error::new(ErrorKind::Redis, "redis"),
+                io::ErrorKind::Other,
+            ),
+            (Error::new(ErrorKind::Io, "no source"), io::ErrorKind::Other),
+        ];
+        for (err, want) in cases {
+            let kind = err.kind();
+            let io: io::Error = err.into();
+            assert_eq!(io.kind(), want, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn predicates() {
+        let e = Error::already_locked("x", None);
+        assert!(e.is_already_locked() && !e.is_lock_lost());
+        let e = Error::new(ErrorKind::LockLost, "x").with_channel("jobs");
+        assert!(e.is_lock_lost() && !e.is_already_locked());
+        assert_eq!(e.channel(), Some("jobs"));
+        assert_eq!(e.to_string(), "x on channel \"jobs\"");
+    }
+
+    #[test]
+    fn error_is_send_sync_static() {
+        fn check<T: Send + Sync + 'static + std::error::Error>() {}
+        check::<Error>();
+    }
+}

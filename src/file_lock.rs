@@ -1,0 +1,210 @@
+//! The low-level, synchronous lock functions and the file helpers every
+//! file-based primitive shares.
+//!
+//! # Notes on file locks
+//!
+//! * Locks are **advisory**: they exclude only other lockers. A process
+//!   that ignores the lock can still read and write the file.
+//! * On Unix the lock is `flock(2)` (through std's `File::lock` family), the
+//!   same lock Python portalocker takes by default, so Rust and Python
+//!   processes exclude each other on the same file.
+//! * A `flock` lock belongs to the *open file description*: two separate
+//!   opens of one path conflict even inside one process, while `dup`ed or
+//!   `try_clone`d handles share one lock. The lock goes away on explicit
+//!   unlock or when the last handle to the description closes, which
+//!   includes the death of the process.
+//! * `flock` and `fcntl`/`lockf` record locks do not see each other on
+//!   Linux. On NFS, `flock` is emulated with byte-range locks and a client
+//!   cut off past its lease can lose a lock without noticing: this crate
+//!   promises nothing on network filesystems.
+//!
+//! # Blocking
+//!
+//! [`lock`] without [`LockFlags::NON_BLOCKING`] waits inside the kernel.
+//! Call it from synchronous code or `spawn_blocking`, never on an async
+//! worker thread. The async locks of this crate never do.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::flags::{LockFlags, Mode, Operation};
+
+/// Locks `file` with `flags`, the way Python's `portalocker.lock` does.
+///
+/// * `EXCLUSIVE` or `SHARED` waits in the kernel until the lock is granted.
+/// * With `NON_BLOCKING` added, a busy lock is reported at once as an
+///   error for which [`Error::is_already_locked`] is true.
+/// * `UNBLOCK` alone unlocks, as `flock(LOCK_UN)` does.
+///
+/// A wait interrupted by a signal is resumed.
+///
+/// # Errors
+///
+/// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for an
+/// invalid flag set (see [`LockFlags`]), [`ErrorKind::AlreadyLocked`](crate::ErrorKind::AlreadyLocked)
+/// for contention with `NON_BLOCKING`, [`ErrorKind::Io`](crate::ErrorKind::Io)
+/// when the OS cannot lock the file (e.g. `ENOLCK`).
+///
+/// # Differences from portalocker
+///
+/// Python 4.2+ rejects `UNBLOCK`; here `UNBLOCK` alone unlocks, as in
+/// `flock(2)` and the 2.x API. `UNBLOCK` mixed with a lock bit is rejected.
+///
+/// # Examples
+///
+/// ```
+/// use portalocker::{lock, unlock, LockFlags};
+///
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("app.lock");
+/// let a = std::fs::File::create(&path)?;
+/// let b = std::fs::File::open(&path)?;
+///
+/// lock(&a, LockFlags::EXCLUSIVE | LockFlags::NON_BLOCKING)?;
+/// let err = lock(&b, LockFlags::SHARED | LockFlags::NON_BLOCKING).unwrap_err();
+/// assert!(err.is_already_locked());
+/// unlock(&a)?;
+/// lock(&b, LockFlags::SHARED | LockFlags::NON_BLOCKING)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn lock(file: &File, flags: LockFlags) -> Result<()> {
+    match flags.operation()? {
+        Operation::Unlock => unlock(file),
+        Operation::Lock {
+            mode,
+            non_blocking: true,
+        } => match try_lock(file, mode) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::already_locked("failed to lock file", None)),
+            Err(e) => Err(Error::io("failed to lock file", None, e)),
+        },
+        Operation::Lock {
+            mode,
+            non_blocking: false,
+        } => loop {
+            let r = match mode {
+                Mode::Exclusive => file.lock(),
+                Mode::Shared => file.lock_shared(),
+            };
+            match r {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io("failed to lock file", None, e)),
+            }
+        },
+    }
+}
+
+/// Unlocks `file` (`flock(LOCK_UN)`). Unlocking a file that is not locked
+/// succeeds.
+///
+/// # Errors
+///
+/// [`ErrorKind::Io`](crate::ErrorKind::Io) when the OS refuses; never
+/// `AlreadyLocked`.
+pub fn unlock(file: &File) -> Result<()> {
+    file.unlock()
+        .map_err(|e| Error::io("failed to unlock file", None, e))
+}
+
+/// One non-blocking attempt. `Ok(false)` means contention.
+pub(crate) fn try_lock(file: &File, mode: Mode) -> io::Result<bool> {
+    let r = match mode {
+        Mode::Exclusive => file.try_lock(),
+        Mode::Shared => file.try_lock_shared(),
+    };
+    match r {
+        Ok(()) => Ok(true),
+        Err(TryLockError::WouldBlock) => Ok(false),
+        Err(TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// How a lock file is opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OpenMode {
+    /// Read + append, like Python's `'a'` (plus read access).
+    Append,
+    /// Read + write without `O_APPEND`; the caller truncates once locked
+    /// (Python's `'w'`, rewritten to `'a'` and truncated after locking).
+    Write,
+}
+
+/// Permission bits of created lock files, before the umask: never
+/// world-writable.
+pub(crate) const LOCK_FILE_MODE: u32 = 0o664;
+
+/// Opens (creating if needed) a lock file without following a symlink at
+/// the final component and without blocking on a FIFO, and checks that it
+/// is a regular file. The descriptor is close-on-exec (std always sets
+/// `O_CLOEXEC`).
+pub(crate) fn open_lock_file(path: &Path, mode: OpenMode) -> io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.read(true).create(true);
+    match mode {
+        OpenMode::Append => o.append(true),
+        OpenMode::Write => o.write(true),
+    };
+    sys::harden(&mut o, LOCK_FILE_MODE);
+    let file = o.open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(file)
+}
+
+/// Whether the open `file` is still the file at `path` (same device and
+/// inode; the symlink itself if `path` is one). A missing path is "no".
+pub(crate) fn is_same_file(file: &File, path: &Path) -> io::Result<bool> {
+    let at_path = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let open = file.metadata()?;
+    Ok(sys::same_identity(&open, &at_path))
+}
+
+/// Rejects paths that can never name a lock file, before any I/O.
+pub(crate) fn check_path(op: &'static str, path: &Path) -> Result<()> {
+    if path.as_os_str().is_empty() {
+        return Err(Error::invalid(op, "the path is empty"));
+    }
+    if path.as_os_str().as_encoded_bytes().contains(&0) {
+        return Err(Error::invalid(op, "the path contains a NUL byte").with_path(path));
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+mod sys {
+    use std::fs::{Metadata, OpenOptions};
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+
+    pub(super) fn harden(o: &mut OpenOptions, mode: u32) {
+        o.mode(mode).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    }
+
+    pub(super) fn same_identity(a: &Metadata, b: &Metadata) -> bool {
+        a.dev() == b.dev() && a.ino() == b.ino()
+    }
+}
+
+#[cfg(not(unix))]
+mod sys {
+    use std::fs::{Metadata, OpenOptions};
+
+    pub(super) fn harden(_o: &mut OpenOptions, _mode: u32) {}
+
+    // A locked file cannot be removed or replaced on Windows, so the
+    // identity check is not needed there (spec §2.6).
+    pub(super) fn same_identity(_a: &Metadata, _b: &Metadata) -> bool {
+        true
+    }
+}

@@ -1,0 +1,105 @@
+//! Async-first cross-process locks for Tokio, compatible with Python's
+//! [portalocker](https://pypi.org/project/portalocker/).
+//!
+//! | Primitive | Use it for |
+//! | --- | --- |
+//! | [`Lock`] | one holder at a time across processes, with a timeout |
+//! | [`RLock`] | the same, re-entrant for one owner (nested acquisitions) |
+//! | [`lock`] / [`unlock`] | the raw, synchronous `flock` on a file you opened |
+//!
+//! Every lock here is an advisory `flock(2)` lock, the one Python
+//! portalocker takes, so Rust and Python processes exclude each other on
+//! the same file.
+//!
+//! # Quick start
+//!
+//! ```
+//! use std::time::Duration;
+//! use portalocker::Lock;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> portalocker::Result<()> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let path = dir.path().join("app.lock");
+//! let lock = Lock::new(&path).timeout(Duration::from_secs(2));
+//!
+//! tokio::select! {
+//!     guard = lock.acquire() => {
+//!         let guard = guard?;
+//!         // ... critical section: no other process holds the lock ...
+//!         guard.release().await?;
+//!     }
+//!     _ = tokio::time::sleep(Duration::from_secs(1)) => {
+//!         // Cancelled: nothing is left locked or open.
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Cancel safety
+//!
+//! | Future | Cancel safe | Dropping it leaves |
+//! | --- | --- | --- |
+//! | [`Lock::acquire`], [`Lock::try_acquire`] | yes | no lock; its descriptor closed |
+//! | [`RLock::acquire`] | yes | no lock, the count unchanged |
+//! | [`LockGuard::release`], [`RLockGuard::release`] | yes | the lock released as on drop |
+//!
+//! Waiting never blocks a runtime thread: each attempt is a non-blocking
+//! `flock`, the pauses are [`tokio::time`] sleeps, and only opening a file
+//! runs on the blocking pool.
+//!
+//! # Platform notes
+//!
+//! * **Advisory only.** A process that does not lock can still read and
+//!   write the file. Anyone who can open the lock file can take the lock,
+//!   so its permissions are part of its safety.
+//! * **`flock` semantics.** The lock belongs to the open file description:
+//!   two opens of one path conflict even in one process. It is released on
+//!   unlock, or when the last descriptor closes, including at process
+//!   death (`kill -9` frees it). Files are opened close-on-exec, so a child
+//!   started with `exec` never inherits a lock.
+//! * **NFS, SMB, FUSE.** `flock` there is emulated or local-only; this
+//!   crate promises nothing on network filesystems.
+//! * **Unix first.** Locks use std's `File::lock` family (`flock` on Unix,
+//!   `LockFileEx` on Windows); the symlink and FIFO protections are Unix
+//!   only.
+//!
+//! # Differences from portalocker
+//!
+//! * Guards own locks: dropping the [`Lock`] value releases nothing, and
+//!   dropping a guard releases (portalocker needs an explicit `release` or
+//!   a `with` block). `release().await` reports errors, like
+//!   `raise_on_release_error=True`.
+//! * Lock files are opened without following symlinks and never block on a
+//!   FIFO; created files are never world-writable (`0o664` before umask).
+//! * The retry pauses are jittered and the last attempt is made at the
+//!   deadline; a zero timeout makes exactly one attempt, as in Python.
+//! * [`LockFlags::UNBLOCK`] alone unlocks in [`lock`] (as `flock(2)` and the
+//!   2.x API); Python 4.2+ rejects it.
+//! * `FileToLarge` does not exist: it was never raised.
+//!
+//! # Feature flags
+//!
+//! * `redis`: re-exports [`redis`](https://docs.rs/redis) (redis-rs 1.x)
+//!   for the Redis lock.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![cfg_attr(not(test), deny(clippy::panic))]
+#![doc(test(attr(deny(warnings))))]
+
+mod deadline;
+mod error;
+mod file_lock;
+mod flags;
+mod lock;
+mod rlock;
+
+pub use error::{Error, ErrorKind, Result};
+pub use file_lock::{lock, unlock};
+pub use flags::{LockFlags, LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN};
+pub use lock::{Lock, LockGuard, DEFAULT_CHECK_INTERVAL, DEFAULT_TIMEOUT};
+pub use rlock::{RLock, RLockGuard};
+
+/// redis-rs, re-exported so that users name the same `redis::Client`.
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis;

@@ -1,0 +1,530 @@
+//! [`Lock`]: a cross-process file lock with a timeout.
+//!
+//! A [`Lock`] is a cheap description (a path and options): nothing is
+//! opened or locked until [`acquire`](Lock::acquire). Acquiring returns a
+//! [`LockGuard`] that owns the locked file; dropping the guard or calling
+//! [`release`](LockGuard::release) unlocks it.
+//!
+//! # How waiting works
+//!
+//! Every attempt is a non-blocking `flock(LOCK_NB)`, which never blocks a
+//! thread. Only opening the file can block (a slow disk, NFS), so the open
+//! runs on Tokio's blocking pool with [`spawn_blocking`]; the attempts and
+//! the waiting between them happen on the calling task with
+//! [`tokio::time`]. A runtime thread is never blocked.
+//!
+//! A `Lock` keeps the descriptor of its last released lock open (unlocked)
+//! and reuses it for the next acquisition, so a steady-state
+//! acquire/release pair costs two `flock` calls and two `stat`s, not an
+//! `open` and a thread hop. Before a reused (or long-waited-on) descriptor
+//! is trusted, its device and inode are compared with the file now at the
+//! path: a lock on a file that was deleted or replaced in the meantime is
+//! dropped and the path opened afresh, so two holders can never each
+//! believe they hold the lock. Dropping every clone of the `Lock` and every
+//! guard closes the cached descriptor.
+//!
+//! [`spawn_blocking`]: tokio::task::spawn_blocking
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom};
+use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+
+use crate::deadline::Schedule;
+use crate::error::{Error, Result};
+use crate::file_lock::{self, OpenMode};
+use crate::flags::{LockFlags, Mode, Operation};
+
+/// Python portalocker's `DEFAULT_TIMEOUT`: 5 s.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Python portalocker's `DEFAULT_CHECK_INTERVAL`: 250 ms.
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+const OP_LOCK: &str = "failed to lock";
+const OP_OPEN: &str = "failed to open lock file";
+
+/// The retry options every file-based lock shares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Options {
+    pub(crate) timeout: Duration,
+    pub(crate) check_interval: Duration,
+    pub(crate) fail_when_locked: bool,
+    pub(crate) flags: LockFlags,
+    pub(crate) truncate: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            timeout: DEFAULT_TIMEOUT,
+            check_interval: DEFAULT_CHECK_INTERVAL,
+            fail_when_locked: false,
+            flags: LockFlags::EXCLUSIVE | LockFlags::NON_BLOCKING,
+            truncate: false,
+        }
+    }
+}
+
+impl Options {
+    fn mode(&self) -> Result<Mode> {
+        match self.flags.operation()? {
+            Operation::Lock { mode, .. } => Ok(mode),
+            Operation::Unlock => Err(Error::invalid(
+                "invalid lock flags",
+                "UNBLOCK is not a lock mode; use SHARED or EXCLUSIVE",
+            )),
+        }
+    }
+
+    fn open_mode(&self) -> OpenMode {
+        if self.truncate {
+            OpenMode::Write
+        } else {
+            OpenMode::Append
+        }
+    }
+}
+
+/// A cross-process lock on a file, with a timeout.
+///
+/// `Lock::new(path)` has Python portalocker's defaults: timeout 5 s, check
+/// interval 250 ms, `fail_when_locked` false, an exclusive lock, the file
+/// opened for append (and read) and created if missing. The path is made
+/// absolute against the current directory when the `Lock` is created, so a
+/// later `chdir` cannot redirect it.
+///
+/// Clones are cheap and equivalent; each [`acquire`](Self::acquire) is a
+/// separate owner, so two acquisitions contend even when they use the same
+/// `Lock`, as two processes would.
+///
+/// # Differences from portalocker
+///
+/// * The lock file is opened with `O_NOFOLLOW` and `O_NONBLOCK`: a symlink
+///   at the path is refused (never followed, never truncated through) and a
+///   FIFO never hangs the open; anything but a regular file is an error.
+/// * Created lock files get mode `0o664` (minus the umask), never
+///   world-writable.
+/// * After waiting, a last attempt is made at the deadline itself, and the
+///   pauses are jittered (0.5–1.5 × `check_interval`).
+/// * Re-acquiring through the same `Lock` while a guard is alive contends
+///   instead of returning the same handle: guards, not the `Lock`, own
+///   locks. Use [`RLock`](crate::RLock) for re-entrancy.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use portalocker::Lock;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> portalocker::Result<()> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let path = dir.path().join("app.lock");
+/// let lock = Lock::new(&path).timeout(Duration::from_secs(1));
+/// let guard = lock.acquire().await?;
+///
+/// // A second owner cannot get it while the guard lives.
+/// assert!(lock.try_acquire().await.unwrap_err().is_already_locked());
+///
+/// guard.release().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Lock {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    opts: Options,
+    /// An open, unlocked descriptor of the lock file, kept for reuse.
+    idle: Mutex<Option<File>>,
+    reuse: bool,
+}
+
+impl Lock {
+    /// A lock on `path` with portalocker's defaults. No I/O happens here.
+    pub fn new(path: impl AsRef<Path>) -> Self {
+        Self::with_options(absolute(path.as_ref()), Options::default(), true)
+    }
+
+    pub(crate) fn with_options(path: PathBuf, opts: Options, reuse: bool) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                path,
+                opts,
+                idle: Mutex::new(None),
+                reuse,
+            }),
+        }
+    }
+
+    fn map(self, f: impl FnOnce(&mut Options)) -> Self {
+        let mut opts = self.inner.opts;
+        f(&mut opts);
+        Self::with_options(self.inner.path.clone(), opts, self.inner.reuse)
+    }
+
+    /// How long [`acquire`](Self::acquire) waits for a busy lock
+    /// (default 5 s). Zero makes exactly one attempt.
+    pub fn timeout(self, timeout: Duration) -> Self {
+        self.map(|o| o.timeout = timeout)
+    }
+
+    /// The mean pause between attempts while waiting (default 250 ms). Each
+    /// pause is jittered to 0.5–1.5 × this value and is at least 1 ms.
+    pub fn check_interval(self, interval: Duration) -> Self {
+        self.map(|o| o.check_interval = interval)
+    }
+
+    /// Fail at the first busy attempt instead of waiting (default false).
+    pub fn fail_when_locked(self, yes: bool) -> Self {
+        self.map(|o| o.fail_when_locked = yes)
+    }
+
+    /// [`LockFlags::SHARED`] or [`LockFlags::EXCLUSIVE`] (the default);
+    /// `NON_BLOCKING` is implied and may be included. Any other set makes
+    /// `acquire` fail with [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput).
+    pub fn flags(self, flags: LockFlags) -> Self {
+        self.map(|o| o.flags = flags)
+    }
+
+    /// Empty the file once the lock is held (portalocker's `'w'` mode). The
+    /// file is never truncated before the lock is ours, and the guard then
+    /// writes at its position rather than appending.
+    pub fn truncate(self, yes: bool) -> Self {
+        self.map(|o| o.truncate = yes)
+    }
+
+    /// The absolute path of the lock file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Acquires the lock, waiting up to the configured timeout.
+    ///
+    /// The first attempt is made at once. While the lock is busy the
+    /// attempts repeat every `check_interval` (jittered), with a last one at
+    /// the deadline; with `fail_when_locked` the first busy attempt ends the
+    /// call. Only contention is retried: any other failure (a missing
+    /// directory, permission denied, a directory or symlink at the path)
+    /// returns at once.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe. A lock is only ever taken by a
+    /// non-blocking attempt on this task, immediately followed by the
+    /// return of the guard, so dropping the future at any `.await` leaves no
+    /// lock held. A descriptor it opened is closed on drop; one still being
+    /// opened on the blocking pool is closed as soon as that open finishes.
+    ///
+    /// # Errors
+    ///
+    /// [`is_already_locked()`](Error::is_already_locked) when the lock is
+    /// still busy at the deadline (or at once with `fail_when_locked`);
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for
+    /// invalid flags, an empty path, a NUL byte, or a path that is not a
+    /// regular file; [`ErrorKind::Io`](crate::ErrorKind::Io) for any other
+    /// OS error, with the OS error as [`Error::io_error`].
+    ///
+    /// # Panics
+    ///
+    /// Panics when called outside a Tokio runtime, as
+    /// [`spawn_blocking`](tokio::task::spawn_blocking) does.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> portalocker::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let lock = portalocker::Lock::new(dir.path().join("job.lock"));
+    /// let guard = lock.acquire().await?;
+    /// // ... exclusive work ...
+    /// drop(guard); // or guard.release().await? to see errors
+    /// # Ok(()) }
+    /// ```
+    pub async fn acquire(&self) -> Result<LockGuard> {
+        let o = self.inner.opts;
+        self.acquire_with(o.timeout, o.fail_when_locked).await
+    }
+
+    /// Makes exactly one attempt and never waits for a busy lock.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe, as [`acquire`](Self::acquire).
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](Self::acquire); a busy lock is
+    /// [`is_already_locked()`](Error::is_already_locked) at once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> portalocker::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let lock = portalocker::Lock::new(dir.path().join("job.lock"));
+    /// match lock.try_acquire().await {
+    ///     Ok(guard) => { /* ours */ drop(guard) }
+    ///     Err(e) if e.is_already_locked() => { /* someone else has it */ }
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn try_acquire(&self) -> Result<LockGuard> {
+        self.acquire_with(Duration::ZERO, true).await
+    }
+
+    /// The retry loop. `pub(crate)` so the other file locks share it.
+    pub(crate) async fn acquire_with(
+        &self,
+        timeout: Duration,
+        fail_fast: bool,
+    ) -> Result<LockGuard> {
+        let file = self.acquire_file(timeout, fail_fast).await?;
+        Ok(LockGuard {
+            file: Some(tokio::fs::File::from_std(file)),
+            lock: self.inner.clone(),
+        })
+    }
+
+    /// Acquires and returns the locked, prepared `std::fs::File`.
+    pub(crate) async fn acquire_file(&self, timeout: Duration, fail_fast: bool) -> Result<File> {
+        let inner = &self.inner;
+        file_lock::check_path(OP_LOCK, &inner.path)?;
+        let mode = inner.opts.mode()?;
+        let mut schedule = Schedule::new(timeout, inner.opts.check_interval);
+        let mut current = self.take_idle();
+        let mut stale = 0u32;
+        loop {
+            let file = match current.take() {
+                Some(f) => f,
+                None => self.open().await?,
+            };
+            let locked = file_lock::try_lock(&file, mode)
+                .map_err(|e| Error::io(OP_LOCK, Some(&inner.path), e))?;
+            // Whatever the outcome, a descriptor whose file is no longer at
+            // the path is worthless: drop it and open the path afresh.
+            let same = match file_lock::is_same_file(&file, &inner.path) {
+                Ok(same) => same,
+                Err(e) => return Err(Error::io(OP_LOCK, Some(&inner.path), e)),
+            };
+            if !same {
+                drop(file); // closing also unlocks
+                stale += 1;
+                if stale <= 3 {
+                    continue;
+                }
+            } else if locked {
+                return self.prepare(file);
+            } else {
+                current = Some(file);
+            }
+            if fail_fast || !schedule.wait().await {
+                return Err(self.busy(timeout, fail_fast));
+            }
+            stale = 0;
+        }
+    }
+
+    fn busy(&self, timeout: Duration, fail_fast: bool) -> Error {
+        let e = Error::already_locked(OP_LOCK, Some(&self.inner.path));
+        if fail_fast || timeout.is_zero() {
+            e
+        } else {
+            e.with_reason(format!(
+                "already locked by another process (waited {timeout:?})"
+            ))
+        }
+    }
+
+    /// Truncates (if asked) and rewinds a freshly locked file; unlocks on
+    /// failure.
+    fn prepare(&self, mut file: File) -> Result<File> {
+        let r = (|| -> io::Result<()> {
+            if self.inner.opts.truncate {
+                file.set_len(0)?;
+            }
+            file.seek(SeekFrom::Start(0))?;
+            Ok(())
+        })();
+        match r {
+            Ok(()) => Ok(file),
+            Err(e) => {
+                let _ = file.unlock();
+                Err(Error::io("failed to prepare lock file", Some(&self.inner.path), e))
+            }
+        }
+    }
+
+    fn take_idle(&self) -> Option<File> {
+        self.inner.idle.lock().ok().and_then(|mut g| g.take())
+    }
+
+    async fn open(&self) -> Result<File> {
+        let inner = self.inner.clone();
+        let mode = inner.opts.open_mode();
+        let r = tokio::task::spawn_blocking(move || {
+            file_lock::open_lock_file(&inner.path, mode)
+        })
+        .await;
+        match r {
+            Ok(Ok(f)) => Ok(f),
+            Ok(Err(e)) => Err(Error::io(OP_OPEN, Some(&self.inner.path), e)),
+            Err(join) => Err(Error::io(
+                OP_OPEN,
+                Some(&self.inner.path),
+                io::Error::other(join),
+            )),
+        }
+    }
+}
+
+impl Inner {
+    /// Unlocks `file` and keeps it for the next acquisition (or closes it).
+    fn recycle(&self, file: File) -> io::Result<()> {
+        let r = file.unlock();
+        if r.is_ok() && self.reuse {
+            if let Ok(mut idle) = self.idle.lock() {
+                if idle.is_none() {
+                    *idle = Some(file);
+                }
+            }
+        }
+        r
+    }
+}
+
+impl fmt::Debug for Lock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let o = &self.inner.opts;
+        f.debug_struct("Lock")
+            .field("path", &self.inner.path)
+            .field("timeout", &o.timeout)
+            .field("check_interval", &o.check_interval)
+            .field("fail_when_locked", &o.fail_when_locked)
+            .field("flags", &o.flags)
+            .field("truncate", &o.truncate)
+            .finish()
+    }
+}
+
+/// Makes `path` absolute against the current directory; leaves it as is
+/// when that is impossible (an empty path is rejected on acquire).
+pub(crate) fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// A held [`Lock`]. Dereferences to the locked [`tokio::fs::File`].
+///
+/// The lock is released by [`release`](Self::release), which reports
+/// errors, or by dropping the guard. Drop never releases before data
+/// written through the guard reached the file: if a write is still in
+/// flight on the blocking pool, the descriptor (and with it the lock) is
+/// closed when that write completes.
+///
+/// The guard can be held across `.await` points: it is `Send + Sync +
+/// 'static`, and dropping it outside a runtime releases synchronously.
+///
+/// Do not keep clones of the file handle (`try_clone`) past the guard:
+/// they share the lock's open file description.
+#[must_use = "if unused the lock is released at once"]
+#[clippy::has_significant_drop]
+pub struct LockGuard {
+    file: Option<tokio::fs::File>,
+    lock: Arc<Inner>,
+}
+
+impl LockGuard {
+    /// The absolute path of the locked file.
+    pub fn path(&self) -> &Path {
+        &self.lock.path
+    }
+
+    /// Flushes what was written through the guard, unlocks and keeps or
+    /// closes the file, reporting the first error.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe in the sense that matters: dropping the
+    /// future releases the lock exactly as dropping the guard would (after
+    /// any in-flight write completes). Only the error report is lost.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Io`](crate::ErrorKind::Io) if a write through the guard
+    /// failed or the OS refused to unlock. The lock is released either way.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tokio::io::AsyncWriteExt;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> portalocker::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let lock = portalocker::Lock::new(dir.path().join("owner.lock")).truncate(true);
+    /// let mut guard = lock.acquire().await?;
+    /// guard.write_all(b"pid 42").await.map_err(std::io::Error::from).unwrap();
+    /// guard.release().await?; // the write is on disk before the unlock
+    /// # Ok(()) }
+    /// ```
+    pub async fn release(mut self) -> Result<()> {
+        let Some(mut file) = self.file.take() else {
+            return Ok(());
+        };
+        let flushed = file.flush().await;
+        let std = file.into_std().await;
+        let unlocked = self.lock.recycle(std);
+        let path = &self.lock.path;
+        flushed.map_err(|e| Error::io("failed to write lock file", Some(path), e))?;
+        unlocked.map_err(|e| Error::io("failed to unlock", Some(path), e))
+    }
+}
+
+impl Deref for LockGuard {
+    type Target = tokio::fs::File;
+
+    fn deref(&self) -> &tokio::fs::File {
+        self.file
+            .as_ref()
+            .expect("a LockGuard holds its file until it is released")
+    }
+}
+
+impl DerefMut for LockGuard {
+    fn deref_mut(&mut self) -> &mut tokio::fs::File {
+        self.file
+            .as_mut()
+            .expect("a LockGuard holds its file until it is released")
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if let Some(file) = self.file.take() {
+            // With no operation in flight the std file comes back at once:
+            // unlock it now. Otherwise the blocking pool still writes
+            // through it; dropping our handle lets that write finish, and
+            // the last close releases the lock after the data is written.
+            if let Ok(std) = file.try_into_std() {
+                let _ = self.lock.recycle(std);
+            }
+        }
+    }
+}
+
+impl fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("path", &self.lock.path)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,241 @@
+//! [`RLock`]: a re-entrant file lock.
+//!
+//! The owner is the `RLock` value: every clone of one `RLock` is the same
+//! owner and shares one count; a separately created `RLock` on the same
+//! path is a different owner and contends like another process would.
+//! Ownership is not tied to a thread or a task, so guards can move freely
+//! between tasks and threads.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::flags::LockFlags;
+use crate::lock::{Lock, LockGuard};
+
+/// A re-entrant cross-process file lock (Python's `RLock`).
+///
+/// The first [`acquire`](Self::acquire) takes the file lock exactly as
+/// [`Lock::acquire`] does; while any [`RLockGuard`] of this owner is alive,
+/// further acquisitions succeed at once and only count. The file is
+/// unlocked when the last guard is dropped or released.
+///
+/// Clones share the count. The setters return a *new* owner with a count
+/// of its own: configure first, then clone.
+///
+/// # Differences from portalocker
+///
+/// Releasing is done by guards, so "released more often than acquired"
+/// cannot happen; [`count`](Self::count) is the number of live guards.
+///
+/// # Examples
+///
+/// ```
+/// use portalocker::RLock;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> portalocker::Result<()> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let path = dir.path().join("state.lock");
+/// let rlock = RLock::new(&path);
+/// let outer = rlock.acquire().await?;
+/// let inner = rlock.clone().acquire().await?; // same owner: no waiting
+/// assert_eq!(rlock.count(), 2);
+///
+/// // A different owner contends.
+/// let other = RLock::new(&path).fail_when_locked(true);
+/// assert!(other.acquire().await.unwrap_err().is_already_locked());
+///
+/// drop(inner);
+/// outer.release().await?; // last guard: the file is unlocked
+/// assert_eq!(rlock.count(), 0);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RLock {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    lock: Lock,
+    /// Serialises the first acquisition so that concurrent first acquirers
+    /// of one owner take the file lock once.
+    gate: tokio::sync::Mutex<()>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    count: usize,
+    guard: Option<LockGuard>,
+}
+
+impl RLock {
+    /// A re-entrant lock on `path`, with [`Lock::new`]'s defaults.
+    pub fn new(path: impl AsRef<Path>) -> Self {
+        Self::from_lock(Lock::new(path))
+    }
+
+    fn from_lock(lock: Lock) -> Self {
+        Self {
+            inner: Arc::new(Shared {
+                lock,
+                gate: tokio::sync::Mutex::new(()),
+                state: Mutex::new(State::default()),
+            }),
+        }
+    }
+
+    fn map(self, f: impl FnOnce(Lock) -> Lock) -> Self {
+        Self::from_lock(f(self.inner.lock.clone()))
+    }
+
+    /// See [`Lock::timeout`]. Returns a new owner.
+    pub fn timeout(self, timeout: Duration) -> Self {
+        self.map(|l| l.timeout(timeout))
+    }
+
+    /// See [`Lock::check_interval`]. Returns a new owner.
+    pub fn check_interval(self, interval: Duration) -> Self {
+        self.map(|l| l.check_interval(interval))
+    }
+
+    /// See [`Lock::fail_when_locked`]. Returns a new owner.
+    pub fn fail_when_locked(self, yes: bool) -> Self {
+        self.map(|l| l.fail_when_locked(yes))
+    }
+
+    /// See [`Lock::flags`]. Returns a new owner.
+    pub fn flags(self, flags: LockFlags) -> Self {
+        self.map(|l| l.flags(flags))
+    }
+
+    /// The absolute path of the lock file.
+    pub fn path(&self) -> &Path {
+        self.inner.lock.path()
+    }
+
+    /// The number of guards of this owner alive now.
+    pub fn count(&self) -> usize {
+        self.inner.state().count
+    }
+
+    /// Acquires the lock, or re-enters it if this owner already holds it.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe. Re-entry does not wait. A first
+    /// acquisition that is dropped leaves no lock held and the count
+    /// unchanged, exactly as [`Lock::acquire`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Lock::acquire`], for the first acquisition only.
+    pub async fn acquire(&self) -> Result<RLockGuard> {
+        if let Some(g) = self.reenter() {
+            return Ok(g);
+        }
+        let _gate = self.inner.gate.lock().await;
+        if let Some(g) = self.reenter() {
+            return Ok(g);
+        }
+        let guard = self.inner.lock.acquire().await?;
+        let mut state = self.inner.state();
+        state.guard = Some(guard);
+        state.count = 1;
+        Ok(RLockGuard {
+            shared: Some(self.inner.clone()),
+        })
+    }
+
+    fn reenter(&self) -> Option<RLockGuard> {
+        let mut state = self.inner.state();
+        (state.count > 0).then(|| {
+            state.count += 1;
+            RLockGuard {
+                shared: Some(self.inner.clone()),
+            }
+        })
+    }
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts one guard down; hands back the file lock when it was the last.
+    fn leave(&self) -> Option<LockGuard> {
+        let mut state = self.state();
+        state.count = state.count.saturating_sub(1);
+        if state.count == 0 {
+            state.guard.take()
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Debug for RLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RLock")
+            .field("lock", &self.inner.lock)
+            .field("count", &self.count())
+            .finish()
+    }
+}
+
+/// One level of a held [`RLock`]. The file is unlocked when the last guard
+/// of the owner is dropped or released.
+#[must_use = "if unused the RLock level is released at once"]
+#[clippy::has_significant_drop]
+pub struct RLockGuard {
+    shared: Option<Arc<Shared>>,
+}
+
+impl RLockGuard {
+    /// The absolute path of the lock file.
+    pub fn path(&self) -> &Path {
+        match &self.shared {
+            Some(s) => s.lock.path(),
+            None => Path::new(""),
+        }
+    }
+
+    /// Releases this level; when it is the last, unlocks the file and
+    /// reports errors as [`LockGuard::release`].
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: the level is counted down before the
+    /// first `.await`, and a dropped future releases the file as dropping
+    /// a [`LockGuard`] does.
+    ///
+    /// # Errors
+    ///
+    /// As [`LockGuard::release`], only when this was the last level.
+    pub async fn release(mut self) -> Result<()> {
+        match self.shared.take().and_then(|s| s.leave()) {
+            Some(guard) => guard.release().await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RLockGuard {
+    fn drop(&mut self) {
+        if let Some(s) = self.shared.take() {
+            drop(s.leave());
+        }
+    }
+}
+
+impl fmt::Debug for RLockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RLockGuard")
+            .field("path", &self.path())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,459 @@
+//! `Lock` and `LockGuard`: acquire/try_acquire, timeouts, errors, guards.
+mod support;
+
+use std::io::SeekFrom;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use portalocker::{ErrorKind, Lock, LockFlags};
+use support::Proc;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+#[test]
+fn child_entry() {
+    support::child_main();
+}
+
+fn dir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+#[tokio::test]
+async fn defaults_match_portalocker() {
+    let lock = Lock::new("relative.lock");
+    let dbg = format!("{lock:?}");
+    assert!(lock.path().is_absolute(), "{dbg}");
+    assert!(lock.path().ends_with("relative.lock"));
+    assert!(dbg.contains("timeout: 5s"), "{dbg}");
+    assert!(dbg.contains("check_interval: 250ms"), "{dbg}");
+    assert!(dbg.contains("fail_when_locked: false"), "{dbg}");
+    assert!(dbg.contains("flags: EXCLUSIVE | NON_BLOCKING"), "{dbg}");
+    assert!(dbg.contains("truncate: false"), "{dbg}");
+}
+
+#[tokio::test]
+async fn acquire_creates_the_file_and_drop_releases() {
+    let d = dir();
+    let path = d.path().join("a.lock");
+    let lock = Lock::new(&path);
+    let guard = lock.acquire().await.unwrap();
+    assert!(path.is_file());
+    assert_eq!(guard.path(), path);
+    // A second owner in the same process contends (flock semantics: two
+    // open file descriptions conflict).
+    let err = lock.try_acquire().await.unwrap_err();
+    assert!(err.is_already_locked(), "{err}");
+    assert_eq!(err.path(), Some(path.as_path()));
+    assert_eq!(
+        err.to_string(),
+        format!("failed to lock {path:?}: already locked by another process")
+    );
+    drop(guard);
+    lock.try_acquire().await.unwrap().release().await.unwrap();
+}
+
+#[tokio::test]
+async fn contention_error_converts_to_would_block() {
+    let d = dir();
+    let lock = Lock::new(d.path().join("a.lock"));
+    let _g = lock.acquire().await.unwrap();
+    let err: std::io::Error = lock.try_acquire().await.unwrap_err().into();
+    assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
+}
+
+#[tokio::test]
+async fn timeout_zero_makes_one_attempt_and_fails_at_once() {
+    let d = dir();
+    let path = d.path().join("a.lock");
+    let _g = Lock::new(&path).acquire().await.unwrap();
+    let start = std::time::Instant::now();
+    let err = Lock::new(&path)
+        .timeout(Duration::ZERO)
+        .check_interval(Duration::from_secs(60))
+        .acquire()
+        .await
+        .unwrap_err();
+    assert!(err.is_already_locked());
+    // One attempt means no pause at all; a pause would be >= 30 s here.
+    assert!(start.elapsed() < Duration::from_secs(30));
+}
+
+#[tokio::test]
+async fn fail_when_locked_fails_after_the_first_attempt() {
+    let d = dir();
+    let path = d.path().join("a.lock");
+    let _g = Lock::new(&path).acquire().await.unwrap();
+    let start = std::time::Instant::now();
+    let err = Lock::new(&path)
+        .timeout(Duration::from_secs(600))
+        .check_interval(Duration::from_secs(60))
+        .fail_when_locked(true)
+        .acquire()
+        .await
+        .unwrap_err();
+    assert!(err.is_already_locked());
+    assert!(start.elapsed() < Duration::from_secs(30));
+}
+
+#[tokio::test]
+async fn acquire_waits_for_the_timeout_then_reports_contention() {
+    let d = dir();
+    let path = d.path().join("a.lock");
+    let _g = Lock::new(&path).acquire().await.unwrap();
+    let start = std::time::Instant::now();
+    let err = Lock::new(&path)
+        .timeout(Duration::from_millis(300))
+        .check_interval(Duration::from_millis(20))
+        .acquire()
+        .await
+        .unwrap_err();
+    assert!(err.is_already_locked());
+    assert!(err.to_string().contains("waited 300ms"), "{err}");
+    assert!(start.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test]
+async fn acquire_succeeds_once_the_holder_releases() {
+    let d = dir();
+    let path = d.path().join("a.lock");
+    let holder = Lock::new(&path).acquire().await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let waiter = tokio::spawn({
+        let lock = Lock::new(&path)
+            .timeout(Duration::from_secs(30))
+            .check_interval(Duration::from_millis(10));
+        async move {
+            tx.send(()).unwrap();
+            lock.acquire().await
+        }
+    });
+    rx.await.unwrap();
+    holder.release().await.unwrap();
+    let g = waiter.await.unwrap().unwrap();
+    g.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn missing_directory_fails_at_once_with_the_cause() {
+    let d = dir();
+    let start = std::time::Instant::now();
+    let err = Lock::new(d.path().join("no/such/dir/a.lock"))
+        .timeout(Duration::from_secs(600))
+        .acquire()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io);
+    assert_eq!(
+        err.io_error().unwrap().kind(),
+        std::io::ErrorKind::NotFound
+    );
+    assert!(err.to_string().starts_with("failed to open lock file"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(30));
+}
+
+#[tokio::test]
+async fn directory_at_the_path_fails_at_once() {
+    let d = dir();
+    let err = Lock::new(d.path())
+        .timeout(Duration::from_secs(600))
+        .acquire()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+    assert_eq!(
+        err.io_error().unwrap().kind(),
+        std::io::ErrorKind::IsADirectory
+    );
+}
+
+#[tokio::test]
+async fn permission_denied_fails_at_once() {
+    let d = dir();
+    let path = d.path().join("ro.lock");
+    std::fs::write(&path, "").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+    if support::is_root() {
+        // Root ignores permissions: try as `nobody` in a child process.
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+        std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
+        cmd.args(["child_entry", "--exact", "--nocapture", "--test-threads=1", "-q"])
+            .env(support::ROLE_ENV, "try")
+            .env(support::ARGS_ENV, path.to_str().unwrap());
+        let mut child = Proc::command(cmd);
+        assert_eq!(child.expect("RESULT"), "Io Some(PermissionDenied)");
+        child.finish();
+    } else {
+        let err = Lock::new(&path).acquire().await.unwrap_err();
+        assert_eq!(
+            err.io_error().unwrap().kind(),
+            std::io::ErrorKind::PermissionDenied
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_paths_are_invalid_input() {
+    for p in ["", "a\0b.lock"] {
+        let err = Lock::new(p).acquire().await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{p:?}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn invalid_flags_are_invalid_input() {
+    let d = dir();
+    for flags in [
+        LockFlags::SHARED | LockFlags::EXCLUSIVE,
+        LockFlags::NON_BLOCKING,
+        LockFlags::UNBLOCK,
+        LockFlags::EXCLUSIVE | LockFlags::UNBLOCK,
+        LockFlags::default(),
+    ] {
+        let err = Lock::new(d.path().join("a.lock"))
+            .flags(flags)
+            .acquire()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{flags:?}: {err}");
+    }
+    assert!(!d.path().join("a.lock").exists(), "nothing was created");
+}
+
+#[tokio::test]
+async fn shared_locks_coexist_and_exclude_writers() {
+    let d = dir();
+    let path = d.path().join("rw.lock");
+    let r1 = Lock::new(&path).flags(LockFlags::SHARED).acquire().await.unwrap();
+    let r2 = Lock::new(&path)
+        .flags(LockFlags::SHARED | LockFlags::NON_BLOCKING)
+        .try_acquire()
+        .await
+        .unwrap();
+    assert!(Lock::new(&path).try_acquire().await.unwrap_err().is_already_locked());
+    drop((r1, r2));
+    let w = Lock::new(&path).try_acquire().await.unwrap();
+    assert!(Lock::new(&path)
+        .flags(LockFlags::SHARED)
+        .try_acquire()
+        .await
+        .unwrap_err()
+        .is_already_locked());
+    drop(w);
+}
+
+#[tokio::test]
+async fn truncate_empties_only_once_the_lock_is_held() {
+    let d = dir();
+    let path = d.path().join("t.lock");
+    let mut holder = Lock::new(&path).acquire().await.unwrap();
+    holder.write_all(b"holder data").await.unwrap();
+    holder.flush().await.unwrap();
+    let err = Lock::new(&path).truncate(true).try_acquire().await.unwrap_err();
+    assert!(err.is_already_locked());
+    assert_eq!(std::fs::read(&path).unwrap(), b"holder data", "not truncated while busy");
+    holder.release().await.unwrap();
+
+    let mut g = Lock::new(&path).truncate(true).acquire().await.unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"", "truncated once held");
+    // Writes honour the position, like a real 'w' mode.
+    g.write_all(b"abcdef").await.unwrap();
+    g.seek(SeekFrom::Start(1)).await.unwrap();
+    g.write_all(b"X").await.unwrap();
+    g.release().await.unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"aXcdef");
+}
+
+#[tokio::test]
+async fn append_mode_keeps_content_and_reads_from_the_start() {
+    let d = dir();
+    let path = d.path().join("a.lock");
+    std::fs::write(&path, b"one\n").unwrap();
+    let lock = Lock::new(&path);
+    for line in [b"two\n", b"six\n"] {
+        let mut g = lock.acquire().await.unwrap();
+        let mut seen = Vec::new();
+        g.read_to_end(&mut seen).await.unwrap();
+        assert!(seen.starts_with(b"one\n"));
+        g.write_all(line).await.unwrap();
+        g.release().await.unwrap();
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), b"one\ntwo\nsix\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_never_releases_before_written_data_reached_the_file() {
+    let d = dir();
+    let path = d.path().join("w.lock");
+    let payload = vec![b'x'; 1 << 20];
+    for _ in 0..20 {
+        let lock = Lock::new(&path).truncate(true);
+        let mut g = lock.acquire().await.unwrap();
+        // write_all returns once the last chunk is handed to the blocking
+        // pool; the write may still be in flight when the guard drops.
+        g.write_all(&payload).await.unwrap();
+        drop(g);
+        let next = Lock::new(&path)
+            .timeout(Duration::from_secs(30))
+            .check_interval(Duration::from_millis(1));
+        let g = next.acquire().await.unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            payload.len() as u64,
+            "the next holder saw a partial write"
+        );
+        drop(g);
+    }
+}
+
+#[tokio::test]
+async fn release_reports_success_and_frees_the_lock() {
+    let d = dir();
+    let path = d.path().join("r.lock");
+    let lock = Lock::new(&path);
+    let mut g = lock.acquire().await.unwrap();
+    g.write_all(b"data").await.unwrap();
+    g.release().await.unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"data");
+    Lock::new(&path).try_acquire().await.unwrap();
+}
+
+#[tokio::test]
+async fn symlink_at_the_path_is_refused_and_target_untouched() {
+    let d = dir();
+    let target = d.path().join("precious.txt");
+    std::fs::write(&target, b"keep me").unwrap();
+    let link = d.path().join("evil.lock");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let err = Lock::new(&link).truncate(true).acquire().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io);
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
+    // A dangling symlink is not followed to create its target either.
+    let dangling = d.path().join("dangling.lock");
+    std::os::unix::fs::symlink(d.path().join("created-through-link"), &dangling).unwrap();
+    assert!(Lock::new(&dangling).acquire().await.is_err());
+    assert!(!d.path().join("created-through-link").exists());
+}
+
+#[tokio::test]
+async fn fifo_at_the_path_never_hangs() {
+    let d = dir();
+    let fifo = d.path().join("fifo.lock");
+    let ok = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let r = tokio::time::timeout(Duration::from_secs(30), Lock::new(&fifo).acquire())
+        .await
+        .expect("acquire on a FIFO hung");
+    let err = r.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+}
+
+#[tokio::test]
+async fn created_lock_files_are_not_world_writable() {
+    let d = dir();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let path = d.path().join("m.lock");
+    // umask 0 in the child, so only the crate's own mode limits the bits.
+    let mut child = Proc::role_via(
+        "umask 000; exec \"$0\" \"$@\"",
+        "child_entry",
+        "try",
+        &[path.to_str().unwrap()],
+    );
+    assert_eq!(child.expect("RESULT"), "ok");
+    child.finish();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode & 0o002, 0, "world-writable: {mode:o}");
+    assert_eq!(mode, 0o664);
+}
+
+#[tokio::test]
+async fn reused_lock_reverifies_the_file_at_the_path() {
+    let d = dir();
+    let path = d.path().join("swap.lock");
+    let lock = Lock::new(&path);
+    // Leaves an idle descriptor cached in `lock`.
+    lock.acquire().await.unwrap().release().await.unwrap();
+    // Someone replaces the file and holds a lock on the new one.
+    std::fs::remove_file(&path).unwrap();
+    let other = Lock::new(&path).acquire().await.unwrap();
+    // The cached descriptor (old inode) is free, but the lock on the path is not.
+    let err = lock.try_acquire().await.unwrap_err();
+    assert!(err.is_already_locked(), "{err}");
+    drop(other);
+    // And once it is free, we lock the file now at the path.
+    let g = lock.try_acquire().await.unwrap();
+    let same = std::fs::metadata(&path).unwrap();
+    let held = g.metadata().await.unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((same.dev(), same.ino()), (held.dev(), held.ino()));
+}
+
+#[test]
+fn waiting_never_blocks_a_current_thread_runtime() {
+    let d = dir();
+    let path = d.path().join("held.lock");
+    let mut holder = Proc::role("child_entry", "hold", &[path.to_str().unwrap()]);
+    holder.expect("LOCKED");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ticks = rt.block_on(async {
+        let ticker = tokio::spawn(async {
+            let mut n = 0u32;
+            loop {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                n += 1;
+                if n == 40 {
+                    return n;
+                }
+            }
+        });
+        let lock = Lock::new(&path)
+            .timeout(Duration::from_secs(60))
+            .check_interval(Duration::from_millis(50));
+        let acquire = lock.acquire();
+        tokio::select! {
+            r = acquire => panic!("acquired a lock held by another process: {r:?}"),
+            n = ticker => n.unwrap(),
+        }
+    });
+    // The other task ran to completion on the only thread while acquire waited.
+    assert_eq!(ticks, 40);
+    holder.finish();
+}
+
+#[tokio::test]
+async fn guard_and_futures_are_send_sync_static() {
+    fn send_sync_static<T: Send + Sync + 'static>(_: &T) {}
+    fn send<T: Send>(_: &T) {}
+    let d = dir();
+    let lock = Lock::new(d.path().join("s.lock"));
+    send_sync_static(&lock);
+    let fut = lock.acquire();
+    send(&fut);
+    let g = fut.await.unwrap();
+    send_sync_static(&g);
+    send(&lock.try_acquire());
+    send(&g.release());
+}
+
+#[test]
+fn guard_dropped_outside_any_runtime_releases() {
+    let d = dir();
+    let path = d.path().join("o.lock");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let g = rt.block_on(Lock::new(&path).acquire()).unwrap();
+    rt.shutdown_timeout(Duration::from_secs(5));
+    let probe = std::fs::File::open(&path).unwrap();
+    assert!(probe.try_lock().is_err(), "still held before the drop");
+    std::thread::spawn(move || drop(g)).join().unwrap();
+    probe.try_lock().unwrap();
+}

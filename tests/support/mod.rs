@@ -1,0 +1,342 @@
+//! Shared test helpers: child processes (re-executed test binary or Python
+//! portalocker), descriptor counting, the Python venv.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Duration;
+
+pub const ROLE_ENV: &str = "PORTALOCKER_TEST_ROLE";
+pub const ARGS_ENV: &str = "PORTALOCKER_TEST_ARGS";
+
+/// The number of open descriptors of this process.
+pub fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Polls `cond` until it holds or `limit` passes; returns whether it held.
+/// For conditions that settle asynchronously (a blocking-pool task that
+/// finishes after its future was dropped), never as a substitute for
+/// synchronising on an event.
+pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// A child process that talks through marker lines on stdout (`@@NAME`)
+/// and is told to finish by closing its stdin.
+pub struct Proc {
+    child: Child,
+    stdout: BufReader<ChildStdout>,
+    stdin: Option<ChildStdin>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    fn start(mut cmd: Command) -> Self {
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let stdin = child.stdin.take();
+        Self {
+            child,
+            stdout,
+            stdin,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Re-executes this test binary, running `role` in the test named
+    /// `entry` (which must call [`child_main`]).
+    pub fn role(entry: &str, role: &str, args: &[&str]) -> Self {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args([entry, "--exact", "--nocapture", "--test-threads=1", "-q"])
+            .env(ROLE_ENV, role)
+            .env(ARGS_ENV, args.join("\n"));
+        Self::start(cmd)
+    }
+
+    /// As [`role`](Self::role), with a command wrapper such as
+    /// `sh -c 'umask 0; exec "$0" "$@"'`.
+    pub fn role_via(shell: &str, entry: &str, role: &str, args: &[&str]) -> Self {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(shell)
+            .arg(std::env::current_exe().unwrap())
+            .args([entry, "--exact", "--nocapture", "--test-threads=1", "-q"])
+            .env(ROLE_ENV, role)
+            .env(ARGS_ENV, args.join("\n"));
+        Self::start(cmd)
+    }
+
+    /// Runs a Python script with Python portalocker 4.4.2.
+    pub fn python(script: &str, args: &[&str]) -> Self {
+        let mut cmd = Command::new(python());
+        cmd.arg("-c").arg(script).args(args);
+        Self::start(cmd)
+    }
+
+    /// A command built by the caller.
+    pub fn command(cmd: Command) -> Self {
+        Self::start(cmd)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Reads lines until one starts with `@@{marker}`; returns the rest of
+    /// that line. Panics with everything seen if the child ends first.
+    pub fn expect(&mut self, marker: &str) -> String {
+        let want = format!("@@{marker}");
+        loop {
+            let mut line = String::new();
+            let n = self.stdout.read_line(&mut line).unwrap();
+            if n == 0 {
+                let status = self.child.wait().unwrap();
+                panic!(
+                    "child ended ({status}) before {want}; it said: {:#?}",
+                    self.seen
+                );
+            }
+            let line = line.trim_end().to_string();
+            if let Some(rest) = line.strip_prefix(&want) {
+                let rest = rest.trim().to_string();
+                self.seen.push(line);
+                return rest;
+            }
+            self.seen.push(line);
+        }
+    }
+
+    /// Sends one line to the child's stdin.
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Closes the child's stdin: by convention, "release and exit".
+    pub fn close_stdin(&mut self) {
+        self.stdin.take();
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`, ...) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name} failed");
+    }
+
+    /// Closes stdin and waits for a successful exit.
+    pub fn finish(mut self) {
+        self.close_stdin();
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut self.stdout, &mut rest);
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "child failed ({status}); it said: {:#?}\n{rest}",
+            self.seen
+        );
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The role and arguments this process was started with, if it is a
+/// child started by [`Proc::role`].
+pub fn child_role() -> Option<(String, Vec<String>)> {
+    let role = std::env::var(ROLE_ENV).ok()?;
+    let args = std::env::var(ARGS_ENV).unwrap_or_default();
+    let args = if args.is_empty() {
+        Vec::new()
+    } else {
+        args.split('\n').map(str::to_string).collect()
+    };
+    Some((role, args))
+}
+
+/// Prints a marker line for the parent.
+pub fn say(marker: &str, rest: impl std::fmt::Display) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "@@{marker} {rest}").unwrap();
+    out.flush().unwrap();
+}
+
+/// Blocks until the parent closes our stdin.
+pub fn wait_for_parent() {
+    let mut sink = String::new();
+    let _ = std::io::Read::read_to_string(&mut std::io::stdin(), &mut sink);
+}
+
+/// The Python interpreter with portalocker 4.4.2: `$PORTALOCKER_PYTHON`,
+/// else a venv under the target directory, created on first use.
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("PORTALOCKER_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let venv = root.join("py-venv");
+    let py = venv.join("bin/python");
+    // Serialise creation across the test binaries running in parallel.
+    std::fs::create_dir_all(root).unwrap();
+    let guard = std::fs::File::create(root.join("py-venv.lock")).unwrap();
+    guard.lock().unwrap();
+    if !has_portalocker(&py) {
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .is_ok_and(|s| s.success())
+            && Command::new(&py)
+                .args(["-m", "pip", "install", "-q", "portalocker==4.4.2", "redis"])
+                .status()
+                .is_ok_and(|s| s.success());
+        assert!(
+            ok && has_portalocker(&py),
+            "the Python interop tests need python3 (with venv and pip) and PyPI access to \
+             install portalocker==4.4.2, or PORTALOCKER_PYTHON set to a Python that has it; \
+             scripts/test.sh sets this up"
+        );
+    }
+    py
+}
+
+fn has_portalocker(py: &Path) -> bool {
+    Command::new(py)
+        .args([
+            "-c",
+            "import portalocker, sys; sys.exit(portalocker.__version__ != '4.4.2')",
+        ])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Whether this process runs as root (permission checks do not apply).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        == Some("0")
+}
+
+/// The entry point of re-executed children. Each test file that spawns
+/// children has a `#[test] fn child_entry()` that calls this; in a normal
+/// test run (no role in the environment) it returns at once.
+pub fn child_main() {
+    let Some((role, args)) = child_role() else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run_role(&role, &args));
+    drop(rt);
+    // Exit before libtest prints its summary into our marker stream.
+    std::process::exit(0);
+}
+
+async fn run_role(role: &str, args: &[String]) {
+    use portalocker::{Lock, LockFlags};
+    match role {
+        // Hold the lock until the parent closes stdin.
+        "hold" => {
+            let flags = match args.get(1).map(String::as_str) {
+                Some("sh") => LockFlags::SHARED,
+                _ => LockFlags::EXCLUSIVE,
+            };
+            let lock = Lock::new(&args[0])
+                .flags(flags)
+                .timeout(Duration::from_secs(30));
+            let guard = lock.acquire().await.unwrap();
+            say("LOCKED", std::process::id());
+            tokio::task::spawn_blocking(wait_for_parent).await.unwrap();
+            guard.release().await.unwrap();
+            say("RELEASED", "");
+        }
+        // Hold the lock and start a long-running child (exec'd) meanwhile.
+        "hold-spawn" => {
+            let guard = Lock::new(&args[0]).acquire().await.unwrap();
+            let child = std::process::Command::new("sleep")
+                .arg("60")
+                .spawn()
+                .unwrap();
+            say("LOCKED", child.id());
+            tokio::task::spawn_blocking(wait_for_parent).await.unwrap();
+            drop(guard);
+        }
+        // One attempt; report the outcome.
+        "try" => {
+            let r = Lock::new(&args[0]).try_acquire().await;
+            match r {
+                Ok(g) => {
+                    say("RESULT", "ok");
+                    drop(g);
+                }
+                Err(e) => say(
+                    "RESULT",
+                    format!(
+                        "{:?} {:?}",
+                        e.kind(),
+                        e.io_error().map(std::io::Error::kind)
+                    ),
+                ),
+            }
+        }
+        // lock -> read counter -> write +1 -> unlock, n times.
+        "counter" => {
+            let n: usize = args[2].parse().unwrap();
+            let lock = Lock::new(&args[0])
+                .timeout(Duration::from_secs(120))
+                .check_interval(Duration::from_millis(5));
+            for _ in 0..n {
+                let guard = lock.acquire().await.unwrap();
+                bump_counter(Path::new(&args[1]));
+                guard.release().await.unwrap();
+            }
+            say("DONE", n);
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+/// A deliberately non-atomic read-modify-write of a decimal counter file.
+pub fn bump_counter(path: &Path) {
+    let old: u64 = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    std::thread::yield_now();
+    std::fs::write(path, (old + 1).to_string()).unwrap();
+}
