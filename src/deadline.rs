@@ -59,12 +59,12 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86400 * 365 * 30)
 }
 
-/// `interval` scaled by a random factor in [0.5, 1.5), so contenders that
-/// started together drift apart (upstream #101) while the mean pace stays
-/// `interval`.
+/// `interval` scaled by a random factor in [0.5, 1], so contenders that
+/// started together drift apart (upstream #101) while no pause is longer
+/// than `interval`: a released lock is noticed within one interval.
 pub(crate) fn jittered(interval: Duration) -> Duration {
     let unit = (random_u64() >> 11) as f64 / (1u64 << 53) as f64; // [0, 1)
-    interval.mul_f64(0.5 + unit)
+    interval.mul_f64(0.5 + unit / 2.0)
 }
 
 /// A fast per-thread pseudo-random generator (xorshift64*), seeded from
@@ -92,7 +92,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn jitter_stays_within_half_and_one_and_a_half() {
+    fn jitter_stays_between_half_and_one_interval() {
         let i = Duration::from_millis(100);
         let mut lo = Duration::MAX;
         let mut hi = Duration::ZERO;
@@ -102,9 +102,9 @@ mod tests {
             hi = hi.max(j);
         }
         assert!(lo >= Duration::from_millis(50), "{lo:?}");
-        assert!(hi < Duration::from_millis(150), "{hi:?}");
+        assert!(hi <= Duration::from_millis(100), "{hi:?}");
         // Really random: the spread covers most of the range.
-        assert!(hi - lo > Duration::from_millis(80), "{lo:?}..{hi:?}");
+        assert!(hi - lo > Duration::from_millis(40), "{lo:?}..{hi:?}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -121,13 +121,13 @@ mod tests {
         while s.wait().await {
             times.push(start.elapsed());
         }
-        // About 1 s / 250 ms attempts after the first, the last at the deadline.
-        assert!((3..=9).contains(&times.len()), "{times:?}");
+        // 4 to 8 pauses of 125-250 ms, the last ending at the deadline.
+        assert!((5..=9).contains(&times.len()), "{times:?}");
         assert_eq!(*times.last().unwrap(), Duration::from_secs(1), "{times:?}");
         for w in times.windows(2) {
             let gap = w[1] - w[0];
             assert!(gap >= MIN_PAUSE, "{times:?}");
-            assert!(gap < Duration::from_millis(375), "{times:?}");
+            assert!(gap <= Duration::from_millis(250), "{times:?}");
         }
     }
 

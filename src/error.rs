@@ -114,7 +114,7 @@ impl Error {
         self
     }
 
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[allow(dead_code)] // set by the Redis lock
     pub(crate) fn with_channel(mut self, channel: impl Into<String>) -> Self {
         self.inner.channel = Some(channel.into());
         self
@@ -200,12 +200,10 @@ impl Error {
         self.inner.kind == ErrorKind::LockLost
     }
 
-    /// The pid of the current holder, when a [`PidFileLock`] could read it
+    /// The pid of the current holder, when the pid-file lock could read it
     /// from the pid file. Every other lock leaves this `None`: the pid is
     /// diagnostic only and says who *wrote* the file, not whether that
     /// process is still alive.
-    ///
-    /// [`PidFileLock`]: crate::PidFileLock
     pub fn holder_pid(&self) -> Option<u32> {
         self.inner.holder_pid
     }
@@ -293,12 +291,10 @@ impl From<Error> for io::Error {
             ErrorKind::AlreadyLocked => io::ErrorKind::WouldBlock,
             ErrorKind::LockLost => io::ErrorKind::ConnectionAborted,
             ErrorKind::InvalidInput => io::ErrorKind::InvalidInput,
-            ErrorKind::Io => err
-                .io_error()
-                .map_or(io::ErrorKind::Other, io::Error::kind),
+            ErrorKind::Io => err.io_error().map_or(io::ErrorKind::Other, Self::kind),
             ErrorKind::Redis => io::ErrorKind::Other,
         };
-        io::Error::new(kind, err)
+        Self::new(kind, err)
     }
 }
 
@@ -328,7 +324,10 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::Io);
         assert_eq!(e.path(), Some(Path::new("/x")));
         assert!(std::error::Error::source(&e).is_some());
-        assert_eq!(e.io_error().unwrap().kind(), io::ErrorKind::PermissionDenied);
+        assert_eq!(
+            e.io_error().unwrap().kind(),
+            io::ErrorKind::PermissionDenied
+        );
         let io: io::Error = e.into();
         assert_eq!(io.kind(), io::ErrorKind::PermissionDenied);
         let back = io.get_ref().unwrap().downcast_ref::<Error>().unwrap();
@@ -365,10 +364,7 @@ mod tests {
                 Error::invalid("bad flags", "why"),
                 io::ErrorKind::InvalidInput,
             ),
-            (
-                Error::new(ErrorKind::Redis, "redis"),
-                io::ErrorKind::Other,
-            ),
+            (Error::new(ErrorKind::Redis, "redis"), io::ErrorKind::Other),
             (Error::new(ErrorKind::Io, "no source"), io::ErrorKind::Other),
         ];
         for (err, want) in cases {

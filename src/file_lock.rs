@@ -136,11 +136,45 @@ pub(crate) enum OpenMode {
 /// world-writable.
 pub(crate) const LOCK_FILE_MODE: u32 = 0o664;
 
+/// An open lock file and the identity (device, inode) it had when opened,
+/// which never changes for a descriptor.
+#[derive(Debug)]
+pub(crate) struct Handle {
+    pub(crate) file: File,
+    pub(crate) id: FileId,
+}
+
+impl Handle {
+    /// Whether this descriptor's file is still the one at `path` (the
+    /// symlink itself if `path` is one). A missing path is "no". One
+    /// `lstat`, no `fstat`.
+    pub(crate) fn is_at(&self, path: &Path) -> io::Result<bool> {
+        match std::fs::symlink_metadata(path) {
+            Ok(m) => Ok(sys::same_identity(self.id, FileId::of(&m))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Device and inode of a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    pub(crate) fn of(meta: &std::fs::Metadata) -> Self {
+        sys::file_id(meta)
+    }
+}
+
 /// Opens (creating if needed) a lock file without following a symlink at
 /// the final component and without blocking on a FIFO, and checks that it
 /// is a regular file. The descriptor is close-on-exec (std always sets
 /// `O_CLOEXEC`).
-pub(crate) fn open_lock_file(path: &Path, mode: OpenMode) -> io::Result<File> {
+pub(crate) fn open_lock_file(path: &Path, mode: OpenMode) -> io::Result<Handle> {
     let mut o = OpenOptions::new();
     o.read(true).create(true);
     match mode {
@@ -156,19 +190,10 @@ pub(crate) fn open_lock_file(path: &Path, mode: OpenMode) -> io::Result<File> {
             "not a regular file",
         ));
     }
-    Ok(file)
-}
-
-/// Whether the open `file` is still the file at `path` (same device and
-/// inode; the symlink itself if `path` is one). A missing path is "no".
-pub(crate) fn is_same_file(file: &File, path: &Path) -> io::Result<bool> {
-    let at_path = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
-    };
-    let open = file.metadata()?;
-    Ok(sys::same_identity(&open, &at_path))
+    Ok(Handle {
+        file,
+        id: FileId::of(&meta),
+    })
 }
 
 /// Rejects paths that can never name a lock file, before any I/O.
@@ -187,12 +212,22 @@ mod sys {
     use std::fs::{Metadata, OpenOptions};
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 
+    use super::FileId;
+
     pub(super) fn harden(o: &mut OpenOptions, mode: u32) {
-        o.mode(mode).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+        o.mode(mode)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
     }
 
-    pub(super) fn same_identity(a: &Metadata, b: &Metadata) -> bool {
-        a.dev() == b.dev() && a.ino() == b.ino()
+    pub(super) fn file_id(m: &Metadata) -> FileId {
+        FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        }
+    }
+
+    pub(super) fn same_identity(a: FileId, b: FileId) -> bool {
+        a == b
     }
 }
 
@@ -200,11 +235,17 @@ mod sys {
 mod sys {
     use std::fs::{Metadata, OpenOptions};
 
+    use super::FileId;
+
     pub(super) fn harden(_o: &mut OpenOptions, _mode: u32) {}
+
+    pub(super) fn file_id(_m: &Metadata) -> FileId {
+        FileId { dev: 0, ino: 0 }
+    }
 
     // A locked file cannot be removed or replaced on Windows, so the
     // identity check is not needed there (spec §2.6).
-    pub(super) fn same_identity(_a: &Metadata, _b: &Metadata) -> bool {
+    pub(super) fn same_identity(_a: FileId, _b: FileId) -> bool {
         true
     }
 }

@@ -37,7 +37,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::deadline::Schedule;
 use crate::error::{Error, Result};
-use crate::file_lock::{self, OpenMode};
+use crate::file_lock::{self, FileId, Handle, OpenMode};
 use crate::flags::{LockFlags, Mode, Operation};
 
 /// Python portalocker's `DEFAULT_TIMEOUT`: 5 s.
@@ -110,7 +110,8 @@ impl Options {
 /// * Created lock files get mode `0o664` (minus the umask), never
 ///   world-writable.
 /// * After waiting, a last attempt is made at the deadline itself, and the
-///   pauses are jittered (0.5–1.5 × `check_interval`).
+///   pauses are jittered (0.5–1 × `check_interval`), so contenders drift
+///   apart yet a release is seen within one interval.
 /// * Re-acquiring through the same `Lock` while a guard is alive contends
 ///   instead of returning the same handle: guards, not the `Lock`, own
 ///   locks. Use [`RLock`](crate::RLock) for re-entrancy.
@@ -143,7 +144,7 @@ struct Inner {
     path: PathBuf,
     opts: Options,
     /// An open, unlocked descriptor of the lock file, kept for reuse.
-    idle: Mutex<Option<File>>,
+    idle: Mutex<Option<Handle>>,
     reuse: bool,
 }
 
@@ -176,8 +177,9 @@ impl Lock {
         self.map(|o| o.timeout = timeout)
     }
 
-    /// The mean pause between attempts while waiting (default 250 ms). Each
-    /// pause is jittered to 0.5–1.5 × this value and is at least 1 ms.
+    /// The longest pause between attempts while waiting (default 250 ms).
+    /// Each pause is jittered to 0.5–1 × this value and is at least 1 ms, so
+    /// a released lock is taken within one interval.
     pub fn check_interval(self, interval: Duration) -> Self {
         self.map(|o| o.check_interval = interval)
     }
@@ -289,15 +291,21 @@ impl Lock {
         timeout: Duration,
         fail_fast: bool,
     ) -> Result<LockGuard> {
-        let file = self.acquire_file(timeout, fail_fast).await?;
+        let Handle { file, id } = self.acquire_handle(timeout, fail_fast).await?;
         Ok(LockGuard {
             file: Some(tokio::fs::File::from_std(file)),
+            id,
+            touched: false,
             lock: self.inner.clone(),
         })
     }
 
-    /// Acquires and returns the locked, prepared `std::fs::File`.
-    pub(crate) async fn acquire_file(&self, timeout: Duration, fail_fast: bool) -> Result<File> {
+    /// Acquires and returns the locked, prepared file.
+    pub(crate) async fn acquire_handle(
+        &self,
+        timeout: Duration,
+        fail_fast: bool,
+    ) -> Result<Handle> {
         let inner = &self.inner;
         file_lock::check_path(OP_LOCK, &inner.path)?;
         let mode = inner.opts.mode()?;
@@ -305,28 +313,27 @@ impl Lock {
         let mut current = self.take_idle();
         let mut stale = 0u32;
         loop {
-            let file = match current.take() {
-                Some(f) => f,
+            let handle = match current.take() {
+                Some(h) => h,
                 None => self.open().await?,
             };
-            let locked = file_lock::try_lock(&file, mode)
+            let locked = file_lock::try_lock(&handle.file, mode)
                 .map_err(|e| Error::io(OP_LOCK, Some(&inner.path), e))?;
             // Whatever the outcome, a descriptor whose file is no longer at
             // the path is worthless: drop it and open the path afresh.
-            let same = match file_lock::is_same_file(&file, &inner.path) {
-                Ok(same) => same,
-                Err(e) => return Err(Error::io(OP_LOCK, Some(&inner.path), e)),
-            };
+            let same = handle
+                .is_at(&inner.path)
+                .map_err(|e| Error::io(OP_LOCK, Some(&inner.path), e))?;
             if !same {
-                drop(file); // closing also unlocks
+                drop(handle); // closing also unlocks
                 stale += 1;
                 if stale <= 3 {
                     continue;
                 }
             } else if locked {
-                return self.prepare(file);
+                return self.prepare(handle);
             } else {
-                current = Some(file);
+                current = Some(handle);
             }
             if fail_fast || !schedule.wait().await {
                 return Err(self.busy(timeout, fail_fast));
@@ -346,36 +353,34 @@ impl Lock {
         }
     }
 
-    /// Truncates (if asked) and rewinds a freshly locked file; unlocks on
-    /// failure.
-    fn prepare(&self, mut file: File) -> Result<File> {
-        let r = (|| -> io::Result<()> {
-            if self.inner.opts.truncate {
-                file.set_len(0)?;
-            }
-            file.seek(SeekFrom::Start(0))?;
-            Ok(())
-        })();
-        match r {
-            Ok(()) => Ok(file),
+    /// Truncates a freshly locked file if asked; unlocks on failure.
+    /// (Reused descriptors were rewound when they were put back.)
+    fn prepare(&self, handle: Handle) -> Result<Handle> {
+        if !self.inner.opts.truncate {
+            return Ok(handle);
+        }
+        match handle.file.set_len(0) {
+            Ok(()) => Ok(handle),
             Err(e) => {
-                let _ = file.unlock();
-                Err(Error::io("failed to prepare lock file", Some(&self.inner.path), e))
+                let _ = handle.file.unlock();
+                Err(Error::io(
+                    "failed to prepare lock file",
+                    Some(&self.inner.path),
+                    e,
+                ))
             }
         }
     }
 
-    fn take_idle(&self) -> Option<File> {
+    fn take_idle(&self) -> Option<Handle> {
         self.inner.idle.lock().ok().and_then(|mut g| g.take())
     }
 
-    async fn open(&self) -> Result<File> {
+    async fn open(&self) -> Result<Handle> {
         let inner = self.inner.clone();
         let mode = inner.opts.open_mode();
-        let r = tokio::task::spawn_blocking(move || {
-            file_lock::open_lock_file(&inner.path, mode)
-        })
-        .await;
+        let r =
+            tokio::task::spawn_blocking(move || file_lock::open_lock_file(&inner.path, mode)).await;
         match r {
             Ok(Ok(f)) => Ok(f),
             Ok(Err(e)) => Err(Error::io(OP_OPEN, Some(&self.inner.path), e)),
@@ -389,17 +394,21 @@ impl Lock {
 }
 
 impl Inner {
-    /// Unlocks `file` and keeps it for the next acquisition (or closes it).
-    fn recycle(&self, file: File) -> io::Result<()> {
-        let r = file.unlock();
-        if r.is_ok() && self.reuse {
+    /// Unlocks `file` and keeps it for the next acquisition (or closes
+    /// it). A file that was read, written or sought through the guard is
+    /// rewound first, so every guard starts at offset 0.
+    fn recycle(&self, mut file: File, id: FileId, touched: bool) -> io::Result<()> {
+        let unlocked = file.unlock();
+        let reusable =
+            unlocked.is_ok() && self.reuse && (!touched || file.seek(SeekFrom::Start(0)).is_ok());
+        if reusable {
             if let Ok(mut idle) = self.idle.lock() {
                 if idle.is_none() {
-                    *idle = Some(file);
+                    *idle = Some(Handle { file, id });
                 }
             }
         }
-        r
+        unlocked
     }
 }
 
@@ -440,6 +449,10 @@ pub(crate) fn absolute(path: &Path) -> PathBuf {
 #[clippy::has_significant_drop]
 pub struct LockGuard {
     file: Option<tokio::fs::File>,
+    id: FileId,
+    /// Whether the file was used mutably (read, written, sought), so its
+    /// offset may have moved.
+    touched: bool,
     lock: Arc<Inner>,
 }
 
@@ -482,7 +495,7 @@ impl LockGuard {
         };
         let flushed = file.flush().await;
         let std = file.into_std().await;
-        let unlocked = self.lock.recycle(std);
+        let unlocked = self.lock.recycle(std, self.id, self.touched);
         let path = &self.lock.path;
         flushed.map_err(|e| Error::io("failed to write lock file", Some(path), e))?;
         unlocked.map_err(|e| Error::io("failed to unlock", Some(path), e))
@@ -501,6 +514,7 @@ impl Deref for LockGuard {
 
 impl DerefMut for LockGuard {
     fn deref_mut(&mut self) -> &mut tokio::fs::File {
+        self.touched = true;
         self.file
             .as_mut()
             .expect("a LockGuard holds its file until it is released")
@@ -515,7 +529,7 @@ impl Drop for LockGuard {
             // through it; dropping our handle lets that write finish, and
             // the last close releases the lock after the data is written.
             if let Ok(std) = file.try_into_std() {
-                let _ = self.lock.recycle(std);
+                let _ = self.lock.recycle(std, self.id, self.touched);
             }
         }
     }

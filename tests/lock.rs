@@ -143,11 +143,11 @@ async fn missing_directory_fails_at_once_with_the_cause() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Io);
-    assert_eq!(
-        err.io_error().unwrap().kind(),
-        std::io::ErrorKind::NotFound
+    assert_eq!(err.io_error().unwrap().kind(), std::io::ErrorKind::NotFound);
+    assert!(
+        err.to_string().starts_with("failed to open lock file"),
+        "{err}"
     );
-    assert!(err.to_string().starts_with("failed to open lock file"), "{err}");
     assert!(start.elapsed() < Duration::from_secs(30));
 }
 
@@ -175,11 +175,22 @@ async fn permission_denied_fails_at_once() {
     if support::is_root() {
         // Root ignores permissions: try as `nobody` in a child process.
         std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+        // A copy of this binary that `nobody` can reach whatever the
+        // permissions of the directories above the build.
+        let exe = d.path().join("as-nobody");
+        std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut cmd = std::process::Command::new(&exe);
         std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
-        cmd.args(["child_entry", "--exact", "--nocapture", "--test-threads=1", "-q"])
-            .env(support::ROLE_ENV, "try")
-            .env(support::ARGS_ENV, path.to_str().unwrap());
+        cmd.args([
+            "child_entry",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
+        .env(support::ROLE_ENV, "try")
+        .env(support::ARGS_ENV, path.to_str().unwrap());
         let mut child = Proc::command(cmd);
         assert_eq!(child.expect("RESULT"), "Io Some(PermissionDenied)");
         child.finish();
@@ -224,13 +235,21 @@ async fn invalid_flags_are_invalid_input() {
 async fn shared_locks_coexist_and_exclude_writers() {
     let d = dir();
     let path = d.path().join("rw.lock");
-    let r1 = Lock::new(&path).flags(LockFlags::SHARED).acquire().await.unwrap();
+    let r1 = Lock::new(&path)
+        .flags(LockFlags::SHARED)
+        .acquire()
+        .await
+        .unwrap();
     let r2 = Lock::new(&path)
         .flags(LockFlags::SHARED | LockFlags::NON_BLOCKING)
         .try_acquire()
         .await
         .unwrap();
-    assert!(Lock::new(&path).try_acquire().await.unwrap_err().is_already_locked());
+    assert!(Lock::new(&path)
+        .try_acquire()
+        .await
+        .unwrap_err()
+        .is_already_locked());
     drop((r1, r2));
     let w = Lock::new(&path).try_acquire().await.unwrap();
     assert!(Lock::new(&path)
@@ -249,9 +268,17 @@ async fn truncate_empties_only_once_the_lock_is_held() {
     let mut holder = Lock::new(&path).acquire().await.unwrap();
     holder.write_all(b"holder data").await.unwrap();
     holder.flush().await.unwrap();
-    let err = Lock::new(&path).truncate(true).try_acquire().await.unwrap_err();
+    let err = Lock::new(&path)
+        .truncate(true)
+        .try_acquire()
+        .await
+        .unwrap_err();
     assert!(err.is_already_locked());
-    assert_eq!(std::fs::read(&path).unwrap(), b"holder data", "not truncated while busy");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        b"holder data",
+        "not truncated while busy"
+    );
     holder.release().await.unwrap();
 
     let mut g = Lock::new(&path).truncate(true).acquire().await.unwrap();
@@ -315,7 +342,7 @@ async fn release_reports_success_and_frees_the_lock() {
     g.write_all(b"data").await.unwrap();
     g.release().await.unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), b"data");
-    Lock::new(&path).try_acquire().await.unwrap();
+    drop(Lock::new(&path).try_acquire().await.unwrap());
 }
 
 #[tokio::test]

@@ -288,6 +288,8 @@ async fn run_role(role: &str, args: &[String]) {
         // Hold the lock and start a long-running child (exec'd) meanwhile.
         "hold-spawn" => {
             let guard = Lock::new(&args[0]).acquire().await.unwrap();
+            // The parent kills us with SIGKILL and `sleep` itself.
+            #[allow(clippy::zombie_processes)]
             let child = std::process::Command::new("sleep")
                 .arg("60")
                 .spawn()

@@ -1,0 +1,146 @@
+//! Cancel safety of every acquire future: dropped at random points (tiny
+//! `timeout` budgets, `select!` against a sleep, `JoinHandle::abort`), it
+//! leaves no lock held and no descriptor open.
+//!
+//! One test per binary on purpose: it counts this process's descriptors.
+mod support;
+
+use std::fs::File;
+use std::path::Path;
+use std::time::Duration;
+
+use portalocker::{Lock, RLock};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Cancels one `acquire` of `lock` in one of three ways, after a random
+/// budget of up to `max_us` microseconds. Returns whether it completed.
+async fn cancel_one(rng: &mut Rng, lock: &Lock, max_us: u64) -> bool {
+    let budget = Duration::from_micros(rng.below(max_us + 1));
+    match rng.below(3) {
+        0 => tokio::time::timeout(budget, lock.acquire()).await.is_ok(),
+        1 => tokio::select! {
+            r = lock.acquire() => { drop(r); true }
+            _ = tokio::time::sleep(budget) => false,
+        },
+        _ => {
+            let l = lock.clone();
+            let h = tokio::spawn(async move { drop(l.acquire().await) });
+            if rng.below(2) == 0 {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(budget).await;
+            }
+            h.abort();
+            h.await.is_ok()
+        }
+    }
+}
+
+async fn cancel_rlock(rng: &mut Rng, r: &RLock, max_us: u64) {
+    let budget = Duration::from_micros(rng.below(max_us + 1));
+    drop(tokio::time::timeout(budget, r.acquire()).await);
+    assert_eq!(
+        r.count(),
+        0,
+        "a cancelled RLock acquire left a level counted"
+    );
+}
+
+fn free_now(path: &Path) -> bool {
+    let f = File::open(path).unwrap();
+    f.try_lock().is_ok()
+}
+
+#[test]
+fn dropped_acquires_leave_no_lock_and_no_descriptor() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_keep_alive(Duration::from_millis(100))
+        .enable_all()
+        .build()
+        .unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("c.lock");
+    std::fs::write(&path, "").unwrap();
+    rt.block_on(async {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let baseline = support::fd_count();
+
+        // Phase 1: the lock is held by another owner; every acquire waits
+        // and is cancelled mid-wait or mid-open.
+        let holder = Lock::new(&path).acquire().await.unwrap();
+        let reused = Lock::new(&path).check_interval(Duration::from_micros(200));
+        let mut completed = 0;
+        for i in 0..1000 {
+            let fresh;
+            let lock = if i % 2 == 0 {
+                &reused
+            } else {
+                fresh = Lock::new(&path).check_interval(Duration::from_micros(200));
+                &fresh
+            };
+            if cancel_one(&mut rng, lock, 3000).await {
+                completed += 1; // timed out as AlreadyLocked: fine too
+            }
+        }
+        drop(holder);
+        assert!(free_now(&path), "a cancelled acquire holds the lock");
+        eprintln!("phase 1: {completed} of 1000 completed before cancellation");
+
+        // Phase 2: the lock is free; cancellation races with success. Right
+        // after each cancellation the lock must be free.
+        let mut won = 0;
+        for i in 0..1000 {
+            let fresh;
+            let lock = if i % 2 == 0 {
+                &reused
+            } else {
+                fresh = Lock::new(&path);
+                &fresh
+            };
+            if cancel_one(&mut rng, lock, 200).await {
+                won += 1;
+            }
+            assert!(free_now(&path), "iteration {i}: lock left held");
+        }
+        eprintln!("phase 2: {won} of 1000 acquired before cancellation");
+        assert!(
+            won > 0 && won < 1000,
+            "the budgets did not exercise both outcomes"
+        );
+
+        // RLock: cancelled first acquisitions leave the count at zero.
+        let holder = Lock::new(&path).acquire().await.unwrap();
+        let r = RLock::new(&path).check_interval(Duration::from_micros(200));
+        for _ in 0..200 {
+            cancel_rlock(&mut rng, &r, 2000).await;
+        }
+        drop(holder);
+        let g = r.acquire().await.unwrap();
+        drop(g);
+        assert!(free_now(&path));
+
+        drop((reused, r));
+        // Opens still running on the blocking pool when their future was
+        // dropped close their descriptor as soon as they finish.
+        let settled =
+            support::eventually(Duration::from_secs(10), || support::fd_count() == baseline).await;
+        assert!(
+            settled,
+            "descriptors: {} now, {baseline} before",
+            support::fd_count()
+        );
+    });
+}

@@ -1,0 +1,133 @@
+//! `RLock`: counting per owner, contention between owners.
+mod support;
+
+use std::time::Duration;
+
+use portalocker::RLock;
+
+#[test]
+fn child_entry() {
+    support::child_main();
+}
+
+#[tokio::test]
+async fn nested_acquisitions_count_and_unlock_at_the_last() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("r.lock");
+    let r = RLock::new(&path);
+    let mut guards = Vec::new();
+    for k in 1..=50 {
+        guards.push(r.acquire().await.unwrap());
+        assert_eq!(r.count(), k);
+    }
+    let probe = RLock::new(&path).fail_when_locked(true);
+    while guards.len() > 1 {
+        drop(guards.pop());
+        assert!(probe.acquire().await.unwrap_err().is_already_locked());
+    }
+    guards.pop().unwrap().release().await.unwrap();
+    assert_eq!(r.count(), 0);
+    drop(probe.acquire().await.unwrap());
+}
+
+#[tokio::test]
+async fn clones_share_one_count() {
+    let d = tempfile::tempdir().unwrap();
+    let r = RLock::new(d.path().join("r.lock"));
+    let c = r.clone();
+    let g1 = r.acquire().await.unwrap();
+    let g2 = c.acquire().await.unwrap();
+    assert_eq!(r.count(), 2);
+    assert_eq!(c.count(), 2);
+    drop(g1);
+    assert_eq!(c.count(), 1);
+    g2.release().await.unwrap();
+    assert_eq!(r.count(), 0);
+}
+
+#[tokio::test]
+async fn a_second_rlock_on_the_same_path_contends() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("r.lock");
+    let a = RLock::new(&path);
+    let _g = a.acquire().await.unwrap();
+    let err = RLock::new(&path)
+        .timeout(Duration::from_millis(50))
+        .check_interval(Duration::from_millis(10))
+        .acquire()
+        .await
+        .unwrap_err();
+    assert!(err.is_already_locked());
+    // Also from another process.
+    let mut child = support::Proc::role("child_entry", "try", &[path.to_str().unwrap()]);
+    assert_eq!(child.expect("RESULT"), "AlreadyLocked None");
+    child.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn guards_move_between_tasks_and_threads() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("r.lock");
+    let r = RLock::new(&path);
+    let outer = r.acquire().await.unwrap();
+    let r2 = r.clone();
+    let inner = tokio::spawn(async move {
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        r2.acquire().await.unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(r.count(), 2);
+    let handle = tokio::spawn(async move { outer.release().await });
+    handle.await.unwrap().unwrap();
+    assert!(RLock::new(&path)
+        .fail_when_locked(true)
+        .acquire()
+        .await
+        .unwrap_err()
+        .is_already_locked());
+    drop(inner);
+    drop(
+        RLock::new(&path)
+            .fail_when_locked(true)
+            .acquire()
+            .await
+            .unwrap(),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_acquisitions_take_the_file_lock_once() {
+    let d = tempfile::tempdir().unwrap();
+    let r = RLock::new(d.path().join("r.lock"));
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let r = r.clone();
+            tokio::spawn(async move { r.acquire().await })
+        })
+        .collect();
+    let mut guards = Vec::new();
+    for t in tasks {
+        guards.push(t.await.unwrap().unwrap());
+    }
+    assert_eq!(r.count(), 16);
+    drop(guards);
+    assert_eq!(r.count(), 0);
+}
+
+#[tokio::test]
+async fn cancelled_first_acquire_leaves_the_count_at_zero() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("r.lock");
+    let holder = portalocker::Lock::new(&path).acquire().await.unwrap();
+    let r = RLock::new(&path).check_interval(Duration::from_millis(5));
+    let res = tokio::time::timeout(Duration::from_millis(30), r.acquire()).await;
+    assert!(res.is_err(), "acquired a held lock");
+    assert_eq!(r.count(), 0);
+    drop(holder);
+    let g = r.acquire().await.unwrap();
+    assert_eq!(r.count(), 1);
+    drop(g);
+}
