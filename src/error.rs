@@ -125,7 +125,6 @@ impl Error {
         self
     }
 
-    #[allow(dead_code)] // set by the pid-file lock
     pub(crate) fn with_holder_pid(mut self, pid: Option<u32>) -> Self {
         self.inner.holder_pid = pid;
         self
@@ -200,10 +199,12 @@ impl Error {
         self.inner.kind == ErrorKind::LockLost
     }
 
-    /// The pid of the current holder, when the pid-file lock could read it
+    /// The pid of the current holder, when a [`PidFileLock`] could read it
     /// from the pid file. Every other lock leaves this `None`: the pid is
     /// diagnostic only and says who *wrote* the file, not whether that
     /// process is still alive.
+    ///
+    /// [`PidFileLock`]: crate::PidFileLock
     pub fn holder_pid(&self) -> Option<u32> {
         self.inner.holder_pid
     }

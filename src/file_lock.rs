@@ -149,12 +149,30 @@ impl Handle {
     /// symlink itself if `path` is one). A missing path is "no". One
     /// `lstat`, no `fstat`.
     pub(crate) fn is_at(&self, path: &Path) -> io::Result<bool> {
+        Self::id_is_at(self.id, path)
+    }
+
+    /// Whether the file at `path` has identity `id`.
+    pub(crate) fn id_is_at(id: FileId, path: &Path) -> io::Result<bool> {
         match std::fs::symlink_metadata(path) {
-            Ok(m) => Ok(sys::same_identity(self.id, FileId::of(&m))),
+            Ok(m) => Ok(sys::same_identity(id, FileId::of(&m))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),
         }
     }
+}
+
+/// Fails when `file` has other hard links: truncating or rewriting it
+/// would change a file that lives under another name too.
+pub(crate) fn check_single_link(file: &File) -> io::Result<()> {
+    let links = sys::link_count(&file.metadata()?);
+    if links > 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("the file has {links} hard links; a planted link is never written through"),
+        ));
+    }
+    Ok(())
 }
 
 /// Device and inode of a file.
@@ -229,6 +247,10 @@ mod sys {
     pub(super) fn same_identity(a: FileId, b: FileId) -> bool {
         a == b
     }
+
+    pub(super) fn link_count(m: &Metadata) -> u64 {
+        m.nlink()
+    }
 }
 
 #[cfg(not(unix))]
@@ -247,5 +269,9 @@ mod sys {
     // identity check is not needed there (spec §2.6).
     pub(super) fn same_identity(_a: FileId, _b: FileId) -> bool {
         true
+    }
+
+    pub(super) fn link_count(_m: &Metadata) -> u64 {
+        1
     }
 }

@@ -5,6 +5,8 @@
 //! | --- | --- |
 //! | [`Lock`] | one holder at a time across processes, with a timeout |
 //! | [`RLock`] | the same, re-entrant for one owner (nested acquisitions) |
+//! | [`TemporaryFileLock`] | a lock whose file exists only while it is held |
+//! | [`PidFileLock`] | single-instance daemons: the loser learns the winner's pid |
 //! | [`lock`] / [`unlock`] | the raw, synchronous `flock` on a file you opened |
 //!
 //! Every lock here is an advisory `flock(2)` lock, the one Python
@@ -42,7 +44,10 @@
 //! | --- | --- | --- |
 //! | [`Lock::acquire`], [`Lock::try_acquire`] | yes | no lock; its descriptor closed |
 //! | [`RLock::acquire`] | yes | no lock, the count unchanged |
-//! | [`LockGuard::release`], [`RLockGuard::release`] | yes | the lock released as on drop |
+//! | [`TemporaryFileLock::acquire`] | yes | no lock; at most an empty, unlocked lock file |
+//! | [`PidFileLock::acquire`] | yes | no lock once an in-flight pid write finishes and is rolled back |
+//! | [`PidFileLock::read_pid`] | yes | nothing |
+//! | every guard's `release()` | yes | the lock released as on drop |
 //!
 //! Waiting never blocks a runtime thread: each attempt is a non-blocking
 //! `flock`, the pauses are [`tokio::time`] sleeps, and only opening a file
@@ -76,6 +81,11 @@
 //!   deadline; a zero timeout makes exactly one attempt, as in Python.
 //! * [`LockFlags::UNBLOCK`] alone unlocks in [`lock`] (as `flock(2)` and the
 //!   2.x API); Python 4.2+ rejects it.
+//! * [`PidFileLock`] is fail-closed only: contention is an error carrying
+//!   [`Error::holder_pid`], never a block that runs without the lock.
+//! * Delete-on-release locks remove only the file they hold, and only a
+//!   guard removes anything; there is no exit hook (guards release on
+//!   drop, unwinding included).
 //! * `FileToLarge` does not exist: it was never raised.
 //!
 //! # Feature flags
@@ -91,13 +101,17 @@ mod error;
 mod file_lock;
 mod flags;
 mod lock;
+mod pidfile;
 mod rlock;
+mod temporary;
 
 pub use error::{Error, ErrorKind, Result};
 pub use file_lock::{lock, unlock};
 pub use flags::{LockFlags, LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN};
 pub use lock::{Lock, LockGuard, DEFAULT_CHECK_INTERVAL, DEFAULT_TIMEOUT};
+pub use pidfile::{PidFileLock, PidFileLockGuard};
 pub use rlock::{RLock, RLockGuard};
+pub use temporary::{TemporaryFileLock, TemporaryFileLockGuard};
 
 /// redis-rs, re-exported so that users name the same `redis::Client`.
 #[cfg(feature = "redis")]

@@ -359,6 +359,10 @@ impl Lock {
         if !self.inner.opts.truncate {
             return Ok(handle);
         }
+        if let Err(e) = file_lock::check_single_link(&handle.file) {
+            let _ = handle.file.unlock();
+            return Err(Error::io("refusing to truncate", Some(&self.inner.path), e));
+        }
         match handle.file.set_len(0) {
             Ok(()) => Ok(handle),
             Err(e) => {
@@ -460,6 +464,11 @@ impl LockGuard {
     /// The absolute path of the locked file.
     pub fn path(&self) -> &Path {
         &self.lock.path
+    }
+
+    /// Whether the locked file is still the file at [`path`](Self::path).
+    pub(crate) fn is_at_path(&self) -> io::Result<bool> {
+        Handle::id_is_at(self.id, &self.lock.path)
     }
 
     /// Flushes what was written through the guard, unlocks and keeps or

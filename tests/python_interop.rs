@@ -107,3 +107,93 @@ async fn shared_locks_are_shared_across_languages() {
     drop(reader);
     py.finish();
 }
+
+/// Python's PidFileLock holds (fail_closed) until stdin closes.
+const PY_PID_HOLD: &str = r#"
+import os, sys, portalocker
+lock = portalocker.PidFileLock(sys.argv[1])
+with lock.fail_closed():
+    print("@@LOCKED", os.getpid(), flush=True)
+    sys.stdin.read()
+print("@@RELEASED", flush=True)
+"#;
+
+/// Python reads the pid, then tries fail_closed().
+const PY_PID_PROBE: &str = r#"
+import sys, portalocker
+lock = portalocker.PidFileLock(sys.argv[1])
+print("@@READ", lock.read_pid(), flush=True)
+try:
+    with lock.fail_closed():
+        print("@@RESULT acquired", flush=True)
+except portalocker.AlreadyLocked as e:
+    print("@@RESULT AlreadyLocked", e.holder_pid, flush=True)
+"#;
+
+#[tokio::test]
+async fn python_pid_file_lock_holds_rust_sees_its_pid() {
+    let d = tempfile::tempdir().unwrap();
+    let pid = d.path().join("daemon.pid");
+    let mut py = Proc::python(PY_PID_HOLD, &[pid.to_str().unwrap()]);
+    let py_pid: u32 = py.expect("LOCKED").parse().unwrap();
+    let lock = portalocker::PidFileLock::new(&pid);
+    assert_eq!(lock.read_pid().await, Some(py_pid));
+    let err = lock.acquire().await.unwrap_err();
+    assert!(err.is_already_locked(), "{err}");
+    assert_eq!(err.holder_pid(), Some(py_pid));
+    py.close_stdin();
+    py.expect("RELEASED");
+    py.finish();
+    // Python removed both files on release; Rust takes over cleanly.
+    assert!(!pid.exists());
+    lock.acquire().await.unwrap().release().await.unwrap();
+}
+
+#[tokio::test]
+async fn rust_pid_file_lock_holds_python_reads_the_pid_and_fails_closed() {
+    let d = tempfile::tempdir().unwrap();
+    let pid = d.path().join("daemon.pid");
+    let g = portalocker::PidFileLock::new(&pid).acquire().await.unwrap();
+    let me = std::process::id().to_string();
+    let mut py = Proc::python(PY_PID_PROBE, &[pid.to_str().unwrap()]);
+    assert_eq!(py.expect("READ"), me);
+    assert_eq!(py.expect("RESULT"), format!("AlreadyLocked {me}"));
+    py.finish();
+    g.release().await.unwrap();
+    let mut py = Proc::python(PY_PID_PROBE, &[pid.to_str().unwrap()]);
+    assert_eq!(py.expect("READ"), "None");
+    assert_eq!(py.expect("RESULT"), "acquired");
+    py.finish();
+}
+
+/// Python's TemporaryFileLock holds until stdin closes.
+const PY_TMP_HOLD: &str = r#"
+import sys, portalocker
+lock = portalocker.TemporaryFileLock(sys.argv[1])
+lock.acquire()
+print("@@LOCKED", flush=True)
+sys.stdin.read()
+lock.release()
+print("@@RELEASED", flush=True)
+"#;
+
+#[tokio::test]
+async fn temporary_file_locks_exclude_each_other_across_languages() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("tmp.lock");
+    let mut py = Proc::python(PY_TMP_HOLD, &[path.to_str().unwrap()]);
+    py.expect("LOCKED");
+    let lock = portalocker::TemporaryFileLock::new(&path);
+    assert!(lock.acquire().await.unwrap_err().is_already_locked());
+    assert!(path.exists(), "Rust removed Python's lock file");
+    py.close_stdin();
+    py.expect("RELEASED");
+    py.finish();
+    assert!(!path.exists());
+    let g = lock.acquire().await.unwrap();
+    let mut probe = Proc::python(PY_TRY, &[path.to_str().unwrap()]);
+    assert_eq!(probe.expect("RESULT"), "AlreadyLocked");
+    probe.finish();
+    g.release().await.unwrap();
+    assert!(!path.exists());
+}

@@ -329,6 +329,47 @@ async fn run_role(role: &str, args: &[String]) {
             }
             say("DONE", n);
         }
+        // Hold a PidFileLock until the parent closes stdin.
+        "pid-hold" => {
+            let guard = portalocker::PidFileLock::new(&args[0])
+                .acquire()
+                .await
+                .unwrap();
+            say("LOCKED", std::process::id());
+            tokio::task::spawn_blocking(wait_for_parent).await.unwrap();
+            guard.release().await.unwrap();
+            say("RELEASED", "");
+        }
+        // TemporaryFileLock rounds; inside, an O_EXCL marker proves that
+        // no one else is inside at the same time.
+        "tmp-soak" => {
+            let n: usize = args[2].parse().unwrap();
+            let marker = Path::new(&args[1]);
+            let lock = portalocker::TemporaryFileLock::new(&args[0])
+                .fail_when_locked(false)
+                .timeout(Duration::from_secs(120))
+                .check_interval(Duration::from_millis(1));
+            say("READY", "");
+            for i in 0..n {
+                let guard = lock.acquire().await.unwrap();
+                if let Err(e) = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(marker)
+                {
+                    say("VIOLATION", format!("round {i}: {e}"));
+                    std::process::exit(3);
+                }
+                std::thread::yield_now();
+                std::fs::remove_file(marker).unwrap();
+                if i % 2 == 0 {
+                    guard.release().await.unwrap();
+                } else {
+                    drop(guard);
+                }
+            }
+            say("DONE", n);
+        }
         other => panic!("unknown role {other}"),
     }
 }

@@ -1,0 +1,388 @@
+//! [`PidFileLock`]: a single-instance lock that publishes the holder's pid.
+//!
+//! Two files, exactly as Python portalocker 4.4.2 uses them, so a Python
+//! and a Rust daemon exclude each other and read each other's pid:
+//!
+//! * `<pid_path>.lock`, the sidecar, carries the OS lock (`flock`);
+//! * `<pid_path>` holds the holder's pid: ASCII decimal, no sign, no
+//!   padding, no newline. It is published atomically (a temporary file in
+//!   the same directory, `fsync`, then `rename` over the pid file), so a
+//!   reader sees the previous complete pid or the new one, never a partial
+//!   file.
+//!
+//! On release both files are removed while the sidecar is still locked.
+//!
+//! # What the pid means
+//!
+//! The `flock` decides ownership; the pid is diagnostic only. It says who
+//! *wrote* the file, not whether that process is still alive (pids are
+//! reused). A holder that crashed leaves both files behind with its lock
+//! released by the kernel: the next daemon simply takes the sidecar lock
+//! and overwrites the stale pid.
+
+use std::fmt;
+use std::fs::OpenOptions;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::lock::{absolute, Lock, Options};
+use crate::temporary::DeleteOnRelease;
+
+/// A lock for single-instance daemons (Python's `PidFileLock`).
+///
+/// The OS lock is on `<pid_path>.lock`; the holder's pid is published in
+/// `pid_path`. Contention is an error for which
+/// [`is_already_locked()`](Error::is_already_locked) is true and
+/// [`holder_pid()`](Error::holder_pid) is the pid read from the pid file,
+/// when it is readable.
+///
+/// Defaults as in Python: **`fail_when_locked` true** (so the timeout only
+/// matters after `fail_when_locked(false)`), timeout 5 s, check interval
+/// 250 ms.
+///
+/// # Differences from portalocker
+///
+/// * Fail-closed is the only mode: contention is always an error carrying
+///   `holder_pid`, like Python's `fail_closed()`. There is no "inspection
+///   mode" that runs the body without the lock.
+/// * The pid is published through an unguessable temporary name created
+///   with `O_EXCL | O_NOFOLLOW`; a symlink at the pid path or the sidecar
+///   is refused, never followed or removed.
+/// * A pid that does not fit a `u32` is reported as unreadable.
+///
+/// # Examples
+///
+/// ```
+/// use portalocker::PidFileLock;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> portalocker::Result<()> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let lock = PidFileLock::new(dir.path().join("daemon.pid"));
+/// let guard = lock.acquire().await?;
+/// assert_eq!(lock.read_pid().await, Some(std::process::id()));
+///
+/// // A second instance is refused and learns who runs.
+/// let err = PidFileLock::new(lock.path()).acquire().await.unwrap_err();
+/// assert!(err.is_already_locked());
+/// assert_eq!(err.holder_pid(), Some(std::process::id()));
+/// guard.release().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct PidFileLock {
+    pid_path: PathBuf,
+    sidecar: Lock,
+}
+
+impl PidFileLock {
+    /// A pid-file lock for `pid_path`. No I/O happens here.
+    pub fn new(pid_path: impl AsRef<Path>) -> Self {
+        let pid_path = absolute(pid_path.as_ref());
+        let mut sidecar = pid_path.clone().into_os_string();
+        sidecar.push(".lock");
+        let opts = Options {
+            fail_when_locked: true,
+            ..Options::default()
+        };
+        Self {
+            sidecar: Lock::with_options(PathBuf::from(sidecar), opts, false),
+            pid_path,
+        }
+    }
+
+    /// See [`Lock::timeout`]. Waiting only happens with
+    /// `fail_when_locked(false)`.
+    pub fn timeout(self, timeout: Duration) -> Self {
+        Self {
+            sidecar: self.sidecar.timeout(timeout),
+            ..self
+        }
+    }
+
+    /// See [`Lock::check_interval`].
+    pub fn check_interval(self, interval: Duration) -> Self {
+        Self {
+            sidecar: self.sidecar.check_interval(interval),
+            ..self
+        }
+    }
+
+    /// Fail at the first busy attempt (default **true**, as in Python).
+    pub fn fail_when_locked(self, yes: bool) -> Self {
+        Self {
+            sidecar: self.sidecar.fail_when_locked(yes),
+            ..self
+        }
+    }
+
+    /// The absolute path of the pid file.
+    pub fn path(&self) -> &Path {
+        &self.pid_path
+    }
+
+    /// The absolute path of the sidecar that carries the OS lock.
+    pub fn lock_path(&self) -> &Path {
+        self.sidecar.path()
+    }
+
+    /// Takes the lock and publishes this process's pid.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe. Dropped while waiting, it holds nothing
+    /// (at most an empty, unlocked sidecar it created stays behind).
+    /// Dropped while the pid is being published (on the blocking pool), the
+    /// publication finishes and is then rolled back: the pid file and the
+    /// sidecar are removed while still locked, and the lock is released.
+    ///
+    /// # Errors
+    ///
+    /// [`is_already_locked()`](Error::is_already_locked) with
+    /// [`holder_pid()`](Error::holder_pid) on contention;
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for an
+    /// empty path, a NUL byte, or a symlink or non-file at the pid path;
+    /// [`ErrorKind::Io`](crate::ErrorKind::Io) for other OS errors. On any
+    /// error nothing is left locked.
+    pub async fn acquire(&self) -> Result<PidFileLockGuard> {
+        crate::file_lock::check_path("failed to lock", &self.pid_path)?;
+        let guard = match self.sidecar.acquire().await {
+            Ok(g) => g,
+            Err(e) if e.is_already_locked() => {
+                let pid = self.read_pid().await;
+                return Err(e.with_holder_pid(pid));
+            }
+            Err(e) => return Err(e),
+        };
+        let mut held = PidFileLockGuard {
+            inner: DeleteOnRelease::new(guard),
+            pid_path: self.pid_path.clone(),
+        };
+        // The guard travels through the blocking task: if this future is
+        // dropped meanwhile, the task's output (the guard) is dropped when
+        // it finishes, which removes both files and unlocks.
+        let joined = tokio::task::spawn_blocking(move || {
+            let r = publish_pid(&held.pid_path, std::process::id());
+            if r.is_ok() {
+                let p = held.pid_path.clone();
+                held.inner.set_companion(p);
+            }
+            (held, r)
+        })
+        .await;
+        let (held, r) = joined.map_err(|e| {
+            Error::io(
+                "failed to publish pid",
+                Some(&self.pid_path),
+                io::Error::other(e),
+            )
+        })?;
+        match r {
+            Ok(()) => Ok(held),
+            Err(e) => Err(Error::io("failed to publish pid", Some(&self.pid_path), e)),
+        }
+    }
+
+    /// The pid in the pid file, if it is readable and valid: ASCII digits
+    /// only (surrounding whitespace allowed), at most 20 of them, greater
+    /// than zero. Signs, underscores, `0`, non-ASCII digits and anything
+    /// else give `None`, as in Python, so the result is safe to pass to
+    /// `kill`. No liveness check is made.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: it only reads.
+    pub async fn read_pid(&self) -> Option<u32> {
+        let path = self.pid_path.clone();
+        tokio::task::spawn_blocking(move || read_pid_file(&path))
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+/// A held [`PidFileLock`]. Dropping it or calling
+/// [`release`](Self::release) removes the pid file and the sidecar, then
+/// unlocks.
+#[must_use = "if unused the lock is released (and the pid file removed) at once"]
+#[clippy::has_significant_drop]
+pub struct PidFileLockGuard {
+    inner: DeleteOnRelease,
+    pid_path: PathBuf,
+}
+
+impl PidFileLockGuard {
+    /// The absolute path of the pid file.
+    pub fn path(&self) -> &Path {
+        &self.pid_path
+    }
+
+    /// The absolute path of the locked sidecar.
+    pub fn lock_path(&self) -> &Path {
+        self.inner.lock_path()
+    }
+
+    /// Removes the pid file and the sidecar while still locked, then
+    /// unlocks.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: the files are removed before the first
+    /// `.await`, and a dropped future unlocks as dropping the guard would.
+    ///
+    /// # Errors
+    ///
+    /// As [`TemporaryFileLockGuard::release`](crate::TemporaryFileLockGuard::release).
+    pub async fn release(self) -> Result<()> {
+        self.inner.release().await
+    }
+}
+
+impl fmt::Debug for PidFileLockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PidFileLockGuard")
+            .field("path", &self.pid_path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Writes `pid` to `path` atomically: a new, unguessable temporary file in
+/// the same directory (`O_EXCL`, no symlink following), `fsync`, `rename`.
+fn publish_pid(path: &Path, pid: u32) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the pid file path is a symbolic link, which is never followed or replaced",
+            ))
+        }
+        Ok(m) if !m.is_file() => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the pid file path is not a regular file",
+            ))
+        }
+        _ => {}
+    }
+    let (tmp, mut file) = create_temp_beside(path, pid)?;
+    let written = (|| {
+        file.write_all(pid.to_string().as_bytes())?;
+        match file.sync_all() {
+            Err(e) if is_fsync_unsupported(&e) => {}
+            other => other?,
+        }
+        drop(file);
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+fn create_temp_beside(path: &Path, pid: u32) -> io::Result<(PathBuf, std::fs::File)> {
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "the pid path has no file name")
+    })?;
+    let mut last = None;
+    for _ in 0..100 {
+        let mut tmp_name = name.to_os_string();
+        tmp_name.push(format!(".{pid}.{:016x}.tmp", crate::deadline::random_u64()));
+        let tmp = path.with_file_name(tmp_name);
+        let mut o = OpenOptions::new();
+        o.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            o.mode(0o644).custom_flags(libc::O_NOFOLLOW);
+        }
+        match o.open(&tmp) {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no free temporary name")))
+}
+
+fn is_fsync_unsupported(e: &io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = e;
+        false
+    }
+}
+
+/// Reads and validates a pid file; never follows a symlink into a FIFO
+/// or reads more than a few KiB.
+fn read_pid_file(path: &Path) -> Option<u32> {
+    let mut o = OpenOptions::new();
+    o.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = o.open(path).ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut raw = Vec::new();
+    file.take(4096).read_to_end(&mut raw).ok()?;
+    parse_pid(&raw)
+}
+
+/// Python portalocker 4.4.2's `read_pid` rules: decode as ASCII (invalid
+/// bytes fail), strip whitespace, then 1 to 20 ASCII digits with a value
+/// above zero. Values that do not fit a `u32` are not pids here.
+pub(crate) fn parse_pid(raw: &[u8]) -> Option<u32> {
+    // Python's str.strip() whitespace, restricted to ASCII.
+    let is_space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c | 0x1c..=0x1f);
+    let start = raw.iter().position(|b| !is_space(b))?;
+    let end = raw.iter().rposition(|b| !is_space(b))? + 1;
+    let digits = &raw[start..end];
+    if digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let value: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    u32::try_from(value).ok().filter(|&p| p > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_pid;
+
+    #[test]
+    fn strict_pid_parsing() {
+        let cases: &[(&[u8], Option<u32>)] = &[
+            (b"16802", Some(16802)),
+            (b"  42\n", Some(42)),
+            (b"\t7\r\n\x0b\x0c\x1c", Some(7)),
+            (b"0000123", Some(123)),
+            (b"4294967295", Some(u32::MAX)),
+            (b"4294967296", None),
+            (b"12345678901234567890", None), // 20 digits, valid syntax, not a u32
+            (b"123456789012345678901", None), // 21 digits
+            (b"0", None),
+            (b"000", None),
+            (b"-1", None),
+            (b"+5", None),
+            (b"1_000", None),
+            (b"12 34", None),
+            (b"", None),
+            (b"   ", None),
+            (b"\xd9\xa1", None), // Arabic-Indic digit one, UTF-8
+            (b"1\xff", None),
+            (b"0x10", None),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(parse_pid(raw), *want, "{:?}", String::from_utf8_lossy(raw));
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! `PidFileLock`: files and format of Python portalocker, holder pid on
+//! contention, stale pid files, hostile paths.
+mod support;
+
+use std::time::Duration;
+
+use portalocker::{ErrorKind, Lock, PidFileLock};
+use support::Proc;
+
+#[test]
+fn child_entry() {
+    support::child_main();
+}
+
+fn sidecar(pid: &std::path::Path) -> std::path::PathBuf {
+    let mut s = pid.as_os_str().to_os_string();
+    s.push(".lock");
+    s.into()
+}
+
+#[tokio::test]
+async fn publishes_the_pid_and_removes_both_files_on_release() {
+    let d = tempfile::tempdir().unwrap();
+    let pid = d.path().join("app.pid");
+    let lock = PidFileLock::new(&pid);
+    assert_eq!(lock.lock_path(), sidecar(&pid));
+    let g = lock.acquire().await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&pid).unwrap(),
+        std::process::id().to_string(),
+        "ASCII decimal, no newline"
+    );
+    assert!(sidecar(&pid).is_file());
+    // The sidecar carries the OS lock; the pid file carries none.
+    assert!(Lock::new(sidecar(&pid))
+        .try_acquire()
+        .await
+        .unwrap_err()
+        .is_already_locked());
+    drop(Lock::new(&pid).try_acquire().await.unwrap());
+    assert_eq!(g.path(), pid);
+    g.release().await.unwrap();
+    assert!(!pid.exists() && !sidecar(&pid).exists());
+    // Only the two files: no temporary litter in the directory.
+    assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn drop_removes_both_files_too() {
+    let d = tempfile::tempdir().unwrap();
+    let pid = d.path().join("app.pid");
+    drop(PidFileLock::new(&pid).acquire().await.unwrap());
+    assert!(!pid.exists() && !sidecar(&pid).exists());
+}
+
+#[tokio::test]
+async fn contention_reports_the_holder_pid() {
+    let d = tempfile::tempdir().unwrap();
+    let pid = d.path().join("app.pid");
+    let mut child = Proc::role("child_entry", "pid-hold", &[pid.to_str().unwrap()]);
+    let child_pid: u32 = child.expect("LOCKED").parse().unwrap();
+    let lock = PidFileLock::new(&pid);
+    assert_eq!(lock.read_pid().await, Some(child_pid));
+    let err = lock.acquire().await.unwrap_err();
+    assert!(err.is_already_locked(), "{err}");
+    assert_eq!(err.holder_pid(), Some(child_pid));
+    assert!(
+        err.to_string().contains(&format!("holder pid {child_pid}")),
+        "{err}"
+    );
+    // With fail_when_locked(false) it waits for the timeout, then fails the same way.
+    let err = PidFileLock::new(&pid)
+        .fail_when_locked(false)
+        .timeout(Duration::from_millis(100))
+        .check_interval(Duration::from_millis(10))
+        .acquire()
+        .await
+        .unwrap_err();
+    assert_eq!(err.holder_pid(), Some(child_pid));
+    child.close_stdin();
+    child.expect("RELEASED");
+    child.finish();
+    assert!(!pid.exists());
+    drop(lock.acquire().await.unwrap());
+}
+
+#[tokio::test]
+async fn a_holder_whose_pid_file_is_gone_still_excludes_with_no_pid() {
+    let d = tempfile::tempdir().unwrap();
+    let pid = d.path().join("app.pid");
+    let _g = PidFileLock::new(&pid).acquire().await.unwrap();
+    std::fs::remove_file(&pid).unwrap();
+    let err = PidFileLock::new(&pid).acquire().await.unwrap_err();
+    assert!(err.is_already_locked());
+    assert_eq!(err.holder_pid(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_pid_file_from_a_crashed_holder_does_not_block() {
+    let d = tempfile::tempdir().unwrap();
+    let pid = d.path().join("app.pid");
+    let mut child = Proc::role("child_entry", "pid-hold", &[pid.to_str().unwrap()]);
+    let child_pid: u32 = child.expect("LOCKED").parse().unwrap();
+    child.kill();
+    // The crash left both files, with the dead holder's pid.
+    assert_eq!(
+        std::fs::read_to_string(&pid).unwrap(),
+        child_pid.to_string()
+    );
+    assert!(sidecar(&pid).exists());
+    let g = PidFileLock::new(&pid).acquire().await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&pid).unwrap(),
+        std::process::id().to_string()
+    );
+    g.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn read_pid_is_strict() {
+    let d = tempfile::tempdir().unwrap();
+    let pid = d.path().join("app.pid");
+    let lock = PidFileLock::new(&pid);
+    assert_eq!(lock.read_pid().await, None, "missing file");
+    for (content, want) in [
+        ("123", Some(123)),
+        (" 77\n", Some(77)),
+        ("-1", None),
+        ("0", None),
+        ("1_000", None),
+        ("abc", None),
+        ("123456789012345678901", None),
+    ] {
+        std::fs::write(&pid, content).unwrap();
+        assert_eq!(lock.read_pid().await, want, "{content:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_fifo_at_the_pid_path_never_hangs() {
+    let d = tempfile::tempdir().unwrap();
+    let pid = d.path().join("app.pid");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&pid)
+        .status()
+        .unwrap()
+        .success());
+    let lock = PidFileLock::new(&pid);
+    let r = tokio::time::timeout(Duration::from_secs(30), lock.read_pid()).await;
+    assert_eq!(r.expect("read_pid hung on a FIFO"), None);
+    let r = tokio::time::timeout(Duration::from_secs(30), lock.acquire()).await;
+    let err = r.expect("acquire hung on a FIFO").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(pid.exists(), "the FIFO is not ours to remove");
+    drop(Lock::new(sidecar(&pid)).try_acquire().await.unwrap());
+}
+
+#[tokio::test]
+async fn symlinks_are_refused_and_their_targets_untouched() {
+    let d = tempfile::tempdir().unwrap();
+    let victim = d.path().join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+
+    // A symlink at the pid path.
+    let pid = d.path().join("a.pid");
+    std::os::unix::fs::symlink(&victim, &pid).unwrap();
+    let err = PidFileLock::new(&pid).acquire().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    assert!(
+        pid.symlink_metadata().unwrap().file_type().is_symlink(),
+        "link kept"
+    );
+    assert!(!sidecar(&pid).exists(), "the sidecar was rolled back");
+
+    // A symlink at the sidecar path.
+    let pid = d.path().join("b.pid");
+    std::os::unix::fs::symlink(&victim, sidecar(&pid)).unwrap();
+    let err = PidFileLock::new(&pid).acquire().await.unwrap_err();
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    assert!(!pid.exists());
+
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+}
+
+#[tokio::test]
+async fn bad_paths_are_typed_errors() {
+    let d = tempfile::tempdir().unwrap();
+    for (p, kind) in [
+        (std::path::PathBuf::from(""), ErrorKind::InvalidInput),
+        (std::path::PathBuf::from("x\0.pid"), ErrorKind::InvalidInput),
+        (d.path().join("missing/app.pid"), ErrorKind::Io),
+    ] {
+        let err = PidFileLock::new(&p).acquire().await.unwrap_err();
+        assert_eq!(err.kind(), kind, "{p:?}: {err}");
+    }
+    // A directory at the pid path: the sidecar locks, publishing refuses.
+    let dir_pid = d.path().join("dir.pid");
+    std::fs::create_dir(&dir_pid).unwrap();
+    let err = PidFileLock::new(&dir_pid).acquire().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(dir_pid.is_dir());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_acquires_roll_back_completely() {
+    let d = tempfile::tempdir().unwrap();
+    let pid = d.path().join("c.pid");
+    let lock = PidFileLock::new(&pid);
+    let mut cancelled = 0;
+    for i in 0..300u64 {
+        let budget = Duration::from_micros(i % 150);
+        match tokio::time::timeout(budget, lock.acquire()).await {
+            Ok(g) => drop(g.unwrap()),
+            Err(_) => cancelled += 1,
+        }
+        // A publication that was in flight finishes on the blocking pool
+        // and is then rolled back: both files go and the lock is freed.
+        let side = sidecar(&pid);
+        let p = pid.clone();
+        let clean = support::eventually(Duration::from_secs(10), move || {
+            !p.exists() && std::fs::File::open(&side).map_or(true, |f| f.try_lock().is_ok())
+        })
+        .await;
+        assert!(clean, "iteration {i}: left the pid file or the lock behind");
+    }
+    assert!(cancelled > 0);
+}
