@@ -33,18 +33,30 @@ impl Schedule {
 
     /// Sleeps until the next attempt is due. Returns `false`, without
     /// sleeping, once the deadline has passed: no attempt is left.
+    #[cfg(test)]
+    pub(crate) async fn wait(&mut self) -> bool {
+        match self.next_attempt() {
+            Some(t) => {
+                tokio::time::sleep_until(t).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// When the next attempt is due, or `None` once the deadline has
+    /// passed: no attempt is left.
     ///
     /// Targets are fixed (start + jittered multiples of the interval), so
     /// the time an attempt takes does not stretch the schedule; each pause
     /// is at least [`MIN_PAUSE`] and the last target is the deadline.
-    pub(crate) async fn wait(&mut self) -> bool {
+    pub(crate) fn next_attempt(&mut self) -> Option<Instant> {
         let now = Instant::now();
         if now >= self.deadline {
-            return false;
+            return None;
         }
         self.next = self.next_target(now);
-        tokio::time::sleep_until(self.next).await;
-        true
+        Some(self.next)
     }
 
     fn next_target(&self, now: Instant) -> Instant {

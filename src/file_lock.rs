@@ -176,7 +176,7 @@ pub(crate) fn check_single_link(file: &File) -> io::Result<()> {
 }
 
 /// Device and inode of a file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct FileId {
     dev: u64,
     ino: u64,

@@ -104,6 +104,7 @@ mod lock;
 mod pidfile;
 mod rlock;
 mod temporary;
+mod wake;
 
 pub use error::{Error, ErrorKind, Result};
 pub use file_lock::{lock, unlock};

@@ -39,6 +39,7 @@ use crate::deadline::Schedule;
 use crate::error::{Error, Result};
 use crate::file_lock::{self, FileId, Handle, OpenMode};
 use crate::flags::{LockFlags, Mode, Operation};
+use crate::wake::{self, Armed, Watch};
 
 /// Python portalocker's `DEFAULT_TIMEOUT`: 5 s.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -312,11 +313,16 @@ impl Lock {
         let mut schedule = Schedule::new(timeout, inner.opts.check_interval);
         let mut current = self.take_idle();
         let mut stale = 0u32;
+        // Registered after the first busy attempt: wakes us early when the
+        // holder releases (see `wake`).
+        let mut watch: Option<Watch> = None;
+        let mut notifier = Vec::new();
         loop {
             let handle = match current.take() {
                 Some(h) => h,
                 None => self.open().await?,
             };
+            let armed = Armed::new(&notifier);
             let locked = file_lock::try_lock(&handle.file, mode)
                 .map_err(|e| Error::io(OP_LOCK, Some(&inner.path), e))?;
             // Whatever the outcome, a descriptor whose file is no longer at
@@ -332,12 +338,24 @@ impl Lock {
                 }
             } else if locked {
                 return self.prepare(handle);
+            } else if fail_fast {
+                return Err(self.busy(timeout, fail_fast));
+            } else if watch.as_ref().map(Watch::id) != Some(handle.id) {
+                // First contention on this file: register, then try once
+                // more at once so a release in between is not missed.
+                let w = Watch::new(&inner.path, handle.id);
+                drop(armed);
+                notifier = vec![w.notifier()];
+                watch = Some(w);
+                current = Some(handle);
+                continue;
             } else {
                 current = Some(handle);
             }
-            if fail_fast || !schedule.wait().await {
+            let Some(target) = schedule.next_attempt() else {
                 return Err(self.busy(timeout, fail_fast));
-            }
+            };
+            armed.until(target).await;
             stale = 0;
         }
     }
@@ -403,6 +421,7 @@ impl Inner {
     /// rewound first, so every guard starts at offset 0.
     fn recycle(&self, mut file: File, id: FileId, touched: bool) -> io::Result<()> {
         let unlocked = file.unlock();
+        wake::released(id);
         let reusable =
             unlocked.is_ok() && self.reuse && (!touched || file.seek(SeekFrom::Start(0)).is_ok());
         if reusable {

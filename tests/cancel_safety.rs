@@ -76,6 +76,17 @@ fn dropped_acquires_leave_no_lock_and_no_descriptor() {
     std::fs::write(&path, "").unwrap();
     rt.block_on(async {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        // The first contended wait starts the process-wide wake-up watcher
+        // (one inotify descriptor on Linux): create it before the baseline.
+        {
+            let _held = Lock::new(&path).acquire().await.unwrap();
+            let err = Lock::new(&path)
+                .timeout(Duration::from_millis(5))
+                .acquire()
+                .await
+                .unwrap_err();
+            assert!(err.is_already_locked());
+        }
         let baseline = support::fd_count();
 
         // Phase 1: the lock is held by another owner; every acquire waits

@@ -484,3 +484,64 @@ fn guard_dropped_outside_any_runtime_releases() {
     std::thread::spawn(move || drop(g)).join().unwrap();
     probe.try_lock().unwrap();
 }
+
+/// A waiter wakes when a guard of this process releases, not at its next
+/// poll: with a 60 s check interval the first poll would come after 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_release_wakes_the_waiter_at_once() {
+    let d = dir();
+    let path = d.path().join("wake.lock");
+    for _ in 0..20 {
+        let holder = Lock::new(&path).acquire().await.unwrap();
+        let lock = Lock::new(&path)
+            .timeout(Duration::from_secs(120))
+            .check_interval(Duration::from_secs(60));
+        let waiter = tokio::spawn(async move { lock.acquire().await });
+        // The waiter has opened the file (its attempt and registration
+        // follow in the same poll) once two descriptors point at it.
+        assert!(support::eventually(Duration::from_secs(10), || open_count(&path) >= 2).await);
+        let released = std::time::Instant::now();
+        holder.release().await.unwrap();
+        drop(waiter.await.unwrap().unwrap());
+        assert!(
+            released.elapsed() < Duration::from_secs(10),
+            "woke only by polling"
+        );
+    }
+}
+
+/// Another process that dies while holding the lock closes the file: the
+/// waiter wakes on that close instead of at its next poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dying_holder_process_wakes_the_waiter_at_once() {
+    let d = dir();
+    let path = d.path().join("wake-proc.lock");
+    let mut child = Proc::role("child_entry", "hold", &[path.to_str().unwrap()]);
+    child.expect("LOCKED");
+    let lock = Lock::new(&path)
+        .timeout(Duration::from_secs(120))
+        .check_interval(Duration::from_secs(60));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let waiter = tokio::spawn(async move {
+        tx.send(()).unwrap();
+        lock.acquire().await
+    });
+    rx.await.unwrap();
+    assert!(support::eventually(Duration::from_secs(10), || open_count(&path) >= 1).await);
+    let killed = std::time::Instant::now();
+    child.kill();
+    drop(waiter.await.unwrap().unwrap());
+    assert!(
+        killed.elapsed() < Duration::from_secs(10),
+        "woke only by polling"
+    );
+}
+
+/// How many of this process's descriptors point at `path`.
+fn open_count(path: &std::path::Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|t| t == path)
+        .count()
+}
