@@ -7,6 +7,7 @@
 //! | [`RLock`] | the same, re-entrant for one owner (nested acquisitions) |
 //! | [`TemporaryFileLock`] | a lock whose file exists only while it is held |
 //! | [`PidFileLock`] | single-instance daemons: the loser learns the winner's pid |
+//! | [`BoundedSemaphore`], [`NamedBoundedSemaphore`] | at most N holders across processes (N slot files) |
 //! | [`lock`] / [`unlock`] | the raw, synchronous `flock` on a file you opened |
 //!
 //! Every lock here is an advisory `flock(2)` lock, the one Python
@@ -47,6 +48,7 @@
 //! | [`TemporaryFileLock::acquire`] | yes | no lock; at most an empty, unlocked lock file |
 //! | [`PidFileLock::acquire`] | yes | no lock once an in-flight pid write finishes and is rolled back |
 //! | [`PidFileLock::read_pid`] | yes | nothing |
+//! | [`BoundedSemaphore::acquire`] | yes | no slot held |
 //! | every guard's `release()` | yes | the lock released as on drop |
 //!
 //! Waiting never blocks a runtime thread: each attempt is a non-blocking
@@ -103,6 +105,7 @@ mod flags;
 mod lock;
 mod pidfile;
 mod rlock;
+mod semaphore;
 mod temporary;
 mod wake;
 
@@ -112,6 +115,7 @@ pub use flags::{LockFlags, LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN};
 pub use lock::{Lock, LockGuard, DEFAULT_CHECK_INTERVAL, DEFAULT_TIMEOUT};
 pub use pidfile::{PidFileLock, PidFileLockGuard};
 pub use rlock::{RLock, RLockGuard};
+pub use semaphore::{BoundedSemaphore, NamedBoundedSemaphore, SemaphorePermit, MAX_SLOTS};
 pub use temporary::{TemporaryFileLock, TemporaryFileLockGuard};
 
 /// redis-rs, re-exported so that users name the same `redis::Client`.

@@ -297,6 +297,7 @@ impl Lock {
             file: Some(tokio::fs::File::from_std(file)),
             id,
             touched: false,
+            keep: true,
             lock: self.inner.clone(),
         })
     }
@@ -339,6 +340,7 @@ impl Lock {
             } else if locked {
                 return self.prepare(handle);
             } else if fail_fast {
+                self.put_idle(handle);
                 return Err(self.busy(timeout, fail_fast));
             } else if watch.as_ref().map(Watch::id) != Some(handle.id) {
                 // First contention on this file: register, then try once
@@ -353,6 +355,9 @@ impl Lock {
                 current = Some(handle);
             }
             let Some(target) = schedule.next_attempt() else {
+                if let Some(h) = current.take() {
+                    self.put_idle(h);
+                }
                 return Err(self.busy(timeout, fail_fast));
             };
             armed.until(target).await;
@@ -394,6 +399,23 @@ impl Lock {
         }
     }
 
+    /// Keeps an unlocked descriptor for the next acquisition.
+    fn put_idle(&self, handle: Handle) {
+        if self.inner.reuse {
+            if let Ok(mut idle) = self.inner.idle.lock() {
+                if idle.is_none() {
+                    *idle = Some(handle);
+                }
+            }
+        }
+    }
+
+    /// The identity of the cached idle descriptor's file, if one is
+    /// cached (then an attempt needs no open).
+    pub(crate) fn idle_id(&self) -> Option<FileId> {
+        self.inner.idle.lock().ok()?.as_ref().map(|h| h.id)
+    }
+
     fn take_idle(&self) -> Option<Handle> {
         self.inner.idle.lock().ok().and_then(|mut g| g.take())
     }
@@ -419,11 +441,13 @@ impl Inner {
     /// Unlocks `file` and keeps it for the next acquisition (or closes
     /// it). A file that was read, written or sought through the guard is
     /// rewound first, so every guard starts at offset 0.
-    fn recycle(&self, mut file: File, id: FileId, touched: bool) -> io::Result<()> {
+    fn recycle(&self, mut file: File, id: FileId, touched: bool, keep: bool) -> io::Result<()> {
         let unlocked = file.unlock();
         wake::released(id);
-        let reusable =
-            unlocked.is_ok() && self.reuse && (!touched || file.seek(SeekFrom::Start(0)).is_ok());
+        let reusable = unlocked.is_ok()
+            && self.reuse
+            && keep
+            && (!touched || file.seek(SeekFrom::Start(0)).is_ok());
         if reusable {
             if let Ok(mut idle) = self.idle.lock() {
                 if idle.is_none() {
@@ -476,6 +500,9 @@ pub struct LockGuard {
     /// Whether the file was used mutably (read, written, sought), so its
     /// offset may have moved.
     touched: bool,
+    /// Keep the descriptor for reuse on release (else close it, which
+    /// wakes other processes' waiters through inotify).
+    keep: bool,
     lock: Arc<Inner>,
 }
 
@@ -483,6 +510,11 @@ impl LockGuard {
     /// The absolute path of the locked file.
     pub fn path(&self) -> &Path {
         &self.lock.path
+    }
+
+    /// Close the descriptor on release instead of keeping it for reuse.
+    pub(crate) fn close_on_release(&mut self) {
+        self.keep = false;
     }
 
     /// Whether the locked file is still the file at [`path`](Self::path).
@@ -523,7 +555,7 @@ impl LockGuard {
         };
         let flushed = file.flush().await;
         let std = file.into_std().await;
-        let unlocked = self.lock.recycle(std, self.id, self.touched);
+        let unlocked = self.lock.recycle(std, self.id, self.touched, self.keep);
         let path = &self.lock.path;
         flushed.map_err(|e| Error::io("failed to write lock file", Some(path), e))?;
         unlocked.map_err(|e| Error::io("failed to unlock", Some(path), e))
@@ -557,7 +589,7 @@ impl Drop for LockGuard {
             // through it; dropping our handle lets that write finish, and
             // the last close releases the lock after the data is written.
             if let Ok(std) = file.try_into_std() {
-                let _ = self.lock.recycle(std, self.id, self.touched);
+                let _ = self.lock.recycle(std, self.id, self.touched, self.keep);
             }
         }
     }

@@ -9,7 +9,7 @@ use std::fs::File;
 use std::path::Path;
 use std::time::Duration;
 
-use portalocker::{Lock, RLock};
+use portalocker::{BoundedSemaphore, Lock, RLock};
 
 struct Rng(u64);
 impl Rng {
@@ -143,14 +143,64 @@ fn dropped_acquires_leave_no_lock_and_no_descriptor() {
         drop(g);
         assert!(free_now(&path));
 
-        drop((reused, r));
+        // BoundedSemaphore: 3 slots, all held by another value; then free.
+        let sem_dir = tempfile::tempdir().unwrap();
+        let sem = BoundedSemaphore::new(3)
+            .name("c")
+            .directory(sem_dir.path())
+            .check_interval(Duration::from_micros(300));
+        let holders = BoundedSemaphore::new(3).name("c").directory(sem_dir.path());
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(holders.acquire().await.unwrap());
+        }
+        for _ in 0..1000 {
+            let budget = Duration::from_micros(rng.below(2000));
+            drop(tokio::time::timeout(budget, sem.acquire()).await);
+        }
+        drop(held);
+        let all_free = |sem: &BoundedSemaphore| sem.get_filenames().iter().all(|p| free_now(p));
+        assert!(all_free(&sem), "a cancelled semaphore acquire holds a slot");
+        let mut won = 0;
+        for i in 0..1000 {
+            let budget = Duration::from_micros(rng.below(40));
+            // A fresh value has no slot file open: its slots race as
+            // futures that open their files on the blocking pool.
+            let fresh = BoundedSemaphore::new(3).name("c").directory(sem_dir.path());
+            let s = if i % 2 == 0 { &sem } else { &fresh };
+            let got = if rng.below(2) == 0 {
+                tokio::time::timeout(budget, s.acquire()).await.ok()
+            } else {
+                let s = s.clone();
+                let h = tokio::spawn(async move { s.acquire().await });
+                tokio::task::yield_now().await;
+                h.abort();
+                h.await.ok()
+            };
+            if let Some(p) = got {
+                drop(p.unwrap());
+                won += 1;
+            }
+            assert!(all_free(&sem), "iteration {i}: a slot was left held");
+        }
+        eprintln!("semaphore: {won} of 1000 acquired before cancellation");
+        assert!(
+            won > 0 && won < 1000,
+            "the budgets did not exercise both outcomes"
+        );
+
+        drop((reused, r, sem, holders));
         // Opens still running on the blocking pool when their future was
         // dropped close their descriptor as soon as they finish.
         let settled =
             support::eventually(Duration::from_secs(10), || support::fd_count() == baseline).await;
+        let open: Vec<_> = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .collect();
         assert!(
             settled,
-            "descriptors: {} now, {baseline} before",
+            "descriptors: {} now, {baseline} before: {open:?}",
             support::fd_count()
         );
     });

@@ -370,6 +370,43 @@ async fn run_role(role: &str, args: &[String]) {
             }
             say("DONE", n);
         }
+        // Hold one semaphore slot until the parent closes stdin.
+        "sem-hold" => {
+            let sem = portalocker::BoundedSemaphore::new(args[2].parse().unwrap())
+                .name(&args[0])
+                .directory(&args[1]);
+            let permit = sem.acquire().await.unwrap();
+            say("LOCKED", permit.slot());
+            tokio::task::spawn_blocking(wait_for_parent).await.unwrap();
+            drop(permit);
+        }
+        // Semaphore rounds; inside, a marker file per holder proves that
+        // there are never more than `max` holders at once.
+        "sem-worker" => {
+            let max: usize = args[2].parse().unwrap();
+            let rounds: usize = args[3].parse().unwrap();
+            let markers = Path::new(&args[4]);
+            let sem = portalocker::BoundedSemaphore::new(max)
+                .name(&args[0])
+                .directory(&args[1])
+                .timeout(Duration::from_secs(120))
+                .check_interval(Duration::from_millis(5));
+            say("READY", "");
+            for i in 0..rounds {
+                let permit = sem.acquire().await.unwrap();
+                let mine = markers.join(format!("inside.{}", std::process::id()));
+                std::fs::File::create_new(&mine).unwrap();
+                let inside = std::fs::read_dir(markers).unwrap().count();
+                if inside > max {
+                    say("VIOLATION", format!("round {i}: {inside} holders"));
+                    std::process::exit(3);
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                std::fs::remove_file(&mine).unwrap();
+                drop(permit);
+            }
+            say("DONE", rounds);
+        }
         other => panic!("unknown role {other}"),
     }
 }

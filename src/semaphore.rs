@@ -1,0 +1,653 @@
+//! [`BoundedSemaphore`]: at most N holders across processes, one lock file
+//! per slot.
+//!
+//! # The on-disk protocol
+//!
+//! Slot *n* of a semaphore is the file
+//! `directory / pattern.format(name=name, number=n)`, for *n* in
+//! `0..maximum`; with the default pattern `{name}.{number:02d}.lock` that is
+//! `jobs.00.lock`, `jobs.01.lock`, … A permit is an exclusive `flock` on one
+//! slot file. Python portalocker's `BoundedSemaphore` uses the same files,
+//! so Python and Rust processes share one semaphore when they agree on the
+//! name, the directory and the maximum. Slot files are never deleted.
+//!
+//! # How a permit is found
+//!
+//! Slots whose file this semaphore already has open are tried first, in
+//! order, without leaving the task (a non-blocking `flock` never blocks).
+//! The remaining slots are then tried *concurrently*, as futures that each
+//! open their file on the blocking pool and try it: the first slot won
+//! wins, and every other attempt is cancelled at once (a cancelled attempt
+//! holds nothing). While every slot is busy the sweep repeats when a slot
+//! is released (woken by the same mechanism as [`Lock`]) or at the latest
+//! every `check_interval`.
+//!
+//! Releasing a permit closes its descriptor: on Linux that close is what
+//! wakes waiters in other processes at once.
+//!
+//! # Choose a private name and directory
+//!
+//! Every program that uses the default name `bounded_semaphore` in the
+//! temporary directory shares one semaphore with every other such program,
+//! and temporary-directory cleaners may delete slot files while they are
+//! held (the next contender then creates a fresh file and gets the slot
+//! too). Use a name of your own and a long-lived directory of your own.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+
+use crate::deadline::Schedule;
+use crate::error::{Error, Result};
+use crate::lock::{absolute, Lock, LockGuard, Options, DEFAULT_CHECK_INTERVAL, DEFAULT_TIMEOUT};
+use crate::wake::{Armed, Watch};
+
+const DEFAULT_NAME: &str = "bounded_semaphore";
+const DEFAULT_PATTERN: &str = "{name}.{number:02d}.lock";
+/// More slots than any real use needs; bounds memory and descriptors.
+pub const MAX_SLOTS: usize = 10_000;
+const OP: &str = "failed to acquire semaphore";
+
+/// A counting semaphore across processes: at most `maximum` holders, each
+/// holding an exclusive lock on one slot file (Python's `BoundedSemaphore`).
+///
+/// Defaults: name `bounded_semaphore`, directory [`std::env::temp_dir`],
+/// pattern `{name}.{number:02d}.lock`, timeout 5 s, check interval 250 ms.
+/// Nothing is opened until [`acquire`](Self::acquire). Clones share the
+/// open slot descriptors; setters return a new value with its own.
+///
+/// # Differences from portalocker
+///
+/// * `fail_when_locked` means what it means for [`Lock`]: fail after the
+///   first sweep that finds every slot busy (default false). Python only
+///   looks at it once the timeout is spent and returns `None` when it is
+///   false; here a busy semaphore at the deadline is always an error.
+/// * Each [`acquire`](Self::acquire) returns its own [`SemaphorePermit`]; one
+///   `BoundedSemaphore` value can hold several slots at once, like
+///   `tokio::sync::Semaphore`.
+/// * Slots are raced instead of swept one by one, and waiters wake when a
+///   slot is released instead of at the next interval.
+/// * A name or pattern that would put slot files outside the directory
+///   (`/`, `..`) is rejected, and at most [`MAX_SLOTS`] slots are allowed.
+///
+/// # Examples
+///
+/// ```
+/// use portalocker::BoundedSemaphore;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> portalocker::Result<()> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let jobs = BoundedSemaphore::new(2).name("jobs").directory(dir.path());
+/// let a = jobs.acquire().await?;
+/// let b = jobs.acquire().await?;
+/// assert_ne!(a.slot(), b.slot());
+/// // A third holder is refused (here at once, with fail_when_locked).
+/// let err = jobs.clone().fail_when_locked(true).acquire().await.unwrap_err();
+/// assert!(err.is_already_locked());
+/// drop(a);
+/// let c = jobs.acquire().await?;
+/// # drop((b, c));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct BoundedSemaphore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Clone)]
+struct Config {
+    maximum: usize,
+    name: String,
+    named: bool,
+    directory: PathBuf,
+    pattern: String,
+    timeout: Duration,
+    check_interval: Duration,
+    fail_when_locked: bool,
+}
+
+struct Inner {
+    config: Config,
+    /// The slot locks, built (and validated) on first use.
+    slots: OnceLock<std::result::Result<Vec<Lock>, String>>,
+}
+
+impl BoundedSemaphore {
+    /// A semaphore with `maximum` slots and the defaults above. Never
+    /// panics; `maximum == 0` is reported by [`acquire`](Self::acquire).
+    pub fn new(maximum: usize) -> Self {
+        Self::from_config(Config {
+            maximum,
+            name: DEFAULT_NAME.to_string(),
+            named: false,
+            directory: std::env::temp_dir(),
+            pattern: DEFAULT_PATTERN.to_string(),
+            timeout: DEFAULT_TIMEOUT,
+            check_interval: DEFAULT_CHECK_INTERVAL,
+            fail_when_locked: false,
+        })
+    }
+
+    fn from_config(config: Config) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                slots: OnceLock::new(),
+            }),
+        }
+    }
+
+    fn map(self, f: impl FnOnce(&mut Config)) -> Self {
+        let mut c = self.inner.config.clone();
+        f(&mut c);
+        Self::from_config(c)
+    }
+
+    /// The semaphore's name (default `bounded_semaphore`). Every process
+    /// that shares the semaphore must use the same name.
+    pub fn name(self, name: impl Into<String>) -> Self {
+        self.map(|c| {
+            c.name = name.into();
+            c.named = true;
+        })
+    }
+
+    /// Where the slot files live (default the temporary directory). It is
+    /// not created; made absolute now.
+    pub fn directory(self, dir: impl AsRef<Path>) -> Self {
+        let dir = absolute(dir.as_ref());
+        self.map(|c| c.directory = dir)
+    }
+
+    /// The slot file name pattern, in Python's format syntax (default
+    /// `{name}.{number:02d}.lock`). `{name}` is the name; `{number}` is the
+    /// slot number, optionally with a `:0Nd`-style spec; `{{` and `}}` are
+    /// literal braces. A pattern without `{number…}` is invalid.
+    pub fn filename_pattern(self, pattern: impl Into<String>) -> Self {
+        let pattern = pattern.into();
+        self.map(|c| c.pattern = pattern)
+    }
+
+    /// How long [`acquire`](Self::acquire) waits for a free slot (default 5 s).
+    pub fn timeout(self, timeout: Duration) -> Self {
+        self.map(|c| c.timeout = timeout)
+    }
+
+    /// The longest pause between sweeps while waiting (default 250 ms).
+    pub fn check_interval(self, interval: Duration) -> Self {
+        self.map(|c| c.check_interval = interval)
+    }
+
+    /// Fail after the first sweep that finds every slot busy (default false).
+    pub fn fail_when_locked(self, yes: bool) -> Self {
+        self.map(|c| c.fail_when_locked = yes)
+    }
+
+    /// The slot file paths, in slot order. Empty if the configuration is
+    /// invalid (then [`acquire`](Self::acquire) says why).
+    pub fn get_filenames(&self) -> Vec<PathBuf> {
+        match self.slots() {
+            Ok(slots) => slots.iter().map(|l| l.path().to_path_buf()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// The slot file paths in a random order, on a fresh `Vec`.
+    pub fn get_random_filenames(&self) -> Vec<PathBuf> {
+        let mut names = self.get_filenames();
+        for i in (1..names.len()).rev() {
+            let j = (crate::deadline::random_u64() % (i as u64 + 1)) as usize;
+            names.swap(i, j);
+        }
+        names
+    }
+
+    fn slots(&self) -> Result<&[Lock]> {
+        let slots = self
+            .inner
+            .slots
+            .get_or_init(|| build_slots(&self.inner.config));
+        match slots {
+            Ok(v) => Ok(v),
+            Err(reason) => Err(Error::invalid(OP, reason.clone())),
+        }
+    }
+
+    /// Takes a free slot, waiting up to the timeout while all are busy.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe. A slot is only ever taken by a
+    /// non-blocking attempt immediately followed by the return of the
+    /// permit, so dropping the future (mid-sweep or while waiting) holds no
+    /// slot. Slot files it opened stay open, unlocked, for the next
+    /// acquisition through this semaphore (and its clones); one still being
+    /// opened on the blocking pool is closed when that open finishes.
+    ///
+    /// # Errors
+    ///
+    /// [`is_already_locked()`](Error::is_already_locked) when every slot is
+    /// still busy at the deadline (or after one sweep with
+    /// `fail_when_locked`); [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput)
+    /// for `maximum == 0`, more than [`MAX_SLOTS`] slots, an empty or
+    /// invalid name or pattern; [`ErrorKind::Io`](crate::ErrorKind::Io) for
+    /// OS errors such as a missing directory, returned at once.
+    ///
+    /// # Panics
+    ///
+    /// Panics when called outside a Tokio runtime.
+    pub async fn acquire(&self) -> Result<SemaphorePermit> {
+        let slots = self.slots()?;
+        let c = &self.inner.config;
+        if !c.named {
+            warn_default_name();
+        }
+        let mut schedule = Schedule::new(c.timeout, c.check_interval);
+        let mut watches: Vec<Watch> = Vec::new();
+        let mut notifiers = Vec::new();
+        loop {
+            let armed = Armed::new(&notifiers);
+            if let Some(permit) = sweep(slots).await? {
+                return Ok(permit);
+            }
+            if c.fail_when_locked {
+                return Err(self.busy(false));
+            }
+            if watches.is_empty() {
+                // First busy sweep: register on every slot file, then sweep
+                // once more at once so a release in between is not missed.
+                watches = slots
+                    .iter()
+                    .filter_map(|l| l.idle_id().map(|id| Watch::new(l.path(), id)))
+                    .collect();
+                drop(armed);
+                notifiers = watches.iter().map(Watch::notifier).collect();
+                continue;
+            }
+            let Some(target) = schedule.next_attempt() else {
+                return Err(self.busy(true));
+            };
+            armed.until(target).await;
+        }
+    }
+
+    fn busy(&self, waited: bool) -> Error {
+        let c = &self.inner.config;
+        let e = Error::new(crate::ErrorKind::AlreadyLocked, OP).with_path(&c.directory);
+        if waited && !c.timeout.is_zero() {
+            e.with_reason(format!(
+                "all {} slots of {:?} are held (waited {:?})",
+                c.maximum, c.name, c.timeout
+            ))
+        } else {
+            e.with_reason(format!("all {} slots of {:?} are held", c.maximum, c.name))
+        }
+    }
+}
+
+/// One sweep: slots already open are tried in order on this task; the
+/// others race as futures, the first won wins and the rest are cancelled.
+async fn sweep(slots: &[Lock]) -> Result<Option<SemaphorePermit>> {
+    let mut to_open = Vec::new();
+    for (i, slot) in slots.iter().enumerate() {
+        if slot.idle_id().is_none() {
+            to_open.push(i);
+            continue;
+        }
+        match slot.try_acquire().await {
+            Ok(guard) => return Ok(Some(SemaphorePermit::new(i, guard))),
+            Err(e) if e.is_already_locked() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut race: FuturesUnordered<_> = to_open
+        .into_iter()
+        .map(|i| async move { (i, slots[i].try_acquire().await) })
+        .collect();
+    while let Some((i, r)) = race.next().await {
+        match r {
+            Ok(guard) => return Ok(Some(SemaphorePermit::new(i, guard))),
+            Err(e) if e.is_already_locked() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+fn warn_default_name() {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        log::warn!(
+            "portalocker: BoundedSemaphore uses the default name {DEFAULT_NAME:?}: every \
+             program doing so shares one semaphore; set .name() and a private .directory()"
+        );
+    }
+}
+
+fn build_slots(c: &Config) -> std::result::Result<Vec<Lock>, String> {
+    if c.maximum == 0 {
+        return Err("maximum must be at least 1".into());
+    }
+    if c.maximum > MAX_SLOTS {
+        return Err(format!("maximum {} exceeds {MAX_SLOTS} slots", c.maximum));
+    }
+    if c.name.is_empty() {
+        return Err("the name is empty".into());
+    }
+    if c.name.contains(['/', '\0']) {
+        return Err(format!("the name {:?} contains '/' or NUL", c.name));
+    }
+    let pattern = Pattern::parse(&c.pattern)?;
+    let opts = Options {
+        fail_when_locked: true,
+        timeout: Duration::ZERO,
+        ..Options::default()
+    };
+    (0..c.maximum)
+        .map(|n| {
+            let file = pattern.format(&c.name, n);
+            if file.is_empty() || file == "." || file == ".." || file.contains(['/', '\0']) {
+                return Err(format!("the pattern gives the file name {file:?}"));
+            }
+            Ok(Lock::with_options(c.directory.join(file), opts, true))
+        })
+        .collect()
+}
+
+/// A parsed Python format string with the fields `name` and `number`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Pattern(Vec<Piece>);
+
+#[derive(Debug, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    Name,
+    Number { width: usize, zero: bool },
+}
+
+impl Pattern {
+    pub(crate) fn parse(s: &str) -> std::result::Result<Self, String> {
+        let bad = |why: &str| format!("invalid filename pattern {s:?}: {why}");
+        let mut pieces = Vec::new();
+        let mut text = String::new();
+        let mut chars = s.chars().peekable();
+        let mut has_number = false;
+        while let Some(ch) = chars.next() {
+            match ch {
+                '{' if chars.peek() == Some(&'{') => {
+                    chars.next();
+                    text.push('{');
+                }
+                '}' if chars.peek() == Some(&'}') => {
+                    chars.next();
+                    text.push('}');
+                }
+                '}' => return Err(bad("single '}'")),
+                '{' => {
+                    let mut field = String::new();
+                    loop {
+                        match chars.next() {
+                            Some('}') => break,
+                            Some(c) => field.push(c),
+                            None => return Err(bad("unclosed '{'")),
+                        }
+                    }
+                    if !text.is_empty() {
+                        pieces.push(Piece::Text(std::mem::take(&mut text)));
+                    }
+                    let (key, spec) = field.split_once(':').unwrap_or((&field, ""));
+                    match key {
+                        "name" if spec.is_empty() || spec == "s" => pieces.push(Piece::Name),
+                        "number" => {
+                            pieces.push(parse_int_spec(spec).ok_or_else(|| {
+                                bad(&format!("unsupported format spec {spec:?}"))
+                            })?);
+                            has_number = true;
+                        }
+                        _ => return Err(bad(&format!("unknown field {{{field}}}"))),
+                    }
+                }
+                c => text.push(c),
+            }
+        }
+        if !text.is_empty() {
+            pieces.push(Piece::Text(text));
+        }
+        if !has_number {
+            return Err(bad(
+                "it has no {number} field, so every slot would be one file",
+            ));
+        }
+        Ok(Self(pieces))
+    }
+
+    pub(crate) fn format(&self, name: &str, number: usize) -> String {
+        let mut out = String::new();
+        for p in &self.0 {
+            match p {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Name => out.push_str(name),
+                Piece::Number { width, zero: true } => {
+                    out.push_str(&format!("{number:0width$}"));
+                }
+                Piece::Number { width, zero: false } => {
+                    out.push_str(&format!("{number:>width$}"));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `[0][width][d]`, the integer specs that make sense in a file name.
+fn parse_int_spec(spec: &str) -> Option<Piece> {
+    let spec = spec.strip_suffix('d').unwrap_or(spec);
+    let (zero, digits) = match spec.strip_prefix('0') {
+        Some(rest) => (true, rest),
+        None => (false, spec),
+    };
+    let width = if digits.is_empty() {
+        0
+    } else if digits.len() <= 3 && digits.bytes().all(|b| b.is_ascii_digit()) {
+        digits.parse().ok()?
+    } else {
+        return None;
+    };
+    Some(Piece::Number { width, zero })
+}
+
+impl fmt::Debug for BoundedSemaphore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.inner.config;
+        f.debug_struct("BoundedSemaphore")
+            .field("maximum", &c.maximum)
+            .field("name", &c.name)
+            .field("directory", &c.directory)
+            .field("filename_pattern", &c.pattern)
+            .field("timeout", &c.timeout)
+            .field("check_interval", &c.check_interval)
+            .field("fail_when_locked", &c.fail_when_locked)
+            .finish()
+    }
+}
+
+/// A held slot of a [`BoundedSemaphore`]; dropping it frees the slot.
+#[must_use = "if unused the slot is freed at once"]
+#[clippy::has_significant_drop]
+pub struct SemaphorePermit {
+    slot: usize,
+    guard: LockGuard,
+}
+
+impl SemaphorePermit {
+    fn new(slot: usize, mut guard: LockGuard) -> Self {
+        guard.close_on_release();
+        Self { slot, guard }
+    }
+
+    /// The slot number, from 0.
+    pub fn slot(&self) -> usize {
+        self.slot
+    }
+
+    /// The slot file.
+    pub fn path(&self) -> &Path {
+        self.guard.path()
+    }
+
+    /// Frees the slot, reporting errors.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: a dropped future frees the slot as
+    /// dropping the permit does.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Io`](crate::ErrorKind::Io) if the OS refused to unlock;
+    /// the slot is freed anyway when the descriptor closes.
+    pub async fn release(self) -> Result<()> {
+        self.guard.release().await
+    }
+}
+
+impl fmt::Debug for SemaphorePermit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SemaphorePermit")
+            .field("slot", &self.slot)
+            .field("path", &self.path())
+            .finish()
+    }
+}
+
+/// A [`BoundedSemaphore`] whose default name is random
+/// (`bounded_semaphore.<0..1000000>`), as Python's `NamedBoundedSemaphore`.
+///
+/// A random name is only useful when the very same value (or a clone) is
+/// used by every cooperating task; across processes give a name.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> portalocker::Result<()> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let sem = portalocker::NamedBoundedSemaphore::new(3).directory(dir.path());
+/// let permit = sem.acquire().await?;
+/// assert!(permit.path().file_name().unwrap().to_str().unwrap().starts_with("bounded_semaphore."));
+/// # drop(permit);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct NamedBoundedSemaphore(BoundedSemaphore);
+
+impl NamedBoundedSemaphore {
+    /// A semaphore with `maximum` slots and a random name.
+    pub fn new(maximum: usize) -> Self {
+        let n = crate::deadline::random_u64() % 1_000_001;
+        // A generated name is private: no warning about a shared default.
+        Self(BoundedSemaphore::new(maximum).name(format!("{DEFAULT_NAME}.{n}")))
+    }
+
+    /// See [`BoundedSemaphore::name`].
+    pub fn name(self, name: impl Into<String>) -> Self {
+        Self(self.0.name(name))
+    }
+    /// See [`BoundedSemaphore::directory`].
+    pub fn directory(self, dir: impl AsRef<Path>) -> Self {
+        Self(self.0.directory(dir))
+    }
+    /// See [`BoundedSemaphore::filename_pattern`].
+    pub fn filename_pattern(self, pattern: impl Into<String>) -> Self {
+        Self(self.0.filename_pattern(pattern))
+    }
+    /// See [`BoundedSemaphore::timeout`].
+    pub fn timeout(self, t: Duration) -> Self {
+        Self(self.0.timeout(t))
+    }
+    /// See [`BoundedSemaphore::check_interval`].
+    pub fn check_interval(self, t: Duration) -> Self {
+        Self(self.0.check_interval(t))
+    }
+    /// See [`BoundedSemaphore::fail_when_locked`].
+    pub fn fail_when_locked(self, yes: bool) -> Self {
+        Self(self.0.fail_when_locked(yes))
+    }
+    /// See [`BoundedSemaphore::get_filenames`].
+    pub fn get_filenames(&self) -> Vec<PathBuf> {
+        self.0.get_filenames()
+    }
+    /// See [`BoundedSemaphore::get_random_filenames`].
+    pub fn get_random_filenames(&self) -> Vec<PathBuf> {
+        self.0.get_random_filenames()
+    }
+    /// See [`BoundedSemaphore::acquire`].
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe, as [`BoundedSemaphore::acquire`].
+    ///
+    /// # Errors
+    ///
+    /// As [`BoundedSemaphore::acquire`].
+    pub async fn acquire(&self) -> Result<SemaphorePermit> {
+        self.0.acquire().await
+    }
+}
+
+impl From<NamedBoundedSemaphore> for BoundedSemaphore {
+    fn from(s: NamedBoundedSemaphore) -> Self {
+        s.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_pattern_matches_python() {
+        let p = Pattern::parse(DEFAULT_PATTERN).unwrap();
+        assert_eq!(p.format("jobs", 0), "jobs.00.lock");
+        assert_eq!(p.format("jobs", 7), "jobs.07.lock");
+        assert_eq!(p.format("jobs", 123), "jobs.123.lock");
+    }
+
+    #[test]
+    fn pattern_specs() {
+        let cases = [
+            ("{name}-{number}", "x-5"),
+            ("{number:d}.{name}", "5.x"),
+            ("{number:03d}", "005"),
+            ("{number:3}", "  5"),
+            ("{{{name}}}.{number:02}", "{x}.05"),
+            ("{name:s}{number}", "x5"),
+        ];
+        for (pat, want) in cases {
+            assert_eq!(Pattern::parse(pat).unwrap().format("x", 5), want, "{pat}");
+        }
+    }
+
+    #[test]
+    fn invalid_patterns() {
+        for pat in [
+            "{name}.lock",
+            "static.lock",
+            "{number",
+            "{number}}x}",
+            "{numbr}",
+            "{number:x}",
+            "{number:02f}",
+            "{number:9999d}",
+            "{name:>10}{number}",
+            "}{number}",
+        ] {
+            assert!(Pattern::parse(pat).is_err(), "{pat}");
+        }
+    }
+}
