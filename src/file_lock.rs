@@ -1,28 +1,5 @@
 //! The low-level, synchronous lock functions and the file helpers every
 //! file-based primitive shares.
-//!
-//! # Notes on file locks
-//!
-//! * Locks are **advisory**: they exclude only other lockers. A process
-//!   that ignores the lock can still read and write the file.
-//! * On Unix the lock is `flock(2)` (through std's `File::lock` family), the
-//!   same lock Python portalocker takes by default, so Rust and Python
-//!   processes exclude each other on the same file.
-//! * A `flock` lock belongs to the *open file description*: two separate
-//!   opens of one path conflict even inside one process, while `dup`ed or
-//!   `try_clone`d handles share one lock. The lock goes away on explicit
-//!   unlock or when the last handle to the description closes, which
-//!   includes the death of the process.
-//! * `flock` and `fcntl`/`lockf` record locks do not see each other on
-//!   Linux. On NFS, `flock` is emulated with byte-range locks and a client
-//!   cut off past its lease can lose a lock without noticing: this crate
-//!   promises nothing on network filesystems.
-//!
-//! # Blocking
-//!
-//! [`lock`] without [`LockFlags::NON_BLOCKING`] waits inside the kernel.
-//! Call it from synchronous code or `spawn_blocking`, never on an async
-//! worker thread. The async locks of this crate never do.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
@@ -69,6 +46,29 @@ use crate::flags::{LockFlags, Mode, Operation};
 /// lock(&b, LockFlags::SHARED | LockFlags::NON_BLOCKING)?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+///
+/// # Notes on file locks
+///
+/// * Locks are **advisory**: they exclude only other lockers. A process
+///   that ignores the lock can still read and write the file.
+/// * On Unix the lock is `flock(2)` (through std's `File::lock` family), the
+///   same lock Python portalocker takes by default, so Rust and Python
+///   processes exclude each other on the same file.
+/// * A `flock` lock belongs to the *open file description*: two separate
+///   opens of one path conflict even inside one process, while `dup`ed or
+///   `try_clone`d handles share one lock. The lock goes away on explicit
+///   unlock or when the last handle to the description closes, which
+///   includes the death of the process.
+/// * `flock` and `fcntl`/`lockf` record locks do not see each other on
+///   Linux. On NFS, `flock` is emulated with byte-range locks and a client
+///   cut off past its lease can lose a lock without noticing: this crate
+///   promises nothing on network filesystems.
+///
+/// # Blocking
+///
+/// [`lock`] without [`LockFlags::NON_BLOCKING`] waits inside the kernel.
+/// Call it from synchronous code or `spawn_blocking`, never on an async
+/// worker thread. The async locks of this crate never do.
 pub fn lock(file: &File, flags: LockFlags) -> Result<()> {
     match flags.operation()? {
         Operation::Unlock => unlock(file),

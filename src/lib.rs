@@ -8,6 +8,7 @@
 //! | [`TemporaryFileLock`] | a lock whose file exists only while it is held |
 //! | [`PidFileLock`] | single-instance daemons: the loser learns the winner's pid |
 //! | [`BoundedSemaphore`], [`NamedBoundedSemaphore`] | at most N holders across processes (N slot files) |
+//! | [`open_atomic`], [`AtomicOptions`] | write a file so it appears complete or not at all |
 //! | [`lock`] / [`unlock`] | the raw, synchronous `flock` on a file you opened |
 //!
 //! Every lock here is an advisory `flock(2)` lock, the one Python
@@ -49,6 +50,8 @@
 //! | [`PidFileLock::acquire`] | yes | no lock once an in-flight pid write finishes and is rolled back |
 //! | [`PidFileLock::read_pid`] | yes | nothing |
 //! | [`BoundedSemaphore::acquire`] | yes | no slot held |
+//! | [`open_atomic`], [`AtomicFile::discard`] | yes | nothing at the destination, no temporary file |
+//! | [`AtomicFile::commit`] | yes | the destination absent or complete, never partial |
 //! | every guard's `release()` | yes | the lock released as on drop |
 //!
 //! Waiting never blocks a runtime thread: each attempt is a non-blocking
@@ -88,6 +91,10 @@
 //! * Delete-on-release locks remove only the file they hold, and only a
 //!   guard removes anything; there is no exit hook (guards release on
 //!   drop, unwinding included).
+//! * [`open_atomic`] `fsync`s the directory after publishing (Python does
+//!   not), uses an unnamed `O_TMPFILE` where it can (no litter after a
+//!   crash), never follows a symlink, and can also replace atomically
+//!   ([`AtomicOptions::replace`]) or skip `fsync`s ([`Durability`]).
 //! * `FileToLarge` does not exist: it was never raised.
 //!
 //! # Feature flags
@@ -98,6 +105,7 @@
 #![cfg_attr(not(test), deny(clippy::panic))]
 #![doc(test(attr(deny(warnings))))]
 
+mod atomic;
 mod deadline;
 mod error;
 mod file_lock;
@@ -109,6 +117,7 @@ mod semaphore;
 mod temporary;
 mod wake;
 
+pub use atomic::{open_atomic, AtomicFile, AtomicOptions, Durability, PublishError};
 pub use error::{Error, ErrorKind, Result};
 pub use file_lock::{lock, unlock};
 pub use flags::{LockFlags, LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN};

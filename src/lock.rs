@@ -1,29 +1,4 @@
 //! [`Lock`]: a cross-process file lock with a timeout.
-//!
-//! A [`Lock`] is a cheap description (a path and options): nothing is
-//! opened or locked until [`acquire`](Lock::acquire). Acquiring returns a
-//! [`LockGuard`] that owns the locked file; dropping the guard or calling
-//! [`release`](LockGuard::release) unlocks it.
-//!
-//! # How waiting works
-//!
-//! Every attempt is a non-blocking `flock(LOCK_NB)`, which never blocks a
-//! thread. Only opening the file can block (a slow disk, NFS), so the open
-//! runs on Tokio's blocking pool with [`spawn_blocking`]; the attempts and
-//! the waiting between them happen on the calling task with
-//! [`tokio::time`]. A runtime thread is never blocked.
-//!
-//! A `Lock` keeps the descriptor of its last released lock open (unlocked)
-//! and reuses it for the next acquisition, so a steady-state
-//! acquire/release pair costs two `flock` calls and two `stat`s, not an
-//! `open` and a thread hop. Before a reused (or long-waited-on) descriptor
-//! is trusted, its device and inode are compared with the file now at the
-//! path: a lock on a file that was deleted or replaced in the meantime is
-//! dropped and the path opened afresh, so two holders can never each
-//! believe they hold the lock. Dropping every clone of the `Lock` and every
-//! guard closes the cached descriptor.
-//!
-//! [`spawn_blocking`]: tokio::task::spawn_blocking
 
 use std::fmt;
 use std::fs::File;
@@ -136,6 +111,31 @@ impl Options {
 /// guard.release().await?;
 /// # Ok(()) }
 /// ```
+///
+/// A [`Lock`] is a cheap description (a path and options): nothing is
+/// opened or locked until [`acquire`](Lock::acquire). Acquiring returns a
+/// [`LockGuard`] that owns the locked file; dropping the guard or calling
+/// [`release`](LockGuard::release) unlocks it.
+///
+/// # How waiting works
+///
+/// Every attempt is a non-blocking `flock(LOCK_NB)`, which never blocks a
+/// thread. Only opening the file can block (a slow disk, NFS), so the open
+/// runs on Tokio's blocking pool with [`spawn_blocking`]; the attempts and
+/// the waiting between them happen on the calling task with
+/// [`tokio::time`]. A runtime thread is never blocked.
+///
+/// A `Lock` keeps the descriptor of its last released lock open (unlocked)
+/// and reuses it for the next acquisition, so a steady-state
+/// acquire/release pair costs two `flock` calls and two `stat`s, not an
+/// `open` and a thread hop. Before a reused (or long-waited-on) descriptor
+/// is trusted, its device and inode are compared with the file now at the
+/// path: a lock on a file that was deleted or replaced in the meantime is
+/// dropped and the path opened afresh, so two holders can never each
+/// believe they hold the lock. Dropping every clone of the `Lock` and every
+/// guard closes the cached descriptor.
+///
+/// [`spawn_blocking`]: tokio::task::spawn_blocking
 #[derive(Clone)]
 pub struct Lock {
     inner: Arc<Inner>,

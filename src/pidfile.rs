@@ -1,24 +1,4 @@
 //! [`PidFileLock`]: a single-instance lock that publishes the holder's pid.
-//!
-//! Two files, exactly as Python portalocker 4.4.2 uses them, so a Python
-//! and a Rust daemon exclude each other and read each other's pid:
-//!
-//! * `<pid_path>.lock`, the sidecar, carries the OS lock (`flock`);
-//! * `<pid_path>` holds the holder's pid: ASCII decimal, no sign, no
-//!   padding, no newline. It is published atomically (a temporary file in
-//!   the same directory, `fsync`, then `rename` over the pid file), so a
-//!   reader sees the previous complete pid or the new one, never a partial
-//!   file.
-//!
-//! On release both files are removed while the sidecar is still locked.
-//!
-//! # What the pid means
-//!
-//! The `flock` decides ownership; the pid is diagnostic only. It says who
-//! *wrote* the file, not whether that process is still alive (pids are
-//! reused). A holder that crashed leaves both files behind with its lock
-//! released by the kernel: the next daemon simply takes the sidecar lock
-//! and overwrites the stale pid.
 
 use std::fmt;
 use std::fs::OpenOptions;
@@ -71,6 +51,26 @@ use crate::temporary::DeleteOnRelease;
 /// guard.release().await?;
 /// # Ok(()) }
 /// ```
+///
+/// Two files, exactly as Python portalocker 4.4.2 uses them, so a Python
+/// and a Rust daemon exclude each other and read each other's pid:
+///
+/// * `<pid_path>.lock`, the sidecar, carries the OS lock (`flock`);
+/// * `<pid_path>` holds the holder's pid: ASCII decimal, no sign, no
+///   padding, no newline. It is published atomically (a temporary file in
+///   the same directory, `fsync`, then `rename` over the pid file), so a
+///   reader sees the previous complete pid or the new one, never a partial
+///   file.
+///
+/// On release both files are removed while the sidecar is still locked.
+///
+/// # What the pid means
+///
+/// The `flock` decides ownership; the pid is diagnostic only. It says who
+/// *wrote* the file, not whether that process is still alive (pids are
+/// reused). A holder that crashed leaves both files behind with its lock
+/// released by the kernel: the next daemon simply takes the sidecar lock
+/// and overwrites the stale pid.
 #[derive(Clone, Debug)]
 pub struct PidFileLock {
     pid_path: PathBuf,

@@ -1,10 +1,4 @@
 //! [`RLock`]: a re-entrant file lock.
-//!
-//! The owner is the `RLock` value: every clone of one `RLock` is the same
-//! owner and shares one count; a separately created `RLock` on the same
-//! path is a different owner and contends like another process would.
-//! Ownership is not tied to a thread or a task, so guards can move freely
-//! between tasks and threads.
 
 use std::fmt;
 use std::path::Path;
@@ -53,6 +47,12 @@ use crate::lock::{Lock, LockGuard};
 /// assert_eq!(rlock.count(), 0);
 /// # Ok(()) }
 /// ```
+///
+/// The owner is the `RLock` value: every clone of one `RLock` is the same
+/// owner and shares one count; a separately created `RLock` on the same
+/// path is a different owner and contends like another process would.
+/// Ownership is not tied to a thread or a task, so guards can move freely
+/// between tasks and threads.
 #[derive(Clone)]
 pub struct RLock {
     inner: Arc<Shared>,

@@ -1,37 +1,5 @@
 //! [`BoundedSemaphore`]: at most N holders across processes, one lock file
 //! per slot.
-//!
-//! # The on-disk protocol
-//!
-//! Slot *n* of a semaphore is the file
-//! `directory / pattern.format(name=name, number=n)`, for *n* in
-//! `0..maximum`; with the default pattern `{name}.{number:02d}.lock` that is
-//! `jobs.00.lock`, `jobs.01.lock`, … A permit is an exclusive `flock` on one
-//! slot file. Python portalocker's `BoundedSemaphore` uses the same files,
-//! so Python and Rust processes share one semaphore when they agree on the
-//! name, the directory and the maximum. Slot files are never deleted.
-//!
-//! # How a permit is found
-//!
-//! Slots whose file this semaphore already has open are tried first, in
-//! order, without leaving the task (a non-blocking `flock` never blocks).
-//! The remaining slots are then tried *concurrently*, as futures that each
-//! open their file on the blocking pool and try it: the first slot won
-//! wins, and every other attempt is cancelled at once (a cancelled attempt
-//! holds nothing). While every slot is busy the sweep repeats when a slot
-//! is released (woken by the same mechanism as [`Lock`]) or at the latest
-//! every `check_interval`.
-//!
-//! Releasing a permit closes its descriptor: on Linux that close is what
-//! wakes waiters in other processes at once.
-//!
-//! # Choose a private name and directory
-//!
-//! Every program that uses the default name `bounded_semaphore` in the
-//! temporary directory shares one semaphore with every other such program,
-//! and temporary-directory cleaners may delete slot files while they are
-//! held (the next contender then creates a fresh file and gets the slot
-//! too). Use a name of your own and a long-lived directory of your own.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -94,6 +62,38 @@ const OP: &str = "failed to acquire semaphore";
 /// # drop((b, c));
 /// # Ok(()) }
 /// ```
+///
+/// # The on-disk protocol
+///
+/// Slot *n* of a semaphore is the file
+/// `directory / pattern.format(name=name, number=n)`, for *n* in
+/// `0..maximum`; with the default pattern `{name}.{number:02d}.lock` that is
+/// `jobs.00.lock`, `jobs.01.lock`, … A permit is an exclusive `flock` on one
+/// slot file. Python portalocker's `BoundedSemaphore` uses the same files,
+/// so Python and Rust processes share one semaphore when they agree on the
+/// name, the directory and the maximum. Slot files are never deleted.
+///
+/// # How a permit is found
+///
+/// Slots whose file this semaphore already has open are tried first, in
+/// order, without leaving the task (a non-blocking `flock` never blocks).
+/// The remaining slots are then tried *concurrently*, as futures that each
+/// open their file on the blocking pool and try it: the first slot won
+/// wins, and every other attempt is cancelled at once (a cancelled attempt
+/// holds nothing). While every slot is busy the sweep repeats when a slot
+/// is released (woken by the same mechanism as [`Lock`]) or at the latest
+/// every `check_interval`.
+///
+/// Releasing a permit closes its descriptor: on Linux that close is what
+/// wakes waiters in other processes at once.
+///
+/// # Choose a private name and directory
+///
+/// Every program that uses the default name `bounded_semaphore` in the
+/// temporary directory shares one semaphore with every other such program,
+/// and temporary-directory cleaners may delete slot files while they are
+/// held (the next contender then creates a fresh file and gets the slot
+/// too). Use a name of your own and a long-lived directory of your own.
 #[derive(Clone)]
 pub struct BoundedSemaphore {
     inner: Arc<Inner>,

@@ -1,27 +1,4 @@
 //! [`TemporaryFileLock`]: a lock whose file exists only while it is held.
-//!
-//! # No split brain
-//!
-//! Deleting a lock file on release is dangerous on POSIX: a waiter that
-//! already opened the old file can lock the now nameless inode while a
-//! newcomer creates and locks a fresh file at the path, and both believe
-//! they hold the lock (portalocker #115, filelock #574). Two rules close
-//! the race, and this crate keeps both:
-//!
-//! 1. Release removes the file *before* it unlocks it.
-//! 2. Every successful lock is checked against the file now at the path
-//!    (same device and inode); a lock on a file that is no longer there is
-//!    dropped and the path opened again.
-//!
-//! A guard only ever removes the file it locked: if the file at the path is
-//! no longer the one it holds (someone removed or replaced it while held),
-//! it removes nothing and `release` reports the lock as lost.
-//!
-//! # Resource leaking
-//!
-//! A process that dies while holding the lock leaves the file behind. That
-//! is harmless: the kernel released the lock with the process, and the next
-//! holder reuses the file (and removes it on release).
 
 use std::fmt;
 use std::io;
@@ -62,6 +39,29 @@ use crate::lock::{absolute, Lock, LockGuard, Options};
 /// assert!(!path.exists());
 /// # Ok(()) }
 /// ```
+///
+/// # No split brain
+///
+/// Deleting a lock file on release is dangerous on POSIX: a waiter that
+/// already opened the old file can lock the now nameless inode while a
+/// newcomer creates and locks a fresh file at the path, and both believe
+/// they hold the lock (portalocker #115, filelock #574). Two rules close
+/// the race, and this crate keeps both:
+///
+/// 1. Release removes the file *before* it unlocks it.
+/// 2. Every successful lock is checked against the file now at the path
+///    (same device and inode); a lock on a file that is no longer there is
+///    dropped and the path opened again.
+///
+/// A guard only ever removes the file it locked: if the file at the path is
+/// no longer the one it holds (someone removed or replaced it while held),
+/// it removes nothing and `release` reports the lock as lost.
+///
+/// # Resource leaking
+///
+/// A process that dies while holding the lock leaves the file behind. That
+/// is harmless: the kernel released the lock with the process, and the next
+/// holder reuses the file (and removes it on release).
 #[derive(Clone, Debug)]
 pub struct TemporaryFileLock {
     lock: Lock,

@@ -407,6 +407,28 @@ async fn run_role(role: &str, args: &[String]) {
             }
             say("DONE", rounds);
         }
+        // open_atomic once; report the outcome.
+        "atomic-try" => match portalocker::open_atomic(&args[0]).await {
+            Ok(f) => {
+                f.commit().await.unwrap();
+                say("RESULT", "ok");
+            }
+            Err(e) => say("RESULT", format!("{:?}", e.kind())),
+        },
+        // Write a known payload in chunks, reporting progress, then commit.
+        "atomic-write" => {
+            use tokio::io::AsyncWriteExt;
+            let chunks: usize = args[1].parse().unwrap();
+            let mut f = portalocker::open_atomic(&args[0]).await.unwrap();
+            say("OPEN", "");
+            for i in 0..chunks {
+                f.write_all(&atomic_chunk(i)).await.unwrap();
+                say("CHUNK", i);
+            }
+            say("COMMITTING", "");
+            f.commit().await.unwrap();
+            say("COMMITTED", "");
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -419,4 +441,9 @@ pub fn bump_counter(path: &Path) {
         .unwrap_or(0);
     std::thread::yield_now();
     std::fs::write(path, (old + 1).to_string()).unwrap();
+}
+
+/// Chunk `i` of the `atomic-write` role's payload: 16 KiB of a pattern.
+pub fn atomic_chunk(i: usize) -> Vec<u8> {
+    (0..16 * 1024).map(|j| ((i * 31 + j) % 251) as u8).collect()
 }

@@ -1,0 +1,763 @@
+//! Atomic file writes: the complete new file appears at the destination,
+//! or nothing changes there.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncSeek, AsyncWrite, BufWriter};
+
+const BUFFER: usize = 64 * 1024;
+
+/// How much of a commit is made durable with `fsync`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// `fsync` the file before publishing and the directory after: once
+    /// `commit` returns, the file and its name survive a crash or power
+    /// loss. The default.
+    #[default]
+    Full,
+    /// `fsync` the file only (what Python portalocker does): the content
+    /// is durable before it is published, but after a power loss the new
+    /// name may be missing.
+    File,
+    /// No `fsync` at all: still atomic for other processes, but a power
+    /// loss may leave the destination missing, empty or partial. For
+    /// scratch data only.
+    None,
+}
+
+/// Options for an atomic write. [`open_atomic`] is `AtomicOptions::new().open(path)`.
+///
+/// # Examples
+///
+/// ```
+/// use portalocker::{AtomicOptions, Durability};
+/// use tokio::io::AsyncWriteExt;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// # let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("config.toml");
+/// std::fs::write(&path, "old")?;
+/// let mut f = AtomicOptions::new()
+///     .replace(true)
+///     .durability(Durability::Full)
+///     .open(&path)
+///     .await?;
+/// f.write_all(b"new").await?;
+/// f.commit().await?;
+/// assert_eq!(std::fs::read_to_string(&path)?, "new");
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct AtomicOptions {
+    replace: bool,
+    durability: Durability,
+}
+
+impl AtomicOptions {
+    /// Never replace, full durability.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Atomically replace an existing destination instead of refusing it
+    /// (write temporary, `fsync`, `rename` over, `fsync` the directory).
+    /// Default false: an existing destination is `AlreadyExists`.
+    pub fn replace(mut self, yes: bool) -> Self {
+        self.replace = yes;
+        self
+    }
+
+    /// How much to `fsync`; see [`Durability`]. Default [`Durability::Full`].
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Starts an atomic write to `path`.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: a dropped future leaves no file behind
+    /// (a temporary file still being created on the blocking pool is
+    /// removed as soon as that finishes). Parent directories it created
+    /// stay.
+    ///
+    /// # Errors
+    ///
+    /// `AlreadyExists` if anything exists at `path` (even a dangling
+    /// symlink) and `replace` is off; `IsADirectory` if `path` is a
+    /// directory; `InvalidInput` for an empty path or a NUL byte; the OS
+    /// error when the directory cannot be created or written.
+    pub async fn open(&self, path: impl AsRef<Path>) -> io::Result<AtomicFile> {
+        let dest = std::path::absolute(path.as_ref())?;
+        let opts = self.clone();
+        let d = dest.clone();
+        let (file, temp) = tokio::task::spawn_blocking(move || create(&d, &opts))
+            .await
+            .map_err(io::Error::other)??;
+        Ok(AtomicFile {
+            writer: Some(BufWriter::with_capacity(
+                BUFFER,
+                tokio::fs::File::from_std(file),
+            )),
+            temp: Some(temp),
+            dest,
+            opts: self.clone(),
+        })
+    }
+}
+
+/// Starts an atomic write to `path` that never replaces an existing file,
+/// with full durability. See [`AtomicFile`] (how it works, limitations) and
+/// [`AtomicOptions`].
+///
+/// # Cancel safety
+///
+/// This function is cancel safe: see [`AtomicOptions::open`].
+///
+/// # Errors
+///
+/// As [`AtomicOptions::open`].
+///
+/// # Examples
+///
+/// ```
+/// use tokio::io::AsyncWriteExt;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// # let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("out/report.json");
+/// let mut f = portalocker::open_atomic(&path).await?;
+/// f.write_all(b"{}").await?;
+/// f.commit().await?; // the complete file appears, or nothing does
+/// assert_eq!(std::fs::read(&path)?, b"{}");
+///
+/// // Never replaces: a second writer is refused.
+/// let err = portalocker::open_atomic(&path).await.unwrap_err();
+/// assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+/// # Ok(()) }
+/// ```
+#[doc(alias = "write_atomic")]
+pub async fn open_atomic(path: impl AsRef<Path>) -> io::Result<AtomicFile> {
+    AtomicOptions::new().open(path).await
+}
+
+/// A file being written atomically; implements [`AsyncWrite`] and
+/// [`AsyncSeek`]. Nothing appears at the destination until
+/// [`commit`](Self::commit); dropping it (or [`discard`](Self::discard))
+/// throws everything away.
+///
+/// # How it works
+///
+/// 1. [`open_atomic`] checks that nothing exists at the destination
+///    (unless replacing), creates missing parent directories, and creates
+///    the temporary file in the destination's directory. On Linux it is an
+///    *unnamed* file (`O_TMPFILE`): it has no name until it is published,
+///    so a crash leaves nothing behind. Elsewhere (or on filesystems without
+///    `O_TMPFILE`) it is `.portalocker.<16 random hex>.tmp`, created with
+///    `O_CREAT | O_EXCL | O_NOFOLLOW`. Either way the mode is `0o666` minus
+///    the umask, as for a plain `create`.
+/// 2. Writes go to that file (buffered in memory up to 64 KiB).
+/// 3. [`AtomicFile::commit`] writes what is buffered, `fsync`s the file,
+///    publishes it **without replacing** anything (`linkat`, or
+///    `renameat2(RENAME_NOREPLACE)`, falling back to a hard link, and on
+///    filesystems without hard links to an existence check and `rename`),
+///    then `fsync`s the directory so the new name survives a power loss.
+///
+/// # Notes and limitations
+///
+/// * The temporary file and the destination are in the same directory, so
+///   on the same filesystem; publication is a single metadata operation.
+/// * Without hard links and without `RENAME_NOREPLACE` (some FUSE, SMB or
+///   NFS mounts), the no-replace check and the rename are two steps: two
+///   publishers racing there may both succeed, the second replacing the
+///   first (as in Python portalocker).
+/// * Replacing ([`AtomicOptions::replace`]) publishes with `rename` over
+///   the destination: readers see the old or the new content, never a mix.
+///   A symlink at the destination is replaced, never followed.
+/// * Metadata of a replaced file (owner, mode, extended attributes) is not
+///   copied: the new file has the mode of a fresh `create`.
+/// * A named temporary file is left behind if the process dies between its
+///   creation and publication (only where `O_TMPFILE` is unavailable).
+///
+/// # Cancel safety
+///
+/// Dropping an [`AtomicFile`], or any of its futures, before `commit`
+/// starts publishing discards everything: no destination, no temporary
+/// file. Once `commit` has handed the file to the blocking pool the
+/// publication runs to its end even if the future is dropped, so the
+/// destination is then either absent or complete — never partial.
+#[must_use = "an AtomicFile that is not committed is discarded"]
+pub struct AtomicFile {
+    writer: Option<BufWriter<tokio::fs::File>>,
+    temp: Option<Temp>,
+    dest: PathBuf,
+    opts: AtomicOptions,
+}
+
+impl AtomicFile {
+    /// The destination.
+    pub fn path(&self) -> &Path {
+        &self.dest
+    }
+
+    /// Writes what is buffered, `fsync`s (per [`Durability`]), publishes
+    /// the file at the destination and `fsync`s the directory.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before the file reaches the blocking pool
+    /// discards everything; after that the publication completes in the
+    /// background. Either way the destination is absent or complete.
+    ///
+    /// # Errors
+    ///
+    /// `AlreadyExists` if the destination appeared since
+    /// [`open_atomic`] (it is left untouched); the OS error of a failed
+    /// write, `fsync` or publication. When publication fails the complete
+    /// payload is kept in a temporary file in the same directory, named in
+    /// the error message and reachable as [`PublishError::preserved`]
+    /// through [`io::Error::get_ref`].
+    pub async fn commit(mut self) -> io::Result<()> {
+        let Some(writer) = self.writer.take() else {
+            return Ok(());
+        };
+        let pending = writer.buffer().to_vec();
+        let file = writer.into_inner();
+        // Waits for a write still in flight and reports its error.
+        let file = file.into_std().await;
+        let temp = self.temp.take().unwrap_or(Temp::Unnamed);
+        let dest = self.dest.clone();
+        let opts = self.opts.clone();
+        tokio::task::spawn_blocking(move || publish(file, &pending, temp, &dest, &opts))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    /// Throws the new content away; nothing appears at the destination and
+    /// no temporary file remains.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: dropping it discards as well.
+    ///
+    /// # Errors
+    ///
+    /// The OS error of removing a named temporary file.
+    pub async fn discard(mut self) -> io::Result<()> {
+        drop(self.writer.take());
+        match self.temp.take() {
+            Some(t) => tokio::task::spawn_blocking(move || t.remove())
+                .await
+                .map_err(io::Error::other)?,
+            None => Ok(()),
+        }
+    }
+
+    fn writer(&mut self) -> io::Result<Pin<&mut BufWriter<tokio::fs::File>>> {
+        match self.writer.as_mut() {
+            Some(w) => Ok(Pin::new(w)),
+            None => Err(io::Error::other("the atomic file is closed")),
+        }
+    }
+}
+
+impl AsyncWrite for AtomicFile {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut().writer() {
+            Ok(w) => w.poll_write(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().writer() {
+            Ok(w) => w.poll_flush(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    /// Flushes; the file is published only by [`AtomicFile::commit`].
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_flush(cx)
+    }
+}
+
+impl AsyncSeek for AtomicFile {
+    fn start_seek(self: Pin<&mut Self>, position: io::SeekFrom) -> io::Result<()> {
+        self.get_mut().writer()?.start_seek(position)
+    }
+
+    fn poll_complete(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
+        match self.get_mut().writer() {
+            Ok(w) => w.poll_complete(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        drop(self.writer.take());
+        if let Some(t) = self.temp.take() {
+            let _ = t.remove();
+        }
+    }
+}
+
+impl fmt::Debug for AtomicFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AtomicFile")
+            .field("path", &self.dest)
+            .field("temp", &self.temp)
+            .field("options", &self.opts)
+            .finish()
+    }
+}
+
+/// The error inside the `io::Error` of a failed publication: the
+/// destination, where the complete payload was kept, and the cause (also
+/// the `source()`).
+#[derive(Debug)]
+pub struct PublishError {
+    destination: PathBuf,
+    preserved: Option<PathBuf>,
+    source: io::Error,
+}
+
+impl PublishError {
+    /// The destination that could not be written.
+    pub fn destination(&self) -> &Path {
+        &self.destination
+    }
+
+    /// Where the complete payload was kept, if it could be kept.
+    pub fn preserved(&self) -> Option<&Path> {
+        self.preserved.as_deref()
+    }
+
+    fn into_io(self) -> io::Error {
+        io::Error::new(self.source.kind(), self)
+    }
+}
+
+impl fmt::Display for PublishError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "failed to publish {:?}: {}",
+            self.destination, self.source
+        )?;
+        match &self.preserved {
+            Some(p) => write!(f, " (payload preserved at {})", p.display()),
+            None => write!(f, " (the payload could not be preserved)"),
+        }
+    }
+}
+
+impl std::error::Error for PublishError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// The temporary file: unnamed (`O_TMPFILE`) or at a path we created.
+#[derive(Debug)]
+enum Temp {
+    Unnamed,
+    Named(PathBuf),
+}
+
+impl Temp {
+    fn remove(self) -> io::Result<()> {
+        match self {
+            Self::Unnamed => Ok(()),
+            Self::Named(p) => match std::fs::remove_file(&p) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
+        }
+    }
+}
+
+/// Removes a named temporary file on drop unless kept.
+struct TempGuard(Option<PathBuf>);
+
+impl TempGuard {
+    fn keep(mut self) -> Option<PathBuf> {
+        self.0.take()
+    }
+}
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn create(dest: &Path, opts: &AtomicOptions) -> io::Result<(File, Temp)> {
+    match std::fs::symlink_metadata(dest) {
+        Ok(m) if m.is_dir() => {
+            return Err(io::Error::new(
+                io::ErrorKind::IsADirectory,
+                format!("{dest:?} is a directory"),
+            ))
+        }
+        Ok(_) if !opts.replace => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{dest:?} already exists"),
+            ))
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let dir = parent(dest)?;
+    std::fs::create_dir_all(dir)?;
+    if let Some(file) = sys::create_unnamed(dir)? {
+        return Ok((file, Temp::Unnamed));
+    }
+    let (path, file) = create_named(dir)?;
+    Ok((file, Temp::Named(path)))
+}
+
+fn parent(dest: &Path) -> io::Result<&Path> {
+    dest.parent().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{dest:?} has no parent directory"),
+        )
+    })
+}
+
+/// `.portalocker.<16 random hex>.tmp` in `dir`, created exclusively.
+fn create_named(dir: &Path) -> io::Result<(PathBuf, File)> {
+    for _ in 0..10_000 {
+        let path = dir.join(format!(".portalocker.{:016x}.tmp", sys::random()));
+        match sys::create_new(&path) {
+            Ok(f) => return Ok((path, f)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other(format!(
+        "no usable temporary file name in {dir:?}"
+    )))
+}
+
+fn publish(
+    mut file: File,
+    pending: &[u8],
+    temp: Temp,
+    dest: &Path,
+    opts: &AtomicOptions,
+) -> io::Result<()> {
+    // Until published, a named temporary file is removed on any error: an
+    // incomplete payload is never kept.
+    let (named, guard) = match temp {
+        Temp::Unnamed => (false, TempGuard(None)),
+        Temp::Named(p) => (true, TempGuard(Some(p))),
+    };
+    file.write_all(pending)?;
+    if opts.durability != Durability::None {
+        sys::fsync(&file)?;
+    }
+    // From here on the payload is complete: a failed publication keeps it.
+    let published = if named {
+        let temp = guard.0.clone().unwrap_or_default();
+        let r = if opts.replace {
+            std::fs::rename(&temp, dest)
+        } else {
+            sys::publish_named_noreplace(&temp, dest)
+        };
+        match r {
+            Ok(()) => {
+                guard.keep();
+                Ok(())
+            }
+            Err(e) => Err(PublishError {
+                destination: dest.to_path_buf(),
+                preserved: guard.keep(),
+                source: e,
+            }),
+        }
+    } else {
+        drop(guard);
+        sys::publish_unnamed(&file, dest, opts.replace)
+    };
+    published.map_err(PublishError::into_io)?;
+    if opts.durability == Durability::Full {
+        sys::sync_dir(parent(dest)?).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("published {dest:?}, but syncing its directory failed: {e}"),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+mod sys {
+    use std::fs::{File, OpenOptions};
+    use std::io;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::path::Path;
+
+    use super::PublishError;
+
+    pub(super) fn create_new(path: &Path) -> io::Result<File> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o666)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+    }
+
+    pub(super) fn random() -> u64 {
+        let mut b = [0u8; 8];
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()) == Ok(8) {
+            return u64::from_ne_bytes(b);
+        }
+        b = crate::deadline::random_u64().to_ne_bytes();
+        u64::from_ne_bytes(b)
+    }
+
+    pub(super) fn fsync(f: &File) -> io::Result<()> {
+        match f.sync_all() {
+            // Filesystems that cannot fsync (e.g. some FUSE mounts).
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP)) => Ok(()),
+            other => other,
+        }
+    }
+
+    pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
+        fsync(&File::open(dir)?)
+    }
+
+    /// An unnamed temporary file in `dir`, or `None` where `O_TMPFILE`
+    /// (or `/proc`, needed to give it a name) is unavailable.
+    #[cfg(target_os = "linux")]
+    pub(super) fn create_unnamed(dir: &Path) -> io::Result<Option<File>> {
+        use rustix::fs::{Mode, OFlags, CWD};
+        if !Path::new("/proc/self/fd").is_dir() {
+            return Ok(None);
+        }
+        let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
+        match rustix::fs::openat(CWD, dir, flags, Mode::from_raw_mode(0o666)) {
+            Ok(fd) => Ok(Some(File::from(fd))),
+            Err(e) => {
+                let e = io::Error::from(e);
+                match e.raw_os_error() {
+                    // No O_TMPFILE on this filesystem or kernel.
+                    Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL) => Ok(None),
+                    _ => Err(e),
+                }
+            }
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(super) fn create_unnamed(_dir: &Path) -> io::Result<Option<File>> {
+        Ok(None)
+    }
+
+    /// Gives the unnamed file its name: `linkat` refuses an existing
+    /// destination. Replacing links it to a temporary name first, then
+    /// renames that over the destination.
+    #[cfg(target_os = "linux")]
+    pub(super) fn publish_unnamed(
+        file: &File,
+        dest: &Path,
+        replace: bool,
+    ) -> Result<(), PublishError> {
+        let link_to = |to: &Path| -> io::Result<()> {
+            let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+            rustix::fs::linkat(
+                rustix::fs::CWD,
+                proc_path.as_str(),
+                rustix::fs::CWD,
+                to,
+                rustix::fs::AtFlags::SYMLINK_FOLLOW,
+            )
+            .map_err(io::Error::from)
+        };
+        let dir = dest.parent().unwrap_or(Path::new("/"));
+        // Keeps the complete payload under a new name in `dir`.
+        let preserve = || -> Option<std::path::PathBuf> {
+            for _ in 0..100 {
+                let p = dir.join(format!(".portalocker.{:016x}.tmp", random()));
+                match link_to(&p) {
+                    Ok(()) => return Some(p),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(_) => return None,
+                }
+            }
+            None
+        };
+        let fail = |source: io::Error, preserved| PublishError {
+            destination: dest.to_path_buf(),
+            preserved,
+            source,
+        };
+        if !replace {
+            return link_to(dest).map_err(|e| fail(e, preserve()));
+        }
+        let temp = preserve().ok_or_else(|| {
+            fail(
+                io::Error::other("cannot link the temporary file into the directory"),
+                None,
+            )
+        })?;
+        std::fs::rename(&temp, dest).map_err(|e| fail(e, Some(temp)))
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(super) fn publish_unnamed(
+        _file: &File,
+        dest: &Path,
+        _replace: bool,
+    ) -> Result<(), PublishError> {
+        Err(PublishError {
+            destination: dest.to_path_buf(),
+            preserved: None,
+            source: io::Error::from(io::ErrorKind::Unsupported),
+        })
+    }
+
+    /// Publishes `temp` at `dest` without replacing: `renameat2` with
+    /// `RENAME_NOREPLACE` where supported, else a hard link (then the
+    /// temporary name is removed), else an existence check and `rename`.
+    pub(super) fn publish_named_noreplace(temp: &Path, dest: &Path) -> io::Result<()> {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            use rustix::fs::{RenameFlags, CWD};
+            match rustix::fs::renameat_with(CWD, temp, CWD, dest, RenameFlags::NOREPLACE) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    let e = io::Error::from(e);
+                    if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        match std::fs::hard_link(temp, dest) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(temp);
+                Ok(())
+            }
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EPERM | libc::ENOTSUP | libc::EMLINK)
+                ) || e.raw_os_error() == Some(libc::EOPNOTSUPP) =>
+            {
+                if std::fs::symlink_metadata(dest).is_ok() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        format!("{dest:?} already exists ({e})"),
+                    ));
+                }
+                std::fs::rename(temp, dest)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The named-temporary-file path, used where `O_TMPFILE` is missing.
+    use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn named_publish(dir: &Path, dest: &Path, opts: &AtomicOptions, data: &[u8]) -> io::Result<()> {
+        let (path, file) = create_named(dir)?;
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        assert!(
+            name.starts_with(".portalocker.") && name.len() == 33,
+            "{name}"
+        );
+        publish(file, data, Temp::Named(path), dest, opts)
+    }
+
+    #[test]
+    fn named_temporary_publishes_without_replacing() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("dest");
+        named_publish(d.path(), &dest, &AtomicOptions::new(), b"one").unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"one");
+        assert_eq!(names(d.path()), ["dest"]);
+
+        let err = named_publish(d.path(), &dest, &AtomicOptions::new(), b"two").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&dest).unwrap(), b"one");
+        let kept = err
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<PublishError>())
+            .and_then(PublishError::preserved)
+            .unwrap()
+            .to_path_buf();
+        assert_eq!(std::fs::read(&kept).unwrap(), b"two");
+    }
+
+    #[test]
+    fn named_temporary_replaces_and_leaves_no_litter() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("dest");
+        std::fs::write(&dest, b"old").unwrap();
+        let opts = AtomicOptions::new()
+            .replace(true)
+            .durability(Durability::None);
+        named_publish(d.path(), &dest, &opts, b"new").unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"new");
+        assert_eq!(names(d.path()), ["dest"]);
+    }
+
+    #[test]
+    fn a_failed_write_removes_the_named_temporary() {
+        let d = tempfile::tempdir().unwrap();
+        let (path, file) = create_named(d.path()).unwrap();
+        // A read-only descriptor: the write fails before anything is published.
+        drop(file);
+        let ro = File::open(&path).unwrap();
+        let err = publish(
+            ro,
+            b"data",
+            Temp::Named(path),
+            &d.path().join("x"),
+            &AtomicOptions::new(),
+        )
+        .unwrap_err();
+        assert_ne!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert!(names(d.path()).is_empty(), "{:?}", names(d.path()));
+    }
+}
