@@ -127,6 +127,13 @@ pub use rlock::{RLock, RLockGuard};
 pub use semaphore::{BoundedSemaphore, NamedBoundedSemaphore, SemaphorePermit, MAX_SLOTS};
 pub use temporary::{TemporaryFileLock, TemporaryFileLockGuard};
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+mod redis_lock;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis_lock::{RedisLock, RedisLockGuard, DEFAULT_UNAVAILABLE_TIMEOUT, MAX_CHANNEL_LEN};
+
 /// redis-rs, re-exported so that users name the same `redis::Client`.
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

@@ -32,6 +32,24 @@ pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool
     }
 }
 
+/// As [`eventually`], for a condition that must itself await.
+pub async fn eventually_async<F, Fut>(limit: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// A child process that talks through marker lines on stdout (`@@NAME`)
 /// and is told to finish by closing its stdin.
 pub struct Proc {
@@ -429,8 +447,60 @@ async fn run_role(role: &str, args: &[String]) {
             f.commit().await.unwrap();
             say("COMMITTED", "");
         }
+        // Hold a RedisLock until the parent closes stdin.
+        #[cfg(feature = "redis")]
+        "redis-hold" => {
+            let client = portalocker::redis::Client::open(args[0].as_str()).unwrap();
+            let guard = portalocker::RedisLock::new(&args[1], client)
+                .timeout(Duration::from_secs(30))
+                .acquire()
+                .await
+                .unwrap();
+            say("LOCKED", guard.holder_id());
+            tokio::task::spawn_blocking(wait_for_parent).await.unwrap();
+            guard.release().await.unwrap();
+            say("RELEASED", "");
+        }
+        // n rounds of a deliberately non-atomic GET/SET under the lock.
+        #[cfg(feature = "redis")]
+        "redis-counter" => {
+            let client = portalocker::redis::Client::open(args[0].as_str()).unwrap();
+            let n: usize = args[3].parse().unwrap();
+            let lock = portalocker::RedisLock::new(&args[1], client.clone())
+                .timeout(Duration::from_secs(120))
+                .check_interval(Duration::from_millis(20))
+                .fencing(true);
+            let mut con = client.get_multiplexed_async_connection().await.unwrap();
+            let mut last = 0;
+            for _ in 0..n {
+                let g = lock.acquire().await.unwrap();
+                let t = g.fence_token().unwrap();
+                assert!(t > last, "fence token went backwards: {t} after {last}");
+                last = t;
+                redis_bump(&mut con, &args[2]).await;
+                g.release().await.unwrap();
+            }
+            say("DONE", n);
+        }
         other => panic!("unknown role {other}"),
     }
+}
+
+/// A deliberately non-atomic read-modify-write of a Redis key.
+#[cfg(feature = "redis")]
+pub async fn redis_bump(con: &mut portalocker::redis::aio::MultiplexedConnection, key: &str) {
+    let old: Option<u64> = portalocker::redis::cmd("GET")
+        .arg(key)
+        .query_async(con)
+        .await
+        .unwrap();
+    tokio::task::yield_now().await;
+    let _: () = portalocker::redis::cmd("SET")
+        .arg(key)
+        .arg(old.unwrap_or(0) + 1)
+        .query_async(con)
+        .await
+        .unwrap();
 }
 
 /// A deliberately non-atomic read-modify-write of a decimal counter file.
@@ -446,4 +516,144 @@ pub fn bump_counter(path: &Path) {
 /// Chunk `i` of the `atomic-write` role's payload: 16 KiB of a pattern.
 pub fn atomic_chunk(i: usize) -> Vec<u8> {
     (0..16 * 1024).map(|j| ((i * 31 + j) % 251) as u8).collect()
+}
+
+/// A throwaway `redis-server` on a free loopback port, killed by pid on
+/// drop. The binary is `$PORTALOCKER_REDIS_SERVER` or `redis-server`.
+#[cfg(feature = "redis")]
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+#[cfg(feature = "redis")]
+impl RedisServer {
+    pub fn start() -> Self {
+        for _ in 0..20 {
+            // The port may be taken between this probe and the server's
+            // bind: then the server exits and another port is tried.
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut s = Self {
+                child: None,
+                port,
+                dir: tempfile::tempdir().unwrap(),
+            };
+            s.spawn();
+            if s.wait_ready() {
+                return s;
+            }
+            s.kill();
+        }
+        panic!("redis-server did not start on any of 20 ports");
+    }
+
+    fn binary() -> String {
+        std::env::var("PORTALOCKER_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(Self::binary())
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {} ({e}): the Redis tests need redis-server \
+                     (scripts/test.sh installs it, or set PORTALOCKER_REDIS_SERVER)",
+                    Self::binary()
+                )
+            });
+        self.child = Some(child);
+    }
+
+    fn wait_ready(&mut self) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(Child::try_wait) {
+                return false; // exited: port in use
+            }
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                use std::io::Read;
+                let _ = s.write_all(b"PING\r\n");
+                let mut buf = [0u8; 7];
+                if s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n" {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn client(&self) -> portalocker::redis::Client {
+        portalocker::redis::Client::open(self.url()).unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGKILLs the server (holders' connections die with it).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port after [`kill`](Self::kill).
+    pub fn restart(&mut self) {
+        self.spawn();
+        assert!(self.wait_ready(), "redis-server did not restart");
+    }
+
+    /// Runs one command on a fresh synchronous-style async connection.
+    pub async fn cmd<T: portalocker::redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let mut con = self
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let mut c = portalocker::redis::cmd(args[0]);
+        for a in &args[1..] {
+            c.arg(*a);
+        }
+        c.query_async(&mut con).await.unwrap()
+    }
+
+    pub async fn numsub(&self, channel: &str) -> usize {
+        let v: Vec<(String, usize)> = self.cmd(&["PUBSUB", "NUMSUB", channel]).await;
+        v[0].1
+    }
+
+    /// Names of the clients whose name starts with `<channel>-lock`.
+    pub async fn lock_clients(&self, channel: &str) -> Vec<String> {
+        let list: String = self.cmd(&["CLIENT", "LIST"]).await;
+        let prefix = format!("{channel}-lock");
+        list.lines()
+            .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("name=")))
+            .filter(|n| n.starts_with(&prefix))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+#[cfg(feature = "redis")]
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

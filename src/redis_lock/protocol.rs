@@ -1,0 +1,636 @@
+//! The wire protocol of Python portalocker 4.4.2's Redis lock and its
+//! decision rules, as pure functions (spec §3.4, §3.8, §3.9). No I/O here.
+
+use serde_json::Value;
+
+/// The protocol version in replies.
+pub(crate) const PROTOCOL: u64 = 1;
+/// Payloads larger than this on a lock channel are ignored unparsed.
+pub(crate) const MAX_PAYLOAD: usize = 64 * 1024;
+
+/// A holder's mode, as advertised in replies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Exclusive,
+    Pending,
+    Shared,
+}
+
+impl Mode {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Exclusive => "exclusive",
+            Self::Pending => "pending",
+            Self::Shared => "shared",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "exclusive" => Some(Self::Exclusive),
+            "pending" => Some(Self::Pending),
+            "shared" => Some(Self::Shared),
+            _ => None,
+        }
+    }
+}
+
+/// One holder, as its reply to a ping describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Holder {
+    pub(crate) id: String,
+    pub(crate) mode: Mode,
+    pub(crate) legacy: bool,
+    /// `None` for pre-4.2 peers (and legacy holders).
+    pub(crate) elected: Option<bool>,
+}
+
+/// The subscription connection's name: `<channel>-lock-<holder_id>`.
+pub(crate) fn client_name(channel: &str, id: &str) -> String {
+    format!("{channel}-lock-{id}")
+}
+
+/// A ping, byte for byte as Python writes it.
+pub(crate) fn ping(response_channel: &str) -> String {
+    format!(
+        "{{\"message\": \"ping\", \"response_channel\": {}}}",
+        Value::from(response_channel)
+    )
+}
+
+/// A reply record, byte for byte as Python writes it.
+pub(crate) fn reply(id: &str, mode: Mode, elected: bool) -> String {
+    format!(
+        "{{\"holder_id\": {}, \"mode\": \"{}\", \"protocol\": {PROTOCOL}, \"elected\": {elected}}}",
+        Value::from(id),
+        mode.as_str()
+    )
+}
+
+/// The response channel of a message on the lock channel, if it is a
+/// ping to answer: a JSON object with a non-empty string
+/// `response_channel`. Anything else is ignored.
+pub(crate) fn ping_response_channel(payload: &[u8]) -> Option<String> {
+    if payload.is_empty() || payload.len() > MAX_PAYLOAD {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(payload).ok()?;
+    match v.get("response_channel")? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// The replies collected by one probe, de-duplicated by holder id.
+#[derive(Debug, Default)]
+pub(crate) struct Replies {
+    pub(crate) holders: Vec<Holder>,
+    legacy: usize,
+}
+
+impl Replies {
+    /// Records one reply. Anything that is not a protocol-1 record is a
+    /// legacy exclusive holder `legacy-<n>`.
+    pub(crate) fn add(&mut self, payload: &[u8]) {
+        let holder = match parse_record(payload) {
+            Some(h) => h,
+            None => {
+                let h = Holder {
+                    id: format!("legacy-{}", self.legacy),
+                    mode: Mode::Exclusive,
+                    legacy: true,
+                    elected: None,
+                };
+                self.legacy += 1;
+                h
+            }
+        };
+        if !self.holders.iter().any(|h| h.id == holder.id) {
+            self.holders.push(holder);
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.holders.len()
+    }
+
+    fn any_legacy(&self) -> bool {
+        self.legacy > 0
+    }
+}
+
+fn parse_record(payload: &[u8]) -> Option<Holder> {
+    if payload.len() > MAX_PAYLOAD {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(payload).ok()?;
+    let obj = v.as_object()?;
+    let protocol_ok = match obj.get("protocol")? {
+        Value::Number(n) => n.as_u64() == Some(PROTOCOL) || n.as_f64() == Some(1.0),
+        Value::Bool(b) => *b, // Python: True == 1
+        _ => false,
+    };
+    if !protocol_ok {
+        return None;
+    }
+    let id = obj.get("holder_id")?.as_str()?.to_string();
+    let mode = Mode::parse(obj.get("mode")?.as_str()?)?;
+    let elected = obj.get("elected").and_then(Value::as_bool);
+    Some(Holder {
+        id,
+        mode,
+        legacy: false,
+        elected,
+    })
+}
+
+/// Who this lock is, for the decisions.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Me<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) writer: bool,
+    /// `writer_elected`: this writer already won an election.
+    pub(crate) elected: bool,
+}
+
+fn others<'a>(me: &'a Me<'_>, holders: &'a [Holder]) -> impl Iterator<Item = &'a Holder> {
+    holders.iter().filter(move |h| h.id != me.id)
+}
+
+/// §3.8.1: a reader may join only pure readers.
+pub(crate) fn compatible(me: &Me<'_>, holders: &[Holder]) -> bool {
+    !me.writer && holders.iter().all(|h| h.mode == Mode::Shared)
+}
+
+/// §3.8.2: a fresh writer is elected if nobody is exclusive, no other
+/// holder advertises an election, and it has the lowest pending id.
+pub(crate) fn wins_election(me: &Me<'_>, holders: &[Holder]) -> bool {
+    if holders.iter().any(|h| h.mode == Mode::Exclusive) {
+        return false;
+    }
+    if others(me, holders).any(|h| h.elected == Some(true)) {
+        return false;
+    }
+    holders
+        .iter()
+        .filter(|h| h.mode == Mode::Pending)
+        .map(|h| h.id.as_str())
+        .min()
+        == Some(me.id)
+}
+
+/// §3.8.3: an incumbent forfeits to an exclusive holder, to a lower-id
+/// incumbent, or to a lower-id pre-4.2 pending writer.
+pub(crate) fn must_forfeit(me: &Me<'_>, holders: &[Holder]) -> bool {
+    others(me, holders).any(|h| {
+        h.mode == Mode::Exclusive
+            || (h.elected == Some(true) && h.id.as_str() < me.id)
+            || (h.mode == Mode::Pending && h.elected.is_none() && h.id.as_str() < me.id)
+    })
+}
+
+/// What one probe result means for this lock (§3.8.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Resolution {
+    /// Held as is (a reader joining readers).
+    Held,
+    /// A writer promotes to exclusive; `elect` sets `writer_elected`.
+    Promote { elect: bool },
+    /// Keep the subscription and try again; `elect` sets `writer_elected`.
+    Retry { elect: bool },
+    /// Leave: drop the subscription (and the election).
+    GiveUp { conclusive: bool },
+    /// `fail_when_locked` with readers present after a fresh election win:
+    /// leave without advertising the election, and fail.
+    FailFast,
+}
+
+/// §3.8.4 for a probe result (`None` = inconclusive).
+pub(crate) fn resolve(me: &Me<'_>, probe: Option<&[Holder]>, fail_when_locked: bool) -> Resolution {
+    let Some(holders) = probe else {
+        return if me.writer && me.elected {
+            Resolution::Retry { elect: false }
+        } else {
+            Resolution::GiveUp { conclusive: false }
+        };
+    };
+    if compatible(me, holders) {
+        return Resolution::Held;
+    }
+    if !me.writer {
+        return Resolution::GiveUp { conclusive: true };
+    }
+    let shared_present = others(me, holders).any(|h| h.mode == Mode::Shared);
+    if me.elected {
+        if must_forfeit(me, holders) {
+            return Resolution::GiveUp { conclusive: true };
+        }
+        if shared_present {
+            return Resolution::Retry { elect: false };
+        }
+        let hold_off = others(me, holders)
+            .any(|h| h.mode == Mode::Pending && h.elected == Some(false) && h.id.as_str() < me.id);
+        if hold_off {
+            return Resolution::Retry { elect: false };
+        }
+        return Resolution::Promote { elect: false };
+    }
+    if !wins_election(me, holders) {
+        return Resolution::GiveUp { conclusive: true };
+    }
+    if !shared_present {
+        return Resolution::Promote { elect: true };
+    }
+    if fail_when_locked {
+        return Resolution::FailFast;
+    }
+    Resolution::Retry { elect: true }
+}
+
+/// The verdict of one conclusive confirm probe after a promotion (§3.8.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Confirmed,
+    Demote,
+    Retry,
+}
+
+/// §3.8.5: demote beats retry; otherwise confirmed.
+pub(crate) fn confirm_verdict(me_id: &str, holders: &[Holder]) -> Verdict {
+    let mut retry = false;
+    for h in holders.iter().filter(|h| h.id != me_id) {
+        let lower = h.id.as_str() < me_id;
+        match h.mode {
+            Mode::Shared => return Verdict::Demote,
+            Mode::Exclusive if h.legacy || h.elected.is_none() || lower => return Verdict::Demote,
+            Mode::Exclusive => {}
+            Mode::Pending if !lower => {}
+            Mode::Pending if h.elected.is_none() => return Verdict::Demote,
+            Mode::Pending => retry = true,
+        }
+    }
+    if retry {
+        Verdict::Retry
+    } else {
+        Verdict::Confirmed
+    }
+}
+
+/// §3.9: the ids of clients in `CLIENT LIST` output that hold `channel`
+/// under a conforming name yet did not answer this probe.
+pub(crate) fn unavailable_clients(channel: &str, client_list: &str, replies: &Replies) -> Vec<u64> {
+    let legacy_name = format!("{channel}-lock");
+    let prefix = format!("{channel}-lock-");
+    let replied: Vec<&str> = replies
+        .holders
+        .iter()
+        .filter(|h| !h.legacy)
+        .map(|h| h.id.as_str())
+        .collect();
+    let mut ids = Vec::new();
+    for line in client_list.lines() {
+        let mut id = None;
+        let mut name = "";
+        for field in line.split(' ') {
+            if let Some(v) = field.strip_prefix("id=") {
+                id = v.parse::<u64>().ok();
+            } else if let Some(v) = field.strip_prefix("name=") {
+                name = v;
+            }
+        }
+        let Some(id) = id else { continue };
+        let dead = if name == legacy_name {
+            !replies.any_legacy()
+        } else if let Some(holder) = name.strip_prefix(&prefix) {
+            is_holder_id(holder) && !replied.contains(&holder)
+        } else {
+            false
+        };
+        if dead {
+            ids.push(id);
+        }
+    }
+    ids
+}
+
+/// Exactly 32 lowercase hex characters.
+pub(crate) fn is_holder_id(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(id: &str, mode: Mode, elected: Option<bool>) -> Holder {
+        Holder {
+            id: id.into(),
+            mode,
+            legacy: false,
+            elected,
+        }
+    }
+    fn legacy(n: usize) -> Holder {
+        Holder {
+            id: format!("legacy-{n}"),
+            mode: Mode::Exclusive,
+            legacy: true,
+            elected: None,
+        }
+    }
+    const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    const C: &str = "cccccccccccccccccccccccccccccccc";
+
+    #[test]
+    fn payloads_match_python_byte_for_byte() {
+        assert_eq!(
+            ping("jobs-5e5e"),
+            r#"{"message": "ping", "response_channel": "jobs-5e5e"}"#
+        );
+        assert_eq!(
+            reply(A, Mode::Exclusive, false),
+            format!(
+                r#"{{"holder_id": "{A}", "mode": "exclusive", "protocol": 1, "elected": false}}"#
+            )
+        );
+        assert_eq!(
+            reply(A, Mode::Pending, true)
+                .matches("\"elected\": true")
+                .count(),
+            1
+        );
+        assert_eq!(client_name("jobs", A), format!("jobs-lock-{A}"));
+    }
+
+    #[test]
+    fn only_well_formed_pings_are_answered() {
+        let ok = br#"{"message": "ping", "response_channel": "jobs-1"}"#;
+        assert_eq!(ping_response_channel(ok).as_deref(), Some("jobs-1"));
+        // The message field is not checked; key order and spacing do not matter.
+        assert_eq!(
+            ping_response_channel(br#"{"response_channel":"r","message":"x"}"#).as_deref(),
+            Some("r")
+        );
+        for bad in [
+            &b""[..],
+            b"not-json",
+            b"[]",
+            b"{}",
+            br#"{"response_channel": 123}"#,
+            br#"{"response_channel": ""}"#,
+            br#"{"response_channel": null}"#,
+            b"1716112345.123456",
+            b"\xff\xfe",
+        ] {
+            assert_eq!(
+                ping_response_channel(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(ping_response_channel(deep.as_bytes()), None);
+        let huge = format!(r#"{{"response_channel": "{}"}}"#, "x".repeat(MAX_PAYLOAD));
+        assert_eq!(ping_response_channel(huge.as_bytes()), None);
+    }
+
+    #[test]
+    fn replies_parse_leniently_and_deduplicate() {
+        let mut r = Replies::default();
+        r.add(reply(A, Mode::Exclusive, false).as_bytes());
+        r.add(reply(A, Mode::Exclusive, false).as_bytes()); // duplicate
+        r.add(format!(r#"{{"holder_id": "{B}", "mode": "pending", "protocol": 1}}"#).as_bytes());
+        r.add(
+            format!(
+                r#"{{"holder_id": "{C}", "mode": "shared", "protocol": 1.0, "elected": "yes"}}"#
+            )
+            .as_bytes(),
+        );
+        r.add(b"1716112345.123456"); // legacy 3.2 timestamp
+        r.add(format!(r#"{{"holder_id": "{C}", "mode": "shared", "protocol": 2}}"#).as_bytes());
+        r.add(br#"{"holder_id": 5, "mode": "shared", "protocol": 1}"#);
+        r.add(br#"{"holder_id": "x", "mode": "writer", "protocol": 1}"#);
+        r.add(br#"{"holder_id": "x", "mode": "shared", "protocol": true}"#);
+        let hs = &r.holders;
+        assert_eq!(hs[0], h(A, Mode::Exclusive, Some(false)));
+        assert_eq!(
+            hs[1],
+            h(B, Mode::Pending, None),
+            "pre-4.2 record: elected absent"
+        );
+        assert_eq!(hs[2], h(C, Mode::Shared, None), "elected read strictly");
+        assert_eq!(hs[3], legacy(0));
+        assert_eq!(hs[4], legacy(1), "protocol 2 is treated as legacy");
+        assert_eq!(hs[5], legacy(2));
+        assert_eq!(hs[6], legacy(3));
+        assert_eq!(
+            hs[7],
+            h("x", Mode::Shared, None),
+            "protocol true equals 1 in Python"
+        );
+        assert_eq!(r.len(), 8);
+    }
+
+    #[test]
+    fn readers_join_only_readers() {
+        let me = Me {
+            id: B,
+            writer: false,
+            elected: false,
+        };
+        let readers = [
+            h(A, Mode::Shared, Some(false)),
+            h(B, Mode::Shared, Some(false)),
+        ];
+        assert_eq!(resolve(&me, Some(&readers), false), Resolution::Held);
+        let with_pending = [
+            h(A, Mode::Pending, Some(false)),
+            h(B, Mode::Shared, Some(false)),
+        ];
+        assert_eq!(
+            resolve(&me, Some(&with_pending), false),
+            Resolution::GiveUp { conclusive: true }
+        );
+        let with_legacy = [legacy(0), h(B, Mode::Shared, Some(false))];
+        assert_eq!(
+            resolve(&me, Some(&with_legacy), true),
+            Resolution::GiveUp { conclusive: true }
+        );
+        assert_eq!(
+            resolve(&me, None, false),
+            Resolution::GiveUp { conclusive: false }
+        );
+    }
+
+    #[test]
+    fn lowest_pending_writer_is_elected() {
+        let a = Me {
+            id: A,
+            writer: true,
+            elected: false,
+        };
+        let b = Me {
+            id: B,
+            writer: true,
+            elected: false,
+        };
+        let both = [
+            h(A, Mode::Pending, Some(false)),
+            h(B, Mode::Pending, Some(false)),
+        ];
+        assert_eq!(
+            resolve(&a, Some(&both), false),
+            Resolution::Promote { elect: true }
+        );
+        assert_eq!(
+            resolve(&b, Some(&both), false),
+            Resolution::GiveUp { conclusive: true }
+        );
+        assert_eq!(
+            resolve(&b, Some(&both), true),
+            Resolution::GiveUp { conclusive: true }
+        );
+        // An exclusive holder blocks every election.
+        let held = [
+            h(C, Mode::Exclusive, Some(false)),
+            h(A, Mode::Pending, Some(false)),
+        ];
+        assert_eq!(
+            resolve(&a, Some(&held), false),
+            Resolution::GiveUp { conclusive: true }
+        );
+        // Defer to an incumbent even with a lower id (#143).
+        let incumbent = [
+            h(C, Mode::Pending, Some(true)),
+            h(A, Mode::Pending, Some(false)),
+        ];
+        assert_eq!(
+            resolve(&a, Some(&incumbent), false),
+            Resolution::GiveUp { conclusive: true }
+        );
+    }
+
+    #[test]
+    fn fresh_winner_with_readers_waits_or_fails_fast() {
+        let a = Me {
+            id: A,
+            writer: true,
+            elected: false,
+        };
+        let hs = [
+            h(A, Mode::Pending, Some(false)),
+            h(C, Mode::Shared, Some(false)),
+        ];
+        assert_eq!(
+            resolve(&a, Some(&hs), false),
+            Resolution::Retry { elect: true }
+        );
+        assert_eq!(resolve(&a, Some(&hs), true), Resolution::FailFast);
+    }
+
+    #[test]
+    fn incumbent_rules() {
+        let b = Me {
+            id: B,
+            writer: true,
+            elected: true,
+        };
+        let mine = h(B, Mode::Pending, Some(true));
+        // Readers still present: keep waiting.
+        let hs = [mine.clone(), h(C, Mode::Shared, Some(false))];
+        assert_eq!(
+            resolve(&b, Some(&hs), true),
+            Resolution::Retry { elect: false }
+        );
+        // Readers drained: promote.
+        assert_eq!(
+            resolve(&b, Some(std::slice::from_ref(&mine)), false),
+            Resolution::Promote { elect: false }
+        );
+        // A lower-id pending writer that may not know yet: hold off.
+        let hs = [mine.clone(), h(A, Mode::Pending, Some(false))];
+        assert_eq!(
+            resolve(&b, Some(&hs), false),
+            Resolution::Retry { elect: false }
+        );
+        // A higher-id pending writer: promote.
+        let hs = [mine.clone(), h(C, Mode::Pending, Some(false))];
+        assert_eq!(
+            resolve(&b, Some(&hs), false),
+            Resolution::Promote { elect: false }
+        );
+        // Forfeit: exclusive, lower incumbent, lower pre-4.2 pending.
+        for other in [
+            h(C, Mode::Exclusive, Some(false)),
+            legacy(0),
+            h(A, Mode::Pending, Some(true)),
+            h(A, Mode::Pending, None),
+        ] {
+            let hs = [mine.clone(), other.clone()];
+            assert_eq!(
+                resolve(&b, Some(&hs), false),
+                Resolution::GiveUp { conclusive: true },
+                "{other:?}"
+            );
+        }
+        // A higher-id incumbent does not make us forfeit.
+        let hs = [mine, h(C, Mode::Pending, Some(true))];
+        assert!(!must_forfeit(&b, &hs));
+        // Inconclusive: an incumbent keeps its election.
+        assert_eq!(resolve(&b, None, true), Resolution::Retry { elect: false });
+    }
+
+    #[test]
+    fn confirm_verdicts() {
+        use Verdict::*;
+        let me = B;
+        let cases = [
+            (h(A, Mode::Shared, Some(false)), Demote),
+            (legacy(0), Demote),
+            (h(C, Mode::Exclusive, None), Demote),
+            (h(A, Mode::Exclusive, Some(true)), Demote),
+            (h(C, Mode::Exclusive, Some(true)), Confirmed),
+            (h(C, Mode::Pending, None), Confirmed),
+            (h(A, Mode::Pending, None), Demote),
+            (h(A, Mode::Pending, Some(false)), Retry),
+            (h(A, Mode::Pending, Some(true)), Retry),
+        ];
+        for (other, want) in cases {
+            let hs = [h(B, Mode::Exclusive, Some(false)), other.clone()];
+            assert_eq!(confirm_verdict(me, &hs), want, "{other:?}");
+        }
+        // Demote takes precedence over retry.
+        let hs = [h(A, Mode::Pending, Some(false)), h(C, Mode::Shared, None)];
+        assert_eq!(confirm_verdict(me, &hs), Demote);
+        assert_eq!(
+            confirm_verdict(me, &[h(B, Mode::Exclusive, None)]),
+            Confirmed
+        );
+    }
+
+    #[test]
+    fn reaping_matches_exact_names_only() {
+        let list = format!(
+            "id=1 addr=x name=jobs-lock-{A} sub=1\n\
+             id=2 addr=x name=jobs-lock-{B} sub=1\n\
+             id=3 addr=x name=jobs-lock sub=1\n\
+             id=4 addr=x name=jobs-lock-{B}-lock-{C} sub=1\n\
+             id=5 addr=x name=a-lock-b-lock-{C} sub=1\n\
+             id=6 addr=x name= sub=0\n\
+             id=7 addr=x name=jobs-lock-{}\n\
+             id=8 addr=x name=jobs-lock-{} sub=1\n",
+            A.to_uppercase(),
+            &A[..31]
+        );
+        let mut replies = Replies::default();
+        replies.add(reply(A, Mode::Exclusive, false).as_bytes());
+        assert_eq!(unavailable_clients("jobs", &list, &replies), vec![2, 3]);
+        // One legacy reply spares every legacy-named client.
+        replies.add(b"1716112345.1");
+        assert_eq!(unavailable_clients("jobs", &list, &replies), vec![2]);
+        // Channel `a` never reaps holders of channel `a-lock-b` (#142).
+        assert!(unavailable_clients("a", &list, &Replies::default()).is_empty());
+    }
+}

@@ -1,0 +1,364 @@
+//! `RedisLock` against real `redis-server`s started per test.
+#![cfg(feature = "redis")]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use portalocker::{ErrorKind, LockFlags, RedisLock};
+use support::{Proc, RedisServer};
+
+#[test]
+fn child_entry() {
+    support::child_main();
+}
+
+#[tokio::test]
+async fn uncontended_acquire_names_the_connection_and_release_frees() {
+    let srv = RedisServer::start();
+    let lock = RedisLock::new("jobs", srv.client());
+    let g = lock.acquire().await.unwrap();
+    let id = g.holder_id().to_string();
+    assert!(
+        id.len() == 32
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    );
+    assert_eq!(g.channel(), "jobs");
+    assert_eq!(srv.numsub("jobs").await, 1);
+    assert_eq!(srv.lock_clients("jobs").await, [format!("jobs-lock-{id}")]);
+    assert!(!g.is_lost());
+    g.ensure_held().unwrap();
+    assert_eq!(g.fence_token(), None);
+    g.release().await.unwrap();
+    let freed = support::eventually_async(Duration::from_secs(5), || async {
+        srv.numsub("jobs").await == 0
+    })
+    .await;
+    assert!(freed, "the subscriber stayed after release");
+    // Drop releases too.
+    let g = lock.acquire().await.unwrap();
+    drop(g);
+    let freed = support::eventually_async(Duration::from_secs(5), || async {
+        srv.numsub("jobs").await == 0
+    })
+    .await;
+    assert!(freed, "the subscriber stayed after drop");
+}
+
+#[tokio::test]
+async fn contention_fails_fast_or_after_the_timeout() {
+    let srv = RedisServer::start();
+    let holder = RedisLock::new("c", srv.client()).acquire().await.unwrap();
+    let t = Instant::now();
+    let err = RedisLock::new("c", srv.client())
+        .fail_when_locked(true)
+        .acquire()
+        .await
+        .unwrap_err();
+    assert!(err.is_already_locked(), "{err}");
+    assert_eq!(err.channel(), Some("c"));
+    assert!(t.elapsed() < Duration::from_secs(3));
+    let t = Instant::now();
+    let err = RedisLock::new("c", srv.client())
+        .timeout(Duration::from_millis(400))
+        .check_interval(Duration::from_millis(50))
+        .acquire()
+        .await
+        .unwrap_err();
+    assert!(err.is_already_locked(), "{err}");
+    assert!(t.elapsed() >= Duration::from_millis(400));
+    // Waiters left nothing on the channel.
+    let settled = support::eventually_async(Duration::from_secs(5), || async {
+        srv.numsub("c").await == 1
+    })
+    .await;
+    assert!(settled);
+    assert_eq!(srv.lock_clients("c").await.len(), 1);
+    holder.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_exclude_each_other() {
+    let srv = RedisServer::start();
+    let client = srv.client();
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let lock = RedisLock::new("count", client.clone())
+                    .timeout(Duration::from_secs(60))
+                    .check_interval(Duration::from_millis(10));
+                let mut con = client.get_multiplexed_async_connection().await.unwrap();
+                for _ in 0..15 {
+                    let g = lock.acquire().await.unwrap();
+                    support::redis_bump(&mut con, "counter").await;
+                    g.release().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let n: u64 = srv.cmd(&["GET", "counter"]).await;
+    assert_eq!(n, 90);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_exclude_each_other_with_increasing_fence_tokens() {
+    let srv = RedisServer::start();
+    let url = srv.url();
+    let procs: Vec<_> = (0..3)
+        .map(|_| Proc::role("child_entry", "redis-counter", &[&url, "pc", "k", "20"]))
+        .collect();
+    for mut p in procs {
+        assert_eq!(p.expect("DONE"), "20");
+        p.finish();
+    }
+    let n: u64 = srv.cmd(&["GET", "k"]).await;
+    assert_eq!(n, 60);
+    let fence: u64 = srv.cmd(&["GET", "pc-fence"]).await;
+    assert_eq!(fence, 60);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_holder_process_frees_the_lock() {
+    let srv = RedisServer::start();
+    let mut child = Proc::role("child_entry", "redis-hold", &[&srv.url(), "k"]);
+    child.expect("LOCKED");
+    let lock = RedisLock::new("k", srv.client()).timeout(Duration::from_secs(30));
+    assert!(lock
+        .clone()
+        .fail_when_locked(true)
+        .acquire()
+        .await
+        .unwrap_err()
+        .is_already_locked());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let waiter = tokio::spawn(async move {
+        tx.send(()).unwrap();
+        lock.acquire().await.map(|g| (g, Instant::now()))
+    });
+    rx.await.unwrap();
+    let killed = Instant::now();
+    child.kill();
+    let (g, at) = waiter.await.unwrap().unwrap();
+    let took = at - killed;
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    g.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn client_kill_of_the_holder_is_noticed_and_the_lock_moves_on() {
+    let srv = RedisServer::start();
+    let g = RedisLock::new("kk", srv.client()).acquire().await.unwrap();
+    let name = format!("kk-lock-{}", g.holder_id());
+    let list: String = srv.cmd(&["CLIENT", "LIST"]).await;
+    let id = list
+        .lines()
+        .find(|l| l.contains(&format!("name={name} ")))
+        .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .unwrap()
+        .to_string();
+    let t = Instant::now();
+    let killed: i64 = srv.cmd(&["CLIENT", "KILL", "ID", &id]).await;
+    assert_eq!(killed, 1);
+    tokio::time::timeout(Duration::from_secs(5), g.lost())
+        .await
+        .expect("loss not noticed");
+    let noticed = t.elapsed();
+    assert!(
+        noticed < Duration::from_millis(500),
+        "noticed after {noticed:?}"
+    );
+    assert!(g.is_lost());
+    let err = g.ensure_held().unwrap_err();
+    assert!(err.is_lock_lost(), "{err}");
+    assert_eq!(err.kind(), ErrorKind::LockLost);
+    // Someone else can take it now.
+    let other = RedisLock::new("kk", srv.client())
+        .fail_when_locked(true)
+        .acquire()
+        .await
+        .unwrap();
+    let err = g.release().await.unwrap_err();
+    assert!(err.is_lock_lost());
+    other.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_killed_server_is_noticed_by_the_holder() {
+    let mut srv = RedisServer::start();
+    let g = RedisLock::new("s", srv.client()).acquire().await.unwrap();
+    srv.kill();
+    tokio::time::timeout(Duration::from_secs(10), g.lost())
+        .await
+        .expect("a dead server was not noticed");
+    assert!(g.ensure_held().unwrap_err().is_lock_lost());
+    // After a restart the lock can be taken again; the old guard stays lost.
+    srv.restart();
+    let again = RedisLock::new("s", srv.client()).acquire().await.unwrap();
+    assert!(g.is_lost());
+    drop(g);
+    again.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn hostile_messages_never_crash_or_unlock_a_holder() {
+    let srv = RedisServer::start();
+    let g = RedisLock::new("h", srv.client()).acquire().await.unwrap();
+    let huge = "x".repeat(1 << 20);
+    let deep = format!("{}{}", "[".repeat(50_000), "]".repeat(50_000));
+    for payload in [
+        "not json",
+        "",
+        "[]",
+        "{}",
+        r#"{"response_channel": 123}"#,
+        r#"{"response_channel": ""}"#,
+        r#"{"response_channel": ["a"]}"#,
+        "1716112345.123",
+        huge.as_str(),
+        deep.as_str(),
+        "\u{0}\u{1}\u{ffff}",
+    ] {
+        let _: i64 = srv.cmd(&["PUBLISH", "h", payload]).await;
+    }
+    // Still held and still answering probes: a contender sees it busy.
+    let err = RedisLock::new("h", srv.client())
+        .fail_when_locked(true)
+        .acquire()
+        .await
+        .unwrap_err();
+    assert!(err.is_already_locked(), "{err}");
+    assert!(!g.is_lost());
+    assert_eq!(srv.numsub("h").await, 1);
+    g.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_acquires_leave_no_subscriber_and_no_connection() {
+    let srv = RedisServer::start();
+    let holder = RedisLock::new("x", srv.client()).acquire().await.unwrap();
+    let lock = RedisLock::new("x", srv.client()).check_interval(Duration::from_millis(5));
+    for i in 0..100u64 {
+        let budget = Duration::from_micros((i * 397) % 20_000);
+        let _ = tokio::time::timeout(budget, lock.acquire()).await;
+    }
+    let settled = support::eventually_async(Duration::from_secs(10), || async {
+        srv.numsub("x").await == 1 && srv.lock_clients("x").await.len() == 1
+    })
+    .await;
+    assert!(
+        settled,
+        "left behind: numsub {}, clients {:?}",
+        srv.numsub("x").await,
+        srv.lock_clients("x").await
+    );
+    holder.release().await.unwrap();
+    // And with the lock free, cancellation racing success leaves nothing.
+    for i in 0..50u64 {
+        let budget = Duration::from_micros((i * 211) % 3000);
+        if let Ok(Ok(g)) = tokio::time::timeout(budget, lock.acquire()).await {
+            drop(g);
+        }
+    }
+    let settled = support::eventually_async(Duration::from_secs(10), || async {
+        srv.numsub("x").await == 0 && srv.lock_clients("x").await.is_empty()
+    })
+    .await;
+    assert!(settled, "left behind: {:?}", srv.lock_clients("x").await);
+}
+
+#[tokio::test]
+async fn bad_input_is_a_typed_error() {
+    let srv = RedisServer::start();
+    let long = "c".repeat(portalocker::MAX_CHANNEL_LEN + 1);
+    for channel in ["", "has space", "new\nline", "tab\t", long.as_str()] {
+        let err = RedisLock::new(channel, srv.client())
+            .acquire()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{channel:?}: {err}");
+    }
+    for flags in [
+        LockFlags::SHARED | LockFlags::EXCLUSIVE,
+        LockFlags::EXCLUSIVE | LockFlags::NON_BLOCKING,
+        LockFlags::UNBLOCK,
+    ] {
+        let err = RedisLock::new("ok", srv.client())
+            .flags(flags)
+            .acquire()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{flags:?}");
+        assert!(err.to_string().contains("exactly one"), "{err}");
+    }
+    // Nothing listens on this port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let client = portalocker::redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+    let err = RedisLock::new("ok", client)
+        .timeout(Duration::from_millis(300))
+        .acquire()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Redis, "{err}");
+    assert!(!err.is_already_locked());
+}
+
+#[tokio::test]
+async fn fencing_tokens_increase_and_only_for_exclusive_grants() {
+    let srv = RedisServer::start();
+    let lock = RedisLock::new("f", srv.client()).fencing(true);
+    let mut last = 0;
+    for _ in 0..5 {
+        let g = lock.acquire().await.unwrap();
+        let t = g.fence_token().unwrap();
+        assert!(t > last);
+        last = t;
+        g.release().await.unwrap();
+    }
+    assert_eq!(last, 5);
+    let r = lock
+        .clone()
+        .flags(LockFlags::SHARED)
+        .acquire()
+        .await
+        .unwrap();
+    assert_eq!(r.fence_token(), None);
+    r.release().await.unwrap();
+    let v: u64 = srv.cmd(&["GET", "f-fence"]).await;
+    assert_eq!(v, 5);
+}
+
+#[tokio::test]
+async fn readers_share_and_writers_exclude() {
+    let srv = RedisServer::start();
+    let reader = RedisLock::new("rw", srv.client()).flags(LockFlags::SHARED);
+    let r1 = reader.acquire().await.unwrap();
+    let r2 = reader.acquire().await.unwrap();
+    assert_eq!(srv.numsub("rw").await, 2);
+    let writer = RedisLock::new("rw", srv.client());
+    let err = writer
+        .clone()
+        .fail_when_locked(true)
+        .acquire()
+        .await
+        .unwrap_err();
+    assert!(err.is_already_locked(), "{err}");
+    drop((r1, r2));
+    let w = writer.acquire().await.unwrap();
+    let err = reader
+        .clone()
+        .fail_when_locked(true)
+        .acquire()
+        .await
+        .unwrap_err();
+    assert!(err.is_already_locked(), "{err}");
+    w.release().await.unwrap();
+}
