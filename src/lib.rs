@@ -10,6 +10,7 @@
 //! | [`BoundedSemaphore`], [`NamedBoundedSemaphore`] | at most N holders across processes (N slot files) |
 //! | [`open_atomic`], [`AtomicOptions`] | write a file so it appears complete or not at all |
 //! | [`lock`] / [`unlock`] | the raw, synchronous `flock` on a file you opened |
+//! | `RedisLock` (feature `redis`) | a lock shared by processes on many hosts, through one Redis server |
 //!
 //! Every lock here is an advisory `flock(2)` lock, the one Python
 //! portalocker takes, so Rust and Python processes exclude each other on
@@ -52,6 +53,8 @@
 //! | [`BoundedSemaphore::acquire`] | yes | no slot held |
 //! | [`open_atomic`], [`AtomicFile::discard`] | yes | nothing at the destination, no temporary file |
 //! | [`AtomicFile::commit`] | yes | the destination absent or complete, never partial |
+//! | `RedisLock::acquire` | yes | no subscriber, no connection, no task |
+//! | `RedisLockGuard::lost` | yes | nothing |
 //! | every guard's `release()` | yes | the lock released as on drop |
 //!
 //! Waiting never blocks a runtime thread: each attempt is a non-blocking
@@ -99,8 +102,10 @@
 //!
 //! # Feature flags
 //!
-//! * `redis`: re-exports [`redis`](https://docs.rs/redis) (redis-rs 1.x)
-//!   for the Redis lock.
+//! * `redis`: `RedisLock` and `RedisLockGuard`, the distributed lock of
+//!   Python portalocker 4.4.2 (same wire protocol: Rust and Python holders
+//!   share a channel), and a re-export of [`redis`](https://docs.rs/redis)
+//!   (redis-rs 1.x).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(not(test), deny(clippy::panic))]
 #![doc(test(attr(deny(warnings))))]

@@ -230,7 +230,7 @@ impl RedisLock {
             last_error: None,
         };
         let mut schedule = RedisSchedule::new(self.cfg.timeout, self.cfg.check_interval);
-        while schedule.next().await {
+        while schedule.next_watching(self).await {
             match attempt.run().await? {
                 Some(guard) => return Ok(guard),
                 None => continue,
@@ -786,18 +786,76 @@ impl RedisSchedule {
     }
 
     async fn next(&mut self) -> bool {
+        match self.pause() {
+            Pause::Now => true,
+            Pause::Done => false,
+            Pause::Sleep(until) => {
+                tokio::time::sleep_until(until).await;
+                Instant::now() < self.deadline
+            }
+        }
+    }
+
+    /// As [`next`](Self::next), but while pausing, watches the channel's
+    /// subscriber count every few milliseconds and ends the pause early
+    /// (after a random delay of up to half the interval, so waiters do
+    /// not stampede) when it
+    /// drops to zero: the holder left (released, crashed, was reaped), so
+    /// the next attempt should not wait out the jittered interval. Python
+    /// peers see nothing of this (it is `PUBSUB NUMSUB` on our command
+    /// connection).
+    async fn next_watching(&mut self, lock: &RedisLock) -> bool {
+        let until = match self.pause() {
+            Pause::Now => return true,
+            Pause::Done => return false,
+            Pause::Sleep(until) => until,
+        };
+        let step = (self.interval / 25).clamp(Duration::from_millis(5), Duration::from_millis(20));
+        let mut cmd = lock.command().await.ok();
+        let channel = &lock.cfg.channel;
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            if let Some(c) = cmd.as_mut() {
+                match tokio::time::timeout(step.max(Duration::from_millis(50)), numsub(c, channel))
+                    .await
+                {
+                    Ok(Ok(0)) => {
+                        // Spread the waiters that all saw the channel free.
+                        let unit =
+                            (crate::deadline::random_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                        let spread = (self.interval / 2).mul_f64(unit);
+                        tokio::time::sleep_until((Instant::now() + spread).min(until)).await;
+                        break;
+                    }
+                    Ok(Ok(_)) => {}
+                    _ => cmd = None, // fall back to plain sleeping
+                }
+            }
+            tokio::time::sleep_until((Instant::now() + step).min(until)).await;
+        }
+        Instant::now() < self.deadline
+    }
+
+    fn pause(&mut self) -> Pause {
         if std::mem::take(&mut self.first) {
-            return true;
+            return Pause::Now;
         }
         let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return false;
+            return Pause::Done;
         }
         let unit = (crate::deadline::random_u64() >> 11) as f64 / (1u64 << 53) as f64;
-        let pause = self.interval.mul_f64(0.5 + unit).min(left);
-        tokio::time::sleep(pause).await;
-        Instant::now() < self.deadline
+        Pause::Sleep(Instant::now() + self.interval.mul_f64(0.5 + unit).min(left))
     }
+}
+
+enum Pause {
+    Now,
+    Done,
+    Sleep(Instant),
 }
 
 /// 32 random lowercase hex characters (a UUIDv4-sized holder id).

@@ -1,0 +1,143 @@
+//! `RedisLock` interop with Python portalocker 4.4.2 on the same channel.
+#![cfg(feature = "redis")]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use portalocker::RedisLock;
+use support::{Proc, RedisServer};
+
+#[test]
+fn child_entry() {
+    support::child_main();
+}
+
+const PY_COMMON: &str = r#"
+import os, sys, time, redis, portalocker
+url, channel = sys.argv[1], sys.argv[2]
+conn = redis.Redis.from_url(url)
+"#;
+
+/// Python holds the lock until stdin closes.
+fn py_hold() -> String {
+    format!(
+        "{PY_COMMON}
+lock = portalocker.RedisLock(channel, connection=conn, timeout=30, interrupt_on_lost=False)
+lock.acquire()
+print('@@LOCKED', lock.holder_id if hasattr(lock, 'holder_id') else '', flush=True)
+sys.stdin.read()
+lock.release()
+print('@@RELEASED', flush=True)
+"
+    )
+}
+
+/// Python tries once with fail_when_locked.
+fn py_try() -> String {
+    format!(
+        "{PY_COMMON}
+lock = portalocker.RedisLock(channel, connection=conn, fail_when_locked=True, timeout=3, interrupt_on_lost=False)
+try:
+    lock.acquire()
+    print('@@RESULT acquired', flush=True)
+    lock.release()
+except portalocker.AlreadyLocked:
+    print('@@RESULT AlreadyLocked', flush=True)
+"
+    )
+}
+
+/// Python counter worker with fencing.
+fn py_counter() -> String {
+    format!(
+        "{PY_COMMON}
+key, n = sys.argv[3], int(sys.argv[4])
+lock = portalocker.RedisLock(channel, connection=conn, timeout=120, check_interval=0.02, fencing=True, interrupt_on_lost=False)
+last = 0
+for i in range(n):
+    lock.acquire()
+    t = lock.fence_token
+    assert t is not None and t > last, (t, last)
+    last = t
+    v = conn.get(key)
+    conn.set(key, int(v or 0) + 1)
+    lock.release()
+print('@@DONE', n, flush=True)
+"
+    )
+}
+
+// Multi-threaded: this thread blocks reading the child's output, and the
+// holder's keep-alive task must keep answering Python's pings meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_holds_python_fail_when_locked_raises() {
+    let srv = RedisServer::start();
+    let g = RedisLock::new("ip", srv.client()).acquire().await.unwrap();
+    let mut py = Proc::python(&py_try(), &[&srv.url(), "ip"]);
+    assert_eq!(py.expect("RESULT"), "AlreadyLocked");
+    py.finish();
+    // Python's probe did not reap us: we answered its ping in time.
+    assert!(!g.is_lost());
+    g.release().await.unwrap();
+    let mut py = Proc::python(&py_try(), &[&srv.url(), "ip"]);
+    assert_eq!(py.expect("RESULT"), "acquired");
+    py.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_holds_rust_is_refused_then_takes_over_when_python_dies() {
+    let srv = RedisServer::start();
+    let mut py = Proc::python(&py_hold(), &[&srv.url(), "pk"]);
+    py.expect("LOCKED");
+    let err = RedisLock::new("pk", srv.client())
+        .fail_when_locked(true)
+        .acquire()
+        .await
+        .unwrap_err();
+    assert!(err.is_already_locked(), "{err}");
+    let lock = RedisLock::new("pk", srv.client()).timeout(Duration::from_secs(30));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let waiter = tokio::spawn(async move {
+        tx.send(()).unwrap();
+        lock.acquire().await.map(|g| (g, Instant::now()))
+    });
+    rx.await.unwrap();
+    let killed = Instant::now();
+    py.kill();
+    let (g, at) = waiter.await.unwrap().unwrap();
+    assert!(
+        at - killed < Duration::from_secs(3),
+        "took {:?}",
+        at - killed
+    );
+    g.release().await.unwrap();
+}
+
+/// Two Rust processes and two Python processes increment one key under the
+/// lock: no lost update, and the fence tokens each sees only increase.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_rust_and_python_workers_never_lose_an_update() {
+    let srv = RedisServer::start();
+    let url = srv.url();
+    let n = "15";
+    let mut procs = Vec::new();
+    for _ in 0..2 {
+        procs.push(Proc::role(
+            "child_entry",
+            "redis-counter",
+            &[&url, "mix", "k", n],
+        ));
+        procs.push(Proc::python(&py_counter(), &[&url, "mix", "k", n]));
+    }
+    for mut p in procs {
+        assert_eq!(p.expect("DONE"), n);
+        p.finish();
+    }
+    let total: u64 = srv.cmd(&["GET", "k"]).await;
+    assert_eq!(total, 60);
+    let fence: u64 = srv.cmd(&["GET", "mix-fence"]).await;
+    assert_eq!(
+        fence, 60,
+        "every exclusive grant, Rust or Python, drew one token"
+    );
+}
