@@ -362,3 +362,139 @@ async fn readers_share_and_writers_exclude() {
     assert!(err.is_already_locked(), "{err}");
     w.release().await.unwrap();
 }
+
+/// A subscriber on `channel` named `name` that never answers pings, or
+/// (with `answer`) answers every ping with that payload.
+async fn fake_holder(
+    srv: &RedisServer,
+    channel: &str,
+    name: &str,
+    answer: Option<&'static str>,
+) -> tokio::task::JoinHandle<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", srv.port))
+        .await
+        .unwrap();
+    if !name.is_empty() {
+        sock.write_all(format!("CLIENT SETNAME {name}\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut ok = [0u8; 5];
+        sock.read_exact(&mut ok).await.unwrap();
+        assert_eq!(&ok, b"+OK\r\n");
+    }
+    let client = srv.client();
+    let mut ps =
+        portalocker::redis::aio::PubSub::new(client.get_connection_info().redis_settings(), sock)
+            .await
+            .unwrap();
+    ps.subscribe(channel).await.unwrap();
+    let mut cmd = client.get_multiplexed_async_connection().await.unwrap();
+    tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let mut stream = ps.into_on_message();
+        while let Some(msg) = stream.next().await {
+            let Some(reply) = answer else { continue };
+            let v: serde_json::Value = match serde_json::from_slice(msg.get_payload_bytes()) {
+                Ok(v) => v,
+                Err(_) => continue,
+            };
+            if let Some(rc) = v.get("response_channel").and_then(|r| r.as_str()) {
+                let _: i64 = portalocker::redis::AsyncCommands::publish(&mut cmd, rc, reply)
+                    .await
+                    .unwrap();
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_holder_with_a_conforming_name_is_reaped() {
+    let srv = RedisServer::start();
+    let name = format!("rp-lock-{}", "0123456789abcdef0123456789abcdef");
+    let fake = fake_holder(&srv, "rp", &name, None).await;
+    assert_eq!(srv.numsub("rp").await, 1);
+    let g = RedisLock::new("rp", srv.client())
+        .timeout(Duration::from_secs(10))
+        .unavailable_timeout(Duration::from_millis(300))
+        .acquire()
+        .await
+        .unwrap();
+    assert!(
+        !srv.lock_clients("rp").await.contains(&name),
+        "the silent holder was not killed"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), fake)
+            .await
+            .is_ok(),
+        "its stream did not end"
+    );
+    g.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_subscribers_with_other_names_are_never_reaped() {
+    let srv = RedisServer::start();
+    // A holder of channel `nr-lock-x` (named nr-lock-x-lock-<id>) and an
+    // unnamed subscriber: neither is ours to kill (#142).
+    let _a = fake_holder(
+        &srv,
+        "nr",
+        "nr-lock-x-lock-0123456789abcdef0123456789abcdef",
+        None,
+    )
+    .await;
+    let _b = fake_holder(&srv, "nr", "", None).await;
+    let err = RedisLock::new("nr", srv.client())
+        .timeout(Duration::from_millis(1500))
+        .unavailable_timeout(Duration::from_millis(200))
+        .acquire()
+        .await
+        .unwrap_err();
+    assert!(err.is_already_locked(), "{err}");
+    assert_eq!(srv.numsub("nr").await, 2, "a foreign subscriber was killed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_responder_counts_as_an_exclusive_holder() {
+    let srv = RedisServer::start();
+    // portalocker <= 3.2: named `<channel>-lock`, answers with a timestamp.
+    let _legacy = fake_holder(&srv, "lg", "lg-lock", Some("1716112345.123456")).await;
+    for flags in [LockFlags::EXCLUSIVE, LockFlags::SHARED] {
+        let err = RedisLock::new("lg", srv.client())
+            .flags(flags)
+            .fail_when_locked(true)
+            .acquire()
+            .await
+            .unwrap_err();
+        assert!(err.is_already_locked(), "{flags:?}: {err}");
+    }
+    // It answered, so it was not reaped.
+    assert_eq!(srv.lock_clients("lg").await, ["lg-lock"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_server_is_noticed_by_the_holder() {
+    let srv = RedisServer::start();
+    let g = RedisLock::new("hung", srv.client())
+        .unavailable_timeout(Duration::from_millis(300))
+        .acquire()
+        .await
+        .unwrap();
+    let stop = || {
+        std::process::Command::new("kill")
+            .args(["-STOP", &srv.pid().to_string()])
+            .status()
+            .unwrap()
+    };
+    assert!(stop().success());
+    let noticed = tokio::time::timeout(Duration::from_secs(10), g.lost()).await;
+    let cont = std::process::Command::new("kill")
+        .args(["-CONT", &srv.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(cont.success());
+    noticed.expect("a hung server (unanswered pings) was not noticed");
+    assert!(g.ensure_held().unwrap_err().is_lock_lost());
+}
