@@ -1,7 +1,10 @@
-//! The keep-alive task: reads the lock subscription, answers pings, and
-//! pings the server so a dead link is noticed. Owned by an acquisition and
-//! then by the guard; aborted when they drop.
+//! The keep-alive task: reads the lock subscription, answers pings, pings
+//! the server so a dead link is noticed, and (opt-in) checks end to end
+//! that its own subscription still receives its channel. Owned by an
+//! acquisition and then by the guard; aborted when they drop.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,8 +14,9 @@ use redis::AsyncCommands;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::lock;
-use super::protocol::{self, Mode};
+use super::protocol::{self, Mode, Replies};
+use super::{lock, LossCallback};
+use crate::error::{Error, ErrorKind};
 
 /// Where a subscription stands.
 #[derive(Clone, Debug)]
@@ -34,15 +38,24 @@ pub(super) struct Shared {
     /// (mode, writer_elected), snapshotted together for replies.
     mode: Mutex<(Mode, bool)>,
     status: watch::Sender<Status>,
+    lost: watch::Sender<bool>,
+    on_lost: Option<LossCallback>,
 }
 
 impl Shared {
-    pub(super) fn new(channel: String, id: String, mode: Mode) -> Self {
+    pub(super) fn new(
+        channel: String,
+        id: String,
+        mode: Mode,
+        on_lost: Option<LossCallback>,
+    ) -> Self {
         Self {
             channel,
             id,
             mode: Mutex::new((mode, false)),
             status: watch::Sender::new(Status::Acquiring),
+            lost: watch::Sender::new(false),
+            on_lost,
         }
     }
 
@@ -59,8 +72,12 @@ impl Shared {
         protocol::reply(&self.id, mode, elected)
     }
 
+    fn is_held(&self) -> bool {
+        matches!(*self.status.borrow(), Status::Held)
+    }
+
     pub(super) fn is_lost(&self) -> bool {
-        matches!(*self.status.borrow(), Status::Lost(_))
+        *self.lost.borrow()
     }
 
     pub(super) fn lost_reason(&self) -> Option<String> {
@@ -70,34 +87,63 @@ impl Shared {
         }
     }
 
-    pub(super) fn subscribe_status(&self) -> watch::Receiver<Status> {
-        self.status.subscribe()
+    pub(super) fn watch_lost(&self) -> watch::Receiver<bool> {
+        self.lost.subscribe()
+    }
+
+    /// The `LockLost` error for this holder.
+    pub(super) fn lost_error(&self, why: &str) -> Error {
+        Error::new(ErrorKind::LockLost, "Redis lock lost")
+            .with_channel(self.channel.clone())
+            .with_reason(format!("holder {} was revoked while held: {why}", self.id))
     }
 
     /// The subscription died: a loss if held, else the end of an attempt.
     fn fail(&self, why: &str) {
+        let mut lost_now = false;
         self.status.send_modify(|s| {
             let next = match s {
                 Status::Held => {
-                    log::error!(
-                        "portalocker: Redis lock {:?} (holder {}) lost: {why}",
-                        self.channel,
-                        self.id
-                    );
+                    lost_now = true;
                     Status::Lost(why.to_string())
                 }
-                Status::Acquiring => {
-                    log::debug!(
-                        "portalocker: subscription to Redis lock {:?} ended while acquiring: {why}",
-                        self.channel
-                    );
-                    Status::Ended
-                }
+                Status::Acquiring => Status::Ended,
                 Status::Lost(_) | Status::Ended => return,
             };
             *s = next;
         });
+        if !lost_now {
+            log::debug!(
+                "portalocker: subscription to Redis lock {:?} ended: {why}",
+                self.channel
+            );
+            return;
+        }
+        log::error!(
+            "portalocker: Redis lock {:?} (holder {}) lost: {why}",
+            self.channel,
+            self.id
+        );
+        self.lost.send_replace(true);
+        if let Some(cb) = &self.on_lost {
+            let err = self.lost_error(why);
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(&err)));
+            if run.is_err() {
+                log::error!(
+                    "portalocker: the on_lost callback of {:?} panicked",
+                    self.channel
+                );
+            }
+        }
     }
+}
+
+/// What the task needs besides the subscription.
+pub(super) struct Settings {
+    pub(super) cmd: MultiplexedConnection,
+    pub(super) client: redis::Client,
+    pub(super) unavailable: Duration,
+    pub(super) self_check: Option<Duration>,
 }
 
 /// A live subscription and the task that keeps it.
@@ -107,13 +153,8 @@ pub(super) struct Subscription {
 }
 
 impl Subscription {
-    pub(super) fn start(
-        shared: Arc<Shared>,
-        pubsub: PubSub,
-        cmd: MultiplexedConnection,
-        unavailable: Duration,
-    ) -> Self {
-        let task = tokio::spawn(run(shared.clone(), pubsub, cmd, unavailable));
+    pub(super) fn start(shared: Arc<Shared>, pubsub: PubSub, settings: Settings) -> Self {
+        let task = tokio::spawn(run(shared.clone(), pubsub, settings));
         Self { shared, task }
     }
 
@@ -139,7 +180,7 @@ impl Subscription {
                 false
             }
         });
-        matches!(*self.shared.status.borrow(), Status::Held)
+        self.shared.is_held()
     }
 
     /// Stops the task and waits until it (and with it the pub/sub stream)
@@ -156,16 +197,22 @@ impl Drop for Subscription {
     }
 }
 
-async fn run(
-    shared: Arc<Shared>,
-    pubsub: PubSub,
-    mut cmd: MultiplexedConnection,
-    unavailable: Duration,
-) {
-    let (mut sink, mut stream) = pubsub.split();
-    let every = unavailable.max(Duration::from_millis(100));
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+type Check = Pin<Box<dyn Future<Output = Result<(), &'static str>> + Send>>;
+
+async fn run(shared: Arc<Shared>, pubsub: PubSub, s: Settings) {
+    let (sink, mut stream) = pubsub.split();
+    let mut cmd = s.cmd.clone();
+    let every = s.unavailable.max(Duration::from_millis(100));
+    let start = tokio::time::Instant::now();
+    let mut ping_tick = tokio::time::interval_at(start + every, every);
+    ping_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let check_every = s.self_check.unwrap_or(Duration::from_secs(3600));
+    let mut check_tick = tokio::time::interval_at(start + check_every, check_every);
+    check_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // At most one server ping and one self-check in flight; both run
+    // beside the read loop so that answering pings never stalls.
+    let mut server_ping: Option<Check> = None;
+    let mut self_check: Option<Check> = None;
     let why = loop {
         tokio::select! {
             msg = stream.next() => match msg {
@@ -178,7 +225,7 @@ async fn run(
                     };
                     let reply = shared.reply();
                     let sent = tokio::time::timeout(
-                        unavailable,
+                        s.unavailable,
                         cmd.publish::<_, _, i64>(response, reply),
                     )
                     .await;
@@ -191,15 +238,76 @@ async fn run(
                 }
                 None => break "the subscription connection closed",
             },
-            _ = tick.tick() => {
-                match tokio::time::timeout(unavailable, sink.ping::<redis::Value>()).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(_)) => break "the subscription connection failed",
-                    Err(_) => break "the server did not answer a ping in time",
+            _ = ping_tick.tick(), if server_ping.is_none() => {
+                let mut sink = sink.clone();
+                let deadline = s.unavailable;
+                server_ping = Some(Box::pin(async move {
+                    match tokio::time::timeout(deadline, sink.ping::<redis::Value>()).await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(_)) => Err("the subscription connection failed"),
+                        Err(_) => Err("the server did not answer a ping in time"),
+                    }
+                }));
+            }
+            r = async { server_ping.as_mut().expect("guarded").await }, if server_ping.is_some() => {
+                server_ping = None;
+                if let Err(why) = r {
+                    break why;
+                }
+            }
+            _ = check_tick.tick(), if s.self_check.is_some() && self_check.is_none() => {
+                if shared.is_held() {
+                    self_check = Some(Box::pin(check_self(
+                        s.client.clone(),
+                        s.cmd.clone(),
+                        shared.channel.clone(),
+                        shared.id.clone(),
+                        check_every.min(s.unavailable),
+                    )));
+                }
+            }
+            r = async { self_check.as_mut().expect("guarded").await }, if self_check.is_some() => {
+                self_check = None;
+                if let Err(why) = r {
+                    break why;
                 }
             }
         }
     };
     shared.fail(why);
     // Dropping the stream here closes the socket.
+}
+
+/// One end-to-end self-check (spec §3.12): ping the lock channel from a
+/// fresh response subscription and wait for this holder's own reply, which
+/// only comes if the held subscription still receives the channel.
+async fn check_self(
+    client: redis::Client,
+    mut cmd: MultiplexedConnection,
+    channel: String,
+    id: String,
+    budget: Duration,
+) -> Result<(), &'static str> {
+    let run = async {
+        let mut ps = client.get_async_pubsub().await.ok()?;
+        let response = format!("{channel}-{}", super::random_hex32());
+        ps.subscribe(&response).await.ok()?;
+        let mut replies = ps.into_on_message();
+        let _: i64 = cmd
+            .publish(&channel, protocol::ping(&response))
+            .await
+            .ok()?;
+        while let Some(msg) = replies.next().await {
+            let mut r = Replies::default();
+            r.add(msg.get_payload_bytes());
+            if r.holders.iter().any(|h| h.id == id) {
+                return Some(());
+            }
+        }
+        None
+    };
+    match tokio::time::timeout(budget, run).await {
+        Ok(Some(())) => Ok(()),
+        _ => Err("the self-check did not see its own reply in time"),
+    }
 }

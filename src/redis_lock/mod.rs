@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use self::keep_alive::{Shared, Status};
+use self::keep_alive::Shared;
 use self::protocol::{Me, Mode, Replies, Resolution, Verdict};
 use crate::error::{Error, ErrorKind, Result};
 use crate::flags::LockFlags;
@@ -115,7 +115,15 @@ struct Config {
     unavailable_timeout: Duration,
     flags: LockFlags,
     fencing: bool,
+    self_check: Option<Duration>,
+    on_lost: Option<LossCallback>,
 }
+
+/// A callback run once when a held lock is lost.
+pub(crate) type LossCallback = Arc<dyn Fn(&Error) + Send + Sync + 'static>;
+
+/// The margin a self-check must keep below `unavailable_timeout`.
+const SELF_CHECK_MARGIN: Duration = Duration::from_millis(50);
 
 impl RedisLock {
     /// A lock on `channel` through `client`, with Python's defaults:
@@ -131,6 +139,8 @@ impl RedisLock {
             unavailable_timeout: DEFAULT_UNAVAILABLE_TIMEOUT,
             flags: LockFlags::EXCLUSIVE,
             fencing: false,
+            self_check: None,
+            on_lost: None,
         })
     }
 
@@ -187,6 +197,32 @@ impl RedisLock {
         self.map(|c| c.fencing = yes)
     }
 
+    /// Opt in to an end-to-end self-check every `interval` while held: the
+    /// holder pings its own channel through a fresh response subscription
+    /// and expects its own reply, which only comes if its subscription
+    /// still receives the channel. A missed deadline (`min(interval,
+    /// unavailable_timeout)`) marks the lock lost. This detects half-open
+    /// links, where nothing arrives and no error is raised, before a rival
+    /// can reap the holder: `acquire` rejects an `interval` for which
+    /// `interval + min(interval, unavailable_timeout) + 50 ms` is not below
+    /// `unavailable_timeout`.
+    ///
+    /// Each check costs one short subscription, one publish and one reply
+    /// from every holder of the channel.
+    pub fn self_check_interval(self, interval: Duration) -> Self {
+        self.map(|c| c.self_check = Some(interval))
+    }
+
+    /// Run `callback` once, on the keep-alive task, when a held lock is
+    /// lost; it receives the [`ErrorKind::LockLost`] error. Keep it short
+    /// and non-blocking (signal a task, flip a flag); a panic in it is
+    /// caught and logged. See also [`RedisLockGuard::lost`] and
+    /// [`RedisLockGuard::watch_lost`].
+    pub fn on_lost(self, callback: impl Fn(&Error) + Send + Sync + 'static) -> Self {
+        let cb: LossCallback = Arc::new(callback);
+        self.map(|c| c.on_lost = Some(cb))
+    }
+
     /// The channel.
     pub fn channel(&self) -> &str {
         &self.cfg.channel
@@ -220,6 +256,7 @@ impl RedisLock {
             self.cfg.channel.clone(),
             id,
             if writer { Mode::Pending } else { Mode::Shared },
+            self.cfg.on_lost.clone(),
         ));
         let mut attempt = Attempt {
             lock: self,
@@ -256,6 +293,16 @@ impl RedisLock {
                  the holder's client name"
                     .into(),
             );
+        }
+        if let Some(interval) = self.cfg.self_check {
+            let u = self.cfg.unavailable_timeout;
+            if interval.is_zero() || interval + interval.min(u) + SELF_CHECK_MARGIN >= u {
+                return bad(format!(
+                    "self_check_interval {interval:?} cannot detect a loss before a rival reaps \
+                     the holder: interval + min(interval, unavailable_timeout) + 50ms must be \
+                     below unavailable_timeout ({u:?})"
+                ));
+            }
         }
         if self.cfg.flags != LockFlags::EXCLUSIVE && self.cfg.flags != LockFlags::SHARED {
             return bad(format!(
@@ -298,6 +345,8 @@ impl fmt::Debug for RedisLock {
             .field("unavailable_timeout", &c.unavailable_timeout)
             .field("flags", &c.flags)
             .field("fencing", &c.fencing)
+            .field("self_check_interval", &c.self_check)
+            .field("on_lost", &c.on_lost.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -496,8 +545,12 @@ impl Attempt<'_> {
         Ok(keep_alive::Subscription::start(
             self.shared.clone(),
             pubsub,
-            cmd,
-            cfg.unavailable_timeout,
+            keep_alive::Settings {
+                cmd,
+                client: cfg.client.clone(),
+                unavailable: cfg.unavailable_timeout,
+                self_check: cfg.self_check,
+            },
         ))
     }
 
@@ -922,12 +975,51 @@ impl RedisLockGuard {
     }
 
     fn lost_error(&self, why: String) -> Error {
-        Error::new(ErrorKind::LockLost, "Redis lock lost")
-            .with_channel(self.shared.channel.clone())
-            .with_reason(format!(
-                "holder {} was revoked while held: {why}",
-                self.shared.id
-            ))
+        self.shared.lost_error(&why)
+    }
+
+    /// A `watch` receiver that turns `true` when the lock is lost: hand it
+    /// to tasks that must stop working then (`changed().await`,
+    /// `borrow()`), without giving them the guard.
+    pub fn watch_lost(&self) -> watch::Receiver<bool> {
+        self.shared.watch_lost()
+    }
+
+    /// Runs `work` only while the lock is held: its output, or an error of
+    /// kind [`ErrorKind::LockLost`] as soon as the lock is lost first (then
+    /// `work` is dropped, i.e. cancelled, at its current `.await`).
+    ///
+    /// It is `tokio::select!` over [`lost`](Self::lost) and `work`, with
+    /// the loss checked first; write that `select!` yourself when the work
+    /// needs its own cleanup branch. As with any cancellation, effects
+    /// `work` already had stay: a loss is noticed, not undone. Use fencing
+    /// tokens where a stale holder's writes must be refused.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe exactly when `work` is.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::LockLost`] if the lock is lost before `work` completes
+    /// (or was lost already).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn dox(guard: portalocker::RedisLockGuard) -> portalocker::Result<()> {
+    /// let rows = guard
+    ///     .run_while_held(async { /* a long job */ 42 })
+    ///     .await?; // Err(LockLost) if the lock went first
+    /// # let _ = rows; Ok(()) }
+    /// ```
+    pub async fn run_while_held<F: std::future::Future>(&self, work: F) -> Result<F::Output> {
+        self.ensure_held()?;
+        tokio::select! {
+            biased;
+            () = self.lost() => Err(self.lost_error(self.shared.lost_reason().unwrap_or_default())),
+            out = work => Ok(out),
+        }
     }
 
     /// Resolves when the lock is lost. Pending forever while it is held.
@@ -937,8 +1029,8 @@ impl RedisLockGuard {
     /// This method is cancel safe: it only watches; use it as a branch of
     /// `tokio::select!` beside the work the lock protects.
     pub async fn lost(&self) {
-        let mut rx: watch::Receiver<Status> = self.shared.subscribe_status();
-        let _ = rx.wait_for(|s| matches!(s, Status::Lost(_))).await;
+        let mut rx = self.shared.watch_lost();
+        let _ = rx.wait_for(|lost| *lost).await;
     }
 
     /// Releases the lock: stops the keep-alive task and closes the

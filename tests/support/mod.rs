@@ -657,3 +657,84 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// A TCP proxy to a local port that can be switched into a black hole: it
+/// keeps every connection open but stops forwarding in both directions (a
+/// half-open link, as a partition looks to each side).
+#[cfg(feature = "redis")]
+pub struct Proxy {
+    pub port: u16,
+    blackhole: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[cfg(feature = "redis")]
+impl Proxy {
+    pub async fn start(target: u16) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let blackhole = std::sync::Arc::new(AtomicBool::new(false));
+        let bh = blackhole.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                    continue;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let (b1, b2) = (bh.clone(), bh.clone());
+                conns.push(tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16384];
+                    while let Ok(n) = cr.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if !b1.load(Ordering::SeqCst) && sw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    // Keep the other half open: half-open, not closed.
+                    std::future::pending::<()>().await;
+                }));
+                conns.push(tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16384];
+                    while let Ok(n) = sr.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if !b2.load(Ordering::SeqCst) && cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    std::future::pending::<()>().await;
+                }));
+            }
+            drop(conns);
+        });
+        Self {
+            port,
+            blackhole,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Stop forwarding (silently) from now on.
+    pub fn blackhole(&self) {
+        self.blackhole
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[cfg(feature = "redis")]
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
