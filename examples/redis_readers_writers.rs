@@ -36,7 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     match reader.clone().fail_when_locked(true).acquire().await {
         Err(e) if e.is_already_locked() => {
-            println!("a third reader is kept out by the waiting writer")
+            println!("a third reader is kept out by the waiting writer");
         }
         Ok(g) => {
             println!("a third reader joined (the writer had not subscribed yet)");
