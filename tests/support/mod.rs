@@ -334,6 +334,21 @@ async fn run_role(role: &str, args: &[String]) {
                 ),
             }
         }
+        // A soak worker: n grants of the file lock, each a non-atomic
+        // read-modify-write of the counter file.
+        "soak" => {
+            let n: usize = args[2].parse().unwrap();
+            let lock = Lock::new(&args[0])
+                .timeout(Duration::from_secs(600))
+                .check_interval(Duration::from_millis(1));
+            say("READY", "");
+            for _ in 0..n {
+                let guard = lock.acquire().await.unwrap();
+                bump_counter(Path::new(&args[1]));
+                drop(guard);
+            }
+            say("DONE", n);
+        }
         // lock -> read counter -> write +1 -> unlock, n times.
         "counter" => {
             let n: usize = args[2].parse().unwrap();
@@ -460,6 +475,24 @@ async fn run_role(role: &str, args: &[String]) {
             tokio::task::spawn_blocking(wait_for_parent).await.unwrap();
             guard.release().await.unwrap();
             say("RELEASED", "");
+        }
+        // Hold a RedisLock; after stdin closes, report whether it was lost.
+        #[cfg(feature = "redis")]
+        "redis-hold-report" => {
+            let client = portalocker::redis::Client::open(args[0].as_str()).unwrap();
+            let guard = portalocker::RedisLock::new(&args[1], client)
+                .timeout(Duration::from_secs(30))
+                .acquire()
+                .await
+                .unwrap();
+            say("LOCKED", guard.holder_id());
+            tokio::task::spawn_blocking(wait_for_parent).await.unwrap();
+            // Give the keep-alive task a moment to read what happened
+            // while we were stopped (the closed socket is already there).
+            let lost = tokio::time::timeout(Duration::from_secs(5), guard.lost())
+                .await
+                .is_ok();
+            say("LOST", lost);
         }
         // n rounds of a deliberately non-atomic GET/SET under the lock.
         #[cfg(feature = "redis")]
@@ -658,65 +691,71 @@ impl Drop for RedisServer {
     }
 }
 
-/// A TCP proxy to a local port that can be switched into a black hole: it
-/// keeps every connection open but stops forwarding in both directions (a
-/// half-open link, as a partition looks to each side).
+/// A TCP proxy to a local port, for fault injection: it can delay every
+/// chunk, become a black hole (keep every connection open but stop
+/// forwarding: a half-open link, as a partition looks to each side), or
+/// cut every connection.
 #[cfg(feature = "redis")]
 pub struct Proxy {
     pub port: u16,
     blackhole: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 #[cfg(feature = "redis")]
 impl Proxy {
     pub async fn start(target: u16) -> Self {
-        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::{Arc, Mutex};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let blackhole = std::sync::Arc::new(AtomicBool::new(false));
-        let bh = blackhole.clone();
+        let blackhole = Arc::new(AtomicBool::new(false));
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (bh, dl, cs) = (blackhole.clone(), delay_ms.clone(), conns.clone());
         let task = tokio::spawn(async move {
-            let mut conns = Vec::new();
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
                     continue;
                 };
-                let (mut cr, mut cw) = client.into_split();
-                let (mut sr, mut sw) = server.into_split();
-                let (b1, b2) = (bh.clone(), bh.clone());
-                conns.push(tokio::spawn(async move {
-                    let mut buf = vec![0u8; 16384];
-                    while let Ok(n) = cr.read(&mut buf).await {
-                        if n == 0 {
-                            break;
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                for (mut r, mut w) in [
+                    (
+                        Box::new(cr) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                        Box::new(sw) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                    ),
+                    (Box::new(sr), Box::new(cw)),
+                ] {
+                    let (bh, dl) = (bh.clone(), dl.clone());
+                    cs.lock().unwrap().push(tokio::spawn(async move {
+                        let mut buf = vec![0u8; 16384];
+                        while let Ok(n) = r.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                            let d = dl.load(Ordering::SeqCst);
+                            if d > 0 {
+                                tokio::time::sleep(Duration::from_millis(d)).await;
+                            }
+                            if !bh.load(Ordering::SeqCst) && w.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
                         }
-                        if !b1.load(Ordering::SeqCst) && sw.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                    // Keep the other half open: half-open, not closed.
-                    std::future::pending::<()>().await;
-                }));
-                conns.push(tokio::spawn(async move {
-                    let mut buf = vec![0u8; 16384];
-                    while let Ok(n) = sr.read(&mut buf).await {
-                        if n == 0 {
-                            break;
-                        }
-                        if !b2.load(Ordering::SeqCst) && cw.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                    std::future::pending::<()>().await;
-                }));
+                        // Keep the other half open: half-open, not closed.
+                        std::future::pending::<()>().await;
+                    }));
+                }
             }
-            drop(conns);
         });
         Self {
             port,
             blackhole,
+            delay_ms,
+            conns,
             task,
         }
     }
@@ -730,11 +769,25 @@ impl Proxy {
         self.blackhole
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
+
+    /// Delay every forwarded chunk by `d`.
+    pub fn delay(&self, d: Duration) {
+        self.delay_ms
+            .store(d.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Close every proxied connection now (both sides see the link die).
+    pub fn cut(&self) {
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
 }
 
 #[cfg(feature = "redis")]
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.task.abort();
+        self.cut();
     }
 }
