@@ -11,6 +11,8 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncSeek, AsyncWrite, BufWriter};
 
 const BUFFER: usize = 64 * 1024;
+/// `0o666` minus the umask, as a plain create, but never world-writable.
+const FILE_MODE: u32 = 0o664;
 
 /// How much of a commit is made durable with `fsync`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -163,8 +165,9 @@ pub async fn open_atomic(path: impl AsRef<Path>) -> io::Result<AtomicFile> {
 ///    *unnamed* file (`O_TMPFILE`): it has no name until it is published,
 ///    so a crash leaves nothing behind. Elsewhere (or on filesystems without
 ///    `O_TMPFILE`) it is `.portalocker.<16 random hex>.tmp`, created with
-///    `O_CREAT | O_EXCL | O_NOFOLLOW`. Either way the mode is `0o666` minus
-///    the umask, as for a plain `create`.
+///    `O_CREAT | O_EXCL | O_NOFOLLOW`. Either way the mode is that of a
+///    plain `create` (`0o666` minus the umask), except that it is never
+///    world-writable, even with a umask of 0.
 /// 2. Writes go to that file (buffered in memory up to 64 KiB).
 /// 3. [`AtomicFile::commit`] writes what is buffered, `fsync`s the file,
 ///    publishes it **without replacing** anything (`linkat`, or
@@ -520,14 +523,14 @@ mod sys {
     use std::os::unix::fs::OpenOptionsExt;
     use std::path::Path;
 
-    use super::PublishError;
+    use super::{PublishError, FILE_MODE};
 
     pub(super) fn create_new(path: &Path) -> io::Result<File> {
         OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
-            .mode(0o666)
+            .mode(FILE_MODE)
             .custom_flags(libc::O_NOFOLLOW)
             .open(path)
     }
@@ -563,7 +566,7 @@ mod sys {
             return Ok(None);
         }
         let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
-        match rustix::fs::openat(CWD, dir, flags, Mode::from_raw_mode(0o666)) {
+        match rustix::fs::openat(CWD, dir, flags, Mode::from_raw_mode(FILE_MODE)) {
             Ok(fd) => Ok(Some(File::from(fd))),
             Err(e) => {
                 let e = io::Error::from(e);

@@ -115,6 +115,8 @@ mod deadline;
 mod error;
 mod file_lock;
 mod flags;
+#[cfg(test)]
+mod fuzz;
 mod lock;
 mod pidfile;
 mod rlock;

@@ -339,6 +339,9 @@ fn build_slots(c: &Config) -> std::result::Result<Vec<Lock>, String> {
     if c.name.is_empty() {
         return Err("the name is empty".into());
     }
+    if c.directory.as_os_str().is_empty() {
+        return Err("the directory is empty (use \".\" for the current directory)".into());
+    }
     if c.name.contains(['/', '\0']) {
         return Err(format!("the name {:?} contains '/' or NUL", c.name));
     }

@@ -44,7 +44,25 @@ async fn commit_publishes_the_complete_file_and_leaves_no_litter() {
     assert_eq!(std::fs::read(&dest).unwrap(), b"hello world");
     assert_eq!(entries(d.path()), ["out.txt"]);
     let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o666 & !umask(), "{mode:o}");
+    assert_eq!(mode, 0o664 & !umask(), "{mode:o}");
+}
+
+/// Even with umask 0 the published file is not world-writable.
+#[tokio::test]
+async fn published_files_are_never_world_writable() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let dest = d.path().join("w");
+    let mut child = Proc::role_via(
+        "umask 000; exec \"$0\" \"$@\"",
+        "child_entry",
+        "atomic-try",
+        &[dest.to_str().unwrap()],
+    );
+    assert_eq!(child.expect("RESULT"), "ok");
+    child.finish();
+    let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o664, "{mode:o}");
 }
 
 #[tokio::test]

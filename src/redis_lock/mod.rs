@@ -296,7 +296,10 @@ impl RedisLock {
         }
         if let Some(interval) = self.cfg.self_check {
             let u = self.cfg.unavailable_timeout;
-            if interval.is_zero() || interval + interval.min(u) + SELF_CHECK_MARGIN >= u {
+            let needed = interval
+                .checked_add(interval.min(u))
+                .and_then(|t| t.checked_add(SELF_CHECK_MARGIN));
+            if interval.is_zero() || needed.is_none_or(|t| t >= u) {
                 return bad(format!(
                     "self_check_interval {interval:?} cannot detect a loss before a rival reaps \
                      the holder: interval + min(interval, unavailable_timeout) + 50ms must be \
@@ -1078,4 +1081,27 @@ impl fmt::Debug for RedisLockGuard {
 /// Poison-tolerant lock.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Entry points for the randomised tests in `crate::fuzz`.
+#[cfg(test)]
+pub(crate) mod fuzz_api {
+    use super::protocol::{self, Replies};
+
+    pub(crate) fn ping_response_channel(raw: &[u8]) -> Option<String> {
+        protocol::ping_response_channel(raw)
+    }
+
+    /// Holders recorded from `payloads`, and whether all are legacy.
+    pub(crate) fn replies_from(payloads: &[&[u8]]) -> (usize, bool) {
+        let mut r = Replies::default();
+        for p in payloads {
+            r.add(p);
+        }
+        (r.len(), r.holders.iter().all(|h| h.legacy))
+    }
+
+    pub(crate) fn unavailable_from(channel: &str, list: &str) -> Vec<u64> {
+        protocol::unavailable_clients(channel, list, &Replies::default())
+    }
 }
