@@ -1010,6 +1010,7 @@ impl RedisLockGuard {
     /// # Examples
     ///
     /// ```no_run
+    /// # #[allow(dead_code)]
     /// # async fn dox(guard: portalocker::RedisLockGuard) -> portalocker::Result<()> {
     /// let rows = guard
     ///     .run_while_held(async { /* a long job */ 42 })
