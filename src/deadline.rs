@@ -24,10 +24,15 @@ impl Schedule {
     /// Starts the clock now.
     pub(crate) fn new(timeout: Duration, interval: Duration) -> Self {
         let now = Instant::now();
+        Self::from(now, deadline_after(now, timeout), interval)
+    }
+
+    /// A schedule that started at `start` and ends at `deadline`.
+    pub(crate) fn from(start: Instant, deadline: Instant, interval: Duration) -> Self {
         Self {
-            deadline: now.checked_add(timeout).unwrap_or_else(far_future),
+            deadline,
             interval,
-            next: now,
+            next: start,
         }
     }
 
@@ -66,9 +71,12 @@ impl Schedule {
     }
 }
 
-fn far_future() -> Instant {
-    // About 30 years, as tokio does for "never".
-    Instant::now() + Duration::from_secs(86400 * 365 * 30)
+/// `start + timeout`, or about 30 years ahead (tokio's "never") when that
+/// overflows.
+pub(crate) fn deadline_after(start: Instant, timeout: Duration) -> Instant {
+    start
+        .checked_add(timeout)
+        .unwrap_or_else(|| start + Duration::from_secs(86400 * 365 * 30))
 }
 
 /// `interval` scaled by a random factor in [0.5, 1], so contenders that

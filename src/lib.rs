@@ -117,6 +117,7 @@ mod file_lock;
 mod flags;
 #[cfg(test)]
 mod fuzz;
+mod gate;
 mod lock;
 mod pidfile;
 mod rlock;

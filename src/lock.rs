@@ -5,15 +5,16 @@ use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 
-use crate::deadline::Schedule;
+use crate::deadline::{deadline_after, Schedule};
 use crate::error::{Error, Result};
 use crate::file_lock::{self, FileId, Handle, OpenMode};
 use crate::flags::{LockFlags, Mode, Operation};
+use crate::gate::{self, Gate, Pass};
 use crate::wake::{self, Armed, Watch};
 
 /// Python portalocker's `DEFAULT_TIMEOUT`: 5 s.
@@ -147,6 +148,8 @@ struct Inner {
     /// An open, unlocked descriptor of the lock file, kept for reuse.
     idle: Mutex<Option<Handle>>,
     reuse: bool,
+    /// This process's FIFO gate for the file (see `gate`).
+    gate: OnceLock<Arc<Gate>>,
 }
 
 impl Lock {
@@ -162,6 +165,7 @@ impl Lock {
                 opts,
                 idle: Mutex::new(None),
                 reuse,
+                gate: OnceLock::new(),
             }),
         }
     }
@@ -292,26 +296,51 @@ impl Lock {
         timeout: Duration,
         fail_fast: bool,
     ) -> Result<LockGuard> {
-        let Handle { file, id } = self.acquire_handle(timeout, fail_fast).await?;
+        let start = tokio::time::Instant::now();
+        let deadline = deadline_after(start, timeout);
+        let shared = self.inner.opts.mode()? == Mode::Shared;
+        let gate = self
+            .inner
+            .gate
+            .get_or_init(|| Gate::of(&self.inner.path))
+            .clone();
+        // In-process FIFO first, then the OS lock.
+        let pass = match gate.try_pass(shared) {
+            Some(p) => Some(p),
+            None if fail_fast => None,
+            None => gate.pass(shared, deadline).await,
+        };
+        let Some(pass) = pass else {
+            return Err(self.busy(timeout, fail_fast));
+        };
+        if !fail_fast {
+            gate.wait_handoff(deadline).await;
+        }
+        let Handle { file, id } = self
+            .acquire_handle(start, deadline, timeout, fail_fast)
+            .await?;
         Ok(LockGuard {
             file: Some(tokio::fs::File::from_std(file)),
             id,
             touched: false,
             keep: true,
             lock: self.inner.clone(),
+            _pass: Some(pass),
         })
     }
 
     /// Acquires and returns the locked, prepared file.
     pub(crate) async fn acquire_handle(
         &self,
+        start: tokio::time::Instant,
+        deadline: tokio::time::Instant,
         timeout: Duration,
         fail_fast: bool,
     ) -> Result<Handle> {
         let inner = &self.inner;
         file_lock::check_path(OP_LOCK, &inner.path)?;
         let mode = inner.opts.mode()?;
-        let mut schedule = Schedule::new(timeout, inner.opts.check_interval);
+        let mut schedule = Schedule::from(start, deadline, inner.opts.check_interval);
         let mut current = self.take_idle();
         let mut stale = 0u32;
         // Registered after the first busy attempt: wakes us early when the
@@ -343,8 +372,10 @@ impl Lock {
                 self.put_idle(handle);
                 return Err(self.busy(timeout, fail_fast));
             } else if watch.as_ref().map(Watch::id) != Some(handle.id) {
-                // First contention on this file: register, then try once
-                // more at once so a release in between is not missed.
+                // First contention on this file: register, announce
+                // ourselves to the holder, then try once more at once so a
+                // release in between is not missed.
+                gate::announce(&handle.file);
                 let w = Watch::new(&inner.path, handle.id);
                 drop(armed);
                 notifier = vec![w.notifier()];
@@ -352,6 +383,9 @@ impl Lock {
                 current = Some(handle);
                 continue;
             } else {
+                // Woken (or polled) and still busy: announce again, the
+                // holder may have missed it.
+                gate::announce(&handle.file);
                 current = Some(handle);
             }
             let Some(target) = schedule.next_attempt() else {
@@ -410,6 +444,14 @@ impl Lock {
         }
     }
 
+    /// Notified whenever a guard of this process on the file is released.
+    pub(crate) fn gate_notifier(&self) -> Arc<tokio::sync::Notify> {
+        self.inner
+            .gate
+            .get_or_init(|| Gate::of(&self.inner.path))
+            .released_notifier()
+    }
+
     /// The identity of the cached idle descriptor's file, if one is
     /// cached (then an attempt needs no open).
     pub(crate) fn idle_id(&self) -> Option<FileId> {
@@ -442,7 +484,12 @@ impl Inner {
     /// it). A file that was read, written or sought through the guard is
     /// rewound first, so every guard starts at offset 0.
     fn recycle(&self, mut file: File, id: FileId, touched: bool, keep: bool) -> io::Result<()> {
+        let gate = self.gate.get();
+        let announced = gate.is_some_and(|g| g.should_check() && gate::announced(&file));
         let unlocked = file.unlock();
+        if let (true, Some(g)) = (announced, gate) {
+            gate::hand_over(&file, g);
+        }
         wake::released(id);
         let reusable = unlocked.is_ok()
             && self.reuse
@@ -504,6 +551,8 @@ pub struct LockGuard {
     /// wakes other processes' waiters through inotify).
     keep: bool,
     lock: Arc<Inner>,
+    /// This process's gate for the file, passed; released after the lock.
+    _pass: Option<Pass>,
 }
 
 impl LockGuard {

@@ -248,7 +248,8 @@ impl BoundedSemaphore {
             warn_default_name();
         }
         let mut schedule = Schedule::new(c.timeout, c.check_interval);
-        let mut watches: Vec<Watch> = Vec::new();
+        // Registrations, kept alive while waiting.
+        let mut watches: Option<Vec<Watch>> = None;
         let mut notifiers = Vec::new();
         loop {
             let armed = Armed::new(&notifiers);
@@ -258,15 +259,18 @@ impl BoundedSemaphore {
             if c.fail_when_locked {
                 return Err(self.busy(false));
             }
-            if watches.is_empty() {
-                // First busy sweep: register on every slot file, then sweep
+            if watches.is_none() {
+                // First busy sweep: register on every slot (releases in
+                // this process, and closes by other processes), then sweep
                 // once more at once so a release in between is not missed.
-                watches = slots
+                let w: Vec<Watch> = slots
                     .iter()
                     .filter_map(|l| l.idle_id().map(|id| Watch::new(l.path(), id)))
                     .collect();
                 drop(armed);
-                notifiers = watches.iter().map(Watch::notifier).collect();
+                notifiers = w.iter().map(Watch::notifier).collect();
+                notifiers.extend(slots.iter().map(Lock::gate_notifier));
+                watches = Some(w);
                 continue;
             }
             let Some(target) = schedule.next_attempt() else {

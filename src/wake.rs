@@ -209,7 +209,9 @@ mod linux {
     }
 
     pub(super) fn add(path: &Path) -> Option<WatchDescriptor> {
-        let mask = WatchMask::CLOSE_WRITE
+        // ACCESS: a holder hands over by setting the access time (`gate`).
+        let mask = WatchMask::ACCESS
+            | WatchMask::CLOSE_WRITE
             | WatchMask::CLOSE_NOWRITE
             | WatchMask::ATTRIB
             | WatchMask::MODIFY

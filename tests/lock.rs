@@ -487,7 +487,7 @@ fn guard_dropped_outside_any_runtime_releases() {
 
 /// A waiter wakes when a guard of this process releases, not at its next
 /// poll: with a 60 s check interval the first poll would come after 30 s.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn in_process_release_wakes_the_waiter_at_once() {
     let d = dir();
     let path = d.path().join("wake.lock");
@@ -497,9 +497,10 @@ async fn in_process_release_wakes_the_waiter_at_once() {
             .timeout(Duration::from_secs(120))
             .check_interval(Duration::from_secs(60));
         let waiter = tokio::spawn(async move { lock.acquire().await });
-        // The waiter has opened the file (its attempt and registration
-        // follow in the same poll) once two descriptors point at it.
-        assert!(support::eventually(Duration::from_secs(10), || open_count(&path) >= 2).await);
+        // Single-threaded runtime: yielding lets the waiter run until it
+        // waits.
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
         let released = std::time::Instant::now();
         holder.release().await.unwrap();
         drop(waiter.await.unwrap().unwrap());
@@ -508,6 +509,36 @@ async fn in_process_release_wakes_the_waiter_at_once() {
             "woke only by polling"
         );
     }
+}
+
+/// Tasks of one process are served in the order they asked.
+#[tokio::test]
+async fn tasks_of_one_process_are_served_in_fifo_order() {
+    let d = dir();
+    let path = d.path().join("fifo.lock");
+    let holder = Lock::new(&path).acquire().await.unwrap();
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let (path, order) = (path.clone(), order.clone());
+        tasks.push(tokio::spawn(async move {
+            let g = Lock::new(&path)
+                .timeout(Duration::from_secs(120))
+                .check_interval(Duration::from_secs(60))
+                .acquire()
+                .await
+                .unwrap();
+            order.lock().unwrap().push(i);
+            tokio::task::yield_now().await;
+            drop(g);
+        }));
+        tokio::task::yield_now().await; // task i is queued before task i + 1
+    }
+    drop(holder);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), (0..20).collect::<Vec<_>>());
 }
 
 /// Another process that dies while holding the lock closes the file: the

@@ -373,6 +373,23 @@ async fn run_role(role: &str, args: &[String]) {
             guard.release().await.unwrap();
             say("RELEASED", "");
         }
+        // Wait (briefly) for a TemporaryFileLock; report; hold if we got it.
+        "tmp-wait" => {
+            let lock = portalocker::TemporaryFileLock::new(&args[0])
+                .fail_when_locked(false)
+                .timeout(Duration::from_millis(args[1].parse().unwrap()))
+                .check_interval(Duration::from_millis(1));
+            say("STARTED", "");
+            match lock.acquire().await {
+                Ok(g) => {
+                    say("RESULT", "ok");
+                    tokio::task::spawn_blocking(wait_for_parent).await.unwrap();
+                    g.release().await.unwrap();
+                }
+                Err(e) if e.is_already_locked() => say("RESULT", "busy"),
+                Err(e) => say("RESULT", e),
+            }
+        }
         // TemporaryFileLock rounds; inside, an O_EXCL marker proves that
         // no one else is inside at the same time.
         "tmp-soak" => {
