@@ -265,9 +265,10 @@ impl RedisLock {
             sub: None,
             reached_server: false,
             last_error: None,
+            crowd: 1,
         };
         let mut schedule = RedisSchedule::new(self.cfg.timeout, self.cfg.check_interval);
-        while schedule.next_watching(self).await {
+        while schedule.next_watching(self, attempt.crowd).await {
             match attempt.run().await? {
                 Some(guard) => return Ok(guard),
                 None => continue,
@@ -364,6 +365,8 @@ struct Attempt<'a> {
     /// contention, not an unreachable server).
     reached_server: bool,
     last_error: Option<RedisError>,
+    /// Other subscribers seen by the last attempt: how many wait with us.
+    crowd: usize,
 }
 
 impl Attempt<'_> {
@@ -446,6 +449,7 @@ impl Attempt<'_> {
         let fwl = self.cfg().fail_when_locked;
         // C. Count, then probe and decide.
         let n = numsub(&mut cmd, &channel).await?;
+        self.crowd = n.saturating_sub(1).max(1);
         let resolution = if n == 1 {
             self.reached_server = true;
             if self.writer {
@@ -854,19 +858,25 @@ impl RedisSchedule {
 
     /// As [`next`](Self::next), but while pausing, watches the channel's
     /// subscriber count every few milliseconds and ends the pause early
-    /// (after a random delay of up to half the interval, so waiters do
-    /// not stampede) when it
+    /// (after a random delay of up to one poll, so waiters do not all
+    /// arrive at once) when it
     /// drops to zero: the holder left (released, crashed, was reaped), so
     /// the next attempt should not wait out the jittered interval. Python
     /// peers see nothing of this (it is `PUBSUB NUMSUB` on our command
     /// connection).
-    async fn next_watching(&mut self, lock: &RedisLock) -> bool {
+    async fn next_watching(&mut self, lock: &RedisLock, crowd: usize) -> bool {
         let until = match self.pause() {
             Pause::Now => return true,
             Pause::Done => return false,
             Pause::Sleep(until) => until,
         };
-        let step = (self.interval / 25).clamp(Duration::from_millis(5), Duration::from_millis(20));
+        // Watch closely when alone (a lone waiter gets a freed lock within a
+        // few ms); in a crowd (the subscriber count of the last attempt),
+        // watch and spread out more slowly, up to half the interval, so the
+        // waiters do not all pile onto the channel at once.
+        let base = (self.interval / 50).clamp(Duration::from_millis(2), Duration::from_millis(10));
+        let crowd = u32::try_from(crowd.clamp(1, 64)).unwrap_or(64);
+        let step = (base * crowd).min((self.interval / 2).max(base));
         let mut cmd = lock.command().await.ok();
         let channel = &lock.cfg.channel;
         loop {
@@ -882,7 +892,7 @@ impl RedisSchedule {
                         // Spread the waiters that all saw the channel free.
                         let unit =
                             (crate::deadline::random_u64() >> 11) as f64 / (1u64 << 53) as f64;
-                        let spread = (self.interval / 2).mul_f64(unit);
+                        let spread = step.mul_f64(unit);
                         tokio::time::sleep_until((Instant::now() + spread).min(until)).await;
                         break;
                     }
