@@ -28,6 +28,10 @@ use tokio::time::Instant;
 /// How long a releasing holder that was asked to hand over stays away.
 pub(crate) const HANDOFF_WINDOW: Duration = Duration::from_millis(2);
 
+fn now_micros() -> u64 {
+    u64::try_from(base().elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
 fn base() -> std::time::Instant {
     static BASE: OnceLock<std::time::Instant> = OnceLock::new();
     *BASE.get_or_init(std::time::Instant::now)
@@ -43,9 +47,17 @@ fn sentinel() -> SystemTime {
 /// enough, and adds at most this much to another process's wait.
 const CHECK_EVERY: Duration = Duration::from_millis(1);
 
+/// How long this process may keep re-taking the lock after a waiter of
+/// another process announced itself, before it hands over: long enough to
+/// amortise a handoff, short enough to bound everybody's wait.
+const BURST: Duration = Duration::from_millis(1);
+
 /// The in-process state of one lock file.
 #[derive(Debug, Default)]
 pub(crate) struct Gate {
+    /// When this process's current run of grants began (µs since `base()`,
+    /// 0: none).
+    burst_start: std::sync::atomic::AtomicU64,
     /// When a release last looked for an announcement (µs since `base()`).
     last_check: std::sync::atomic::AtomicU64,
     rw: Arc<RwLock<()>>,
@@ -166,7 +178,25 @@ impl Gate {
         true
     }
 
+    /// Notes a grant: starts a run of grants if none is under way.
+    pub(crate) fn note_grant(&self) {
+        use std::sync::atomic::Ordering;
+        if self.burst_start.load(Ordering::Relaxed) == 0 {
+            self.burst_start
+                .store(now_micros().max(1), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the current run of grants has lasted long enough to hand
+    /// over to an announced waiter.
+    pub(crate) fn burst_done(&self) -> bool {
+        let start = self.burst_start.load(std::sync::atomic::Ordering::Relaxed);
+        now_micros().saturating_sub(start) >= BURST.as_micros() as u64
+    }
+
     fn owe_handoff(&self) {
+        self.burst_start
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         let until = base().elapsed() + HANDOFF_WINDOW;
         let micros = u64::try_from(until.as_micros()).unwrap_or(u64::MAX);
         self.handoff_until

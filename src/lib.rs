@@ -87,6 +87,9 @@
 //!   FIFO; created files are never world-writable (`0o664` before umask).
 //! * The retry pauses are jittered and the last attempt is made at the
 //!   deadline; a zero timeout makes exactly one attempt, as in Python.
+//! * Waiting is fair: tasks of one process are served FIFO and woken at
+//!   once; waiting processes are handed the lock within about a
+//!   millisecond instead of polling (see [`Lock`], *How waiting works*).
 //! * [`LockFlags::UNBLOCK`] alone unlocks in [`lock`] (as `flock(2)` and the
 //!   2.x API); Python 4.2+ rejects it.
 //! * [`PidFileLock`] is fail-closed only: contention is an error carrying

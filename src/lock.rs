@@ -120,6 +120,17 @@ impl Options {
 ///
 /// # How waiting works
 ///
+/// Acquisitions of one process pass a per-file FIFO gate first, so tasks
+/// are served in the order they asked, and the next one wakes the moment a
+/// guard is released; only the task at the head of the queue touches the
+/// file. A waiter in another process is woken by inotify when the lock
+/// file is closed or *handed over*: a waiting process sets the file's
+/// access time to a sentinel (1970-01-01T00:00:01Z), and the holder, after
+/// at most a 1 ms run of re-acquisitions, sets a fresh access time and
+/// stays away for 2 ms so the waiter gets the lock. (This needs the
+/// processes to own the file; otherwise waiters poll. The lock file's
+/// access time is therefore not meaningful.)
+///
 /// Every attempt is a non-blocking `flock(LOCK_NB)`, which never blocks a
 /// thread. Only opening the file can block (a slow disk, NFS), so the open
 /// runs on Tokio's blocking pool with [`spawn_blocking`]; the attempts and
@@ -319,6 +330,7 @@ impl Lock {
         let Handle { file, id } = self
             .acquire_handle(start, deadline, timeout, fail_fast)
             .await?;
+        gate.note_grant();
         Ok(LockGuard {
             file: Some(tokio::fs::File::from_std(file)),
             id,
@@ -485,7 +497,8 @@ impl Inner {
     /// rewound first, so every guard starts at offset 0.
     fn recycle(&self, mut file: File, id: FileId, touched: bool, keep: bool) -> io::Result<()> {
         let gate = self.gate.get();
-        let announced = gate.is_some_and(|g| g.should_check() && gate::announced(&file));
+        let announced =
+            gate.is_some_and(|g| g.burst_done() && g.should_check() && gate::announced(&file));
         let unlocked = file.unlock();
         if let (true, Some(g)) = (announced, gate) {
             gate::hand_over(&file, g);
