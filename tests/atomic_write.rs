@@ -219,22 +219,12 @@ async fn a_read_only_directory_is_permission_denied_without_litter() {
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
     let dest = ro.join("file");
     if support::is_root() {
-        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let exe = d.path().join("as-nobody");
-        std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
-        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let mut cmd = std::process::Command::new(&exe);
-        std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
-        cmd.args([
+        let mut child = Proc::role_as_nobody(
+            d.path(),
             "child_entry",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-            "-q",
-        ])
-        .env(support::ROLE_ENV, "atomic-try")
-        .env(support::ARGS_ENV, dest.to_str().unwrap());
-        let mut child = Proc::command(cmd);
+            "atomic-try",
+            &[dest.to_str().unwrap()],
+        );
         assert_eq!(child.expect("RESULT"), "PermissionDenied");
         child.finish();
     } else {

@@ -174,24 +174,8 @@ async fn permission_denied_fails_at_once() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
     if support::is_root() {
         // Root ignores permissions: try as `nobody` in a child process.
-        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        // A copy of this binary that `nobody` can reach whatever the
-        // permissions of the directories above the build.
-        let exe = d.path().join("as-nobody");
-        std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
-        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let mut cmd = std::process::Command::new(&exe);
-        std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
-        cmd.args([
-            "child_entry",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-            "-q",
-        ])
-        .env(support::ROLE_ENV, "try")
-        .env(support::ARGS_ENV, path.to_str().unwrap());
-        let mut child = Proc::command(cmd);
+        let mut child =
+            Proc::role_as_nobody(d.path(), "child_entry", "try", &[path.to_str().unwrap()]);
         assert_eq!(child.expect("RESULT"), "Io Some(PermissionDenied)");
         child.finish();
     } else {

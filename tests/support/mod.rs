@@ -96,6 +96,25 @@ impl Proc {
         Self::start(cmd)
     }
 
+    /// As [`role`](Self::role), as user `nobody`, from a copy of this
+    /// binary in `dir` (made world-readable), so that the permissions of
+    /// the directories above the build do not matter. For tests of
+    /// permission errors when running as root, which ignores permissions.
+    pub fn role_as_nobody(dir: &Path, entry: &str, role: &str, args: &[&str]) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let exe = dir.join("as-nobody");
+        std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut cmd = Command::new(&exe);
+        cmd.uid(65534)
+            .args([entry, "--exact", "--nocapture", "--test-threads=1", "-q"])
+            .env(ROLE_ENV, role)
+            .env(ARGS_ENV, args.join("\n"));
+        Self::start(cmd)
+    }
+
     /// Runs a Python script with Python portalocker 4.4.2.
     pub fn python(script: &str, args: &[&str]) -> Self {
         let mut cmd = Command::new(python());
@@ -479,9 +498,10 @@ async fn run_role(role: &str, args: &[String]) {
             f.commit().await.unwrap();
             say("COMMITTED", "");
         }
-        // Hold a RedisLock until the parent closes stdin.
+        // Hold a RedisLock until the parent closes stdin; then release it,
+        // or (`redis-hold-report`) report whether it was lost meanwhile.
         #[cfg(feature = "redis")]
-        "redis-hold" => {
+        "redis-hold" | "redis-hold-report" => {
             let client = portalocker::redis::Client::open(args[0].as_str()).unwrap();
             let guard = portalocker::RedisLock::new(&args[1], client)
                 .timeout(Duration::from_secs(30))
@@ -490,26 +510,17 @@ async fn run_role(role: &str, args: &[String]) {
                 .unwrap();
             say("LOCKED", guard.holder_id());
             tokio::task::spawn_blocking(wait_for_parent).await.unwrap();
-            guard.release().await.unwrap();
-            say("RELEASED", "");
-        }
-        // Hold a RedisLock; after stdin closes, report whether it was lost.
-        #[cfg(feature = "redis")]
-        "redis-hold-report" => {
-            let client = portalocker::redis::Client::open(args[0].as_str()).unwrap();
-            let guard = portalocker::RedisLock::new(&args[1], client)
-                .timeout(Duration::from_secs(30))
-                .acquire()
-                .await
-                .unwrap();
-            say("LOCKED", guard.holder_id());
-            tokio::task::spawn_blocking(wait_for_parent).await.unwrap();
-            // Give the keep-alive task a moment to read what happened
-            // while we were stopped (the closed socket is already there).
-            let lost = tokio::time::timeout(Duration::from_secs(5), guard.lost())
-                .await
-                .is_ok();
-            say("LOST", lost);
+            if role == "redis-hold" {
+                guard.release().await.unwrap();
+                say("RELEASED", "");
+            } else {
+                // Give the keep-alive task a moment to read what happened
+                // while we were stopped (the closed socket is already there).
+                let lost = tokio::time::timeout(Duration::from_secs(5), guard.lost())
+                    .await
+                    .is_ok();
+                say("LOST", lost);
+            }
         }
         // n rounds of a deliberately non-atomic GET/SET under the lock.
         #[cfg(feature = "redis")]
