@@ -301,15 +301,18 @@ impl Lock {
         self.acquire_with(Duration::ZERO, true).await
     }
 
-    /// The retry loop. `pub(crate)` so the other file locks share it.
+    /// The whole acquisition: validation, the in-process gate, the OS
+    /// lock. `pub(crate)` so the other file locks share it.
     pub(crate) async fn acquire_with(
         &self,
         timeout: Duration,
         fail_fast: bool,
     ) -> Result<LockGuard> {
+        file_lock::check_path(OP_LOCK, &self.inner.path)?;
+        let mode = self.inner.opts.mode()?;
         let start = tokio::time::Instant::now();
         let deadline = deadline_after(start, timeout);
-        let shared = self.inner.opts.mode()? == Mode::Shared;
+        let shared = mode == Mode::Shared;
         let gate = self
             .inner
             .gate
@@ -328,7 +331,7 @@ impl Lock {
             gate.wait_handoff(deadline).await;
         }
         let Handle { file, id } = self
-            .acquire_handle(start, deadline, timeout, fail_fast)
+            .acquire_handle(mode, start, deadline, timeout, fail_fast)
             .await?;
         gate.note_grant();
         Ok(LockGuard {
@@ -341,17 +344,16 @@ impl Lock {
         })
     }
 
-    /// Acquires and returns the locked, prepared file.
-    pub(crate) async fn acquire_handle(
+    /// The OS-level retry loop: returns the locked, prepared file.
+    async fn acquire_handle(
         &self,
+        mode: Mode,
         start: tokio::time::Instant,
         deadline: tokio::time::Instant,
         timeout: Duration,
         fail_fast: bool,
     ) -> Result<Handle> {
         let inner = &self.inner;
-        file_lock::check_path(OP_LOCK, &inner.path)?;
-        let mode = inner.opts.mode()?;
         let mut schedule = Schedule::from(start, deadline, inner.opts.check_interval);
         let mut current = self.take_idle();
         let mut stale = 0u32;

@@ -117,19 +117,12 @@ async fn acquire_succeeds_once_the_holder_releases() {
     let d = dir();
     let path = d.path().join("a.lock");
     let holder = Lock::new(&path).acquire().await.unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let waiter = tokio::spawn({
-        let lock = Lock::new(&path)
-            .timeout(Duration::from_secs(30))
-            .check_interval(Duration::from_millis(10));
-        async move {
-            tx.send(()).unwrap();
-            lock.acquire().await
-        }
-    });
-    rx.await.unwrap();
+    let lock = Lock::new(&path)
+        .timeout(Duration::from_secs(30))
+        .check_interval(Duration::from_millis(10));
+    let waiter = support::spawn_started(async move { lock.acquire().await }).await;
     holder.release().await.unwrap();
-    let g = waiter.await.unwrap().unwrap();
+    let g = waiter.await.unwrap().0.unwrap();
     g.release().await.unwrap();
 }
 
@@ -536,16 +529,11 @@ async fn a_dying_holder_process_wakes_the_waiter_at_once() {
     let lock = Lock::new(&path)
         .timeout(Duration::from_secs(120))
         .check_interval(Duration::from_secs(60));
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let waiter = tokio::spawn(async move {
-        tx.send(()).unwrap();
-        lock.acquire().await
-    });
-    rx.await.unwrap();
+    let waiter = support::spawn_started(async move { lock.acquire().await }).await;
     assert!(support::eventually(Duration::from_secs(10), || open_count(&path) >= 1).await);
     let killed = std::time::Instant::now();
     child.kill();
-    drop(waiter.await.unwrap().unwrap());
+    drop(waiter.await.unwrap().0.unwrap());
     assert!(
         killed.elapsed() < Duration::from_secs(10),
         "woke only by polling"

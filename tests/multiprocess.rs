@@ -42,13 +42,7 @@ async fn killed_holder_frees_the_lock_within_one_check_interval() {
         let mut child = Proc::role("child_entry", "hold", &[path.to_str().unwrap()]);
         child.expect("LOCKED");
         let lock = Lock::new(&path).timeout(Duration::from_secs(30));
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let waiter = tokio::spawn(async move {
-            tx.send(()).unwrap();
-            let g = lock.acquire().await;
-            (g, Instant::now())
-        });
-        rx.await.unwrap();
+        let waiter = support::spawn_started(async move { lock.acquire().await }).await;
         let killed = Instant::now();
         child.kill();
         let (g, at) = waiter.await.unwrap();

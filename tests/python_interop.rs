@@ -71,15 +71,10 @@ async fn python_releases_while_rust_waits_then_rust_acquires() {
     let lock = Lock::new(&path)
         .timeout(Duration::from_secs(30))
         .check_interval(Duration::from_millis(20));
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let waiter = tokio::spawn(async move {
-        tx.send(()).unwrap();
-        lock.acquire().await
-    });
-    rx.await.unwrap();
+    let waiter = support::spawn_started(async move { lock.acquire().await }).await;
     py.close_stdin();
     py.expect("RELEASED");
-    let g = waiter.await.unwrap().unwrap();
+    let g = waiter.await.unwrap().0.unwrap();
     // While Rust holds it, Python is excluded again.
     let mut probe = Proc::python(PY_TRY, &[path.to_str().unwrap()]);
     assert_eq!(probe.expect("RESULT"), "AlreadyLocked");

@@ -135,15 +135,11 @@ async fn a_killed_holder_process_frees_the_lock() {
         .await
         .unwrap_err()
         .is_already_locked());
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let waiter = tokio::spawn(async move {
-        tx.send(()).unwrap();
-        lock.acquire().await.map(|g| (g, Instant::now()))
-    });
-    rx.await.unwrap();
+    let waiter = support::spawn_started(async move { lock.acquire().await }).await;
     let killed = Instant::now();
     child.kill();
-    let (g, at) = waiter.await.unwrap().unwrap();
+    let (g, at) = waiter.await.unwrap();
+    let g = g.unwrap();
     let took = at - killed;
     assert!(took < Duration::from_secs(2), "took {took:?}");
     g.release().await.unwrap();
@@ -154,13 +150,7 @@ async fn client_kill_of_the_holder_is_noticed_and_the_lock_moves_on() {
     let srv = RedisServer::start();
     let g = RedisLock::new("kk", srv.client()).acquire().await.unwrap();
     let name = format!("kk-lock-{}", g.holder_id());
-    let list: String = srv.cmd(&["CLIENT", "LIST"]).await;
-    let id = list
-        .lines()
-        .find(|l| l.contains(&format!("name={name} ")))
-        .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
-        .unwrap()
-        .to_string();
+    let id = srv.client_id(&name).await;
     let t = Instant::now();
     let killed: i64 = srv.cmd(&["CLIENT", "KILL", "ID", &id]).await;
     assert_eq!(killed, 1);

@@ -96,15 +96,11 @@ async fn python_holds_rust_is_refused_then_takes_over_when_python_dies() {
         .unwrap_err();
     assert!(err.is_already_locked(), "{err}");
     let lock = RedisLock::new("pk", srv.client()).timeout(Duration::from_secs(30));
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let waiter = tokio::spawn(async move {
-        tx.send(()).unwrap();
-        lock.acquire().await.map(|g| (g, Instant::now()))
-    });
-    rx.await.unwrap();
+    let waiter = support::spawn_started(async move { lock.acquire().await }).await;
     let killed = Instant::now();
     py.kill();
-    let (g, at) = waiter.await.unwrap().unwrap();
+    let (g, at) = waiter.await.unwrap();
+    let g = g.unwrap();
     assert!(
         at - killed < Duration::from_secs(3),
         "took {:?}",

@@ -183,13 +183,7 @@ async fn loss_hooks_fire_once() {
     let name = format!("hk-lock-{}", g.holder_id());
     let job = g.run_while_held(std::future::pending::<()>());
     let kill = async {
-        let list: String = srv.cmd(&["CLIENT", "LIST"]).await;
-        let id = list
-            .lines()
-            .find(|l| l.contains(&format!("name={name} ")))
-            .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
-            .unwrap()
-            .to_string();
+        let id = srv.client_id(&name).await;
         let _: i64 = srv.cmd(&["CLIENT", "KILL", "ID", &id]).await;
     };
     let (res, ()) = tokio::join!(job, kill);

@@ -237,15 +237,10 @@ async fn a_killed_holder_frees_its_slot() {
         .await
         .unwrap_err()
         .is_already_locked());
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let waiter = tokio::spawn(async move {
-        tx.send(()).unwrap();
-        sem.acquire().await
-    });
-    rx.await.unwrap();
+    let waiter = support::spawn_started(async move { sem.acquire().await }).await;
     let t = std::time::Instant::now();
     child.kill();
-    let p = waiter.await.unwrap().unwrap();
+    let p = waiter.await.unwrap().0.unwrap();
     assert_eq!(p.slot(), 0);
     assert!(
         t.elapsed() < Duration::from_secs(10),

@@ -32,6 +32,24 @@ pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool
     }
 }
 
+/// Spawns `fut` and returns once it has started running, so the caller can
+/// act (kill a holder, release a lock) knowing the task is under way. The
+/// handle yields the output and the instant the future completed.
+pub async fn spawn_started<F>(fut: F) -> tokio::task::JoinHandle<(F::Output, std::time::Instant)>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let handle = tokio::spawn(async move {
+        let _ = tx.send(());
+        let out = fut.await;
+        (out, std::time::Instant::now())
+    });
+    rx.await.unwrap();
+    handle
+}
+
 /// As [`eventually`], for a condition that must itself await.
 pub async fn eventually_async<F, Fut>(limit: Duration, mut cond: F) -> bool
 where
@@ -698,6 +716,16 @@ impl RedisServer {
     pub async fn numsub(&self, channel: &str) -> usize {
         let v: Vec<(String, usize)> = self.cmd(&["PUBSUB", "NUMSUB", channel]).await;
         v[0].1
+    }
+
+    /// The `CLIENT LIST` id of the client named `name`.
+    pub async fn client_id(&self, name: &str) -> String {
+        let list: String = self.cmd(&["CLIENT", "LIST"]).await;
+        list.lines()
+            .find(|l| l.contains(&format!("name={name} ")))
+            .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+            .unwrap_or_else(|| panic!("no client named {name}"))
+            .to_string()
     }
 
     /// Names of the clients whose name starts with `<channel>-lock`.
