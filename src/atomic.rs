@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncSeek, AsyncWrite, BufWriter};
+use tokio::io::{AsyncSeek, AsyncWrite, AsyncWriteExt, BufWriter};
 
 const BUFFER: usize = 64 * 1024;
 /// `0o666` minus the umask, as a plain create, but never world-writable.
@@ -112,6 +112,7 @@ impl AtomicOptions {
             temp: Some(temp),
             dest,
             opts: self.clone(),
+            failed: None,
         })
     }
 }
@@ -204,6 +205,9 @@ pub struct AtomicFile {
     temp: Option<Temp>,
     dest: PathBuf,
     opts: AtomicOptions,
+    /// The first write, flush or seek error reported to the caller. Once
+    /// set, `commit` publishes nothing: the file may be short or partial.
+    failed: Option<io::Error>,
 }
 
 impl AtomicFile {
@@ -225,24 +229,67 @@ impl AtomicFile {
     ///
     /// `AlreadyExists` if the destination appeared since
     /// [`open_atomic`] (it is left untouched); the OS error of a failed
-    /// write, `fsync` or publication. When publication fails the complete
+    /// write, `fsync` or publication.
+    ///
+    /// A write is acknowledged before it reaches the file, so a full disk
+    /// (`ENOSPC`), a quota (`EDQUOT`), a size limit (`EFBIG`) or an I/O
+    /// error may only show here: if any write, flush or seek failed —
+    /// including one whose error the caller already saw and ignored — the
+    /// payload is incomplete, nothing is published, the destination is
+    /// untouched and the temporary file is removed. The error has the
+    /// failed operation's [`io::ErrorKind`] (e.g. `StorageFull`). When publication fails the complete
     /// payload is kept in a temporary file in the same directory, named in
     /// the error message and reachable as [`PublishError::preserved`]
     /// through [`io::Error::get_ref`].
     pub async fn commit(mut self) -> io::Result<()> {
-        let Some(writer) = self.writer.take() else {
-            return Ok(());
+        let Some(mut writer) = self.writer.take() else {
+            return Err(io::Error::other("the atomic file is closed"));
         };
-        let pending = writer.buffer().to_vec();
-        let file = writer.into_inner();
-        // Waits for a write still in flight and reports its error.
-        let file = file.into_std().await;
+        // Flushing writes what is buffered and waits for the write still in
+        // flight on the blocking pool, reporting its error: a write is
+        // acknowledged before it runs, so only this tells whether every byte
+        // reached the file. (`into_std` would wait too, but drops the error.)
+        let flushed = writer.flush().await;
+        if let Some(e) = self.failed.take() {
+            return Err(self.unpublished("an earlier write failed", &e));
+        }
+        if let Err(e) = flushed {
+            return Err(self.unpublished("writing failed", &e));
+        }
+        let file = writer.into_inner().into_std().await;
         let temp = self.temp.take().unwrap_or(Temp::Unnamed);
         let dest = self.dest.clone();
         let opts = self.opts.clone();
-        tokio::task::spawn_blocking(move || publish(file, &pending, temp, &dest, &opts))
+        tokio::task::spawn_blocking(move || publish(file, &[], temp, &dest, &opts))
             .await
             .map_err(io::Error::other)?
+    }
+
+    /// The error of a commit that publishes nothing because the payload is
+    /// incomplete; the temporary file is removed when `self` drops.
+    fn unpublished(&self, what: &str, e: &io::Error) -> io::Error {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "{what} ({e}): the payload for {:?} is incomplete, so nothing was published \
+                 and the destination is untouched",
+                self.dest
+            ),
+        )
+    }
+
+    /// Remembers the first I/O error the caller saw.
+    fn note<T>(&mut self, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if let Poll::Ready(Err(e)) = &r {
+            self.record(e);
+        }
+        r
+    }
+
+    fn record(&mut self, e: &io::Error) {
+        if self.failed.is_none() {
+            self.failed = Some(io::Error::new(e.kind(), e.to_string()));
+        }
     }
 
     /// Throws the new content away; nothing appears at the destination and
@@ -279,17 +326,21 @@ impl AsyncWrite for AtomicFile {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut().writer() {
+        let this = self.get_mut();
+        let r = match this.writer() {
             Ok(w) => w.poll_write(cx, buf),
             Err(e) => Poll::Ready(Err(e)),
-        }
+        };
+        this.note(r)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut().writer() {
+        let this = self.get_mut();
+        let r = match this.writer() {
             Ok(w) => w.poll_flush(cx),
             Err(e) => Poll::Ready(Err(e)),
-        }
+        };
+        this.note(r)
     }
 
     /// Flushes; the file is published only by [`AtomicFile::commit`].
@@ -300,14 +351,21 @@ impl AsyncWrite for AtomicFile {
 
 impl AsyncSeek for AtomicFile {
     fn start_seek(self: Pin<&mut Self>, position: io::SeekFrom) -> io::Result<()> {
-        self.get_mut().writer()?.start_seek(position)
+        let this = self.get_mut();
+        let r = this.writer().and_then(|w| w.start_seek(position));
+        if let Err(e) = &r {
+            this.record(e);
+        }
+        r
     }
 
     fn poll_complete(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
-        match self.get_mut().writer() {
+        let this = self.get_mut();
+        let r = match this.writer() {
             Ok(w) => w.poll_complete(cx),
             Err(e) => Poll::Ready(Err(e)),
-        }
+        };
+        this.note(r)
     }
 }
 

@@ -320,3 +320,92 @@ async fn killed_writers_leave_the_destination_absent_or_complete() {
     }
     assert!(complete >= 20, "only {complete} commits completed");
 }
+
+/// How a payload too large for the disk is written.
+#[derive(Clone, Copy, Debug)]
+enum Pattern {
+    /// One `write_all`: acknowledged at once, the error only shows later.
+    OneWrite,
+    /// Many small writes; the caller stops at the first error it sees.
+    Chunks,
+    /// One write, then an explicit `flush` (which fails), then `commit`.
+    FlushThenCommit,
+}
+
+/// Writes 1.5 MiB to a 1 MiB tmpfs in every way and with every
+/// durability, new and replacing: `commit` must fail with the disk's error
+/// and leave the destination as it was, with no temporary left behind.
+#[tokio::test]
+async fn a_full_disk_fails_commit_and_leaves_the_destination_untouched() {
+    let fs = support::SmallFs::mount("1m");
+    let big = vec![7u8; 1536 * 1024];
+    let durabilities = [Durability::Full, Durability::File, Durability::None];
+    let patterns = [Pattern::OneWrite, Pattern::Chunks, Pattern::FlushThenCommit];
+    for durability in durabilities {
+        for pattern in patterns {
+            for replace in [false, true] {
+                let case = format!("{durability:?} {pattern:?} replace={replace}");
+                let dest = fs.path().join("dest");
+                let _ = std::fs::remove_file(&dest);
+                if replace {
+                    std::fs::write(&dest, b"good old content").unwrap();
+                }
+                let mut f = AtomicOptions::new()
+                    .replace(replace)
+                    .durability(durability)
+                    .open(&dest)
+                    .await
+                    .unwrap();
+                match pattern {
+                    Pattern::OneWrite => f.write_all(&big).await.unwrap(),
+                    Pattern::Chunks => {
+                        for chunk in big.chunks(4096) {
+                            if f.write_all(chunk).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    Pattern::FlushThenCommit => {
+                        f.write_all(&big).await.unwrap();
+                        let e = f.flush().await.unwrap_err();
+                        assert_eq!(e.kind(), std::io::ErrorKind::StorageFull, "{case}");
+                    }
+                }
+                let err = f.commit().await.expect_err(&case);
+                assert_eq!(err.kind(), std::io::ErrorKind::StorageFull, "{case}: {err}");
+                assert!(err.to_string().contains("nothing was published"), "{err}");
+                if replace {
+                    assert_eq!(std::fs::read(&dest).unwrap(), b"good old content", "{case}");
+                    assert_eq!(entries(fs.path()), ["dest"], "{case}");
+                } else {
+                    assert!(!dest.exists(), "{case}: a short file was published");
+                    assert!(entries(fs.path()).is_empty(), "{case}");
+                }
+            }
+        }
+    }
+    // The disk is not left full: a payload that fits still commits.
+    let dest = fs.path().join("fits");
+    let mut f = open_atomic(&dest).await.unwrap();
+    f.write_all(&big[..512 * 1024]).await.unwrap();
+    f.commit().await.unwrap();
+    assert_eq!(std::fs::metadata(&dest).unwrap().len(), 512 * 1024);
+}
+
+/// `release()` reports a write through the guard that the disk refused.
+#[tokio::test]
+async fn a_full_disk_fails_lock_guard_release() {
+    let fs = support::SmallFs::mount("1m");
+    let lock = portalocker::Lock::new(fs.path().join("data.lock"));
+    let mut guard = lock.acquire().await.unwrap();
+    guard.write_all(&vec![1u8; 1536 * 1024]).await.unwrap();
+    let err = guard.release().await.unwrap_err();
+    assert_eq!(err.kind(), portalocker::ErrorKind::Io, "{err}");
+    assert_eq!(
+        err.io_error().map(std::io::Error::kind),
+        Some(std::io::ErrorKind::StorageFull),
+        "{err}"
+    );
+    // Released all the same.
+    drop(lock.try_acquire().await.unwrap());
+}

@@ -847,3 +847,47 @@ impl Drop for Proxy {
         self.cut();
     }
 }
+
+/// A small tmpfs mounted on a fresh directory, unmounted on drop: the
+/// field's full disk (`ENOSPC` once `size` is used).
+pub struct SmallFs {
+    dir: Option<tempfile::TempDir>,
+}
+
+impl SmallFs {
+    /// Mounts a tmpfs of `size` (`mount -o size=…`, e.g. `"1m"`). Needs
+    /// root, as the CI run (`scripts/test.sh`) has.
+    pub fn mount(size: &str) -> Self {
+        assert!(
+            is_root(),
+            "this test fills a {size} tmpfs, and mounting one needs root: run the suite as \
+             root (scripts/test.sh does, in CI)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .status()
+            .expect("mount(8) is needed to mount a tmpfs");
+        assert!(status.success(), "mount -t tmpfs failed: {status}");
+        Self { dir: Some(dir) }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.as_ref().unwrap().path()
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir.take() {
+            let _ = Command::new("umount").arg("-l").arg(dir.path()).status();
+        }
+    }
+}
