@@ -98,6 +98,7 @@ impl AtomicOptions {
     /// directory; `InvalidInput` for an empty path or a NUL byte; the OS
     /// error when the directory cannot be created or written.
     pub async fn open(&self, path: impl AsRef<Path>) -> io::Result<AtomicFile> {
+        check_destination(path.as_ref())?;
         let dest = std::path::absolute(path.as_ref())?;
         let opts = self.clone();
         let d = dest.clone();
@@ -495,6 +496,37 @@ fn create(dest: &Path, opts: &AtomicOptions) -> io::Result<(File, Temp)> {
     }
     let (path, file) = create_named(dir)?;
     Ok((file, Temp::Named(path)))
+}
+
+/// Rejects, before any I/O, destinations that can never name a file: an
+/// empty path, a NUL byte, a trailing separator (`dir/new/` names a
+/// directory) or a last component of `.` or `..`.
+fn check_destination(path: &Path) -> io::Result<()> {
+    let bytes = path.as_os_str().as_encoded_bytes();
+    let why = if bytes.is_empty() {
+        "the path is empty"
+    } else if bytes.contains(&0) {
+        "the path contains a NUL byte"
+    } else if bytes
+        .last()
+        .is_some_and(|&b| std::path::is_separator(char::from(b)))
+    {
+        "the path ends with a separator, so it names a directory, not a file"
+    } else if path.file_name().is_none()
+        || bytes == b"."
+        || bytes
+            .strip_suffix(b".")
+            .and_then(<[u8]>::last)
+            .is_some_and(|&b| std::path::is_separator(char::from(b)))
+    {
+        "the path has no file name (it ends in `.` or `..`)"
+    } else {
+        return Ok(());
+    };
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("cannot write {path:?} atomically: {why}"),
+    ))
 }
 
 fn parent(dest: &Path) -> io::Result<&Path> {

@@ -65,26 +65,44 @@ impl Schedule {
     }
 
     fn next_target(&self, now: Instant) -> Instant {
+        // Woken before the target (a release elsewhere that another waiter
+        // won): keep it, so early wake-ups never push the polling back.
+        if self.next > now {
+            return self.next;
+        }
         let step = jittered(self.interval);
-        let target = (self.next + step).max(now + MIN_PAUSE);
+        let target = deadline_after(self.next, step).max(now + MIN_PAUSE);
         target.min(self.deadline.max(now + MIN_PAUSE))
     }
 }
 
-/// `start + timeout`, or about 30 years ahead (tokio's "never") when that
-/// overflows.
+/// About 30 years: what tokio itself treats as "never".
+const NEVER: Duration = Duration::from_secs(86400 * 365 * 30);
+
+/// `start + timeout`, saturating at about 30 years ahead (tokio's "never"),
+/// so no `Duration` up to `Duration::MAX` can overflow an `Instant`.
 pub(crate) fn deadline_after(start: Instant, timeout: Duration) -> Instant {
     start
-        .checked_add(timeout)
-        .unwrap_or_else(|| start + Duration::from_secs(86400 * 365 * 30))
+        .checked_add(timeout.min(NEVER))
+        .unwrap_or_else(|| start + NEVER)
+}
+
+/// `d × factor` for a factor in [0, 2), saturating instead of panicking
+/// when the product does not fit a `Duration` (e.g. `Duration::MAX`).
+pub(crate) fn scale(d: Duration, factor: f64) -> Duration {
+    Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(Duration::MAX)
+}
+
+/// A uniform random float in [0, 1), for jitter.
+pub(crate) fn unit() -> f64 {
+    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// `interval` scaled by a random factor in [0.5, 1], so contenders that
 /// started together drift apart (upstream #101) while no pause is longer
 /// than `interval`: a released lock is noticed within one interval.
 pub(crate) fn jittered(interval: Duration) -> Duration {
-    let unit = (random_u64() >> 11) as f64 / (1u64 << 53) as f64; // [0, 1)
-    interval.mul_f64(0.5 + unit / 2.0)
+    scale(interval, 0.5 + unit() / 2.0)
 }
 
 /// A fast per-thread pseudo-random generator (xorshift64*), seeded from
@@ -167,5 +185,23 @@ mod tests {
     async fn huge_timeout_does_not_overflow() {
         let mut s = Schedule::new(Duration::MAX, Duration::from_millis(1));
         assert!(s.wait().await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_duration_saturates() {
+        let all = [Duration::ZERO, Duration::from_millis(7), Duration::MAX];
+        for timeout in all {
+            for interval in all {
+                let mut s = Schedule::new(timeout, interval);
+                // Two targets: the second is computed from the first.
+                for _ in 0..2 {
+                    if let Some(t) = s.next_attempt() {
+                        assert!(t > Instant::now(), "{timeout:?} {interval:?}");
+                    }
+                }
+                let _ = jittered(interval);
+                let _ = scale(interval, 1.999);
+            }
+        }
     }
 }

@@ -151,7 +151,7 @@ impl Error {
     /// An OS error while doing `op` on `path`; the reason is the OS error's
     /// text unless the error is one we can explain better.
     pub(crate) fn io(op: &'static str, path: Option<&Path>, err: io::Error) -> Self {
-        let kind = if err.kind() == io::ErrorKind::InvalidInput {
+        let kind = if is_invalid_path(&err) {
             ErrorKind::InvalidInput
         } else {
             ErrorKind::Io
@@ -234,14 +234,40 @@ impl Error {
     /// # }
     /// ```
     pub fn io_error(&self) -> Option<&io::Error> {
-        self.inner.source.as_deref().and_then(|s| s.downcast_ref())
+        let source = self.inner.source.as_deref()?;
+        if let Some(io) = source.downcast_ref::<io::Error>() {
+            return Some(io);
+        }
+        // An error that wraps another of this crate's (e.g. the first slot
+        // of a semaphore none of whose slots is usable).
+        source.downcast_ref::<Self>().and_then(Self::io_error)
     }
+}
+
+/// Whether an OS error says the path can never name a lock file: invalid
+/// input, a directory there, or a symbolic link (refused by `O_NOFOLLOW`
+/// with `ELOOP`). Retrying or fixing permissions would not help.
+fn is_invalid_path(err: &io::Error) -> bool {
+    if matches!(
+        err.kind(),
+        io::ErrorKind::InvalidInput | io::ErrorKind::IsADirectory
+    ) {
+        return true;
+    }
+    #[cfg(unix)]
+    if err.raw_os_error() == Some(libc::ELOOP) {
+        return true;
+    }
+    false
 }
 
 fn explain_io(err: &io::Error) -> Cow<'static, str> {
     #[cfg(unix)]
     if err.raw_os_error() == Some(libc::ELOOP) {
         return Cow::Borrowed("the path is a symbolic link, which is never followed");
+    }
+    if err.kind() == io::ErrorKind::IsADirectory {
+        return Cow::Borrowed("the path is a directory, not a file");
     }
     Cow::Owned(err.to_string())
 }

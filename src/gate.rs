@@ -75,6 +75,17 @@ pub(crate) struct Gate {
 pub(crate) struct Pass {
     guard: Option<PassGuard>,
     released: Arc<Notify>,
+    /// Whether a lock was granted under this pass: only then does giving
+    /// it back release anything worth waking waiters for. (A failed
+    /// attempt that woke them would wake its own sweep: a busy loop.)
+    granted: bool,
+}
+
+impl Pass {
+    /// Records that the lock was granted under this pass.
+    pub(crate) fn granted(&mut self) {
+        self.granted = true;
+    }
 }
 
 #[derive(Debug)]
@@ -86,7 +97,9 @@ enum PassGuard {
 impl Drop for Pass {
     fn drop(&mut self) {
         drop(self.guard.take());
-        self.released.notify_waiters();
+        if self.granted {
+            self.released.notify_waiters();
+        }
     }
 }
 
@@ -131,6 +144,7 @@ impl Gate {
         Pass {
             guard: Some(guard),
             released: self.released.clone(),
+            granted: false,
         }
     }
 

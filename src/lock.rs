@@ -224,6 +224,11 @@ impl Lock {
         &self.inner.path
     }
 
+    /// The configured timeout and `fail_when_locked`.
+    pub(crate) fn wait_options(&self) -> (Duration, bool) {
+        (self.inner.opts.timeout, self.inner.opts.fail_when_locked)
+    }
+
     /// Acquires the lock, waiting up to the configured timeout.
     ///
     /// The first attempt is made at once. While the lock is busy the
@@ -268,8 +273,8 @@ impl Lock {
     /// # Ok(()) }
     /// ```
     pub async fn acquire(&self) -> Result<LockGuard> {
-        let o = self.inner.opts;
-        self.acquire_with(o.timeout, o.fail_when_locked).await
+        let (timeout, fail_fast) = self.wait_options();
+        self.acquire_with(timeout, fail_fast).await
     }
 
     /// Makes exactly one attempt and never waits for a busy lock.
@@ -308,9 +313,20 @@ impl Lock {
         timeout: Duration,
         fail_fast: bool,
     ) -> Result<LockGuard> {
+        self.acquire_since(tokio::time::Instant::now(), timeout, fail_fast)
+            .await
+    }
+
+    /// As [`acquire_with`](Self::acquire_with), for a wait that started at
+    /// `start` (the deadline is `start + timeout`).
+    pub(crate) async fn acquire_since(
+        &self,
+        start: tokio::time::Instant,
+        timeout: Duration,
+        fail_fast: bool,
+    ) -> Result<LockGuard> {
         file_lock::check_path(OP_LOCK, &self.inner.path)?;
         let mode = self.inner.opts.mode()?;
-        let start = tokio::time::Instant::now();
         let deadline = deadline_after(start, timeout);
         let shared = mode == Mode::Shared;
         let gate = self
@@ -324,7 +340,7 @@ impl Lock {
             None if fail_fast => None,
             None => gate.pass(shared, deadline).await,
         };
-        let Some(pass) = pass else {
+        let Some(mut pass) = pass else {
             return Err(self.busy(timeout, fail_fast));
         };
         if !fail_fast {
@@ -334,6 +350,7 @@ impl Lock {
             .acquire_handle(mode, start, deadline, timeout, fail_fast)
             .await?;
         gate.note_grant();
+        pass.granted();
         Ok(LockGuard {
             file: Some(tokio::fs::File::from_std(file)),
             id,
@@ -413,7 +430,7 @@ impl Lock {
         }
     }
 
-    fn busy(&self, timeout: Duration, fail_fast: bool) -> Error {
+    pub(crate) fn busy(&self, timeout: Duration, fail_fast: bool) -> Error {
         let e = Error::already_locked(OP_LOCK, Some(&self.inner.path));
         if fail_fast || timeout.is_zero() {
             e
@@ -470,6 +487,16 @@ impl Lock {
     /// cached (then an attempt needs no open).
     pub(crate) fn idle_id(&self) -> Option<FileId> {
         self.inner.idle.lock().ok()?.as_ref().map(|h| h.id)
+    }
+
+    /// Opens the lock file and keeps the descriptor for the next attempt,
+    /// unless one is kept already; locks nothing.
+    pub(crate) async fn preopen(&self) -> Result<()> {
+        if self.idle_id().is_none() {
+            let handle = self.open().await?;
+            self.put_idle(handle);
+        }
+        Ok(())
     }
 
     fn take_idle(&self) -> Option<Handle> {

@@ -137,11 +137,25 @@ impl RLock {
         if let Some(g) = self.reenter() {
             return Ok(g);
         }
-        let _gate = self.inner.gate.lock().await;
+        // One clock for the whole call: time spent behind a concurrent
+        // first acquisition of this owner counts against the timeout.
+        let start = tokio::time::Instant::now();
+        let lock = &self.inner.lock;
+        let (timeout, fail_fast) = lock.wait_options();
+        let _gate = match self.inner.gate.try_lock() {
+            Ok(g) => g,
+            Err(_) => {
+                let deadline = crate::deadline::deadline_after(start, timeout);
+                match tokio::time::timeout_at(deadline, self.inner.gate.lock()).await {
+                    Ok(g) => g,
+                    Err(_) => return Err(lock.busy(timeout, fail_fast)),
+                }
+            }
+        };
         if let Some(g) = self.reenter() {
             return Ok(g);
         }
-        let guard = self.inner.lock.acquire().await?;
+        let guard = lock.acquire_since(start, timeout, fail_fast).await?;
         let mut state = self.inner.state();
         state.guard = Some(guard);
         state.count = 1;

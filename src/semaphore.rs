@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::stream::StreamExt;
 
 use crate::deadline::Schedule;
 use crate::error::{Error, Result};
@@ -37,8 +37,10 @@ const OP: &str = "failed to acquire semaphore";
 /// * Each [`acquire`](Self::acquire) returns its own [`SemaphorePermit`]; one
 ///   `BoundedSemaphore` value can hold several slots at once, like
 ///   `tokio::sync::Semaphore`.
-/// * Slots are raced instead of swept one by one, and waiters wake when a
-///   slot is released instead of at the next interval.
+/// * Slot files are opened concurrently instead of one by one (the lowest
+///   free slot still wins), unusable slots are skipped instead of failing
+///   the sweep, and waiters wake when a slot is released instead of at the
+///   next interval.
 /// * A name or pattern that would put slot files outside the directory
 ///   (`/`, `..`) is rejected, and at most [`MAX_SLOTS`] slots are allowed.
 ///
@@ -75,14 +77,18 @@ const OP: &str = "failed to acquire semaphore";
 ///
 /// # How a permit is found
 ///
-/// Slots whose file this semaphore already has open are tried first, in
-/// order, without leaving the task (a non-blocking `flock` never blocks).
-/// The remaining slots are then tried *concurrently*, as futures that each
-/// open their file on the blocking pool and try it: the first slot won
-/// wins, and every other attempt is cancelled at once (a cancelled attempt
-/// holds nothing). While every slot is busy the sweep repeats when a slot
-/// is released (woken by the same mechanism as [`Lock`]) or at the latest
-/// every `check_interval`.
+/// As in Python, the **lowest free slot** wins: a sweep tries the slots in
+/// ascending order. The slot files are opened concurrently, as futures on
+/// the blocking pool (up to 16 ahead of the slot being tried; a file this
+/// semaphore already has open is ready at once), but each non-blocking
+/// lock attempt is made only once every lower slot was found busy. A slot
+/// that cannot be used at all — a directory at its path, a file this user
+/// may not open — is skipped for the rest of the call, so the result does
+/// not depend on which open finished first; only when *no* slot is usable
+/// does `acquire` fail with that error, naming the slots. While every
+/// usable slot is busy the sweep repeats when a slot is released (woken by
+/// the same mechanism as [`Lock`]) or at the latest every
+/// `check_interval`.
 ///
 /// Releasing a permit closes its descriptor: on Linux that close is what
 /// wakes waiters in other processes at once.
@@ -233,7 +239,9 @@ impl BoundedSemaphore {
     ///
     /// [`is_already_locked()`](Error::is_already_locked) when every slot is
     /// still busy at the deadline (or after one sweep with
-    /// `fail_when_locked`); [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput)
+    /// `fail_when_locked`), naming any slots that were skipped as unusable;
+    /// the error of the first slot (its kind and source), naming the others,
+    /// when no slot is usable at all; [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput)
     /// for `maximum == 0`, more than [`MAX_SLOTS`] slots, an empty or
     /// invalid name or pattern; [`ErrorKind::Io`](crate::ErrorKind::Io) for
     /// OS errors such as a missing directory, returned at once.
@@ -248,16 +256,23 @@ impl BoundedSemaphore {
             warn_default_name();
         }
         let mut schedule = Schedule::new(c.timeout, c.check_interval);
+        // Slots that failed with anything but contention, skipped for the
+        // rest of this call.
+        let mut unusable: Vec<Option<Error>> =
+            std::iter::repeat_with(|| None).take(slots.len()).collect();
         // Registrations, kept alive while waiting.
         let mut watches: Option<Vec<Watch>> = None;
         let mut notifiers = Vec::new();
         loop {
             let armed = Armed::new(&notifiers);
-            if let Some(permit) = sweep(slots).await? {
+            if let Some(permit) = sweep(slots, &mut unusable).await {
                 return Ok(permit);
             }
+            if unusable.iter().all(Option::is_some) {
+                return Err(self.none_usable(&mut unusable));
+            }
             if c.fail_when_locked {
-                return Err(self.busy(false));
+                return Err(self.busy(false, &unusable));
             }
             if watches.is_none() {
                 // First busy sweep: register on every slot (releases in
@@ -274,53 +289,99 @@ impl BoundedSemaphore {
                 continue;
             }
             let Some(target) = schedule.next_attempt() else {
-                return Err(self.busy(true));
+                return Err(self.busy(true, &unusable));
             };
             armed.until(target).await;
         }
     }
 
-    fn busy(&self, waited: bool) -> Error {
+    fn busy(&self, waited: bool, unusable: &[Option<Error>]) -> Error {
         let c = &self.inner.config;
         let e = Error::new(crate::ErrorKind::AlreadyLocked, OP).with_path(&c.directory);
-        if waited && !c.timeout.is_zero() {
-            e.with_reason(format!(
-                "all {} slots of {:?} are held (waited {:?})",
-                c.maximum, c.name, c.timeout
-            ))
+        let held = unusable.iter().filter(|u| u.is_none()).count();
+        let mut reason = if held == c.maximum {
+            format!("all {} slots of {:?} are held", c.maximum, c.name)
         } else {
-            e.with_reason(format!("all {} slots of {:?} are held", c.maximum, c.name))
+            format!(
+                "every usable slot of {:?} is held ({held} of {}); {}",
+                c.name,
+                c.maximum,
+                describe_unusable(unusable)
+            )
+        };
+        if waited && !c.timeout.is_zero() {
+            reason.push_str(&format!(" (waited {:?})", c.timeout));
+        }
+        e.with_reason(reason)
+    }
+
+    /// No slot can be used at all: the error of the first, naming the rest.
+    fn none_usable(&self, unusable: &mut [Option<Error>]) -> Error {
+        let c = &self.inner.config;
+        let summary = describe_unusable(unusable);
+        let first = unusable.iter_mut().find_map(Option::take);
+        let kind = first.as_ref().map_or(crate::ErrorKind::Io, Error::kind);
+        let e = Error::new(kind, OP)
+            .with_path(&c.directory)
+            .with_reason(format!("no slot of {:?} is usable: {summary}", c.name));
+        match first {
+            Some(first) => e.with_source(first),
+            None => e,
         }
     }
 }
 
-/// One sweep: slots already open are tried in order on this task; the
-/// others race as futures, the first won wins and the rest are cancelled.
-async fn sweep(slots: &[Lock]) -> Result<Option<SemaphorePermit>> {
-    let mut to_open = Vec::new();
-    for (i, slot) in slots.iter().enumerate() {
-        if slot.idle_id().is_none() {
-            to_open.push(i);
-            continue;
-        }
-        match slot.try_acquire().await {
-            Ok(guard) => return Ok(Some(SemaphorePermit::new(i, guard))),
-            Err(e) if e.is_already_locked() => {}
-            Err(e) => return Err(e),
-        }
-    }
-    let mut race: FuturesUnordered<_> = to_open
-        .into_iter()
-        .map(|i| async move { (i, slots[i].try_acquire().await) })
+/// "slot 0: …; slot 3: …" for the first few unusable slots.
+fn describe_unusable(unusable: &[Option<Error>]) -> String {
+    const SHOWN: usize = 3;
+    let bad: Vec<String> = unusable
+        .iter()
+        .enumerate()
+        .filter_map(|(i, u)| u.as_ref().map(|e| format!("slot {i}: {e}")))
         .collect();
-    while let Some((i, r)) = race.next().await {
-        match r {
-            Ok(guard) => return Ok(Some(SemaphorePermit::new(i, guard))),
+    let mut out = bad
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if bad.len() > SHOWN {
+        out.push_str(&format!("; and {} more unusable slots", bad.len() - SHOWN));
+    }
+    out
+}
+
+/// How many slot files one sweep opens concurrently ahead of the slot it
+/// is trying: enough to hide the latency of the opens, few enough that a
+/// large semaphore does not flood the blocking pool.
+const OPEN_AHEAD: usize = 16;
+
+/// One sweep, lowest slot first, as Python sweeps: the slots' files are
+/// opened concurrently (up to [`OPEN_AHEAD`] at a time, on the blocking
+/// pool; already open ones are ready at once), but the non-blocking lock
+/// attempts are made in ascending slot order, so the lowest free slot is
+/// granted. A slot that fails with anything but contention (a directory
+/// there, a file this user may not open) is recorded in `unusable` and
+/// skipped.
+async fn sweep(slots: &[Lock], unusable: &mut [Option<Error>]) -> Option<SemaphorePermit> {
+    let todo: Vec<usize> = (0..slots.len())
+        .filter(|&i| unusable[i].is_none())
+        .collect();
+    let mut opened = futures_util::stream::iter(todo)
+        .map(|i| async move { (i, slots[i].preopen().await) })
+        .buffered(OPEN_AHEAD);
+    while let Some((i, opened)) = opened.next().await {
+        let attempt = match opened {
+            Ok(()) => slots[i].try_acquire().await,
+            Err(e) => Err(e),
+        };
+        match attempt {
+            Ok(guard) => return Some(SemaphorePermit::new(i, guard)),
             Err(e) if e.is_already_locked() => {}
-            Err(e) => return Err(e),
+            Err(e) => unusable[i] = Some(e),
         }
     }
-    Ok(None)
+    None
 }
 
 fn warn_default_name() {

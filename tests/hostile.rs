@@ -315,3 +315,75 @@ async fn bad_redis_inputs_are_typed_errors() {
         assert_eq!(e.kind(), ErrorKind::Redis, "{e}");
     }
 }
+
+/// A directory or a symlink at a lock path is `InvalidInput`, as the docs
+/// promise (like a FIFO), for every file primitive and for the pid file's
+/// sidecar; `open_atomic` refuses a destination that names a directory
+/// before it creates anything.
+#[tokio::test]
+async fn directories_and_symlinks_at_lock_paths_are_invalid_input() {
+    let v = Victim::new();
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("a-directory");
+    std::fs::create_dir(&dir).unwrap();
+    let link = d.path().join("a-symlink");
+    symlink(&v.path, &link);
+    for (what, path) in [("directory", &dir), ("symlink", &link)] {
+        let kinds = [
+            ("Lock", Lock::new(path).acquire().await.map(drop)),
+            (
+                "Lock shared",
+                Lock::new(path)
+                    .flags(LockFlags::SHARED)
+                    .acquire()
+                    .await
+                    .map(drop),
+            ),
+            ("RLock", RLock::new(path).acquire().await.map(drop)),
+            (
+                "TemporaryFileLock",
+                TemporaryFileLock::new(path).acquire().await.map(drop),
+            ),
+        ];
+        for (name, r) in kinds {
+            let e = r.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidInput, "{name} on a {what}: {e}");
+            assert!(e.to_string().contains(what), "{name}: {e}");
+        }
+    }
+    // The pid file path and the sidecar, each a symlink or a directory.
+    for (n, (pid_kind, sidecar_kind)) in [
+        ("file", "symlink"),
+        ("file", "directory"),
+        ("symlink", "file"),
+        ("directory", "file"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let pid = d.path().join(format!("p{n}.pid"));
+        let sidecar = d.path().join(format!("p{n}.pid.lock"));
+        for (kind, at) in [(pid_kind, &pid), (sidecar_kind, &sidecar)] {
+            match kind {
+                "symlink" => symlink(&v.path, at),
+                "directory" => std::fs::create_dir(at).unwrap(),
+                _ => {}
+            }
+        }
+        let e = PidFileLock::new(&pid).acquire().await.unwrap_err();
+        assert_eq!(
+            e.kind(),
+            ErrorKind::InvalidInput,
+            "pid {pid_kind}, sidecar {sidecar_kind}: {e}"
+        );
+    }
+    v.intact();
+    // A trailing separator names a directory: refused up front, no litter.
+    let before = std::fs::read_dir(d.path()).unwrap().count();
+    for bad in ["new/", "new/.", "new/.."] {
+        let e = open_atomic(d.path().join(bad)).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{bad}: {e}");
+    }
+    assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), before);
+    assert!(!d.path().join("new").exists(), "a directory was created");
+}

@@ -131,3 +131,34 @@ async fn cancelled_first_acquire_leaves_the_count_at_zero() {
     assert_eq!(r.count(), 1);
     drop(g);
 }
+
+/// Concurrent first acquirers of one owner share its deadline: each fails
+/// at about the timeout, not one timeout after the other (the owner's
+/// internal queue counts against the timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_acquirers_each_honour_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("held.lock");
+    let mut holder = support::Proc::role("child_entry", "hold", &[path.to_str().unwrap()]);
+    holder.expect("LOCKED");
+    let timeout = Duration::from_millis(300);
+    let rlock = RLock::new(&path).timeout(timeout);
+    let start = std::time::Instant::now();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let r = rlock.clone();
+            tokio::spawn(async move { (r.acquire().await.map(drop), std::time::Instant::now()) })
+        })
+        .collect();
+    for t in tasks {
+        let (r, end) = t.await.unwrap();
+        let err = r.unwrap_err();
+        assert!(err.is_already_locked(), "{err}");
+        // Serialised, the 8th would fail after 8 × 300 ms; a generous
+        // bound for a busy machine still tells the two apart.
+        let took = end - start;
+        assert!(took < timeout * 4, "a first acquirer failed after {took:?}");
+    }
+    assert_eq!(rlock.count(), 0);
+    holder.finish();
+}

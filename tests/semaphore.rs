@@ -3,6 +3,7 @@
 mod support;
 
 use std::collections::HashSet;
+use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -336,4 +337,100 @@ async fn a_python_holder_takes_a_slot_rust_gets_the_other() {
         .is_already_locked());
     drop(p);
     py.finish();
+}
+
+/// Python sweeps slots in ascending order; so does this crate: an empty
+/// semaphore always hands out slot 0, then 1, … (fresh values, so no slot
+/// file is open yet and every open races).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lowest_free_slot_wins() {
+    let d = tempfile::tempdir().unwrap();
+    for round in 0..30 {
+        let sem = BoundedSemaphore::new(8)
+            .name(format!("low{round}"))
+            .directory(d.path());
+        let mut held = Vec::new();
+        for want in 0..8 {
+            let permit = BoundedSemaphore::new(8)
+                .name(format!("low{round}"))
+                .directory(d.path())
+                .acquire()
+                .await
+                .unwrap();
+            assert_eq!(permit.slot(), want, "round {round}");
+            held.push(permit);
+        }
+        // Freeing a middle slot makes it the lowest free one again.
+        drop(held.remove(3));
+        assert_eq!(sem.acquire().await.unwrap().slot(), 3, "round {round}");
+    }
+}
+
+/// Slots that cannot be used are skipped, deterministically, while
+/// another slot is free; only when none is usable does acquire fail, with
+/// the first slot's error and the others named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_slots_are_skipped_while_another_is_free() {
+    let d = tempfile::tempdir().unwrap();
+    for n in 0..7 {
+        std::fs::create_dir(d.path().join(format!("skip.{n:02}.lock"))).unwrap();
+    }
+    for round in 0..30 {
+        let sem = BoundedSemaphore::new(8).name("skip").directory(d.path());
+        let permit = sem
+            .acquire()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(permit.slot(), 7);
+        // The only usable slot held: busy, and the message says why the
+        // other seven do not count.
+        let err = sem
+            .clone()
+            .timeout(Duration::from_millis(20))
+            .acquire()
+            .await
+            .unwrap_err();
+        assert!(err.is_already_locked(), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("every usable slot of \"skip\" is held (1 of 8)"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("slot 0:") && msg.contains("4 more unusable"),
+            "{msg}"
+        );
+    }
+    let sem = BoundedSemaphore::new(7).name("skip").directory(d.path());
+    let err = sem.acquire().await.unwrap_err();
+    assert_eq!(err.kind(), portalocker::ErrorKind::InvalidInput, "{err}");
+    assert!(
+        err.to_string().contains("no slot of \"skip\" is usable"),
+        "{err}"
+    );
+}
+
+/// A slot file left by another user at 0644 cannot be opened for writing
+/// by this user: it is skipped, and the next slot is used.
+#[test]
+fn another_users_slot_file_is_skipped() {
+    assert!(
+        support::is_root(),
+        "this test creates a slot file owned by root and runs a process as nobody: run it as root"
+    );
+    let d = tempfile::tempdir().unwrap();
+    let slots = d.path().join("slots");
+    std::fs::create_dir(&slots).unwrap();
+    std::fs::set_permissions(&slots, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let root_file = slots.join("other.00.lock");
+    std::fs::write(&root_file, b"").unwrap();
+    std::fs::set_permissions(&root_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut child = Proc::role_as_nobody(
+        d.path(),
+        "child_entry",
+        "sem-hold",
+        &["other", slots.to_str().unwrap(), "2"],
+    );
+    assert_eq!(child.expect("LOCKED"), "1");
+    child.finish();
 }

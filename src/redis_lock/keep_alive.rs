@@ -204,10 +204,14 @@ async fn run(shared: Arc<Shared>, pubsub: PubSub, s: Settings) {
     let mut cmd = s.cmd.clone();
     let every = s.unavailable.max(Duration::from_millis(100));
     let start = tokio::time::Instant::now();
-    let mut ping_tick = tokio::time::interval_at(start + every, every);
+    let mut ping_tick =
+        tokio::time::interval_at(crate::deadline::deadline_after(start, every), every);
     ping_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let check_every = s.self_check.unwrap_or(Duration::from_secs(3600));
-    let mut check_tick = tokio::time::interval_at(start + check_every, check_every);
+    let mut check_tick = tokio::time::interval_at(
+        crate::deadline::deadline_after(start, check_every),
+        check_every,
+    );
     check_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // At most one server ping and one self-check in flight; both run
     // beside the read loop so that answering pings never stalls.

@@ -590,7 +590,7 @@ impl Attempt<'_> {
             .publish(&cfg.channel, protocol::ping(&response))
             .await
             .map_err(AttemptError::classify)?;
-        let deadline = Instant::now() + budget;
+        let deadline = crate::deadline::deadline_after(Instant::now(), budget);
         let mut replies = Replies::default();
         loop {
             let mut wait = poll;
@@ -837,9 +837,7 @@ impl RedisSchedule {
         let interval = if interval.is_zero() { POLL } else { interval };
         let now = Instant::now();
         Self {
-            deadline: now
-                .checked_add(timeout)
-                .unwrap_or(now + Duration::from_secs(86400 * 365)),
+            deadline: crate::deadline::deadline_after(now, timeout),
             interval,
             first: true,
         }
@@ -890,9 +888,7 @@ impl RedisSchedule {
                 {
                     Ok(Ok(0)) => {
                         // Spread the waiters that all saw the channel free.
-                        let unit =
-                            (crate::deadline::random_u64() >> 11) as f64 / (1u64 << 53) as f64;
-                        let spread = step.mul_f64(unit);
+                        let spread = crate::deadline::scale(step, crate::deadline::unit());
                         tokio::time::sleep_until((Instant::now() + spread).min(until)).await;
                         break;
                     }
@@ -913,8 +909,8 @@ impl RedisSchedule {
         if left.is_zero() {
             return Pause::Done;
         }
-        let unit = (crate::deadline::random_u64() >> 11) as f64 / (1u64 << 53) as f64;
-        Pause::Sleep(Instant::now() + self.interval.mul_f64(0.5 + unit).min(left))
+        let pause = crate::deadline::scale(self.interval, 0.5 + crate::deadline::unit());
+        Pause::Sleep(Instant::now() + pause.min(left))
     }
 }
 
