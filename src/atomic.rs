@@ -491,7 +491,7 @@ fn create(dest: &Path, opts: &AtomicOptions) -> io::Result<(File, Temp)> {
     }
     let dir = parent(dest)?;
     std::fs::create_dir_all(dir)?;
-    if let Some(file) = sys::create_unnamed(dir)? {
+    if let Some(file) = sys::create_unnamed(dir, FILE_MODE)? {
         return Ok((file, Temp::Unnamed));
     }
     let (path, file) = create_named(dir)?;
@@ -606,7 +606,7 @@ fn publish(
 }
 
 #[cfg(unix)]
-mod sys {
+pub(crate) mod sys {
     use std::fs::{File, OpenOptions};
     use std::io;
     use std::os::fd::AsRawFd;
@@ -650,13 +650,13 @@ mod sys {
     /// An unnamed temporary file in `dir`, or `None` where `O_TMPFILE`
     /// (or `/proc`, needed to give it a name) is unavailable.
     #[cfg(target_os = "linux")]
-    pub(super) fn create_unnamed(dir: &Path) -> io::Result<Option<File>> {
+    pub(crate) fn create_unnamed(dir: &Path, mode: u32) -> io::Result<Option<File>> {
         use rustix::fs::{Mode, OFlags, CWD};
         if !Path::new("/proc/self/fd").is_dir() {
             return Ok(None);
         }
         let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
-        match rustix::fs::openat(CWD, dir, flags, Mode::from_raw_mode(FILE_MODE)) {
+        match rustix::fs::openat(CWD, dir, flags, Mode::from_raw_mode(mode)) {
             Ok(fd) => Ok(Some(File::from(fd))),
             Err(e) => {
                 let e = io::Error::from(e);
@@ -670,8 +670,28 @@ mod sys {
     }
 
     #[cfg(not(target_os = "linux"))]
-    pub(super) fn create_unnamed(_dir: &Path) -> io::Result<Option<File>> {
+    pub(crate) fn create_unnamed(_dir: &Path, _mode: u32) -> io::Result<Option<File>> {
         Ok(None)
+    }
+
+    /// Gives an unnamed file (from [`create_unnamed`]) the name `to`;
+    /// `AlreadyExists` if something is there.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn link_unnamed(file: &File, to: &Path) -> io::Result<()> {
+        let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+        rustix::fs::linkat(
+            rustix::fs::CWD,
+            proc_path.as_str(),
+            rustix::fs::CWD,
+            to,
+            rustix::fs::AtFlags::SYMLINK_FOLLOW,
+        )
+        .map_err(io::Error::from)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(crate) fn link_unnamed(_file: &File, _to: &Path) -> io::Result<()> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
     }
 
     /// Gives the unnamed file its name: `linkat` refuses an existing
@@ -683,17 +703,7 @@ mod sys {
         dest: &Path,
         replace: bool,
     ) -> Result<(), PublishError> {
-        let link_to = |to: &Path| -> io::Result<()> {
-            let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
-            rustix::fs::linkat(
-                rustix::fs::CWD,
-                proc_path.as_str(),
-                rustix::fs::CWD,
-                to,
-                rustix::fs::AtFlags::SYMLINK_FOLLOW,
-            )
-            .map_err(io::Error::from)
-        };
+        let link_to = |to: &Path| link_unnamed(file, to);
         let dir = dest.parent().unwrap_or(Path::new("/"));
         // Keeps the complete payload under a new name in `dir`.
         let preserve = || -> Option<std::path::PathBuf> {

@@ -140,8 +140,7 @@ impl Error {
 
     /// Contention: `op` on `path` failed because another holder has it.
     pub(crate) fn already_locked(op: &'static str, path: Option<&Path>) -> Self {
-        let e = Self::new(ErrorKind::AlreadyLocked, op)
-            .with_reason("already locked by another process");
+        let e = Self::new(ErrorKind::AlreadyLocked, op).with_reason("already locked");
         match path {
             Some(p) => e.with_path(p),
             None => e,
@@ -334,12 +333,12 @@ mod tests {
         let e = Error::already_locked("failed to lock", Some(Path::new("/run/app.lock")));
         assert_eq!(
             e.to_string(),
-            "failed to lock \"/run/app.lock\": already locked by another process"
+            "failed to lock \"/run/app.lock\": already locked"
         );
         let e = e.with_holder_pid(Some(42));
         assert_eq!(
             e.to_string(),
-            "failed to lock \"/run/app.lock\": already locked by another process (holder pid 42)"
+            "failed to lock \"/run/app.lock\": already locked (holder pid 42)"
         );
         assert_eq!(e.holder_pid(), Some(42));
     }

@@ -77,7 +77,8 @@ pub fn lock(file: &File, flags: LockFlags) -> Result<()> {
             non_blocking: true,
         } => match try_lock(file, mode) {
             Ok(true) => Ok(()),
-            Ok(false) => Err(Error::already_locked("failed to lock file", None)),
+            Ok(false) => Err(Error::already_locked("failed to lock file", None)
+                .with_reason("already locked through another open file description")),
             Err(e) => Err(Error::io("failed to lock file", None, e)),
         },
         Operation::Lock {
@@ -130,6 +131,10 @@ pub(crate) enum OpenMode {
     /// Read + write without `O_APPEND`; the caller truncates once locked
     /// (Python's `'w'`, rewritten to `'a'` and truncated after locking).
     Write,
+    /// Read-only when the file exists (a shared lock needs no write
+    /// access, so it works on a read-only mount or another user's 0644
+    /// file); created as with `Append` when it does not.
+    Read,
 }
 
 /// Permission bits of created lock files, before the umask: never
@@ -193,14 +198,23 @@ impl FileId {
 /// is a regular file. The descriptor is close-on-exec (std always sets
 /// `O_CLOEXEC`).
 pub(crate) fn open_lock_file(path: &Path, mode: OpenMode) -> io::Result<Handle> {
-    let mut o = OpenOptions::new();
-    o.read(true).create(true);
-    match mode {
-        OpenMode::Append => o.append(true),
-        OpenMode::Write => o.write(true),
+    let open = |mode: OpenMode| {
+        let mut o = OpenOptions::new();
+        o.read(true);
+        match mode {
+            OpenMode::Append => o.append(true).create(true),
+            OpenMode::Write => o.write(true).create(true),
+            OpenMode::Read => &mut o,
+        };
+        sys::harden(&mut o, LOCK_FILE_MODE);
+        o.open(path)
     };
-    sys::harden(&mut o, LOCK_FILE_MODE);
-    let file = o.open(path)?;
+    let file = match open(mode) {
+        Err(e) if mode == OpenMode::Read && e.kind() == io::ErrorKind::NotFound => {
+            open(OpenMode::Append)?
+        }
+        r => r?,
+    };
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(io::Error::new(

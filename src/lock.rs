@@ -61,6 +61,8 @@ impl Options {
     fn open_mode(&self) -> OpenMode {
         if self.truncate {
             OpenMode::Write
+        } else if matches!(self.mode(), Ok(Mode::Shared)) {
+            OpenMode::Read
         } else {
             OpenMode::Append
         }
@@ -208,6 +210,13 @@ impl Lock {
     /// [`LockFlags::SHARED`] or [`LockFlags::EXCLUSIVE`] (the default);
     /// `NON_BLOCKING` is implied and may be included. Any other set makes
     /// `acquire` fail with [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput).
+    ///
+    /// A shared lock needs only read access: an existing lock file is
+    /// opened **read-only** (so readers can share a lock on a read-only
+    /// mount or on another user's `0o644` file, as `flock(LOCK_SH)`
+    /// allows), and the guard's file then refuses writes. A missing file is
+    /// created as for an exclusive lock. With [`truncate`](Self::truncate)
+    /// the file is opened for writing whatever the mode.
     pub fn flags(self, flags: LockFlags) -> Self {
         self.map(|o| o.flags = flags)
     }
@@ -258,7 +267,11 @@ impl Lock {
     /// # Panics
     ///
     /// Panics when called outside a Tokio runtime, as
-    /// [`spawn_blocking`](tokio::task::spawn_blocking) does.
+    /// [`spawn_blocking`](tokio::task::spawn_blocking) does, and when it has
+    /// to *wait* — the lock is busy and the timeout is not zero — on a
+    /// runtime built without the time driver (`enable_time`), as
+    /// [`tokio::time::sleep`] does. An uncontended acquisition, or one with
+    /// a zero timeout, needs no timer.
     ///
     /// # Examples
     ///
@@ -341,7 +354,7 @@ impl Lock {
             None => gate.pass(shared, deadline).await,
         };
         let Some(mut pass) = pass else {
-            return Err(self.busy(timeout, fail_fast));
+            return Err(self.busy(timeout, fail_fast, true));
         };
         if !fail_fast {
             gate.wait_handoff(deadline).await;
@@ -401,7 +414,7 @@ impl Lock {
                 return self.prepare(handle);
             } else if fail_fast {
                 self.put_idle(handle);
-                return Err(self.busy(timeout, fail_fast));
+                return Err(self.busy(timeout, fail_fast, false));
             } else if watch.as_ref().map(Watch::id) != Some(handle.id) {
                 // First contention on this file: register, announce
                 // ourselves to the holder, then try once more at once so a
@@ -423,21 +436,27 @@ impl Lock {
                 if let Some(h) = current.take() {
                     self.put_idle(h);
                 }
-                return Err(self.busy(timeout, fail_fast));
+                return Err(self.busy(timeout, fail_fast, false));
             };
             armed.until(target).await;
             stale = 0;
         }
     }
 
-    pub(crate) fn busy(&self, timeout: Duration, fail_fast: bool) -> Error {
+    /// The contention error. `here`: the holder (or the queue ahead) is in
+    /// this process — another owner of the in-process gate — so the message
+    /// never blames another process for it.
+    pub(crate) fn busy(&self, timeout: Duration, fail_fast: bool, here: bool) -> Error {
+        let who = if here {
+            "already locked by another owner in this process"
+        } else {
+            "already locked by another process"
+        };
         let e = Error::already_locked(OP_LOCK, Some(&self.inner.path));
         if fail_fast || timeout.is_zero() {
-            e
+            e.with_reason(who)
         } else {
-            e.with_reason(format!(
-                "already locked by another process (waited {timeout:?})"
-            ))
+            e.with_reason(format!("{who} (waited {timeout:?})"))
         }
     }
 

@@ -146,8 +146,19 @@ impl PidFileLock {
     /// empty path, a NUL byte, or a symlink or non-file at the pid path;
     /// [`ErrorKind::Io`](crate::ErrorKind::Io) for other OS errors. On any
     /// error nothing is left locked.
+    ///
+    /// # Panics
+    ///
+    /// As [`Lock::acquire`](crate::Lock::acquire): outside a Tokio runtime, and when it has to wait
+    /// on a runtime without the time driver (`enable_time`).
     pub async fn acquire(&self) -> Result<PidFileLockGuard> {
         crate::file_lock::check_path("failed to lock", &self.pid_path)?;
+        // A publication of this process may still run on the blocking pool
+        // (or roll back, its acquire cancelled) and hold the sidecar: wait
+        // for it, so it is never mistaken for a holder. It ends on its own:
+        // a write and a rename, or two unlinks.
+        let flight = in_flight(&self.pid_path);
+        drop(flight.lock().await);
         let guard = match self.sidecar.acquire().await {
             Ok(g) => g,
             Err(e) if e.is_already_locked() => {
@@ -163,16 +174,23 @@ impl PidFileLock {
         // The guard travels through the blocking task: if this future is
         // dropped meanwhile, the task's output (the guard) is dropped when
         // it finishes, which removes both files and unlocks.
+        // Taken while holding the sidecar, so no other publication of this
+        // process can be in flight: at most a finished one whose token is
+        // being dropped.
+        let token = flight.lock_owned().await;
         let joined = tokio::task::spawn_blocking(move || {
+            remove_stale_temporaries(&held.pid_path);
             let r = publish_pid(&held.pid_path, std::process::id());
             if r.is_ok() {
                 let p = held.pid_path.clone();
                 held.inner.set_companion(p);
             }
-            (held, r)
+            // Dropped in this order if the acquire was cancelled: the
+            // rollback (held) first, then the in-flight token.
+            (held, r, token)
         })
         .await;
-        let (held, r) = joined.map_err(|e| {
+        let (held, r, _token) = joined.map_err(|e| {
             Error::io(
                 "failed to publish pid",
                 Some(&self.pid_path),
@@ -266,23 +284,63 @@ fn publish_pid(path: &Path, pid: u32) -> io::Result<()> {
         }
         _ => {}
     }
-    let (tmp, mut file) = create_temp_beside(path, pid)?;
-    let written = (|| {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let write = |file: &mut std::fs::File| -> io::Result<()> {
         file.write_all(pid.to_string().as_bytes())?;
         match file.sync_all() {
-            Err(e) if is_fsync_unsupported(&e) => {}
-            other => other?,
+            Err(e) if is_fsync_unsupported(&e) => Ok(()),
+            other => other,
         }
-        drop(file);
-        std::fs::rename(&tmp, path)
-    })();
+    };
+    // Where the OS has unnamed files, the content is written before the
+    // file has a name: a holder killed mid-write leaves nothing behind, and
+    // one killed between the link and the rename leaves a temporary that
+    // the next holder removes.
+    if let Some(mut file) = crate::atomic::sys::create_unnamed(dir, PID_FILE_MODE)? {
+        write(&mut file)?;
+        let tmp = temp_name_beside(path, pid, |tmp| {
+            crate::atomic::sys::link_unnamed(&file, tmp)
+        })?;
+        let renamed = std::fs::rename(&tmp, path);
+        if renamed.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        return renamed;
+    }
+    let mut file = None;
+    let tmp = temp_name_beside(path, pid, |tmp| {
+        let mut o = OpenOptions::new();
+        o.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            o.mode(PID_FILE_MODE).custom_flags(libc::O_NOFOLLOW);
+        }
+        file = Some(o.open(tmp)?);
+        Ok(())
+    })?;
+    let written = file
+        .as_mut()
+        .map_or(Ok(()), write)
+        .and_then(|()| std::fs::rename(&tmp, path));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     written
 }
 
-fn create_temp_beside(path: &Path, pid: u32) -> io::Result<(PathBuf, std::fs::File)> {
+/// Permission bits of a pid file before the umask: readable by all (it is
+/// public information), writable by the owner only.
+const PID_FILE_MODE: u32 = 0o644;
+
+/// Calls `create` with fresh temporary names `<pid file name>.<pid>.<16
+/// hex>.tmp` beside `path` until one is free (`create` says
+/// `AlreadyExists` for a taken one); returns the name used.
+fn temp_name_beside(
+    path: &Path,
+    pid: u32,
+    mut create: impl FnMut(&Path) -> io::Result<()>,
+) -> io::Result<PathBuf> {
     let name = path.file_name().ok_or_else(|| {
         io::Error::new(io::ErrorKind::InvalidInput, "the pid path has no file name")
     })?;
@@ -291,20 +349,74 @@ fn create_temp_beside(path: &Path, pid: u32) -> io::Result<(PathBuf, std::fs::Fi
         let mut tmp_name = name.to_os_string();
         tmp_name.push(format!(".{pid}.{:016x}.tmp", crate::deadline::random_u64()));
         let tmp = path.with_file_name(tmp_name);
-        let mut o = OpenOptions::new();
-        o.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            o.mode(0o644).custom_flags(libc::O_NOFOLLOW);
-        }
-        match o.open(&tmp) {
-            Ok(f) => return Ok((tmp, f)),
+        match create(&tmp) {
+            Ok(()) => return Ok(tmp),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
             Err(e) => return Err(e),
         }
     }
     Err(last.unwrap_or_else(|| io::Error::other("no free temporary name")))
+}
+
+/// Whether `file` is a temporary name [`temp_name_beside`] makes for the
+/// pid file `pid_name`: `<pid_name>.<decimal pid>.<16 hex>.tmp`.
+fn is_temp_name(pid_name: &[u8], file: &[u8]) -> bool {
+    let Some(rest) = file
+        .strip_prefix(pid_name)
+        .and_then(|r| r.strip_prefix(b"."))
+        .and_then(|r| r.strip_suffix(b".tmp"))
+    else {
+        return false;
+    };
+    let Some(dot) = rest.iter().position(|&b| b == b'.') else {
+        return false;
+    };
+    let (pid, hex) = (&rest[..dot], &rest[dot + 1..]);
+    !pid.is_empty()
+        && pid.len() <= 10
+        && pid.iter().all(u8::is_ascii_digit)
+        && hex.len() == 16
+        && hex.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Removes the temporaries earlier holders left beside the pid file when
+/// they died mid-publication. Only a holder of the sidecar lock publishes,
+/// so while we hold it no such file can be in use. Best effort.
+fn remove_stale_temporaries(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let name = name.as_encoded_bytes();
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        if is_temp_name(name, file.as_encoded_bytes())
+            && entry.file_type().is_ok_and(|t| t.is_file())
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// This process's publications in flight, per pid path (see `acquire`).
+fn in_flight(path: &Path) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+    type Map = HashMap<PathBuf, Weak<tokio::sync::Mutex<()>>>;
+    static MAP: OnceLock<Mutex<Map>> = OnceLock::new();
+    let mut map = MAP
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some(m) = map.get(path).and_then(Weak::upgrade) {
+        return m;
+    }
+    map.retain(|_, w| w.strong_count() > 0);
+    let m = Arc::new(tokio::sync::Mutex::new(()));
+    map.insert(path.to_path_buf(), Arc::downgrade(&m));
+    m
 }
 
 fn is_fsync_unsupported(e: &io::Error) -> bool {
@@ -356,7 +468,34 @@ pub(crate) fn parse_pid(raw: &[u8]) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_pid;
+    use super::{is_temp_name, parse_pid};
+
+    #[test]
+    fn only_our_temporary_names_are_stale_temporaries() {
+        let yes: &[&[u8]] = &[
+            b"d.pid.42.0123456789abcdef.tmp",
+            b"d.pid.4294967295.ffffffffffffffff.tmp",
+        ];
+        let no: &[&[u8]] = &[
+            b"d.pid",
+            b"d.pid.lock",
+            b"d.pid.42.0123456789abcdef",
+            b"d.pid.42.0123456789ABCDEF.tmp",
+            b"d.pid.42.0123456789abcde.tmp",
+            b"d.pid..0123456789abcdef.tmp",
+            b"d.pid.4x.0123456789abcdef.tmp",
+            b"d.pid.12345678901.0123456789abcdef.tmp",
+            b"e.pid.42.0123456789abcdef.tmp",
+            b"xd.pid.42.0123456789abcdef.tmp",
+            b".portalocker.0123456789abcdef.tmp",
+        ];
+        for f in yes {
+            assert!(is_temp_name(b"d.pid", f), "{}", String::from_utf8_lossy(f));
+        }
+        for f in no {
+            assert!(!is_temp_name(b"d.pid", f), "{}", String::from_utf8_lossy(f));
+        }
+    }
 
     #[test]
     fn strict_pid_parsing() {

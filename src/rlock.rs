@@ -133,6 +133,11 @@ impl RLock {
     /// # Errors
     ///
     /// As [`Lock::acquire`], for the first acquisition only.
+    ///
+    /// # Panics
+    ///
+    /// As [`Lock::acquire`](crate::Lock::acquire): outside a Tokio runtime, and when it has to wait
+    /// on a runtime without the time driver (`enable_time`).
     pub async fn acquire(&self) -> Result<RLockGuard> {
         if let Some(g) = self.reenter() {
             return Ok(g);
@@ -148,7 +153,8 @@ impl RLock {
                 let deadline = crate::deadline::deadline_after(start, timeout);
                 match tokio::time::timeout_at(deadline, self.inner.gate.lock()).await {
                     Ok(g) => g,
-                    Err(_) => return Err(lock.busy(timeout, fail_fast)),
+                    // Another first acquisition of this owner is still waiting.
+                    Err(_) => return Err(lock.busy(timeout, fail_fast, true)),
                 }
             }
         };

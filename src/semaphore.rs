@@ -248,7 +248,12 @@ impl BoundedSemaphore {
     ///
     /// # Panics
     ///
-    /// Panics when called outside a Tokio runtime.
+    /// Panics when called outside a Tokio runtime, as
+    /// [`spawn_blocking`](tokio::task::spawn_blocking) does, and when it has
+    /// to *wait* — every slot is busy and the timeout is not zero — on a
+    /// runtime built without the time driver (`enable_time`), as
+    /// [`tokio::time::sleep`] does. An uncontended acquisition, or one with
+    /// a zero timeout, needs no timer.
     pub async fn acquire(&self) -> Result<SemaphorePermit> {
         let slots = self.slots()?;
         let c = &self.inner.config;
@@ -661,6 +666,10 @@ impl NamedBoundedSemaphore {
     /// This method is cancel safe, as [`BoundedSemaphore::acquire`].
     ///
     /// # Errors
+    ///
+    /// As [`BoundedSemaphore::acquire`].
+    ///
+    /// # Panics
     ///
     /// As [`BoundedSemaphore::acquire`].
     pub async fn acquire(&self) -> Result<SemaphorePermit> {

@@ -119,6 +119,11 @@ impl TemporaryFileLock {
     /// # Errors
     ///
     /// As [`Lock::acquire`].
+    ///
+    /// # Panics
+    ///
+    /// As [`Lock::acquire`](crate::Lock::acquire): outside a Tokio runtime, and when it has to wait
+    /// on a runtime without the time driver (`enable_time`).
     pub async fn acquire(&self) -> Result<TemporaryFileLockGuard> {
         let guard = self.lock.acquire().await?;
         Ok(TemporaryFileLockGuard {

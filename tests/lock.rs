@@ -46,7 +46,7 @@ async fn acquire_creates_the_file_and_drop_releases() {
     assert_eq!(err.path(), Some(path.as_path()));
     assert_eq!(
         err.to_string(),
-        format!("failed to lock {path:?}: already locked by another process")
+        format!("failed to lock {path:?}: already locked by another owner in this process")
     );
     drop(guard);
     lock.try_acquire().await.unwrap().release().await.unwrap();
@@ -152,7 +152,9 @@ async fn directory_at_the_path_fails_at_once() {
         .acquire()
         .await
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+    // Documented as InvalidInput (a path that can never be a lock file);
+    // the OS error stays reachable.
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
     assert_eq!(
         err.io_error().unwrap().kind(),
         std::io::ErrorKind::IsADirectory
@@ -330,7 +332,7 @@ async fn symlink_at_the_path_is_refused_and_target_untouched() {
     let link = d.path().join("evil.lock");
     std::os::unix::fs::symlink(&target, &link).unwrap();
     let err = Lock::new(&link).truncate(true).acquire().await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Io);
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
     assert!(err.to_string().contains("symbolic link"), "{err}");
     assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
     // A dangling symlink is not followed to create its target either.
@@ -547,4 +549,61 @@ fn open_count(path: &std::path::Path) -> usize {
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
         .filter(|t| t == path)
         .count()
+}
+
+/// `flock(LOCK_SH)` needs only a read-only descriptor: a shared lock on
+/// another user's 0644 file works for a user who may only read it, and it
+/// still excludes an exclusive holder.
+#[test]
+fn a_shared_lock_needs_only_read_access() {
+    assert!(
+        support::is_root(),
+        "this test runs a process as nobody against a root-owned file: run it as root"
+    );
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("readers.lock");
+    std::fs::write(&path, b"").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut reader = Proc::role_as_nobody(
+        d.path(),
+        "child_entry",
+        "hold",
+        &[path.to_str().unwrap(), "sh"],
+    );
+    reader.expect("LOCKED");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let err = Lock::new(&path).try_acquire().await.unwrap_err();
+        assert!(err.is_already_locked(), "{err}");
+        let shared = Lock::new(&path).flags(LockFlags::SHARED);
+        drop(shared.try_acquire().await.unwrap());
+    });
+    reader.finish();
+}
+
+/// On a read-only mount a shared lock works; an exclusive one reports the
+/// mount's error.
+#[tokio::test]
+async fn a_shared_lock_works_on_a_read_only_mount() {
+    let fs = support::SmallFs::mount("1m");
+    let path = fs.path().join("ro.lock");
+    std::fs::write(&path, b"").unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(fs.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let guard = Lock::new(&path)
+        .flags(LockFlags::SHARED)
+        .acquire()
+        .await
+        .unwrap();
+    guard.release().await.unwrap();
+    let err = Lock::new(&path).try_acquire().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+    assert_eq!(
+        err.io_error().map(std::io::Error::kind),
+        Some(std::io::ErrorKind::ReadOnlyFilesystem)
+    );
 }

@@ -212,7 +212,17 @@ async fn cancelled_acquires_roll_back_completely() {
         let budget = Duration::from_micros(i % 150);
         match tokio::time::timeout(budget, lock.acquire()).await {
             Ok(g) => drop(g.unwrap()),
-            Err(_) => cancelled += 1,
+            Err(_) => {
+                cancelled += 1;
+                // A retry at once waits for the rollback still running on
+                // the blocking pool: never "already locked" by ourselves.
+                let g = lock
+                    .acquire()
+                    .await
+                    .unwrap_or_else(|e| panic!("iteration {i}: retry after a cancel: {e}"));
+                assert_eq!(lock.read_pid().await, Some(std::process::id()));
+                g.release().await.unwrap();
+            }
         }
         // A publication that was in flight finishes on the blocking pool
         // and is then rolled back: both files go and the lock is freed.
@@ -225,4 +235,59 @@ async fn cancelled_acquires_roll_back_completely() {
         assert!(clean, "iteration {i}: left the pid file or the lock behind");
     }
     assert!(cancelled > 0);
+}
+
+/// A holder killed mid-publication leaves `<pid>.<n>.<hex>.tmp` behind; the
+/// next holder removes such files (and only such files).
+#[tokio::test]
+async fn stale_temporaries_of_killed_holders_are_removed() {
+    let d = tempfile::tempdir().unwrap();
+    let pid = d.path().join("daemon.pid");
+    let stale = [
+        "daemon.pid.4242.0123456789abcdef.tmp",
+        "daemon.pid.7.fedcba9876543210.tmp",
+    ];
+    let keep = [
+        "daemon.pid.notes",
+        "other.pid.4242.0123456789abcdef.tmp",
+        ".portalocker.0123456789abcdef.tmp",
+    ];
+    for f in stale.iter().chain(&keep) {
+        std::fs::write(d.path().join(f), b"123").unwrap();
+    }
+    let guard = PidFileLock::new(&pid).acquire().await.unwrap();
+    let mut left: Vec<String> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    let mut want: Vec<String> = keep.iter().map(|s| s.to_string()).collect();
+    want.extend(["daemon.pid".to_string(), "daemon.pid.lock".to_string()]);
+    want.sort();
+    assert_eq!(left, want);
+    guard.release().await.unwrap();
+}
+
+/// SIGKILLed holders in the middle of acquire/release loops leave no
+/// temporary files behind once the lock is taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_publishers_leave_no_temporaries() {
+    let d = tempfile::tempdir().unwrap();
+    let pid = d.path().join("loop.pid");
+    for _ in 0..40 {
+        let mut a = Proc::role("child_entry", "pid-loop", &[pid.to_str().unwrap()]);
+        let mut b = Proc::role("child_entry", "pid-loop", &[pid.to_str().unwrap()]);
+        a.expect("LOOPING");
+        b.expect("LOOPING");
+        a.kill();
+        b.kill();
+    }
+    let guard = PidFileLock::new(&pid).acquire().await.unwrap();
+    let litter: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(litter.is_empty(), "{litter:?}");
+    guard.release().await.unwrap();
 }

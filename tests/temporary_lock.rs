@@ -153,7 +153,7 @@ async fn bad_paths_are_typed_errors() {
     for (p, kind) in [
         (std::path::PathBuf::from(""), ErrorKind::InvalidInput),
         (std::path::PathBuf::from("a\0b"), ErrorKind::InvalidInput),
-        (d.path().to_path_buf(), ErrorKind::Io),
+        (d.path().to_path_buf(), ErrorKind::InvalidInput),
         (d.path().join("missing/t.lock"), ErrorKind::Io),
     ] {
         let err = TemporaryFileLock::new(&p).acquire().await.unwrap_err();

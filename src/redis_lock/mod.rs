@@ -248,6 +248,12 @@ impl RedisLock {
     /// named subscription connection); [`ErrorKind::Redis`] when the server
     /// cannot be reached or refuses a command (e.g. `CLIENT KILL` denied by
     /// an ACL). Nothing is left on the channel after an error.
+    ///
+    /// # Panics
+    ///
+    /// When called outside a Tokio runtime, or on one without the I/O and
+    /// time drivers (`enable_io` and `enable_time`, or `enable_all`): every
+    /// Redis round trip is bounded by a timer.
     pub async fn acquire(&self) -> Result<RedisLockGuard> {
         self.validate()?;
         let writer = self.cfg.flags == LockFlags::EXCLUSIVE;
@@ -416,7 +422,9 @@ impl Attempt<'_> {
     }
 
     fn busy(&self) -> Error {
-        Error::already_locked(OP, None).with_channel(self.cfg().channel.clone())
+        Error::already_locked(OP, None)
+            .with_reason("already locked by another holder")
+            .with_channel(self.cfg().channel.clone())
     }
 
     fn timed_out(&mut self) -> Error {

@@ -410,6 +410,19 @@ async fn run_role(role: &str, args: &[String]) {
             guard.release().await.unwrap();
             say("RELEASED", "");
         }
+        // Acquire and release a PidFileLock forever (until killed).
+        "pid-loop" => {
+            let lock = portalocker::PidFileLock::new(&args[0])
+                .fail_when_locked(false)
+                .timeout(Duration::from_secs(30))
+                .check_interval(Duration::from_millis(1));
+            for round in 0u64.. {
+                lock.acquire().await.unwrap().release().await.unwrap();
+                if round == 20 {
+                    say("LOOPING", "");
+                }
+            }
+        }
         // Wait (briefly) for a TemporaryFileLock; report; hold if we got it.
         "tmp-wait" => {
             let lock = portalocker::TemporaryFileLock::new(&args[0])
