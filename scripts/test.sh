@@ -14,6 +14,10 @@ say() { printf '==> %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 command -v cargo >/dev/null || die "cargo not found: install Rust >= 1.89 (https://rustup.rs)"
+# The full-disk tests mount a 1 MiB tmpfs (and remount it read-only), and
+# the permission tests run processes as `nobody`: both need root.
+[[ $(id -u) == 0 ]] || die "run as root (e.g. 'sudo -E scripts/test.sh'): the full-disk tests mount a small tmpfs and the permission tests run processes as nobody"
+command -v mount >/dev/null || die "mount(8) is missing: apt-get install mount"
 
 # --- system packages --------------------------------------------------------
 missing=()

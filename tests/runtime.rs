@@ -60,7 +60,7 @@ fn waiting_without_a_time_driver_panics_as_tokio_documents() {
                     .acquire()
                     .await
                     .unwrap(),
-            )
+            );
         }),
         None
     );
@@ -101,7 +101,7 @@ fn waiting_without_a_time_driver_panics_as_tokio_documents() {
                     .timeout(wait)
                     .acquire()
                     .await,
-            )
+            );
         }),
     );
     assert_timer_panic(
@@ -113,7 +113,7 @@ fn waiting_without_a_time_driver_panics_as_tokio_documents() {
                     .timeout(wait)
                     .acquire()
                     .await,
-            )
+            );
         }),
     );
     assert_timer_panic(
@@ -126,7 +126,7 @@ fn waiting_without_a_time_driver_panics_as_tokio_documents() {
                     .timeout(wait)
                     .acquire()
                     .await,
-            )
+            );
         }),
     );
     file_holder.finish();
@@ -149,8 +149,8 @@ fn redis_without_a_time_driver_panics_as_documented() {
                 portalocker::RedisLock::new("no-timer", client)
                     .acquire()
                     .await,
-            )
-        })
+            );
+        });
     }));
     let p = r.expect_err("a Redis acquire without timers did not panic");
     let msg = p
