@@ -82,8 +82,11 @@ fn dropped_acquires_leave_no_lock_and_no_descriptor() {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         // The first contended wait starts the process-wide wake-up watcher
         // (one inotify descriptor on Linux): create it before the baseline.
+        // The holder must not be a `Lock` of this process: a waiter behind
+        // one queues at the in-process gate and never registers a watch.
         {
-            let _held = Lock::new(&path).acquire().await.unwrap();
+            let held = std::fs::File::open(&path).unwrap();
+            held.lock().unwrap();
             let err = Lock::new(&path)
                 .timeout(Duration::from_millis(5))
                 .acquire()
