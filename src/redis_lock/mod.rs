@@ -580,13 +580,17 @@ impl Attempt<'_> {
         let budget = cfg.unavailable_timeout;
         let poll = POLL.min(budget / 10).max(Duration::from_millis(1));
         let response = format!("{}-{}", cfg.channel, random_hex32());
-        let mut ps = tokio::time::timeout(budget, cfg.client.get_async_pubsub())
+        // Setting the connection up is bounded as for the command
+        // connection; only the wait for replies is `unavailable_timeout`
+        // (which may be zero).
+        let setup = budget.max(Duration::from_secs(1));
+        let mut ps = tokio::time::timeout(setup, cfg.client.get_async_pubsub())
             .await
             .map_err(|_| AttemptError::Transient(timeout_error("opening the probe connection")))?
             .map_err(AttemptError::classify)?;
         // Without a confirmation we carry on: missing replies then make the
         // probe inconclusive.
-        match tokio::time::timeout(budget, ps.subscribe(&response)).await {
+        match tokio::time::timeout(setup, ps.subscribe(&response)).await {
             Ok(r) => r.map_err(AttemptError::classify)?,
             Err(_) => return Ok(None),
         }
