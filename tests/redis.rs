@@ -469,7 +469,13 @@ async fn a_legacy_responder_counts_as_an_exclusive_holder() {
             .unwrap_err();
         assert!(err.is_already_locked(), "{flags:?}: {err}");
     }
-    // It answered, so it was not reaped.
+    // It answered, so it was not reaped. (Our own subscription may still
+    // be listed for a moment after the error: wait for it to go.)
+    let settled = support::eventually_async(Duration::from_secs(10), || async {
+        srv.lock_clients("lg").await.len() <= 1
+    })
+    .await;
+    assert!(settled, "our subscription was never dropped");
     assert_eq!(srv.lock_clients("lg").await, ["lg-lock"]);
 }
 
