@@ -580,30 +580,3 @@ fn a_shared_lock_needs_only_read_access() {
     });
     reader.finish();
 }
-
-/// On a read-only mount a shared lock works; an exclusive one reports the
-/// mount's error.
-#[tokio::test]
-async fn a_shared_lock_works_on_a_read_only_mount() {
-    let fs = support::SmallFs::mount("1m");
-    let path = fs.path().join("ro.lock");
-    std::fs::write(&path, b"").unwrap();
-    let status = std::process::Command::new("mount")
-        .args(["-o", "remount,ro"])
-        .arg(fs.path())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let guard = Lock::new(&path)
-        .flags(LockFlags::SHARED)
-        .acquire()
-        .await
-        .unwrap();
-    guard.release().await.unwrap();
-    let err = Lock::new(&path).try_acquire().await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
-    assert_eq!(
-        err.io_error().map(std::io::Error::kind),
-        Some(std::io::ErrorKind::ReadOnlyFilesystem)
-    );
-}
