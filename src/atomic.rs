@@ -10,9 +10,9 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncSeek, AsyncWrite, AsyncWriteExt, BufWriter};
 
+use crate::util::{self, SHARED_FILE_MODE};
+
 const BUFFER: usize = 64 * 1024;
-/// `0o666` minus the umask, as a plain create, but never world-writable.
-const FILE_MODE: u32 = 0o664;
 
 /// How much of a commit is made durable with `fsync`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -102,9 +102,7 @@ impl AtomicOptions {
         let dest = std::path::absolute(path.as_ref())?;
         let opts = self.clone();
         let d = dest.clone();
-        let (file, temp) = tokio::task::spawn_blocking(move || create(&d, &opts))
-            .await
-            .map_err(io::Error::other)??;
+        let (file, temp) = util::blocking(move || create(&d, &opts)).await?;
         Ok(AtomicFile {
             writer: Some(BufWriter::with_capacity(
                 BUFFER,
@@ -261,9 +259,7 @@ impl AtomicFile {
         let temp = self.temp.take().unwrap_or(Temp::Unnamed);
         let dest = self.dest.clone();
         let opts = self.opts.clone();
-        tokio::task::spawn_blocking(move || publish(file, &[], temp, &dest, &opts))
-            .await
-            .map_err(io::Error::other)?
+        util::blocking(move || publish(file, &[], temp, &dest, &opts)).await
     }
 
     /// The error of a commit that publishes nothing because the payload is
@@ -306,9 +302,7 @@ impl AtomicFile {
     pub async fn discard(mut self) -> io::Result<()> {
         drop(self.writer.take());
         match self.temp.take() {
-            Some(t) => tokio::task::spawn_blocking(move || t.remove())
-                .await
-                .map_err(io::Error::other)?,
+            Some(t) => util::blocking(move || t.remove()).await,
             None => Ok(()),
         }
     }
@@ -491,7 +485,7 @@ fn create(dest: &Path, opts: &AtomicOptions) -> io::Result<(File, Temp)> {
     }
     let dir = parent(dest)?;
     std::fs::create_dir_all(dir)?;
-    if let Some(file) = sys::create_unnamed(dir, FILE_MODE)? {
+    if let Some(file) = sys::create_unnamed(dir, SHARED_FILE_MODE)? {
         return Ok((file, Temp::Unnamed));
     }
     let (path, file) = create_named(dir)?;
@@ -538,19 +532,13 @@ fn parent(dest: &Path) -> io::Result<&Path> {
     })
 }
 
-/// `.portalocker.<16 random hex>.tmp` in `dir`, created exclusively.
+/// The stem of a named temporary file: `.portalocker.<16 hex>.tmp`.
+pub(crate) const TEMP_STEM: &str = ".portalocker.";
+
+/// `.portalocker.<16 unguessable hex>.tmp` in `dir`, created exclusively.
 fn create_named(dir: &Path) -> io::Result<(PathBuf, File)> {
-    for _ in 0..10_000 {
-        let path = dir.join(format!(".portalocker.{:016x}.tmp", sys::random()));
-        match sys::create_new(&path) {
-            Ok(f) => return Ok((path, f)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Err(io::Error::other(format!(
-        "no usable temporary file name in {dir:?}"
-    )))
+    let (file, path) = util::with_temp_name(dir, TEMP_STEM, sys::create_new)?;
+    Ok((path, file))
 }
 
 fn publish(
@@ -568,7 +556,7 @@ fn publish(
     };
     file.write_all(pending)?;
     if opts.durability != Durability::None {
-        sys::fsync(&file)?;
+        util::fsync(&file)?;
     }
     // From here on the payload is complete: a failed publication keeps it.
     let published = if named {
@@ -613,38 +601,21 @@ pub(crate) mod sys {
     use std::os::unix::fs::OpenOptionsExt;
     use std::path::Path;
 
-    use super::{PublishError, FILE_MODE};
+    use super::PublishError;
+    use crate::util::{self, SHARED_FILE_MODE};
 
     pub(super) fn create_new(path: &Path) -> io::Result<File> {
         OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
-            .mode(FILE_MODE)
+            .mode(SHARED_FILE_MODE)
             .custom_flags(libc::O_NOFOLLOW)
             .open(path)
     }
 
-    pub(super) fn random() -> u64 {
-        let mut b = [0u8; 8];
-        #[cfg(any(target_os = "linux", target_os = "android"))]
-        if rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()) == Ok(8) {
-            return u64::from_ne_bytes(b);
-        }
-        b = crate::deadline::random_u64().to_ne_bytes();
-        u64::from_ne_bytes(b)
-    }
-
-    pub(super) fn fsync(f: &File) -> io::Result<()> {
-        match f.sync_all() {
-            // Filesystems that cannot fsync (e.g. some FUSE mounts).
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP)) => Ok(()),
-            other => other,
-        }
-    }
-
     pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
-        fsync(&File::open(dir)?)
+        crate::util::fsync(&File::open(dir)?)
     }
 
     /// An unnamed temporary file in `dir`, or `None` where `O_TMPFILE`
@@ -707,15 +678,9 @@ pub(crate) mod sys {
         let dir = dest.parent().unwrap_or(Path::new("/"));
         // Keeps the complete payload under a new name in `dir`.
         let preserve = || -> Option<std::path::PathBuf> {
-            for _ in 0..100 {
-                let p = dir.join(format!(".portalocker.{:016x}.tmp", random()));
-                match link_to(&p) {
-                    Ok(()) => return Some(p),
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                    Err(_) => return None,
-                }
-            }
-            None
+            util::with_temp_name(dir, super::TEMP_STEM, link_to)
+                .ok()
+                .map(|((), p)| p)
         };
         let fail = |source: io::Error, preserved| PublishError {
             destination: dest.to_path_buf(),

@@ -2,12 +2,11 @@
 //! once, then every `check_interval` (jittered) until the deadline, with a
 //! last attempt at the deadline itself.
 
-use std::cell::Cell;
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::util::{unit, NEVER};
 
 /// The shortest pause between attempts, so a zero interval never spins.
 pub(crate) const MIN_PAUSE: Duration = Duration::from_millis(1);
@@ -76,9 +75,6 @@ impl Schedule {
     }
 }
 
-/// About 30 years: what tokio itself treats as "never".
-const NEVER: Duration = Duration::from_secs(86400 * 365 * 30);
-
 /// `start + timeout`, saturating at about 30 years ahead (tokio's "never"),
 /// so no `Duration` up to `Duration::MAX` can overflow an `Instant`.
 pub(crate) fn deadline_after(start: Instant, timeout: Duration) -> Instant {
@@ -93,36 +89,11 @@ pub(crate) fn scale(d: Duration, factor: f64) -> Duration {
     Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(Duration::MAX)
 }
 
-/// A uniform random float in [0, 1), for jitter.
-pub(crate) fn unit() -> f64 {
-    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
-}
-
 /// `interval` scaled by a random factor in [0.5, 1], so contenders that
 /// started together drift apart (upstream #101) while no pause is longer
 /// than `interval`: a released lock is noticed within one interval.
 pub(crate) fn jittered(interval: Duration) -> Duration {
     scale(interval, 0.5 + unit() / 2.0)
-}
-
-/// A fast per-thread pseudo-random generator (xorshift64*), seeded from
-/// std's randomly keyed hasher. Not for secrets: only for jitter.
-pub(crate) fn random_u64() -> u64 {
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new({
-            let mut h = RandomState::new().build_hasher();
-            h.write_u64(u64::from(std::process::id()));
-            h.finish() | 1
-        });
-    }
-    STATE.with(|s| {
-        let mut x = s.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        s.set(x);
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    })
 }
 
 #[cfg(test)]

@@ -137,10 +137,6 @@ pub(crate) enum OpenMode {
     Read,
 }
 
-/// Permission bits of created lock files, before the umask: never
-/// world-writable.
-pub(crate) const LOCK_FILE_MODE: u32 = 0o664;
-
 /// An open lock file and the identity (device, inode) it had when opened,
 /// which never changes for a descriptor.
 #[derive(Debug)]
@@ -206,7 +202,7 @@ pub(crate) fn open_lock_file(path: &Path, mode: OpenMode) -> io::Result<Handle> 
             OpenMode::Write => o.write(true).create(true),
             OpenMode::Read => &mut o,
         };
-        sys::harden(&mut o, LOCK_FILE_MODE);
+        sys::harden(&mut o, crate::util::SHARED_FILE_MODE);
         o.open(path)
     };
     let file = match open(mode) {

@@ -16,14 +16,15 @@
 //!   see no announcement re-lock at full speed: unfairness is bounded by
 //!   one burst of the window, not by a whole run.
 
-use std::collections::HashMap;
 use std::fs::{File, FileTimes};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Notify, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 use tokio::time::Instant;
+
+use crate::util::PerPath;
 
 /// How long a releasing holder that was asked to hand over stays away.
 pub(crate) const HANDOFF_WINDOW: Duration = Duration::from_millis(2);
@@ -81,13 +82,6 @@ pub(crate) struct Pass {
     granted: bool,
 }
 
-impl Pass {
-    /// Records that the lock was granted under this pass.
-    pub(crate) fn granted(&mut self) {
-        self.granted = true;
-    }
-}
-
 #[derive(Debug)]
 enum PassGuard {
     Exclusive(#[allow(dead_code)] OwnedRwLockWriteGuard<()>),
@@ -106,25 +100,54 @@ impl Drop for Pass {
 impl Gate {
     /// The gate of `path`, shared by every `Lock` of this process on it.
     pub(crate) fn of(path: &Path) -> Arc<Self> {
-        static GATES: OnceLock<Mutex<HashMap<PathBuf, Weak<Gate>>>> = OnceLock::new();
-        let mut map = GATES
-            .get_or_init(Mutex::default)
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(g) = map.get(path).and_then(Weak::upgrade) {
-            return g;
+        static GATES: PerPath<Gate> = PerPath::new();
+        GATES.get(path)
+    }
+
+    /// The acquire side of the protocol: passes the gate (at once, or
+    /// waiting in FIFO order until `deadline` unless `fail_fast`), then
+    /// waits out a handoff window this process owes another one. `None`:
+    /// the gate stayed busy.
+    pub(crate) async fn enter(
+        &self,
+        shared: bool,
+        deadline: Instant,
+        fail_fast: bool,
+    ) -> Option<Pass> {
+        let pass = match self.try_pass(shared) {
+            Some(p) => p,
+            None if fail_fast => return None,
+            None => self.pass(shared, deadline).await?,
+        };
+        if !fail_fast {
+            self.wait_handoff(deadline).await;
         }
-        if map.len() >= 64 && map.len().is_power_of_two() {
-            map.retain(|_, w| w.strong_count() > 0);
+        Some(pass)
+    }
+
+    /// A lock was granted under `pass`: it now counts for the handoff
+    /// burst, and giving the pass back will wake waiters.
+    pub(crate) fn granted(&self, pass: &mut Pass) {
+        self.note_grant();
+        pass.granted = true;
+    }
+
+    /// The release side of the protocol: unlocks `file` and, if a waiter of
+    /// another process announced itself and this process has had its burst,
+    /// hands the lock over (wakes that waiter and stays away for the
+    /// handoff window). Returns the unlock's result.
+    pub(crate) fn on_release(&self, file: &File) -> std::io::Result<()> {
+        let announced = self.burst_done() && self.should_check() && announced(file);
+        let unlocked = file.unlock();
+        if announced {
+            hand_over(file, self);
         }
-        let g = Arc::new(Self::default());
-        map.insert(path.to_path_buf(), Arc::downgrade(&g));
-        g
+        unlocked
     }
 
     /// Passes the gate in FIFO order, waiting until `deadline`; `None` if
     /// the deadline passed first.
-    pub(crate) async fn pass(&self, shared: bool, deadline: Instant) -> Option<Pass> {
+    async fn pass(&self, shared: bool, deadline: Instant) -> Option<Pass> {
         let rw = self.rw.clone();
         let guard = if shared {
             tokio::time::timeout_at(deadline, rw.read_owned())
@@ -154,7 +177,7 @@ impl Gate {
     }
 
     /// Passes the gate only if nobody in this process holds or waits for it.
-    pub(crate) fn try_pass(&self, shared: bool) -> Option<Pass> {
+    fn try_pass(&self, shared: bool) -> Option<Pass> {
         let rw = self.rw.clone();
         let guard = if shared {
             rw.try_read_owned().ok().map(PassGuard::Shared)
@@ -166,7 +189,7 @@ impl Gate {
 
     /// Waits out a handoff window this process owes another one (bounded
     /// by `deadline`).
-    pub(crate) async fn wait_handoff(&self, deadline: Instant) {
+    async fn wait_handoff(&self, deadline: Instant) {
         let until = self
             .handoff_until
             .load(std::sync::atomic::Ordering::Relaxed);
@@ -181,7 +204,7 @@ impl Gate {
 
     /// Whether this release should look for an announced waiter: at most
     /// once per [`CHECK_EVERY`].
-    pub(crate) fn should_check(&self) -> bool {
+    fn should_check(&self) -> bool {
         use std::sync::atomic::Ordering;
         let now = u64::try_from(base().elapsed().as_micros()).unwrap_or(u64::MAX);
         let last = self.last_check.load(Ordering::Relaxed);
@@ -193,7 +216,7 @@ impl Gate {
     }
 
     /// Notes a grant: starts a run of grants if none is under way.
-    pub(crate) fn note_grant(&self) {
+    fn note_grant(&self) {
         use std::sync::atomic::Ordering;
         if self.burst_start.load(Ordering::Relaxed) == 0 {
             self.burst_start
@@ -203,7 +226,7 @@ impl Gate {
 
     /// Whether the current run of grants has lasted long enough to hand
     /// over to an announced waiter.
-    pub(crate) fn burst_done(&self) -> bool {
+    fn burst_done(&self) -> bool {
         let start = self.burst_start.load(std::sync::atomic::Ordering::Relaxed);
         now_micros().saturating_sub(start) >= BURST.as_micros() as u64
     }
@@ -230,7 +253,7 @@ pub(crate) fn announce(file: &File) {
 }
 
 /// Whether a waiter announced itself on `file` (one `fstat`).
-pub(crate) fn announced(file: &File) -> bool {
+fn announced(file: &File) -> bool {
     file.metadata()
         .and_then(|m| m.accessed())
         .is_ok_and(|t| t == sentinel())
@@ -239,7 +262,7 @@ pub(crate) fn announced(file: &File) -> bool {
 /// After unlocking a file on which a waiter announced itself: wake the
 /// waiters (inotify reports the new access time) and stay away for the
 /// handoff window.
-pub(crate) fn hand_over(file: &File, gate: &Gate) {
+fn hand_over(file: &File, gate: &Gate) {
     let _ = file.set_times(FileTimes::new().set_accessed(SystemTime::now()));
     gate.owe_handoff();
 }

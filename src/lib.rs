@@ -41,6 +41,35 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Configuring a lock
+//!
+//! Every lock type is a cheap description built with setters in the style
+//! of [`tokio::fs::OpenOptions`]: `timeout`, `check_interval` and
+//! `fail_when_locked` exist on each, with the same meaning. The rule for
+//! every setter of every type: it consumes the value and returns a **new,
+//! independent** one. The new value shares no cached state with the old
+//! one (no kept descriptor, no connection it opened, no
+//! [`RLock`] hold count) and is a new owner: it contends with guards of the
+//! value it was made from, as another `new` of the same path would. What
+//! you handed in (a path, a Redis connection or URL) carries over. So
+//! configure first, then acquire, and clone a configured value to share it.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> portalocker::Result<()> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! use std::time::Duration;
+//! use portalocker::RLock;
+//!
+//! let a = RLock::new(dir.path().join("db.lock"));
+//! let held = a.acquire().await?;
+//! // A changed copy is another owner: it does not re-enter `a`'s hold.
+//! let b = a.clone().timeout(Duration::ZERO);
+//! assert!(b.acquire().await.unwrap_err().is_already_locked());
+//! drop(held);
+//! # Ok(()) }
+//! ```
+//!
 //! # Cancel safety
 //!
 //! | Future | Cancel safe | Dropping it leaves |
@@ -115,17 +144,18 @@
 
 mod atomic;
 mod deadline;
+mod engine;
 mod error;
 mod file_lock;
 mod flags;
-#[cfg(test)]
-mod fuzz;
 mod gate;
 mod lock;
+mod options;
 mod pidfile;
 mod rlock;
 mod semaphore;
 mod temporary;
+mod util;
 mod wake;
 
 pub use atomic::{open_atomic, AtomicFile, AtomicOptions, Durability, PublishError};

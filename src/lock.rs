@@ -1,73 +1,22 @@
 //! [`Lock`]: a cross-process file lock with a timeout.
 
 use std::fmt;
-use std::fs::File;
-use std::io::{self, Seek, SeekFrom};
+use std::io;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
 
-use crate::deadline::{deadline_after, Schedule};
+use crate::engine::{Engine, FileOptions, Granted};
 use crate::error::{Error, Result};
-use crate::file_lock::{self, FileId, Handle, OpenMode};
-use crate::flags::{LockFlags, Mode, Operation};
-use crate::gate::{self, Gate, Pass};
-use crate::wake::{self, Armed, Watch};
+use crate::file_lock::{FileId, Handle};
+use crate::flags::LockFlags;
+use crate::gate::Pass;
+use crate::options::{wait_setters, WaitOptions, Waiting};
 
-/// Python portalocker's `DEFAULT_TIMEOUT`: 5 s.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Python portalocker's `DEFAULT_CHECK_INTERVAL`: 250 ms.
-pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_millis(250);
-
-const OP_LOCK: &str = "failed to lock";
-const OP_OPEN: &str = "failed to open lock file";
-
-/// The retry options every file-based lock shares.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Options {
-    pub(crate) timeout: Duration,
-    pub(crate) check_interval: Duration,
-    pub(crate) fail_when_locked: bool,
-    pub(crate) flags: LockFlags,
-    pub(crate) truncate: bool,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Self {
-            timeout: DEFAULT_TIMEOUT,
-            check_interval: DEFAULT_CHECK_INTERVAL,
-            fail_when_locked: false,
-            flags: LockFlags::EXCLUSIVE | LockFlags::NON_BLOCKING,
-            truncate: false,
-        }
-    }
-}
-
-impl Options {
-    fn mode(&self) -> Result<Mode> {
-        match self.flags.operation()? {
-            Operation::Lock { mode, .. } => Ok(mode),
-            Operation::Unlock => Err(Error::invalid(
-                "invalid lock flags",
-                "UNBLOCK is not a lock mode; use SHARED or EXCLUSIVE",
-            )),
-        }
-    }
-
-    fn open_mode(&self) -> OpenMode {
-        if self.truncate {
-            OpenMode::Write
-        } else if matches!(self.mode(), Ok(Mode::Shared)) {
-            OpenMode::Read
-        } else {
-            OpenMode::Append
-        }
-    }
-}
+pub use crate::options::{DEFAULT_CHECK_INTERVAL, DEFAULT_TIMEOUT};
 
 /// A cross-process lock on a file, with a timeout.
 ///
@@ -152,60 +101,39 @@ impl Options {
 /// [`spawn_blocking`]: tokio::task::spawn_blocking
 #[derive(Clone)]
 pub struct Lock {
-    inner: Arc<Inner>,
+    pub(crate) engine: Arc<Engine>,
 }
 
-struct Inner {
-    path: PathBuf,
-    opts: Options,
-    /// An open, unlocked descriptor of the lock file, kept for reuse.
-    idle: Mutex<Option<Handle>>,
-    reuse: bool,
-    /// This process's FIFO gate for the file (see `gate`).
-    gate: OnceLock<Arc<Gate>>,
+impl Waiting for Lock {
+    fn wait_options(&self) -> WaitOptions {
+        self.engine.opts.wait
+    }
+
+    fn with_wait(self, wait: WaitOptions) -> Self {
+        self.map(|o| o.wait = wait)
+    }
 }
 
 impl Lock {
     /// A lock on `path` with portalocker's defaults. No I/O happens here.
     pub fn new(path: impl AsRef<Path>) -> Self {
-        Self::with_options(absolute(path.as_ref()), Options::default(), true)
+        Self::with_options(absolute(path.as_ref()), FileOptions::default(), true)
     }
 
-    pub(crate) fn with_options(path: PathBuf, opts: Options, reuse: bool) -> Self {
+    pub(crate) fn with_options(path: PathBuf, opts: FileOptions, reuse: bool) -> Self {
         Self {
-            inner: Arc::new(Inner {
-                path,
-                opts,
-                idle: Mutex::new(None),
-                reuse,
-                gate: OnceLock::new(),
-            }),
+            engine: Arc::new(Engine::new(path, opts, reuse)),
         }
     }
 
-    fn map(self, f: impl FnOnce(&mut Options)) -> Self {
-        let mut opts = self.inner.opts;
+    /// A new `Lock` (see the setter rule) with changed options.
+    fn map(self, f: impl FnOnce(&mut FileOptions)) -> Self {
+        let mut opts = self.engine.opts;
         f(&mut opts);
-        Self::with_options(self.inner.path.clone(), opts, self.inner.reuse)
+        Self::with_options(self.engine.path.clone(), opts, self.engine.reuse())
     }
 
-    /// How long [`acquire`](Self::acquire) waits for a busy lock
-    /// (default 5 s). Zero makes exactly one attempt.
-    pub fn timeout(self, timeout: Duration) -> Self {
-        self.map(|o| o.timeout = timeout)
-    }
-
-    /// The longest pause between attempts while waiting (default 250 ms).
-    /// Each pause is jittered to 0.5–1 × this value and is at least 1 ms, so
-    /// a released lock is taken within one interval.
-    pub fn check_interval(self, interval: Duration) -> Self {
-        self.map(|o| o.check_interval = interval)
-    }
-
-    /// Fail at the first busy attempt instead of waiting (default false).
-    pub fn fail_when_locked(self, yes: bool) -> Self {
-        self.map(|o| o.fail_when_locked = yes)
-    }
+    wait_setters!("the lock", "false");
 
     /// [`LockFlags::SHARED`] or [`LockFlags::EXCLUSIVE`] (the default);
     /// `NON_BLOCKING` is implied and may be included. Any other set makes
@@ -230,12 +158,7 @@ impl Lock {
 
     /// The absolute path of the lock file.
     pub fn path(&self) -> &Path {
-        &self.inner.path
-    }
-
-    /// The configured timeout and `fail_when_locked`.
-    pub(crate) fn wait_options(&self) -> (Duration, bool) {
-        (self.inner.opts.timeout, self.inner.opts.fail_when_locked)
+        &self.engine.path
     }
 
     /// Acquires the lock, waiting up to the configured timeout.
@@ -286,8 +209,9 @@ impl Lock {
     /// # Ok(()) }
     /// ```
     pub async fn acquire(&self) -> Result<LockGuard> {
-        let (timeout, fail_fast) = self.wait_options();
-        self.acquire_with(timeout, fail_fast).await
+        let w = self.engine.opts.wait;
+        self.acquire_since(Instant::now(), w.timeout, w.fail_when_locked)
+            .await
     }
 
     /// Makes exactly one attempt and never waits for a busy lock.
@@ -316,265 +240,39 @@ impl Lock {
     /// # Ok(()) }
     /// ```
     pub async fn try_acquire(&self) -> Result<LockGuard> {
-        self.acquire_with(Duration::ZERO, true).await
-    }
-
-    /// The whole acquisition: validation, the in-process gate, the OS
-    /// lock. `pub(crate)` so the other file locks share it.
-    pub(crate) async fn acquire_with(
-        &self,
-        timeout: Duration,
-        fail_fast: bool,
-    ) -> Result<LockGuard> {
-        self.acquire_since(tokio::time::Instant::now(), timeout, fail_fast)
+        self.acquire_since(Instant::now(), std::time::Duration::ZERO, true)
             .await
     }
 
-    /// As [`acquire_with`](Self::acquire_with), for a wait that started at
-    /// `start` (the deadline is `start + timeout`).
+    /// The whole acquisition, for a wait that started at `start` (the
+    /// deadline is `start + timeout`). `pub(crate)` so the other file locks
+    /// share it.
     pub(crate) async fn acquire_since(
         &self,
-        start: tokio::time::Instant,
-        timeout: Duration,
+        start: Instant,
+        timeout: std::time::Duration,
         fail_fast: bool,
     ) -> Result<LockGuard> {
-        file_lock::check_path(OP_LOCK, &self.inner.path)?;
-        let mode = self.inner.opts.mode()?;
-        let deadline = deadline_after(start, timeout);
-        let shared = mode == Mode::Shared;
-        let gate = self
-            .inner
-            .gate
-            .get_or_init(|| Gate::of(&self.inner.path))
-            .clone();
-        // In-process FIFO first, then the OS lock.
-        let pass = match gate.try_pass(shared) {
-            Some(p) => Some(p),
-            None if fail_fast => None,
-            None => gate.pass(shared, deadline).await,
-        };
-        let Some(mut pass) = pass else {
-            return Err(self.busy(timeout, fail_fast, true));
-        };
-        if !fail_fast {
-            gate.wait_handoff(deadline).await;
-        }
-        let Handle { file, id } = self
-            .acquire_handle(mode, start, deadline, timeout, fail_fast)
-            .await?;
-        gate.note_grant();
-        pass.granted();
+        let Granted { file, id, pass } = self.engine.acquire(start, timeout, fail_fast).await?;
         Ok(LockGuard {
             file: Some(tokio::fs::File::from_std(file)),
             id,
             touched: false,
             keep: true,
-            lock: self.inner.clone(),
+            lock: self.engine.clone(),
             _pass: Some(pass),
         })
-    }
-
-    /// The OS-level retry loop: returns the locked, prepared file.
-    async fn acquire_handle(
-        &self,
-        mode: Mode,
-        start: tokio::time::Instant,
-        deadline: tokio::time::Instant,
-        timeout: Duration,
-        fail_fast: bool,
-    ) -> Result<Handle> {
-        let inner = &self.inner;
-        let mut schedule = Schedule::from(start, deadline, inner.opts.check_interval);
-        let mut current = self.take_idle();
-        let mut stale = 0u32;
-        // Registered after the first busy attempt: wakes us early when the
-        // holder releases (see `wake`).
-        let mut watch: Option<Watch> = None;
-        let mut notifier = Vec::new();
-        loop {
-            let handle = match current.take() {
-                Some(h) => h,
-                None => self.open().await?,
-            };
-            let armed = Armed::new(&notifier);
-            let locked = file_lock::try_lock(&handle.file, mode)
-                .map_err(|e| Error::io(OP_LOCK, Some(&inner.path), e))?;
-            // Whatever the outcome, a descriptor whose file is no longer at
-            // the path is worthless: drop it and open the path afresh.
-            let same = handle
-                .is_at(&inner.path)
-                .map_err(|e| Error::io(OP_LOCK, Some(&inner.path), e))?;
-            if !same {
-                drop(handle); // closing also unlocks
-                stale += 1;
-                if stale <= 3 {
-                    continue;
-                }
-            } else if locked {
-                return self.prepare(handle);
-            } else if fail_fast {
-                self.put_idle(handle);
-                return Err(self.busy(timeout, fail_fast, false));
-            } else if watch.as_ref().map(Watch::id) != Some(handle.id) {
-                // First contention on this file: register, announce
-                // ourselves to the holder, then try once more at once so a
-                // release in between is not missed.
-                gate::announce(&handle.file);
-                let w = Watch::new(&inner.path, handle.id);
-                drop(armed);
-                notifier = vec![w.notifier()];
-                watch = Some(w);
-                current = Some(handle);
-                continue;
-            } else {
-                // Woken (or polled) and still busy: announce again, the
-                // holder may have missed it.
-                gate::announce(&handle.file);
-                current = Some(handle);
-            }
-            let Some(target) = schedule.next_attempt() else {
-                if let Some(h) = current.take() {
-                    self.put_idle(h);
-                }
-                return Err(self.busy(timeout, fail_fast, false));
-            };
-            armed.until(target).await;
-            stale = 0;
-        }
-    }
-
-    /// The contention error. `here`: the holder (or the queue ahead) is in
-    /// this process — another owner of the in-process gate — so the message
-    /// never blames another process for it.
-    pub(crate) fn busy(&self, timeout: Duration, fail_fast: bool, here: bool) -> Error {
-        let who = if here {
-            "already locked by another owner in this process"
-        } else {
-            "already locked by another process"
-        };
-        let e = Error::already_locked(OP_LOCK, Some(&self.inner.path));
-        if fail_fast || timeout.is_zero() {
-            e.with_reason(who)
-        } else {
-            e.with_reason(format!("{who} (waited {timeout:?})"))
-        }
-    }
-
-    /// Truncates a freshly locked file if asked; unlocks on failure.
-    /// (Reused descriptors were rewound when they were put back.)
-    fn prepare(&self, handle: Handle) -> Result<Handle> {
-        if !self.inner.opts.truncate {
-            return Ok(handle);
-        }
-        if let Err(e) = file_lock::check_single_link(&handle.file) {
-            let _ = handle.file.unlock();
-            return Err(Error::io("refusing to truncate", Some(&self.inner.path), e));
-        }
-        match handle.file.set_len(0) {
-            Ok(()) => Ok(handle),
-            Err(e) => {
-                let _ = handle.file.unlock();
-                Err(Error::io(
-                    "failed to prepare lock file",
-                    Some(&self.inner.path),
-                    e,
-                ))
-            }
-        }
-    }
-
-    /// Keeps an unlocked descriptor for the next acquisition.
-    fn put_idle(&self, handle: Handle) {
-        if self.inner.reuse {
-            if let Ok(mut idle) = self.inner.idle.lock() {
-                if idle.is_none() {
-                    *idle = Some(handle);
-                }
-            }
-        }
-    }
-
-    /// Notified whenever a guard of this process on the file is released.
-    pub(crate) fn gate_notifier(&self) -> Arc<tokio::sync::Notify> {
-        self.inner
-            .gate
-            .get_or_init(|| Gate::of(&self.inner.path))
-            .released_notifier()
-    }
-
-    /// The identity of the cached idle descriptor's file, if one is
-    /// cached (then an attempt needs no open).
-    pub(crate) fn idle_id(&self) -> Option<FileId> {
-        self.inner.idle.lock().ok()?.as_ref().map(|h| h.id)
-    }
-
-    /// Opens the lock file and keeps the descriptor for the next attempt,
-    /// unless one is kept already; locks nothing.
-    pub(crate) async fn preopen(&self) -> Result<()> {
-        if self.idle_id().is_none() {
-            let handle = self.open().await?;
-            self.put_idle(handle);
-        }
-        Ok(())
-    }
-
-    fn take_idle(&self) -> Option<Handle> {
-        self.inner.idle.lock().ok().and_then(|mut g| g.take())
-    }
-
-    async fn open(&self) -> Result<Handle> {
-        let inner = self.inner.clone();
-        let mode = inner.opts.open_mode();
-        let r =
-            tokio::task::spawn_blocking(move || file_lock::open_lock_file(&inner.path, mode)).await;
-        match r {
-            Ok(Ok(f)) => Ok(f),
-            Ok(Err(e)) => Err(Error::io(OP_OPEN, Some(&self.inner.path), e)),
-            Err(join) => Err(Error::io(
-                OP_OPEN,
-                Some(&self.inner.path),
-                io::Error::other(join),
-            )),
-        }
-    }
-}
-
-impl Inner {
-    /// Unlocks `file` and keeps it for the next acquisition (or closes
-    /// it). A file that was read, written or sought through the guard is
-    /// rewound first, so every guard starts at offset 0.
-    fn recycle(&self, mut file: File, id: FileId, touched: bool, keep: bool) -> io::Result<()> {
-        let gate = self.gate.get();
-        let announced =
-            gate.is_some_and(|g| g.burst_done() && g.should_check() && gate::announced(&file));
-        let unlocked = file.unlock();
-        if let (true, Some(g)) = (announced, gate) {
-            gate::hand_over(&file, g);
-        }
-        wake::released(id);
-        let reusable = unlocked.is_ok()
-            && self.reuse
-            && keep
-            && (!touched || file.seek(SeekFrom::Start(0)).is_ok());
-        if reusable {
-            if let Ok(mut idle) = self.idle.lock() {
-                if idle.is_none() {
-                    *idle = Some(Handle { file, id });
-                }
-            }
-        }
-        unlocked
     }
 }
 
 impl fmt::Debug for Lock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let o = &self.inner.opts;
+        let o = &self.engine.opts;
         f.debug_struct("Lock")
-            .field("path", &self.inner.path)
-            .field("timeout", &o.timeout)
-            .field("check_interval", &o.check_interval)
-            .field("fail_when_locked", &o.fail_when_locked)
+            .field("path", &self.engine.path)
+            .field("timeout", &o.wait.timeout)
+            .field("check_interval", &o.wait.check_interval)
+            .field("fail_when_locked", &o.wait.fail_when_locked)
             .field("flags", &o.flags)
             .field("truncate", &o.truncate)
             .finish()
@@ -611,7 +309,7 @@ pub struct LockGuard {
     /// Keep the descriptor for reuse on release (else close it, which
     /// wakes other processes' waiters through inotify).
     keep: bool,
-    lock: Arc<Inner>,
+    lock: Arc<Engine>,
     /// This process's gate for the file, passed; released after the lock.
     _pass: Option<Pass>,
 }
@@ -665,7 +363,7 @@ impl LockGuard {
         };
         let flushed = file.flush().await;
         let std = file.into_std().await;
-        let unlocked = self.lock.recycle(std, self.id, self.touched, self.keep);
+        let unlocked = self.lock.release(std, self.id, self.touched, self.keep);
         let path = &self.lock.path;
         flushed.map_err(|e| Error::io("failed to write lock file", Some(path), e))?;
         unlocked.map_err(|e| Error::io("failed to unlock", Some(path), e))
@@ -699,7 +397,7 @@ impl Drop for LockGuard {
             // through it; dropping our handle lets that write finish, and
             // the last close releases the lock after the data is written.
             if let Ok(std) = file.try_into_std() {
-                let _ = self.lock.recycle(std, self.id, self.touched, self.keep);
+                let _ = self.lock.release(std, self.id, self.touched, self.keep);
             }
         }
     }

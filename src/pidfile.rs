@@ -4,11 +4,13 @@ use std::fmt;
 use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
+use crate::engine::FileOptions;
 use crate::error::{Error, Result};
-use crate::lock::{absolute, Lock, Options};
+use crate::lock::{absolute, Lock};
+use crate::options::{wait_setters, WaitOptions, Waiting};
 use crate::temporary::DeleteOnRelease;
+use crate::util::{self, PerPath, PID_FILE_MODE};
 
 /// A lock for single-instance daemons (Python's `PidFileLock`).
 ///
@@ -77,15 +79,31 @@ pub struct PidFileLock {
     sidecar: Lock,
 }
 
+impl Waiting for PidFileLock {
+    fn wait_options(&self) -> WaitOptions {
+        self.sidecar.wait_options()
+    }
+
+    fn with_wait(self, wait: WaitOptions) -> Self {
+        Self {
+            sidecar: self.sidecar.with_wait(wait),
+            ..self
+        }
+    }
+}
+
 impl PidFileLock {
     /// A pid-file lock for `pid_path`. No I/O happens here.
     pub fn new(pid_path: impl AsRef<Path>) -> Self {
         let pid_path = absolute(pid_path.as_ref());
         let mut sidecar = pid_path.clone().into_os_string();
         sidecar.push(".lock");
-        let opts = Options {
-            fail_when_locked: true,
-            ..Options::default()
+        let opts = FileOptions {
+            wait: WaitOptions {
+                fail_when_locked: true,
+                ..WaitOptions::default()
+            },
+            ..FileOptions::default()
         };
         Self {
             sidecar: Lock::with_options(PathBuf::from(sidecar), opts, false),
@@ -93,30 +111,7 @@ impl PidFileLock {
         }
     }
 
-    /// See [`Lock::timeout`]. Waiting only happens with
-    /// `fail_when_locked(false)`.
-    pub fn timeout(self, timeout: Duration) -> Self {
-        Self {
-            sidecar: self.sidecar.timeout(timeout),
-            ..self
-        }
-    }
-
-    /// See [`Lock::check_interval`].
-    pub fn check_interval(self, interval: Duration) -> Self {
-        Self {
-            sidecar: self.sidecar.check_interval(interval),
-            ..self
-        }
-    }
-
-    /// Fail at the first busy attempt (default **true**, as in Python).
-    pub fn fail_when_locked(self, yes: bool) -> Self {
-        Self {
-            sidecar: self.sidecar.fail_when_locked(yes),
-            ..self
-        }
-    }
+    wait_setters!("the lock", "**true**, as in Python");
 
     /// The absolute path of the pid file.
     pub fn path(&self) -> &Path {
@@ -287,10 +282,7 @@ fn publish_pid(path: &Path, pid: u32) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("/"));
     let write = |file: &mut std::fs::File| -> io::Result<()> {
         file.write_all(pid.to_string().as_bytes())?;
-        match file.sync_all() {
-            Err(e) if is_fsync_unsupported(&e) => Ok(()),
-            other => other,
-        }
+        util::fsync(file)
     };
     // Where the OS has unnamed files, the content is written before the
     // file has a name: a holder killed mid-write leaves nothing behind, and
@@ -298,7 +290,7 @@ fn publish_pid(path: &Path, pid: u32) -> io::Result<()> {
     // the next holder removes.
     if let Some(mut file) = crate::atomic::sys::create_unnamed(dir, PID_FILE_MODE)? {
         write(&mut file)?;
-        let tmp = temp_name_beside(path, pid, |tmp| {
+        let ((), tmp) = temp_name_beside(path, pid, |tmp| {
             crate::atomic::sys::link_unnamed(&file, tmp)
         })?;
         let renamed = std::fs::rename(&tmp, path);
@@ -307,8 +299,7 @@ fn publish_pid(path: &Path, pid: u32) -> io::Result<()> {
         }
         return renamed;
     }
-    let mut file = None;
-    let tmp = temp_name_beside(path, pid, |tmp| {
+    let (mut file, tmp) = temp_name_beside(path, pid, |tmp| {
         let mut o = OpenOptions::new();
         o.write(true).create_new(true);
         #[cfg(unix)]
@@ -316,46 +307,32 @@ fn publish_pid(path: &Path, pid: u32) -> io::Result<()> {
             use std::os::unix::fs::OpenOptionsExt;
             o.mode(PID_FILE_MODE).custom_flags(libc::O_NOFOLLOW);
         }
-        file = Some(o.open(tmp)?);
-        Ok(())
+        o.open(tmp)
     })?;
-    let written = file
-        .as_mut()
-        .map_or(Ok(()), write)
-        .and_then(|()| std::fs::rename(&tmp, path));
+    let written = write(&mut file).and_then(|()| std::fs::rename(&tmp, path));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     written
 }
 
-/// Permission bits of a pid file before the umask: readable by all (it is
-/// public information), writable by the owner only.
-const PID_FILE_MODE: u32 = 0o644;
-
 /// Calls `create` with fresh temporary names `<pid file name>.<pid>.<16
-/// hex>.tmp` beside `path` until one is free (`create` says
-/// `AlreadyExists` for a taken one); returns the name used.
-fn temp_name_beside(
+/// hex>.tmp` beside `path` until one is free; returns what it made and
+/// the name used.
+fn temp_name_beside<T>(
     path: &Path,
     pid: u32,
-    mut create: impl FnMut(&Path) -> io::Result<()>,
-) -> io::Result<PathBuf> {
-    let name = path.file_name().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, "the pid path has no file name")
-    })?;
-    let mut last = None;
-    for _ in 0..100 {
-        let mut tmp_name = name.to_os_string();
-        tmp_name.push(format!(".{pid}.{:016x}.tmp", crate::deadline::random_u64()));
-        let tmp = path.with_file_name(tmp_name);
-        match create(&tmp) {
-            Ok(()) => return Ok(tmp),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
-            Err(e) => return Err(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| io::Error::other("no free temporary name")))
+    create: impl FnMut(&Path) -> io::Result<T>,
+) -> io::Result<(T, PathBuf)> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the pid path has no file name",
+        ));
+    };
+    let mut stem = name.to_os_string();
+    stem.push(format!(".{pid}."));
+    util::with_temp_name(dir, &stem, create)
 }
 
 /// Whether `file` is a temporary name [`temp_name_beside`] makes for the
@@ -402,33 +379,8 @@ fn remove_stale_temporaries(path: &Path) {
 
 /// This process's publications in flight, per pid path (see `acquire`).
 fn in_flight(path: &Path) -> std::sync::Arc<tokio::sync::Mutex<()>> {
-    use std::collections::HashMap;
-    use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
-    type Map = HashMap<PathBuf, Weak<tokio::sync::Mutex<()>>>;
-    static MAP: OnceLock<Mutex<Map>> = OnceLock::new();
-    let mut map = MAP
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    if let Some(m) = map.get(path).and_then(Weak::upgrade) {
-        return m;
-    }
-    map.retain(|_, w| w.strong_count() > 0);
-    let m = Arc::new(tokio::sync::Mutex::new(()));
-    map.insert(path.to_path_buf(), Arc::downgrade(&m));
-    m
-}
-
-fn is_fsync_unsupported(e: &io::Error) -> bool {
-    #[cfg(unix)]
-    {
-        matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP))
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = e;
-        false
-    }
+    static IN_FLIGHT: PerPath<tokio::sync::Mutex<()>> = PerPath::new();
+    IN_FLIGHT.get(path)
 }
 
 /// Reads and validates a pid file; never follows a symlink into a FIFO
@@ -522,6 +474,37 @@ mod tests {
         ];
         for (raw, want) in cases {
             assert_eq!(parse_pid(raw), *want, "{:?}", String::from_utf8_lossy(raw));
+        }
+    }
+}
+
+/// Randomised: any bytes, biased towards what the parser cares about.
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    fn pid_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let chars = b"0123456789 \t\n\r+-_x\x0b\x0c".to_vec();
+        proptest::collection::vec(
+            prop_oneof![3 => proptest::sample::select(chars), 1 => any::<u8>()],
+            0..48,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(crate::util::proptest_cases()))]
+
+        #[test]
+        fn only_plain_positive_decimals_are_pids(raw in pid_bytes()) {
+            if let Some(pid) = super::parse_pid(&raw) {
+                let text = String::from_utf8(raw.clone()).expect("accepted input is ASCII");
+                // Python's str.strip() whitespace, ASCII part.
+                let trimmed =
+                    text.trim_matches(|c: char| " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f".contains(c));
+                prop_assert!(trimmed.bytes().all(|b| b.is_ascii_digit()));
+                prop_assert!(trimmed.len() <= 20 && pid > 0);
+                prop_assert_eq!(trimmed.parse::<u64>().ok(), Some(u64::from(pid)));
+            }
         }
     }
 }

@@ -2,12 +2,12 @@
 
 use std::fmt;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::Result;
 use crate::flags::LockFlags;
 use crate::lock::{Lock, LockGuard};
+use crate::options::{wait_setters, WaitOptions, Waiting};
 
 /// A re-entrant cross-process file lock (Python's `RLock`).
 ///
@@ -55,14 +55,14 @@ use crate::lock::{Lock, LockGuard};
 /// between tasks and threads.
 #[derive(Clone)]
 pub struct RLock {
-    inner: Arc<Shared>,
+    inner: Arc<Owner>,
 }
 
-struct Shared {
+struct Owner {
     lock: Lock,
     /// Serialises the first acquisition so that concurrent first acquirers
     /// of one owner take the file lock once.
-    gate: tokio::sync::Mutex<()>,
+    first: tokio::sync::Mutex<()>,
     state: Mutex<State>,
 }
 
@@ -70,6 +70,16 @@ struct Shared {
 struct State {
     count: usize,
     guard: Option<LockGuard>,
+}
+
+impl Waiting for RLock {
+    fn wait_options(&self) -> WaitOptions {
+        self.inner.lock.wait_options()
+    }
+
+    fn with_wait(self, wait: WaitOptions) -> Self {
+        self.map(|l| l.with_wait(wait))
+    }
 }
 
 impl RLock {
@@ -80,9 +90,9 @@ impl RLock {
 
     fn from_lock(lock: Lock) -> Self {
         Self {
-            inner: Arc::new(Shared {
+            inner: Arc::new(Owner {
                 lock,
-                gate: tokio::sync::Mutex::new(()),
+                first: tokio::sync::Mutex::new(()),
                 state: Mutex::new(State::default()),
             }),
         }
@@ -92,20 +102,7 @@ impl RLock {
         Self::from_lock(f(self.inner.lock.clone()))
     }
 
-    /// See [`Lock::timeout`]. Returns a new owner.
-    pub fn timeout(self, timeout: Duration) -> Self {
-        self.map(|l| l.timeout(timeout))
-    }
-
-    /// See [`Lock::check_interval`]. Returns a new owner.
-    pub fn check_interval(self, interval: Duration) -> Self {
-        self.map(|l| l.check_interval(interval))
-    }
-
-    /// See [`Lock::fail_when_locked`]. Returns a new owner.
-    pub fn fail_when_locked(self, yes: bool) -> Self {
-        self.map(|l| l.fail_when_locked(yes))
-    }
+    wait_setters!("the lock", "false");
 
     /// See [`Lock::flags`]. Returns a new owner.
     pub fn flags(self, flags: LockFlags) -> Self {
@@ -146,15 +143,16 @@ impl RLock {
         // first acquisition of this owner counts against the timeout.
         let start = tokio::time::Instant::now();
         let lock = &self.inner.lock;
-        let (timeout, fail_fast) = lock.wait_options();
-        let _gate = match self.inner.gate.try_lock() {
+        let w = lock.wait_options();
+        let (timeout, fail_fast) = (w.timeout, w.fail_when_locked);
+        let _first = match self.inner.first.try_lock() {
             Ok(g) => g,
             Err(_) => {
                 let deadline = crate::deadline::deadline_after(start, timeout);
-                match tokio::time::timeout_at(deadline, self.inner.gate.lock()).await {
+                match tokio::time::timeout_at(deadline, self.inner.first.lock()).await {
                     Ok(g) => g,
                     // Another first acquisition of this owner is still waiting.
-                    Err(_) => return Err(lock.busy(timeout, fail_fast, true)),
+                    Err(_) => return Err(lock.engine.busy(timeout, fail_fast, true)),
                 }
             }
         };
@@ -181,9 +179,9 @@ impl RLock {
     }
 }
 
-impl Shared {
+impl Owner {
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::util::lock(&self.state)
     }
 
     /// Counts one guard down; hands back the file lock when it was the last.
@@ -212,7 +210,7 @@ impl fmt::Debug for RLock {
 #[must_use = "if unused the RLock level is released at once"]
 #[clippy::has_significant_drop]
 pub struct RLockGuard {
-    shared: Option<Arc<Shared>>,
+    shared: Option<Arc<Owner>>,
 }
 
 impl RLockGuard {

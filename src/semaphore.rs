@@ -10,9 +10,11 @@ use std::time::Duration;
 use futures_util::stream::StreamExt;
 
 use crate::deadline::Schedule;
+use crate::engine::{self, Attempt, Contender, FileOptions};
 use crate::error::{Error, Result};
-use crate::lock::{absolute, Lock, LockGuard, Options, DEFAULT_CHECK_INTERVAL, DEFAULT_TIMEOUT};
-use crate::wake::{Armed, Watch};
+use crate::lock::{absolute, Lock, LockGuard};
+use crate::options::{wait_setters, WaitOptions, Waiting};
+use crate::wake::Watch;
 
 const DEFAULT_NAME: &str = "bounded_semaphore";
 const DEFAULT_PATTERN: &str = "{name}.{number:02d}.lock";
@@ -106,40 +108,56 @@ pub struct BoundedSemaphore {
 }
 
 #[derive(Clone)]
-struct Config {
+struct Options {
     maximum: usize,
     name: String,
     named: bool,
     directory: PathBuf,
     pattern: String,
-    timeout: Duration,
-    check_interval: Duration,
-    fail_when_locked: bool,
+    wait: WaitOptions,
 }
 
 struct Inner {
-    config: Config,
+    config: Options,
     /// The slot locks, built (and validated) on first use.
     slots: OnceLock<std::result::Result<Vec<Lock>, String>>,
+}
+
+impl Waiting for BoundedSemaphore {
+    fn wait_options(&self) -> WaitOptions {
+        self.inner.config.wait
+    }
+
+    fn with_wait(self, wait: WaitOptions) -> Self {
+        self.map(|c| c.wait = wait)
+    }
+}
+
+impl Waiting for NamedBoundedSemaphore {
+    fn wait_options(&self) -> WaitOptions {
+        self.0.wait_options()
+    }
+
+    fn with_wait(self, wait: WaitOptions) -> Self {
+        Self(self.0.with_wait(wait))
+    }
 }
 
 impl BoundedSemaphore {
     /// A semaphore with `maximum` slots and the defaults above. Never
     /// panics; `maximum == 0` is reported by [`acquire`](Self::acquire).
     pub fn new(maximum: usize) -> Self {
-        Self::from_config(Config {
+        Self::from_config(Options {
             maximum,
             name: DEFAULT_NAME.to_string(),
             named: false,
             directory: std::env::temp_dir(),
             pattern: DEFAULT_PATTERN.to_string(),
-            timeout: DEFAULT_TIMEOUT,
-            check_interval: DEFAULT_CHECK_INTERVAL,
-            fail_when_locked: false,
+            wait: WaitOptions::default(),
         })
     }
 
-    fn from_config(config: Config) -> Self {
+    fn from_config(config: Options) -> Self {
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -148,7 +166,7 @@ impl BoundedSemaphore {
         }
     }
 
-    fn map(self, f: impl FnOnce(&mut Config)) -> Self {
+    fn map(self, f: impl FnOnce(&mut Options)) -> Self {
         let mut c = self.inner.config.clone();
         f(&mut c);
         Self::from_config(c)
@@ -179,20 +197,7 @@ impl BoundedSemaphore {
         self.map(|c| c.pattern = pattern)
     }
 
-    /// How long [`acquire`](Self::acquire) waits for a free slot (default 5 s).
-    pub fn timeout(self, timeout: Duration) -> Self {
-        self.map(|c| c.timeout = timeout)
-    }
-
-    /// The longest pause between sweeps while waiting (default 250 ms).
-    pub fn check_interval(self, interval: Duration) -> Self {
-        self.map(|c| c.check_interval = interval)
-    }
-
-    /// Fail after the first sweep that finds every slot busy (default false).
-    pub fn fail_when_locked(self, yes: bool) -> Self {
-        self.map(|c| c.fail_when_locked = yes)
-    }
+    wait_setters!("a free slot", "false");
 
     /// The slot file paths, in slot order. Empty if the configuration is
     /// invalid (then [`acquire`](Self::acquire) says why).
@@ -207,7 +212,7 @@ impl BoundedSemaphore {
     pub fn get_random_filenames(&self) -> Vec<PathBuf> {
         let mut names = self.get_filenames();
         for i in (1..names.len()).rev() {
-            let j = (crate::deadline::random_u64() % (i as u64 + 1)) as usize;
+            let j = (crate::util::fast_u64() % (i as u64 + 1)) as usize;
             names.swap(i, j);
         }
         names
@@ -260,44 +265,14 @@ impl BoundedSemaphore {
         if !c.named {
             warn_default_name();
         }
-        let mut schedule = Schedule::new(c.timeout, c.check_interval);
-        // Slots that failed with anything but contention, skipped for the
-        // rest of this call.
-        let mut unusable: Vec<Option<Error>> =
-            std::iter::repeat_with(|| None).take(slots.len()).collect();
-        // Registrations, kept alive while waiting.
-        let mut watches: Option<Vec<Watch>> = None;
-        let mut notifiers = Vec::new();
-        loop {
-            let armed = Armed::new(&notifiers);
-            if let Some(permit) = sweep(slots, &mut unusable).await {
-                return Ok(permit);
-            }
-            if unusable.iter().all(Option::is_some) {
-                return Err(self.none_usable(&mut unusable));
-            }
-            if c.fail_when_locked {
-                return Err(self.busy(false, &unusable));
-            }
-            if watches.is_none() {
-                // First busy sweep: register on every slot (releases in
-                // this process, and closes by other processes), then sweep
-                // once more at once so a release in between is not missed.
-                let w: Vec<Watch> = slots
-                    .iter()
-                    .filter_map(|l| l.idle_id().map(|id| Watch::new(l.path(), id)))
-                    .collect();
-                drop(armed);
-                notifiers = w.iter().map(Watch::notifier).collect();
-                notifiers.extend(slots.iter().map(Lock::gate_notifier));
-                watches = Some(w);
-                continue;
-            }
-            let Some(target) = schedule.next_attempt() else {
-                return Err(self.busy(true, &unusable));
-            };
-            armed.until(target).await;
-        }
+        let schedule = Schedule::new(c.wait.timeout, c.wait.check_interval);
+        let mut sweep = Sweep {
+            sem: self,
+            slots,
+            unusable: std::iter::repeat_with(|| None).take(slots.len()).collect(),
+            watches: None,
+        };
+        engine::wait(&mut sweep, schedule, c.wait.fail_when_locked).await
     }
 
     fn busy(&self, waited: bool, unusable: &[Option<Error>]) -> Error {
@@ -314,8 +289,8 @@ impl BoundedSemaphore {
                 describe_unusable(unusable)
             )
         };
-        if waited && !c.timeout.is_zero() {
-            reason.push_str(&format!(" (waited {:?})", c.timeout));
+        if waited && !c.wait.timeout.is_zero() {
+            reason.push_str(&format!(" (waited {:?})", c.wait.timeout));
         }
         e.with_reason(reason)
     }
@@ -368,12 +343,56 @@ const OPEN_AHEAD: usize = 16;
 /// granted. A slot that fails with anything but contention (a directory
 /// there, a file this user may not open) is recorded in `unusable` and
 /// skipped.
+/// The semaphore as a [`Contender`]: each attempt is one sweep.
+struct Sweep<'a> {
+    sem: &'a BoundedSemaphore,
+    slots: &'a [Lock],
+    /// Slots that failed with anything but contention, skipped for the
+    /// rest of this call.
+    unusable: Vec<Option<Error>>,
+    /// Registrations on the slots' files, kept alive while waiting.
+    watches: Option<Vec<Watch>>,
+}
+
+impl Contender for Sweep<'_> {
+    type Granted = SemaphorePermit;
+
+    async fn attempt(&mut self) -> Result<Attempt<SemaphorePermit>> {
+        if let Some(permit) = sweep(self.slots, &mut self.unusable).await {
+            return Ok(Attempt::Granted(permit));
+        }
+        if self.unusable.iter().all(Option::is_some) {
+            return Err(self.sem.none_usable(&mut self.unusable));
+        }
+        Ok(Attempt::Busy)
+    }
+
+    /// At the first busy sweep: every slot's releases in this process, and
+    /// closes and handovers by other processes of the slots already open.
+    fn register(&mut self) -> Option<Vec<std::sync::Arc<tokio::sync::Notify>>> {
+        if self.watches.is_some() {
+            return None;
+        }
+        let (watches, notifiers): (Vec<_>, Vec<_>) =
+            self.slots.iter().map(|l| l.engine.wake_sources()).unzip();
+        let watches: Vec<Watch> = watches.into_iter().flatten().collect();
+        let mut all: Vec<_> = watches.iter().map(Watch::notifier).collect();
+        all.extend(notifiers);
+        self.watches = Some(watches);
+        Some(all)
+    }
+
+    fn busy(&mut self, waited: bool) -> Error {
+        self.sem.busy(waited, &self.unusable)
+    }
+}
+
 async fn sweep(slots: &[Lock], unusable: &mut [Option<Error>]) -> Option<SemaphorePermit> {
     let todo: Vec<usize> = (0..slots.len())
         .filter(|&i| unusable[i].is_none())
         .collect();
     let mut opened = futures_util::stream::iter(todo)
-        .map(|i| async move { (i, slots[i].preopen().await) })
+        .map(|i| async move { (i, slots[i].engine.preopen().await) })
         .buffered(OPEN_AHEAD);
     while let Some((i, opened)) = opened.next().await {
         let attempt = match opened {
@@ -399,7 +418,7 @@ fn warn_default_name() {
     }
 }
 
-fn build_slots(c: &Config) -> std::result::Result<Vec<Lock>, String> {
+fn build_slots(c: &Options) -> std::result::Result<Vec<Lock>, String> {
     if c.maximum == 0 {
         return Err("maximum must be at least 1".into());
     }
@@ -416,10 +435,13 @@ fn build_slots(c: &Config) -> std::result::Result<Vec<Lock>, String> {
         return Err(format!("the name {:?} contains '/' or NUL", c.name));
     }
     let pattern = Pattern::parse(&c.pattern)?;
-    let opts = Options {
-        fail_when_locked: true,
-        timeout: Duration::ZERO,
-        ..Options::default()
+    let opts = FileOptions {
+        wait: WaitOptions {
+            fail_when_locked: true,
+            timeout: Duration::ZERO,
+            ..WaitOptions::default()
+        },
+        ..FileOptions::default()
     };
     (0..c.maximum)
         .map(|n| {
@@ -542,9 +564,9 @@ impl fmt::Debug for BoundedSemaphore {
             .field("name", &c.name)
             .field("directory", &c.directory)
             .field("filename_pattern", &c.pattern)
-            .field("timeout", &c.timeout)
-            .field("check_interval", &c.check_interval)
-            .field("fail_when_locked", &c.fail_when_locked)
+            .field("timeout", &c.wait.timeout)
+            .field("check_interval", &c.wait.check_interval)
+            .field("fail_when_locked", &c.wait.fail_when_locked)
             .finish()
     }
 }
@@ -622,7 +644,7 @@ pub struct NamedBoundedSemaphore(BoundedSemaphore);
 impl NamedBoundedSemaphore {
     /// A semaphore with `maximum` slots and a random name.
     pub fn new(maximum: usize) -> Self {
-        let n = crate::deadline::random_u64() % 1_000_001;
+        let n = crate::util::fast_u64() % 1_000_001;
         // A generated name is private: no warning about a shared default.
         Self(BoundedSemaphore::new(maximum).name(format!("{DEFAULT_NAME}.{n}")))
     }
@@ -639,18 +661,8 @@ impl NamedBoundedSemaphore {
     pub fn filename_pattern(self, pattern: impl Into<String>) -> Self {
         Self(self.0.filename_pattern(pattern))
     }
-    /// See [`BoundedSemaphore::timeout`].
-    pub fn timeout(self, t: Duration) -> Self {
-        Self(self.0.timeout(t))
-    }
-    /// See [`BoundedSemaphore::check_interval`].
-    pub fn check_interval(self, t: Duration) -> Self {
-        Self(self.0.check_interval(t))
-    }
-    /// See [`BoundedSemaphore::fail_when_locked`].
-    pub fn fail_when_locked(self, yes: bool) -> Self {
-        Self(self.0.fail_when_locked(yes))
-    }
+    wait_setters!("a free slot", "false");
+
     /// See [`BoundedSemaphore::get_filenames`].
     pub fn get_filenames(&self) -> Vec<PathBuf> {
         self.0.get_filenames()
@@ -725,6 +737,23 @@ mod tests {
             "}{number}",
         ] {
             assert!(Pattern::parse(pat).is_err(), "{pat}");
+        }
+    }
+}
+
+/// Randomised: strings of the characters patterns are made of.
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(crate::util::proptest_cases()))]
+
+        #[test]
+        fn valid_patterns_give_every_slot_its_own_name(s in "[{}:0123dnameumberx.]{0,48}") {
+            if let Ok(p) = super::Pattern::parse(&s) {
+                prop_assert_ne!(p.format("n", 3), p.format("n", 4));
+            }
         }
     }
 }

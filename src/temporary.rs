@@ -4,10 +4,11 @@ use std::fmt;
 use std::io;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
+use crate::engine::FileOptions;
 use crate::error::{Error, ErrorKind, Result};
-use crate::lock::{absolute, Lock, LockGuard, Options};
+use crate::lock::{absolute, Lock, LockGuard};
+use crate::options::{wait_setters, WaitOptions, Waiting};
 
 /// A file lock that creates its file on acquire and removes it on release
 /// (Python's `TemporaryFileLock`).
@@ -67,40 +68,35 @@ pub struct TemporaryFileLock {
     lock: Lock,
 }
 
+impl Waiting for TemporaryFileLock {
+    fn wait_options(&self) -> WaitOptions {
+        self.lock.wait_options()
+    }
+
+    fn with_wait(self, wait: WaitOptions) -> Self {
+        Self {
+            lock: self.lock.with_wait(wait),
+        }
+    }
+}
+
 impl TemporaryFileLock {
     /// A temporary-file lock on `path`. No I/O happens here.
     pub fn new(path: impl AsRef<Path>) -> Self {
-        let opts = Options {
-            fail_when_locked: true,
+        let opts = FileOptions {
+            wait: WaitOptions {
+                fail_when_locked: true,
+                ..WaitOptions::default()
+            },
             truncate: true,
-            ..Options::default()
+            ..FileOptions::default()
         };
         Self {
             lock: Lock::with_options(absolute(path.as_ref()), opts, false),
         }
     }
 
-    /// See [`Lock::timeout`]. Waiting only happens with
-    /// `fail_when_locked(false)`.
-    pub fn timeout(self, timeout: Duration) -> Self {
-        Self {
-            lock: self.lock.timeout(timeout),
-        }
-    }
-
-    /// See [`Lock::check_interval`].
-    pub fn check_interval(self, interval: Duration) -> Self {
-        Self {
-            lock: self.lock.check_interval(interval),
-        }
-    }
-
-    /// Fail at the first busy attempt (default **true**, as in Python).
-    pub fn fail_when_locked(self, yes: bool) -> Self {
-        Self {
-            lock: self.lock.fail_when_locked(yes),
-        }
-    }
+    wait_setters!("the lock", "**true**, as in Python");
 
     /// The absolute path of the lock file.
     pub fn path(&self) -> &Path {

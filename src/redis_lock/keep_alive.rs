@@ -207,7 +207,7 @@ async fn run(shared: Arc<Shared>, pubsub: PubSub, s: Settings) {
     let mut ping_tick =
         tokio::time::interval_at(crate::deadline::deadline_after(start, every), every);
     ping_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let check_every = s.self_check.unwrap_or(Duration::from_secs(3600));
+    let check_every = s.self_check.unwrap_or(crate::util::NEVER);
     let mut check_tick = tokio::time::interval_at(
         crate::deadline::deadline_after(start, check_every),
         check_every,
@@ -294,7 +294,7 @@ async fn check_self(
 ) -> Result<(), &'static str> {
     let run = async {
         let mut ps = client.get_async_pubsub().await.ok()?;
-        let response = format!("{channel}-{}", super::random_hex32());
+        let response = format!("{channel}-{}", crate::util::unguessable_hex32());
         ps.subscribe(&response).await.ok()?;
         let mut replies = ps.into_on_message();
         let _: i64 = cmd

@@ -5,7 +5,9 @@ mod keep_alive;
 mod protocol;
 
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+
+use crate::util::lock;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -257,7 +259,7 @@ impl RedisLock {
     pub async fn acquire(&self) -> Result<RedisLockGuard> {
         self.validate()?;
         let writer = self.cfg.flags == LockFlags::EXCLUSIVE;
-        let id = random_hex32();
+        let id = crate::util::unguessable_hex32();
         let shared = Arc::new(Shared::new(
             self.cfg.channel.clone(),
             id,
@@ -579,7 +581,7 @@ impl Attempt<'_> {
         let cfg = self.cfg();
         let budget = cfg.unavailable_timeout;
         let poll = POLL.min(budget / 10).max(Duration::from_millis(1));
-        let response = format!("{}-{}", cfg.channel, random_hex32());
+        let response = format!("{}-{}", cfg.channel, crate::util::unguessable_hex32());
         // Setting the connection up is bounded as for the command
         // connection; only the wait for replies is `unavailable_timeout`
         // (which may be zero).
@@ -900,7 +902,7 @@ impl RedisSchedule {
                 {
                     Ok(Ok(0)) => {
                         // Spread the waiters that all saw the channel free.
-                        let spread = crate::deadline::scale(step, crate::deadline::unit());
+                        let spread = crate::deadline::scale(step, crate::util::unit());
                         tokio::time::sleep_until((Instant::now() + spread).min(until)).await;
                         break;
                     }
@@ -921,7 +923,7 @@ impl RedisSchedule {
         if left.is_zero() {
             return Pause::Done;
         }
-        let pause = crate::deadline::scale(self.interval, 0.5 + crate::deadline::unit());
+        let pause = crate::deadline::scale(self.interval, 0.5 + crate::util::unit());
         Pause::Sleep(Instant::now() + pause.min(left))
     }
 }
@@ -930,20 +932,6 @@ enum Pause {
     Now,
     Done,
     Sleep(Instant),
-}
-
-/// 32 random lowercase hex characters (a UUIDv4-sized holder id).
-fn random_hex32() -> String {
-    let mut b = [0u8; 16];
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    let filled = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()) == Ok(16);
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let filled = false;
-    if !filled {
-        b[..8].copy_from_slice(&crate::deadline::random_u64().to_ne_bytes());
-        b[8..].copy_from_slice(&crate::deadline::random_u64().to_ne_bytes());
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// A held [`RedisLock`]. Owns the subscription connection and its
@@ -1094,33 +1082,5 @@ impl fmt::Debug for RedisLockGuard {
             .field("fence_token", &self.fence)
             .field("lost", &self.is_lost())
             .finish()
-    }
-}
-
-/// Poison-tolerant lock.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Entry points for the randomised tests in `crate::fuzz`.
-#[cfg(test)]
-pub(crate) mod fuzz_api {
-    use super::protocol::{self, Replies};
-
-    pub(crate) fn ping_response_channel(raw: &[u8]) -> Option<String> {
-        protocol::ping_response_channel(raw)
-    }
-
-    /// Holders recorded from `payloads`, and whether all are legacy.
-    pub(crate) fn replies_from(payloads: &[&[u8]]) -> (usize, bool) {
-        let mut r = Replies::default();
-        for p in payloads {
-            r.add(p);
-        }
-        (r.len(), r.holders.iter().all(|h| h.legacy))
-    }
-
-    pub(crate) fn unavailable_from(channel: &str, list: &str) -> Vec<u64> {
-        protocol::unavailable_clients(channel, list, &Replies::default())
     }
 }

@@ -634,3 +634,59 @@ mod tests {
         assert!(unavailable_clients("a", &list, &Replies::default()).is_empty());
     }
 }
+
+/// Randomised: JSON-ish fragments glued together, and raw bytes.
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::{ping_response_channel, unavailable_clients, Replies};
+
+    fn payload() -> impl Strategy<Value = Vec<u8>> {
+        let fragments: Vec<&'static [u8]> = vec![
+            b"{",
+            b"}",
+            b"\"response_channel\"",
+            b"\"holder_id\"",
+            b"\"mode\"",
+            b"\"protocol\"",
+            b": ",
+            b", ",
+            b"\"shared\"",
+            b"1",
+            b"true",
+            b"[",
+        ];
+        prop_oneof![
+            proptest::collection::vec(proptest::sample::select(fragments), 0..12)
+                .prop_map(|f| f.concat()),
+            proptest::collection::vec(
+                prop_oneof![
+                    3 => proptest::sample::select(b"{}\":, abc123".to_vec()),
+                    1 => any::<u8>()
+                ],
+                0..48,
+            ),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(crate::util::proptest_cases()))]
+
+        #[test]
+        fn payloads_never_panic_and_replies_are_deduplicated(raw in payload()) {
+            if let Some(ch) = ping_response_channel(&raw) {
+                prop_assert!(!ch.is_empty());
+            }
+            // The same payload twice: one holder if it is a protocol record
+            // (deduplicated by id), two distinct legacy holders otherwise.
+            let mut r = Replies::default();
+            r.add(&raw);
+            r.add(&raw);
+            let legacy = r.holders.iter().all(|h| h.legacy);
+            prop_assert_eq!(r.len(), if legacy { 2 } else { 1 });
+            let list = String::from_utf8_lossy(&raw).replace(',', "\n");
+            let _ = unavailable_clients("ch", &list, &Replies::default());
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! The waiting engine behind every file-based primitive.
+//!
+//! An acquisition of one lock file is, in order:
+//!
+//! 1. **enter** this process's gate for the file ([`Gate::enter`]): tasks
+//!    of one process queue in FIFO order, and only the head touches the
+//!    file;
+//! 2. **wait** ([`wait`]): arm the wake-ups, make one non-blocking attempt,
+//!    register for wake-ups at the first contention (then try once more at
+//!    once, so a release in between is not missed), sleep until woken or
+//!    the next scheduled attempt, until the deadline;
+//! 3. **grant**: the pass is kept by the guard for as long as the lock;
+//! 4. **release** ([`Engine::release`]): unlock, let the gate hand the
+//!    lock over to an announced waiter of another process, wake this
+//!    process's waiters, keep the descriptor for the next acquisition.
+//!
+//! [`wait`] is generic over a [`Contender`]: a single lock file
+//! ([`Engine`]'s own) or a semaphore's sweep over its slots. Both use the
+//! same schedule, wake-ups and error rules.
+
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::deadline::{deadline_after, Schedule};
+use crate::error::{Error, Result};
+use crate::file_lock::{self, FileId, Handle, OpenMode};
+use crate::flags::{LockFlags, Mode, Operation};
+use crate::gate::{self, Gate, Pass};
+use crate::options::WaitOptions;
+use crate::util;
+use crate::wake::{self, Armed, Watch};
+
+pub(crate) const OP_LOCK: &str = "failed to lock";
+const OP_OPEN: &str = "failed to open lock file";
+
+/// The outcome of one non-blocking attempt.
+#[derive(Debug)]
+pub(crate) enum Attempt<T> {
+    /// Acquired.
+    Granted(T),
+    /// Held by someone else: wait (or fail, with `fail_when_locked`).
+    Busy,
+    /// Try again at once (the file was replaced under us).
+    Again,
+    /// Sleep until the next scheduled attempt, even with
+    /// `fail_when_locked` (the file keeps being replaced under us).
+    Pause,
+}
+
+/// What [`wait`] waits for.
+pub(crate) trait Contender {
+    type Granted;
+
+    /// One non-blocking attempt. An error ends the wait at once: only
+    /// contention is retried.
+    async fn attempt(&mut self) -> Result<Attempt<Self::Granted>>;
+
+    /// After a busy attempt: the wake-up sources to wait on from now on,
+    /// if they must be (re-)registered; `None` keeps the current ones.
+    /// A registration is followed by another attempt at once.
+    fn register(&mut self) -> Option<Vec<Arc<Notify>>>;
+
+    /// The contention error; `waited`: the deadline passed (rather than
+    /// `fail_when_locked` ending the wait at the first busy attempt).
+    fn busy(&mut self, waited: bool) -> Error;
+}
+
+/// The wait loop: attempts paced by `schedule` until one is granted, an
+/// attempt fails, or the deadline passes (at once with `fail_fast`).
+///
+/// Wake-ups are armed *before* each attempt, so a release that happens
+/// while the attempt runs still ends the next sleep early.
+pub(crate) async fn wait<C: Contender>(
+    c: &mut C,
+    mut schedule: Schedule,
+    fail_fast: bool,
+) -> Result<C::Granted> {
+    let mut notifiers: Vec<Arc<Notify>> = Vec::new();
+    loop {
+        let armed = Armed::new(&notifiers);
+        match c.attempt().await? {
+            Attempt::Granted(g) => return Ok(g),
+            Attempt::Again => continue,
+            Attempt::Busy if fail_fast => return Err(c.busy(false)),
+            Attempt::Busy => {
+                if let Some(n) = c.register() {
+                    drop(armed);
+                    notifiers = n;
+                    continue;
+                }
+            }
+            Attempt::Pause => {}
+        }
+        let Some(target) = schedule.next_attempt() else {
+            return Err(c.busy(true));
+        };
+        armed.until(target).await;
+    }
+}
+
+/// The options of one lock file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FileOptions {
+    pub(crate) wait: WaitOptions,
+    pub(crate) flags: LockFlags,
+    pub(crate) truncate: bool,
+}
+
+impl Default for FileOptions {
+    fn default() -> Self {
+        Self {
+            wait: WaitOptions::default(),
+            flags: LockFlags::EXCLUSIVE | LockFlags::NON_BLOCKING,
+            truncate: false,
+        }
+    }
+}
+
+impl FileOptions {
+    pub(crate) fn mode(&self) -> Result<Mode> {
+        match self.flags.operation()? {
+            Operation::Lock { mode, .. } => Ok(mode),
+            Operation::Unlock => Err(Error::invalid(
+                "invalid lock flags",
+                "UNBLOCK is not a lock mode; use SHARED or EXCLUSIVE",
+            )),
+        }
+    }
+
+    fn open_mode(&self) -> OpenMode {
+        if self.truncate {
+            OpenMode::Write
+        } else if matches!(self.mode(), Ok(Mode::Shared)) {
+            OpenMode::Read
+        } else {
+            OpenMode::Append
+        }
+    }
+}
+
+/// One lock file of this process: its path and options, the cached idle
+/// descriptor, and the gate. Shared (`Arc`) by the `Lock` values that
+/// describe it and by their guards.
+#[derive(Debug)]
+pub(crate) struct Engine {
+    pub(crate) path: PathBuf,
+    pub(crate) opts: FileOptions,
+    /// An open, unlocked descriptor of the lock file, kept for reuse.
+    idle: Mutex<Option<Handle>>,
+    reuse: bool,
+    /// This process's FIFO gate for the file.
+    gate: OnceLock<Arc<Gate>>,
+}
+
+/// A granted lock: the locked file and the pass of the gate.
+#[derive(Debug)]
+pub(crate) struct Granted {
+    pub(crate) file: File,
+    pub(crate) id: FileId,
+    pub(crate) pass: Pass,
+}
+
+impl Engine {
+    /// `reuse`: keep the descriptor of a released lock for the next
+    /// acquisition (a lock whose file is deleted on release must not).
+    pub(crate) fn new(path: PathBuf, opts: FileOptions, reuse: bool) -> Self {
+        Self {
+            path,
+            opts,
+            idle: Mutex::new(None),
+            reuse,
+            gate: OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn reuse(&self) -> bool {
+        self.reuse
+    }
+
+    fn gate(&self) -> &Arc<Gate> {
+        self.gate.get_or_init(|| Gate::of(&self.path))
+    }
+
+    /// The whole acquisition, for a wait that started at `start` (the
+    /// deadline is `start + timeout`): validation, the in-process gate, the
+    /// OS lock.
+    pub(crate) async fn acquire(
+        &self,
+        start: Instant,
+        timeout: Duration,
+        fail_fast: bool,
+    ) -> Result<Granted> {
+        file_lock::check_path(OP_LOCK, &self.path)?;
+        let mode = self.opts.mode()?;
+        let deadline = deadline_after(start, timeout);
+        let gate = self.gate();
+        let Some(mut pass) = gate.enter(mode == Mode::Shared, deadline, fail_fast).await else {
+            return Err(self.busy(timeout, fail_fast, true));
+        };
+        let mut contender = FileContender {
+            engine: self,
+            mode,
+            current: self.take_idle(),
+            stale: 0,
+            watch: None,
+            fail_fast,
+            timeout,
+        };
+        let schedule = Schedule::from(start, deadline, self.opts.wait.check_interval);
+        let Handle { file, id } = wait(&mut contender, schedule, fail_fast).await?;
+        gate.granted(&mut pass);
+        Ok(Granted { file, id, pass })
+    }
+
+    /// The contention error. `here`: the holder (or the queue ahead) is in
+    /// this process — another owner of the in-process gate — so the message
+    /// never blames another process for it.
+    pub(crate) fn busy(&self, timeout: Duration, fail_fast: bool, here: bool) -> Error {
+        let who = if here {
+            "already locked by another owner in this process"
+        } else {
+            "already locked by another process"
+        };
+        let e = Error::already_locked(OP_LOCK, Some(&self.path));
+        if fail_fast || timeout.is_zero() {
+            e.with_reason(who)
+        } else {
+            e.with_reason(format!("{who} (waited {timeout:?})"))
+        }
+    }
+
+    /// What wakes a waiter on this file early: a release in this process
+    /// (the gate) and, once the file was opened, a close or handover by
+    /// another process (its [`Watch`]).
+    pub(crate) fn wake_sources(&self) -> (Option<Watch>, Arc<Notify>) {
+        let watch = self.idle_id().map(|id| Watch::new(&self.path, id));
+        (watch, self.gate().released_notifier())
+    }
+
+    /// Opens the lock file and keeps the descriptor for the next attempt,
+    /// unless one is kept already; locks nothing.
+    pub(crate) async fn preopen(&self) -> Result<()> {
+        if self.idle_id().is_none() {
+            let handle = self.open().await?;
+            self.put_idle(handle);
+        }
+        Ok(())
+    }
+
+    /// Unlocks `file` and keeps it for the next acquisition (or closes
+    /// it), handing the lock over to an announced waiter of another
+    /// process and waking this process's waiters. A file that was read,
+    /// written or sought through the guard is rewound first, so every
+    /// guard starts at offset 0.
+    pub(crate) fn release(
+        &self,
+        mut file: File,
+        id: FileId,
+        touched: bool,
+        keep: bool,
+    ) -> io::Result<()> {
+        let unlocked = match self.gate.get() {
+            Some(g) => g.on_release(&file),
+            None => file.unlock(),
+        };
+        wake::released(id);
+        let reusable = unlocked.is_ok()
+            && self.reuse
+            && keep
+            && (!touched || file.seek(SeekFrom::Start(0)).is_ok());
+        if reusable {
+            self.put_idle(Handle { file, id });
+        }
+        unlocked
+    }
+
+    /// Truncates a freshly locked file if asked; unlocks on failure.
+    /// (Reused descriptors were rewound when they were put back.)
+    fn prepare(&self, handle: Handle) -> Result<Handle> {
+        if !self.opts.truncate {
+            return Ok(handle);
+        }
+        if let Err(e) = file_lock::check_single_link(&handle.file) {
+            let _ = handle.file.unlock();
+            return Err(Error::io("refusing to truncate", Some(&self.path), e));
+        }
+        match handle.file.set_len(0) {
+            Ok(()) => Ok(handle),
+            Err(e) => {
+                let _ = handle.file.unlock();
+                Err(Error::io(
+                    "failed to prepare lock file",
+                    Some(&self.path),
+                    e,
+                ))
+            }
+        }
+    }
+
+    fn idle_id(&self) -> Option<FileId> {
+        util::lock(&self.idle).as_ref().map(|h| h.id)
+    }
+
+    /// Keeps an unlocked descriptor for the next acquisition.
+    fn put_idle(&self, handle: Handle) {
+        if self.reuse {
+            let mut idle = util::lock(&self.idle);
+            if idle.is_none() {
+                *idle = Some(handle);
+            }
+        }
+    }
+
+    fn take_idle(&self) -> Option<Handle> {
+        util::lock(&self.idle).take()
+    }
+
+    async fn open(&self) -> Result<Handle> {
+        let path = self.path.clone();
+        let mode = self.opts.open_mode();
+        util::blocking(move || file_lock::open_lock_file(&path, mode))
+            .await
+            .map_err(|e| Error::io(OP_OPEN, Some(&self.path), e))
+    }
+}
+
+/// One lock file as a [`Contender`]: the descriptor being tried, kept
+/// between attempts, and its wake-up registration.
+struct FileContender<'a> {
+    engine: &'a Engine,
+    mode: Mode,
+    current: Option<Handle>,
+    /// Consecutive attempts that found the file replaced under us.
+    stale: u32,
+    watch: Option<Watch>,
+    fail_fast: bool,
+    timeout: Duration,
+}
+
+impl Contender for FileContender<'_> {
+    type Granted = Handle;
+
+    async fn attempt(&mut self) -> Result<Attempt<Handle>> {
+        let e = self.engine;
+        let handle = match self.current.take() {
+            Some(h) => h,
+            None => e.open().await?,
+        };
+        let io_err = |err| Error::io(OP_LOCK, Some(&e.path), err);
+        let locked = file_lock::try_lock(&handle.file, self.mode).map_err(io_err)?;
+        // Whatever the outcome, a descriptor whose file is no longer at the
+        // path is worthless: drop it (closing also unlocks) and open the
+        // path afresh, at once for a few times, then after a pause.
+        if !handle.is_at(&e.path).map_err(io_err)? {
+            drop(handle);
+            self.stale += 1;
+            if self.stale <= 3 {
+                return Ok(Attempt::Again);
+            }
+            self.stale = 0;
+            return Ok(Attempt::Pause);
+        }
+        self.stale = 0;
+        if locked {
+            return e.prepare(handle).map(Attempt::Granted);
+        }
+        if !self.fail_fast {
+            // Ask a holder in another process to hand the lock over.
+            gate::announce(&handle.file);
+        }
+        self.current = Some(handle);
+        Ok(Attempt::Busy)
+    }
+
+    fn register(&mut self) -> Option<Vec<Arc<Notify>>> {
+        let id = self.current.as_ref()?.id;
+        if self.watch.as_ref().map(Watch::id) == Some(id) {
+            return None;
+        }
+        // First contention on this file (or on a new file at the path).
+        let w = Watch::new(&self.engine.path, id);
+        let n = vec![w.notifier()];
+        self.watch = Some(w);
+        Some(n)
+    }
+
+    fn busy(&mut self, _waited: bool) -> Error {
+        if let Some(h) = self.current.take() {
+            self.engine.put_idle(h);
+        }
+        self.engine.busy(self.timeout, self.fail_fast, false)
+    }
+}
