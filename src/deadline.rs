@@ -1,6 +1,7 @@
-//! The retry schedule shared by every file-based primitive: attempt at
-//! once, then every `check_interval` (jittered) until the deadline, with a
-//! last attempt at the deadline itself.
+//! The one retry schedule: an attempt at once, then one after each
+//! jittered pause until the deadline. How the pauses are jittered is a
+//! policy ([`Jitter`]): the file locks' (never longer than the interval, a
+//! last attempt at the deadline) or Python's Redis lock's.
 
 use std::time::Duration;
 
@@ -11,12 +12,27 @@ use crate::util::{unit, NEVER};
 /// The shortest pause between attempts, so a zero interval never spins.
 pub(crate) const MIN_PAUSE: Duration = Duration::from_millis(1);
 
+/// How a [`Schedule`] spreads its attempts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Jitter {
+    /// Targets at jittered multiples of the interval from the start, each
+    /// pause 0.5–1 × the interval, the last target the deadline itself: a
+    /// release is seen within one interval and the time an attempt takes
+    /// does not stretch the schedule.
+    Below,
+    /// Python's Redis timeout generator: each pause is the interval ×
+    /// U\[0.5, 1.5) from now, capped at the time left; once the deadline
+    /// has passed no attempt is left (see [`Schedule::expired`]).
+    Around,
+}
+
 /// Paces the attempts of one acquisition.
 #[derive(Debug)]
 pub(crate) struct Schedule {
     deadline: Instant,
     interval: Duration,
     next: Instant,
+    jitter: Jitter,
 }
 
 impl Schedule {
@@ -32,7 +48,18 @@ impl Schedule {
             deadline,
             interval,
             next: start,
+            jitter: Jitter::Below,
         }
+    }
+
+    /// The same schedule with another jitter policy.
+    pub(crate) fn jitter(self, jitter: Jitter) -> Self {
+        Self { jitter, ..self }
+    }
+
+    /// Whether the deadline has passed.
+    pub(crate) fn expired(&self) -> bool {
+        Instant::now() >= self.deadline
     }
 
     /// Sleeps until the next attempt is due. Returns `false`, without
@@ -64,6 +91,10 @@ impl Schedule {
     }
 
     fn next_target(&self, now: Instant) -> Instant {
+        if self.jitter == Jitter::Around {
+            let left = self.deadline.saturating_duration_since(now);
+            return now + scale(self.interval, 0.5 + unit()).min(left);
+        }
         // Woken before the target (a release elsewhere that another waiter
         // won): keep it, so early wake-ups never push the polling back.
         if self.next > now {
@@ -150,6 +181,36 @@ mod tests {
         }
         assert!(n <= 10, "{n} attempts in 10 ms");
         assert_eq!(start.elapsed(), Duration::from_millis(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn python_jitter_spreads_around_the_interval_and_stops_at_the_deadline() {
+        let start = Instant::now();
+        let mut s = Schedule::new(Duration::from_secs(10), Duration::from_millis(100))
+            .jitter(Jitter::Around);
+        let (mut lo, mut hi) = (Duration::MAX, Duration::ZERO);
+        let mut last = start;
+        while let Some(t) = s.next_attempt() {
+            tokio::time::sleep_until(t).await;
+            if s.expired() {
+                break;
+            }
+            let gap = t - last;
+            (lo, hi) = (lo.min(gap), hi.max(gap));
+            last = t;
+        }
+        assert!(lo >= Duration::from_millis(50), "{lo:?}");
+        assert!(hi < Duration::from_millis(150), "{hi:?}");
+        assert!(
+            hi > Duration::from_millis(100),
+            "never above the interval: {hi:?}"
+        );
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(10),
+            "the last pause is capped"
+        );
+        assert!(s.next_attempt().is_none());
     }
 
     #[tokio::test(start_paused = true)]

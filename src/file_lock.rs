@@ -276,7 +276,7 @@ mod sys {
     }
 
     // A locked file cannot be removed or replaced on Windows, so the
-    // identity check is not needed there (spec §2.6).
+    // identity check is not needed there.
     pub(super) fn same_identity(_a: FileId, _b: FileId) -> bool {
         true
     }

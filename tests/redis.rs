@@ -503,3 +503,47 @@ async fn a_hung_server_is_noticed_by_the_holder() {
     noticed.expect("a hung server (unanswered pings) was not noticed");
     assert!(g.ensure_held().unwrap_err().is_lock_lost());
 }
+
+/// The number of `AUTH` commands the server has run since the last
+/// `CONFIG RESETSTAT`.
+async fn auth_calls(srv: &RedisServer) -> u64 {
+    let info: String = srv.cmd(&["INFO", "commandstats"]).await;
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_auth:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// With an ACL user, each connection authenticates exactly once (the
+/// named subscription used to send `AUTH` by hand and again through
+/// redis-rs), and a wrong password is a `Redis` error at once, naming the
+/// failed step, not a timeout.
+#[tokio::test]
+async fn acl_users_authenticate_once_per_connection_and_bad_passwords_fail_fast() {
+    let srv = RedisServer::start();
+    let _: String = srv
+        .cmd(&[
+            "ACL", "SETUSER", "locker", "on", ">s3cret", "~*", "&*", "+@all",
+        ])
+        .await;
+    let url = format!("redis://locker:s3cret@127.0.0.1:{}/", srv.port);
+    let client = portalocker::redis::Client::open(url).unwrap();
+    let lock = RedisLock::new("acl", client);
+    let _: String = srv.cmd(&["CONFIG", "RESETSTAT"]).await;
+    let guard = lock.acquire().await.unwrap();
+    assert_eq!(srv.lock_clients("acl").await.len(), 1);
+    // One command connection and one subscription connection.
+    assert_eq!(auth_calls(&srv).await, 2);
+    guard.release().await.unwrap();
+
+    let url = format!("redis://locker:wrong@127.0.0.1:{}/", srv.port);
+    let bad = RedisLock::new("acl", portalocker::redis::Client::open(url).unwrap())
+        .timeout(Duration::from_secs(30));
+    let started = Instant::now();
+    let err = bad.acquire().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Redis, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "retried until the timeout: {err}"
+    );
+}

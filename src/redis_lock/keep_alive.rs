@@ -14,8 +14,11 @@ use redis::AsyncCommands;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::protocol::{self, Mode, Replies};
-use super::{lock, LossCallback};
+use super::protocol::{self, HolderMode, Replies};
+use crate::util::lock;
+
+/// A callback run once when a held lock is lost.
+pub(crate) type LossCallback = Arc<dyn Fn(&Error) + Send + Sync + 'static>;
 use crate::error::{Error, ErrorKind};
 
 /// Where a subscription stands.
@@ -32,21 +35,21 @@ pub(super) enum Status {
 }
 
 /// State shared by the acquisition, the guard and the task.
-pub(super) struct Shared {
+pub(super) struct HolderState {
     pub(super) channel: String,
     pub(super) id: String,
     /// (mode, writer_elected), snapshotted together for replies.
-    mode: Mutex<(Mode, bool)>,
+    mode: Mutex<(HolderMode, bool)>,
     status: watch::Sender<Status>,
     lost: watch::Sender<bool>,
     on_lost: Option<LossCallback>,
 }
 
-impl Shared {
+impl HolderState {
     pub(super) fn new(
         channel: String,
         id: String,
-        mode: Mode,
+        mode: HolderMode,
         on_lost: Option<LossCallback>,
     ) -> Self {
         Self {
@@ -59,7 +62,7 @@ impl Shared {
         }
     }
 
-    pub(super) fn set_mode(&self, mode: Mode, elected: bool) {
+    pub(super) fn set_mode(&self, mode: HolderMode, elected: bool) {
         *lock(&self.mode) = (mode, elected);
     }
 
@@ -139,7 +142,7 @@ impl Shared {
 }
 
 /// What the task needs besides the subscription.
-pub(super) struct Settings {
+pub(super) struct Options {
     pub(super) cmd: MultiplexedConnection,
     pub(super) client: redis::Client,
     pub(super) unavailable: Duration,
@@ -148,12 +151,12 @@ pub(super) struct Settings {
 
 /// A live subscription and the task that keeps it.
 pub(super) struct Subscription {
-    shared: Arc<Shared>,
+    shared: Arc<HolderState>,
     task: JoinHandle<()>,
 }
 
 impl Subscription {
-    pub(super) fn start(shared: Arc<Shared>, pubsub: PubSub, settings: Settings) -> Self {
+    pub(super) fn start(shared: Arc<HolderState>, pubsub: PubSub, settings: Options) -> Self {
         let task = tokio::spawn(run(shared.clone(), pubsub, settings));
         Self { shared, task }
     }
@@ -199,7 +202,7 @@ impl Drop for Subscription {
 
 type Check = Pin<Box<dyn Future<Output = Result<(), &'static str>> + Send>>;
 
-async fn run(shared: Arc<Shared>, pubsub: PubSub, s: Settings) {
+async fn run(shared: Arc<HolderState>, pubsub: PubSub, s: Options) {
     let (sink, mut stream) = pubsub.split();
     let mut cmd = s.cmd.clone();
     let every = s.unavailable.max(Duration::from_millis(100));
@@ -282,7 +285,7 @@ async fn run(shared: Arc<Shared>, pubsub: PubSub, s: Settings) {
     // Dropping the stream here closes the socket.
 }
 
-/// One end-to-end self-check (spec §3.12): ping the lock channel from a
+/// One end-to-end self-check: ping the lock channel from a
 /// fresh response subscription and wait for this holder's own reply, which
 /// only comes if the held subscription still receives the channel.
 async fn check_self(

@@ -1,5 +1,6 @@
 //! The wire protocol of Python portalocker 4.4.2's Redis lock and its
-//! decision rules, as pure functions (spec §3.4, §3.8, §3.9). No I/O here.
+//! decision rules (joining, election, forfeit, confirmation, reaping), as
+//! pure functions. No I/O here.
 
 use serde_json::Value;
 
@@ -10,13 +11,13 @@ pub(crate) const MAX_PAYLOAD: usize = 64 * 1024;
 
 /// A holder's mode, as advertised in replies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Mode {
+pub(crate) enum HolderMode {
     Exclusive,
     Pending,
     Shared,
 }
 
-impl Mode {
+impl HolderMode {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Exclusive => "exclusive",
@@ -39,7 +40,7 @@ impl Mode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Holder {
     pub(crate) id: String,
-    pub(crate) mode: Mode,
+    pub(crate) mode: HolderMode,
     pub(crate) legacy: bool,
     /// `None` for pre-4.2 peers (and legacy holders).
     pub(crate) elected: Option<bool>,
@@ -59,7 +60,7 @@ pub(crate) fn ping(response_channel: &str) -> String {
 }
 
 /// A reply record, byte for byte as Python writes it.
-pub(crate) fn reply(id: &str, mode: Mode, elected: bool) -> String {
+pub(crate) fn reply(id: &str, mode: HolderMode, elected: bool) -> String {
     format!(
         "{{\"holder_id\": {}, \"mode\": \"{}\", \"protocol\": {PROTOCOL}, \"elected\": {elected}}}",
         Value::from(id),
@@ -97,7 +98,7 @@ impl Replies {
             None => {
                 let h = Holder {
                     id: format!("legacy-{}", self.legacy),
-                    mode: Mode::Exclusive,
+                    mode: HolderMode::Exclusive,
                     legacy: true,
                     elected: None,
                 };
@@ -134,7 +135,7 @@ fn parse_record(payload: &[u8]) -> Option<Holder> {
         return None;
     }
     let id = obj.get("holder_id")?.as_str()?.to_string();
-    let mode = Mode::parse(obj.get("mode")?.as_str()?)?;
+    let mode = HolderMode::parse(obj.get("mode")?.as_str()?)?;
     let elected = obj.get("elected").and_then(Value::as_bool);
     Some(Holder {
         id,
@@ -157,15 +158,15 @@ fn others<'a>(me: &'a Me<'_>, holders: &'a [Holder]) -> impl Iterator<Item = &'a
     holders.iter().filter(move |h| h.id != me.id)
 }
 
-/// §3.8.1: a reader may join only pure readers.
+/// Joining: a reader may join only pure readers.
 pub(crate) fn compatible(me: &Me<'_>, holders: &[Holder]) -> bool {
-    !me.writer && holders.iter().all(|h| h.mode == Mode::Shared)
+    !me.writer && holders.iter().all(|h| h.mode == HolderMode::Shared)
 }
 
-/// §3.8.2: a fresh writer is elected if nobody is exclusive, no other
+/// Election: a fresh writer is elected if nobody is exclusive, no other
 /// holder advertises an election, and it has the lowest pending id.
 pub(crate) fn wins_election(me: &Me<'_>, holders: &[Holder]) -> bool {
-    if holders.iter().any(|h| h.mode == Mode::Exclusive) {
+    if holders.iter().any(|h| h.mode == HolderMode::Exclusive) {
         return false;
     }
     if others(me, holders).any(|h| h.elected == Some(true)) {
@@ -173,23 +174,23 @@ pub(crate) fn wins_election(me: &Me<'_>, holders: &[Holder]) -> bool {
     }
     holders
         .iter()
-        .filter(|h| h.mode == Mode::Pending)
+        .filter(|h| h.mode == HolderMode::Pending)
         .map(|h| h.id.as_str())
         .min()
         == Some(me.id)
 }
 
-/// §3.8.3: an incumbent forfeits to an exclusive holder, to a lower-id
+/// Forfeit: an incumbent forfeits to an exclusive holder, to a lower-id
 /// incumbent, or to a lower-id pre-4.2 pending writer.
 pub(crate) fn must_forfeit(me: &Me<'_>, holders: &[Holder]) -> bool {
     others(me, holders).any(|h| {
-        h.mode == Mode::Exclusive
+        h.mode == HolderMode::Exclusive
             || (h.elected == Some(true) && h.id.as_str() < me.id)
-            || (h.mode == Mode::Pending && h.elected.is_none() && h.id.as_str() < me.id)
+            || (h.mode == HolderMode::Pending && h.elected.is_none() && h.id.as_str() < me.id)
     })
 }
 
-/// What one probe result means for this lock (§3.8.4).
+/// What one probe result means for this lock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Resolution {
     /// Held as is (a reader joining readers).
@@ -205,7 +206,7 @@ pub(crate) enum Resolution {
     FailFast,
 }
 
-/// §3.8.4 for a probe result (`None` = inconclusive).
+/// The decision for a probe result (`None` = inconclusive).
 pub(crate) fn resolve(me: &Me<'_>, probe: Option<&[Holder]>, fail_when_locked: bool) -> Resolution {
     let Some(holders) = probe else {
         return if me.writer && me.elected {
@@ -220,7 +221,7 @@ pub(crate) fn resolve(me: &Me<'_>, probe: Option<&[Holder]>, fail_when_locked: b
     if !me.writer {
         return Resolution::GiveUp { conclusive: true };
     }
-    let shared_present = others(me, holders).any(|h| h.mode == Mode::Shared);
+    let shared_present = others(me, holders).any(|h| h.mode == HolderMode::Shared);
     if me.elected {
         if must_forfeit(me, holders) {
             return Resolution::GiveUp { conclusive: true };
@@ -228,8 +229,9 @@ pub(crate) fn resolve(me: &Me<'_>, probe: Option<&[Holder]>, fail_when_locked: b
         if shared_present {
             return Resolution::Retry { elect: false };
         }
-        let hold_off = others(me, holders)
-            .any(|h| h.mode == Mode::Pending && h.elected == Some(false) && h.id.as_str() < me.id);
+        let hold_off = others(me, holders).any(|h| {
+            h.mode == HolderMode::Pending && h.elected == Some(false) && h.id.as_str() < me.id
+        });
         if hold_off {
             return Resolution::Retry { elect: false };
         }
@@ -247,7 +249,7 @@ pub(crate) fn resolve(me: &Me<'_>, probe: Option<&[Holder]>, fail_when_locked: b
     Resolution::Retry { elect: true }
 }
 
-/// The verdict of one conclusive confirm probe after a promotion (§3.8.5).
+/// The verdict of one conclusive confirm probe after a promotion.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Verdict {
     Confirmed,
@@ -255,18 +257,20 @@ pub(crate) enum Verdict {
     Retry,
 }
 
-/// §3.8.5: demote beats retry; otherwise confirmed.
+/// Confirmation: demote beats retry; otherwise confirmed.
 pub(crate) fn confirm_verdict(me_id: &str, holders: &[Holder]) -> Verdict {
     let mut retry = false;
     for h in holders.iter().filter(|h| h.id != me_id) {
         let lower = h.id.as_str() < me_id;
         match h.mode {
-            Mode::Shared => return Verdict::Demote,
-            Mode::Exclusive if h.legacy || h.elected.is_none() || lower => return Verdict::Demote,
-            Mode::Exclusive => {}
-            Mode::Pending if !lower => {}
-            Mode::Pending if h.elected.is_none() => return Verdict::Demote,
-            Mode::Pending => retry = true,
+            HolderMode::Shared => return Verdict::Demote,
+            HolderMode::Exclusive if h.legacy || h.elected.is_none() || lower => {
+                return Verdict::Demote
+            }
+            HolderMode::Exclusive => {}
+            HolderMode::Pending if !lower => {}
+            HolderMode::Pending if h.elected.is_none() => return Verdict::Demote,
+            HolderMode::Pending => retry = true,
         }
     }
     if retry {
@@ -276,7 +280,7 @@ pub(crate) fn confirm_verdict(me_id: &str, holders: &[Holder]) -> Verdict {
     }
 }
 
-/// §3.9: the ids of clients in `CLIENT LIST` output that hold `channel`
+/// Reaping: the ids of clients in `CLIENT LIST` output that hold `channel`
 /// under a conforming name yet did not answer this probe.
 pub(crate) fn unavailable_clients(channel: &str, client_list: &str, replies: &Replies) -> Vec<u64> {
     let legacy_name = format!("{channel}-lock");
@@ -322,7 +326,7 @@ pub(crate) fn is_holder_id(s: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn h(id: &str, mode: Mode, elected: Option<bool>) -> Holder {
+    fn h(id: &str, mode: HolderMode, elected: Option<bool>) -> Holder {
         Holder {
             id: id.into(),
             mode,
@@ -333,7 +337,7 @@ mod tests {
     fn legacy(n: usize) -> Holder {
         Holder {
             id: format!("legacy-{n}"),
-            mode: Mode::Exclusive,
+            mode: HolderMode::Exclusive,
             legacy: true,
             elected: None,
         }
@@ -349,13 +353,13 @@ mod tests {
             r#"{"message": "ping", "response_channel": "jobs-5e5e"}"#
         );
         assert_eq!(
-            reply(A, Mode::Exclusive, false),
+            reply(A, HolderMode::Exclusive, false),
             format!(
                 r#"{{"holder_id": "{A}", "mode": "exclusive", "protocol": 1, "elected": false}}"#
             )
         );
         assert_eq!(
-            reply(A, Mode::Pending, true)
+            reply(A, HolderMode::Pending, true)
                 .matches("\"elected\": true")
                 .count(),
             1
@@ -399,8 +403,8 @@ mod tests {
     #[test]
     fn replies_parse_leniently_and_deduplicate() {
         let mut r = Replies::default();
-        r.add(reply(A, Mode::Exclusive, false).as_bytes());
-        r.add(reply(A, Mode::Exclusive, false).as_bytes()); // duplicate
+        r.add(reply(A, HolderMode::Exclusive, false).as_bytes());
+        r.add(reply(A, HolderMode::Exclusive, false).as_bytes()); // duplicate
         r.add(format!(r#"{{"holder_id": "{B}", "mode": "pending", "protocol": 1}}"#).as_bytes());
         r.add(
             format!(
@@ -414,20 +418,24 @@ mod tests {
         r.add(br#"{"holder_id": "x", "mode": "writer", "protocol": 1}"#);
         r.add(br#"{"holder_id": "x", "mode": "shared", "protocol": true}"#);
         let hs = &r.holders;
-        assert_eq!(hs[0], h(A, Mode::Exclusive, Some(false)));
+        assert_eq!(hs[0], h(A, HolderMode::Exclusive, Some(false)));
         assert_eq!(
             hs[1],
-            h(B, Mode::Pending, None),
+            h(B, HolderMode::Pending, None),
             "pre-4.2 record: elected absent"
         );
-        assert_eq!(hs[2], h(C, Mode::Shared, None), "elected read strictly");
+        assert_eq!(
+            hs[2],
+            h(C, HolderMode::Shared, None),
+            "elected read strictly"
+        );
         assert_eq!(hs[3], legacy(0));
         assert_eq!(hs[4], legacy(1), "protocol 2 is treated as legacy");
         assert_eq!(hs[5], legacy(2));
         assert_eq!(hs[6], legacy(3));
         assert_eq!(
             hs[7],
-            h("x", Mode::Shared, None),
+            h("x", HolderMode::Shared, None),
             "protocol true equals 1 in Python"
         );
         assert_eq!(r.len(), 8);
@@ -441,19 +449,19 @@ mod tests {
             elected: false,
         };
         let readers = [
-            h(A, Mode::Shared, Some(false)),
-            h(B, Mode::Shared, Some(false)),
+            h(A, HolderMode::Shared, Some(false)),
+            h(B, HolderMode::Shared, Some(false)),
         ];
         assert_eq!(resolve(&me, Some(&readers), false), Resolution::Held);
         let with_pending = [
-            h(A, Mode::Pending, Some(false)),
-            h(B, Mode::Shared, Some(false)),
+            h(A, HolderMode::Pending, Some(false)),
+            h(B, HolderMode::Shared, Some(false)),
         ];
         assert_eq!(
             resolve(&me, Some(&with_pending), false),
             Resolution::GiveUp { conclusive: true }
         );
-        let with_legacy = [legacy(0), h(B, Mode::Shared, Some(false))];
+        let with_legacy = [legacy(0), h(B, HolderMode::Shared, Some(false))];
         assert_eq!(
             resolve(&me, Some(&with_legacy), true),
             Resolution::GiveUp { conclusive: true }
@@ -477,8 +485,8 @@ mod tests {
             elected: false,
         };
         let both = [
-            h(A, Mode::Pending, Some(false)),
-            h(B, Mode::Pending, Some(false)),
+            h(A, HolderMode::Pending, Some(false)),
+            h(B, HolderMode::Pending, Some(false)),
         ];
         assert_eq!(
             resolve(&a, Some(&both), false),
@@ -494,8 +502,8 @@ mod tests {
         );
         // An exclusive holder blocks every election.
         let held = [
-            h(C, Mode::Exclusive, Some(false)),
-            h(A, Mode::Pending, Some(false)),
+            h(C, HolderMode::Exclusive, Some(false)),
+            h(A, HolderMode::Pending, Some(false)),
         ];
         assert_eq!(
             resolve(&a, Some(&held), false),
@@ -503,8 +511,8 @@ mod tests {
         );
         // Defer to an incumbent even with a lower id (#143).
         let incumbent = [
-            h(C, Mode::Pending, Some(true)),
-            h(A, Mode::Pending, Some(false)),
+            h(C, HolderMode::Pending, Some(true)),
+            h(A, HolderMode::Pending, Some(false)),
         ];
         assert_eq!(
             resolve(&a, Some(&incumbent), false),
@@ -520,8 +528,8 @@ mod tests {
             elected: false,
         };
         let hs = [
-            h(A, Mode::Pending, Some(false)),
-            h(C, Mode::Shared, Some(false)),
+            h(A, HolderMode::Pending, Some(false)),
+            h(C, HolderMode::Shared, Some(false)),
         ];
         assert_eq!(
             resolve(&a, Some(&hs), false),
@@ -537,9 +545,9 @@ mod tests {
             writer: true,
             elected: true,
         };
-        let mine = h(B, Mode::Pending, Some(true));
+        let mine = h(B, HolderMode::Pending, Some(true));
         // Readers still present: keep waiting.
-        let hs = [mine.clone(), h(C, Mode::Shared, Some(false))];
+        let hs = [mine.clone(), h(C, HolderMode::Shared, Some(false))];
         assert_eq!(
             resolve(&b, Some(&hs), true),
             Resolution::Retry { elect: false }
@@ -550,23 +558,23 @@ mod tests {
             Resolution::Promote { elect: false }
         );
         // A lower-id pending writer that may not know yet: hold off.
-        let hs = [mine.clone(), h(A, Mode::Pending, Some(false))];
+        let hs = [mine.clone(), h(A, HolderMode::Pending, Some(false))];
         assert_eq!(
             resolve(&b, Some(&hs), false),
             Resolution::Retry { elect: false }
         );
         // A higher-id pending writer: promote.
-        let hs = [mine.clone(), h(C, Mode::Pending, Some(false))];
+        let hs = [mine.clone(), h(C, HolderMode::Pending, Some(false))];
         assert_eq!(
             resolve(&b, Some(&hs), false),
             Resolution::Promote { elect: false }
         );
         // Forfeit: exclusive, lower incumbent, lower pre-4.2 pending.
         for other in [
-            h(C, Mode::Exclusive, Some(false)),
+            h(C, HolderMode::Exclusive, Some(false)),
             legacy(0),
-            h(A, Mode::Pending, Some(true)),
-            h(A, Mode::Pending, None),
+            h(A, HolderMode::Pending, Some(true)),
+            h(A, HolderMode::Pending, None),
         ] {
             let hs = [mine.clone(), other.clone()];
             assert_eq!(
@@ -576,7 +584,7 @@ mod tests {
             );
         }
         // A higher-id incumbent does not make us forfeit.
-        let hs = [mine, h(C, Mode::Pending, Some(true))];
+        let hs = [mine, h(C, HolderMode::Pending, Some(true))];
         assert!(!must_forfeit(&b, &hs));
         // Inconclusive: an incumbent keeps its election.
         assert_eq!(resolve(&b, None, true), Resolution::Retry { elect: false });
@@ -587,25 +595,28 @@ mod tests {
         use Verdict::*;
         let me = B;
         let cases = [
-            (h(A, Mode::Shared, Some(false)), Demote),
+            (h(A, HolderMode::Shared, Some(false)), Demote),
             (legacy(0), Demote),
-            (h(C, Mode::Exclusive, None), Demote),
-            (h(A, Mode::Exclusive, Some(true)), Demote),
-            (h(C, Mode::Exclusive, Some(true)), Confirmed),
-            (h(C, Mode::Pending, None), Confirmed),
-            (h(A, Mode::Pending, None), Demote),
-            (h(A, Mode::Pending, Some(false)), Retry),
-            (h(A, Mode::Pending, Some(true)), Retry),
+            (h(C, HolderMode::Exclusive, None), Demote),
+            (h(A, HolderMode::Exclusive, Some(true)), Demote),
+            (h(C, HolderMode::Exclusive, Some(true)), Confirmed),
+            (h(C, HolderMode::Pending, None), Confirmed),
+            (h(A, HolderMode::Pending, None), Demote),
+            (h(A, HolderMode::Pending, Some(false)), Retry),
+            (h(A, HolderMode::Pending, Some(true)), Retry),
         ];
         for (other, want) in cases {
-            let hs = [h(B, Mode::Exclusive, Some(false)), other.clone()];
+            let hs = [h(B, HolderMode::Exclusive, Some(false)), other.clone()];
             assert_eq!(confirm_verdict(me, &hs), want, "{other:?}");
         }
         // Demote takes precedence over retry.
-        let hs = [h(A, Mode::Pending, Some(false)), h(C, Mode::Shared, None)];
+        let hs = [
+            h(A, HolderMode::Pending, Some(false)),
+            h(C, HolderMode::Shared, None),
+        ];
         assert_eq!(confirm_verdict(me, &hs), Demote);
         assert_eq!(
-            confirm_verdict(me, &[h(B, Mode::Exclusive, None)]),
+            confirm_verdict(me, &[h(B, HolderMode::Exclusive, None)]),
             Confirmed
         );
     }
@@ -625,7 +636,7 @@ mod tests {
             &A[..31]
         );
         let mut replies = Replies::default();
-        replies.add(reply(A, Mode::Exclusive, false).as_bytes());
+        replies.add(reply(A, HolderMode::Exclusive, false).as_bytes());
         assert_eq!(unavailable_clients("jobs", &list, &replies), vec![2, 3]);
         // One legacy reply spares every legacy-named client.
         replies.add(b"1716112345.1");

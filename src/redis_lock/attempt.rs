@@ -1,0 +1,478 @@
+//! One acquisition attempt of a [`RedisLock`]: subscribe (on a named
+//! connection), count the subscribers, probe them, decide with
+//! [`protocol::resolve`], confirm a promotion, draw a fencing token — and
+//! the pause between two attempts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncCommands, RedisError};
+use tokio::time::Instant;
+
+use super::keep_alive::{self, HolderState};
+use super::protocol::{self, HolderMode, Me, Replies, Resolution, Verdict};
+use super::{connect, RedisLock, RedisLockGuard, OP};
+use crate::deadline::{Jitter, Schedule};
+use crate::error::{Error, ErrorKind, Result};
+
+/// Python's `thread_sleep_time`: the probe poll cap (100 ms), and the
+/// check interval used when the configured one is zero.
+pub(super) const POLL: Duration = Duration::from_millis(100);
+/// The probe's grace read for replies still in flight (5 ms).
+const GRACE: Duration = Duration::from_millis(5);
+
+/// One acquisition: its identity, its subscription, its errors.
+pub(super) struct Attempt<'a> {
+    lock: &'a RedisLock,
+    state: Arc<HolderState>,
+    writer: bool,
+    sub: Option<keep_alive::Subscription>,
+    /// Whether any probe got as far as a decision (so a timeout means
+    /// contention, not an unreachable server).
+    reached_server: bool,
+    last_error: Option<RedisError>,
+    /// Other subscribers seen by the last attempt: how many wait with us.
+    crowd: usize,
+}
+
+impl<'a> Attempt<'a> {
+    pub(super) fn new(lock: &'a RedisLock, state: Arc<HolderState>, writer: bool) -> Self {
+        Self {
+            lock,
+            state,
+            writer,
+            sub: None,
+            reached_server: false,
+            last_error: None,
+            crowd: 1,
+        }
+    }
+
+    /// Pauses until `until`, but watches the channel's subscriber count
+    /// every few milliseconds and ends the pause early (after a random
+    /// delay of up to one step, so waiters do not all arrive at once) when
+    /// it drops to zero: the holder left (released, crashed, was reaped),
+    /// so the next attempt should not wait out the jittered interval.
+    /// Python peers see nothing of this (it is `PUBSUB NUMSUB` on our
+    /// command connection).
+    pub(super) async fn pause_until(&self, until: Instant, interval: Duration) {
+        // Watch closely when alone (a lone waiter gets a freed lock within a
+        // few ms); in a crowd (the subscriber count of the last attempt),
+        // watch and spread out more slowly, up to half the interval, so the
+        // waiters do not all pile onto the channel at once.
+        let base = (interval / 50).clamp(Duration::from_millis(2), Duration::from_millis(10));
+        let crowd = u32::try_from(self.crowd.clamp(1, 64)).unwrap_or(64);
+        let step = (base * crowd).min((interval / 2).max(base));
+        let mut cmd = self.lock.command().await.ok();
+        let channel = &self.cfg().channel;
+        loop {
+            if Instant::now() >= until {
+                break;
+            }
+            if let Some(c) = cmd.as_mut() {
+                match tokio::time::timeout(step.max(Duration::from_millis(50)), numsub(c, channel))
+                    .await
+                {
+                    Ok(Ok(0)) => {
+                        // Spread the waiters that all saw the channel free.
+                        let spread = crate::deadline::scale(step, crate::util::unit());
+                        tokio::time::sleep_until((Instant::now() + spread).min(until)).await;
+                        break;
+                    }
+                    Ok(Ok(_)) => {}
+                    _ => cmd = None, // fall back to plain sleeping
+                }
+            }
+            tokio::time::sleep_until((Instant::now() + step).min(until)).await;
+        }
+    }
+
+    fn cfg(&self) -> &super::Options {
+        &self.lock.cfg
+    }
+
+    fn me(&self) -> (String, bool) {
+        (self.state.id.clone(), self.state.elected())
+    }
+
+    /// Runs one attempt. `Ok(None)`: not this time.
+    pub(super) async fn run(&mut self) -> Result<Option<RedisLockGuard>> {
+        match self.try_once().await {
+            Ok(Some(g)) => Ok(Some(g)),
+            Ok(None) => Ok(None),
+            Err(AttemptError::Transient(e)) => {
+                log::debug!(
+                    "portalocker: Redis lock attempt on {:?} failed: {e}",
+                    self.cfg().channel
+                );
+                self.abandon();
+                if e.is_connection_dropped() || e.is_io_error() || e.is_timeout() {
+                    self.lock.forget_command().await;
+                }
+                self.last_error = Some(e);
+                Ok(None)
+            }
+            Err(AttemptError::Fatal(e)) => {
+                self.abandon();
+                Err(e)
+            }
+        }
+    }
+
+    fn abandon(&mut self) {
+        self.state.set_mode(self.pending_mode(), false);
+        self.sub = None;
+    }
+
+    fn pending_mode(&self) -> HolderMode {
+        if self.writer {
+            HolderMode::Pending
+        } else {
+            HolderMode::Shared
+        }
+    }
+
+    fn busy(&self) -> Error {
+        Error::already_locked(OP, None)
+            .with_reason("already locked by another holder")
+            .with_channel(self.cfg().channel.clone())
+    }
+
+    pub(super) fn timed_out(&mut self) -> Error {
+        self.abandon();
+        match self.last_error.take() {
+            Some(e) if !self.reached_server => redis_error(&self.cfg().channel, e),
+            _ => {
+                let t = self.cfg().wait.timeout;
+                let e = self.busy();
+                if t.is_zero() {
+                    e
+                } else {
+                    e.with_reason(format!("held by another holder (waited {t:?})"))
+                }
+            }
+        }
+    }
+
+    async fn try_once(&mut self) -> std::result::Result<Option<RedisLockGuard>, AttemptError> {
+        // A. A subscription that died while we waited is abandoned.
+        if self.sub.as_ref().is_some_and(|s| !s.alive()) {
+            self.abandon();
+        }
+        // B. Subscribe (named connection, confirmed) if needed.
+        if self.sub.is_none() {
+            self.sub = Some(self.subscribe().await?);
+        }
+        let mut cmd = self.lock.command().await.map_err(AttemptError::classify)?;
+        let channel = self.cfg().channel.clone();
+        let fwl = self.cfg().wait.fail_when_locked;
+        // C. Count, then probe and decide.
+        let n = numsub(&mut cmd, &channel).await?;
+        self.crowd = n.saturating_sub(1).max(1);
+        let resolution = if n == 1 {
+            self.reached_server = true;
+            if self.writer {
+                Resolution::Promote { elect: false }
+            } else {
+                Resolution::Held
+            }
+        } else {
+            let probe = self.probe(&mut cmd, n, true).await?;
+            self.reached_server |= probe.is_some();
+            let (id, elected) = self.me();
+            let me = Me {
+                id: &id,
+                writer: self.writer,
+                elected,
+            };
+            protocol::resolve(&me, probe.as_ref().map(|r| r.holders.as_slice()), fwl)
+        };
+        match resolution {
+            Resolution::Held => {}
+            Resolution::Promote { elect } => {
+                let elected = elect || self.state.elected();
+                self.state.set_mode(HolderMode::Exclusive, elected);
+                // D. Confirm every writer promotion.
+                if !self.confirm(&mut cmd).await? {
+                    self.state.set_mode(HolderMode::Pending, false);
+                    self.sub = None;
+                    if fwl {
+                        return Err(AttemptError::Fatal(self.busy()));
+                    }
+                    return Ok(None);
+                }
+            }
+            Resolution::Retry { elect } => {
+                if elect {
+                    self.state.set_mode(HolderMode::Pending, true);
+                }
+                return Ok(None);
+            }
+            Resolution::GiveUp { conclusive } => {
+                self.abandon();
+                if fwl && conclusive {
+                    return Err(AttemptError::Fatal(self.busy()));
+                }
+                return Ok(None);
+            }
+            Resolution::FailFast => {
+                self.abandon();
+                return Err(AttemptError::Fatal(self.busy()));
+            }
+        }
+        // E. Fencing token, writers only.
+        let fence = if self.writer && self.cfg().fencing {
+            let key = format!("{channel}-fence");
+            let t: u64 = cmd.incr(&key, 1u64).await.map_err(AttemptError::classify)?;
+            Some(t)
+        } else {
+            None
+        };
+        // F. Held only if the subscription is still alive right now.
+        let Some(sub) = self.sub.take() else {
+            return Ok(None);
+        };
+        if !sub.mark_held() {
+            self.abandon();
+            return Ok(None);
+        }
+        Ok(Some(RedisLockGuard::new(sub, self.state.clone(), fence)))
+    }
+
+    async fn subscribe(&mut self) -> std::result::Result<keep_alive::Subscription, AttemptError> {
+        let cfg = self.cfg();
+        let cmd = self.lock.command().await.map_err(AttemptError::classify)?;
+        let name = protocol::client_name(&cfg.channel, &self.state.id);
+        let info = cfg.client.get_connection_info();
+        let wait = cfg.unavailable_timeout.max(Duration::from_millis(100));
+        let mut pubsub = tokio::time::timeout(wait, connect::named_pubsub(info, &name))
+            .await
+            .map_err(|_| AttemptError::Transient(timeout_error("connecting the subscription")))??;
+        match tokio::time::timeout(wait, pubsub.subscribe(&cfg.channel)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(AttemptError::classify(e)),
+            Err(_) => {
+                return Err(AttemptError::Fatal(
+                    Error::new(ErrorKind::Redis, OP)
+                        .with_channel(cfg.channel.clone())
+                        .with_reason(format!(
+                            "Redis did not confirm the lock channel subscription within {wait:?}"
+                        )),
+                ))
+            }
+        }
+        Ok(keep_alive::Subscription::start(
+            self.state.clone(),
+            pubsub,
+            keep_alive::Options {
+                cmd,
+                client: cfg.client.clone(),
+                unavailable: cfg.unavailable_timeout,
+                self_check: cfg.self_check,
+            },
+        ))
+    }
+
+    /// Collects the holders: subscribes to a fresh response channel, pings
+    /// the lock channel, and reads replies until every subscriber answered
+    /// or `unavailable_timeout` passed; the subscriber count must not
+    /// change meanwhile. `None`: inconclusive (churn, or silent holders,
+    /// which are then reaped if `reap`).
+    async fn probe(
+        &self,
+        cmd: &mut MultiplexedConnection,
+        expected: usize,
+        reap: bool,
+    ) -> std::result::Result<Option<Replies>, AttemptError> {
+        let cfg = self.cfg();
+        let budget = cfg.unavailable_timeout;
+        let poll = POLL.min(budget / 10).max(Duration::from_millis(1));
+        let response = format!("{}-{}", cfg.channel, crate::util::unguessable_hex32());
+        // Setting the connection up is bounded as for the command
+        // connection; only the wait for replies is `unavailable_timeout`
+        // (which may be zero).
+        let setup = budget.max(Duration::from_secs(1));
+        let mut ps = tokio::time::timeout(setup, cfg.client.get_async_pubsub())
+            .await
+            .map_err(|_| AttemptError::Transient(timeout_error("opening the probe connection")))?
+            .map_err(AttemptError::classify)?;
+        // Without a confirmation we carry on: missing replies then make the
+        // probe inconclusive.
+        match tokio::time::timeout(setup, ps.subscribe(&response)).await {
+            Ok(r) => r.map_err(AttemptError::classify)?,
+            Err(_) => return Ok(None),
+        }
+        let mut stream = ps.into_on_message();
+        if numsub(cmd, &cfg.channel).await? != expected {
+            return Ok(None);
+        }
+        let _: i64 = cmd
+            .publish(&cfg.channel, protocol::ping(&response))
+            .await
+            .map_err(AttemptError::classify)?;
+        let deadline = crate::deadline::deadline_after(Instant::now(), budget);
+        let mut replies = Replies::default();
+        loop {
+            let mut wait = poll;
+            while replies.len() < expected {
+                match tokio::time::timeout(wait, stream.next()).await {
+                    Ok(Some(msg)) => replies.add(msg.get_payload_bytes()),
+                    Ok(None) => return Ok(None),
+                    Err(_) => break,
+                }
+                wait = GRACE.min(poll);
+            }
+            if replies.len() >= expected {
+                break;
+            }
+            if numsub(cmd, &cfg.channel).await? != expected {
+                return Ok(None); // churn: no reaping
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        if numsub(cmd, &cfg.channel).await? != expected {
+            return Ok(None);
+        }
+        if replies.len() < expected {
+            if reap {
+                self.reap(cmd, &replies).await?;
+            }
+            return Ok(None);
+        }
+        Ok(Some(replies))
+    }
+
+    /// Kills the subscribers of this channel that did not answer the
+    /// probe (`CLIENT LIST` by their holder names, then `CLIENT KILL ID`).
+    async fn reap(
+        &self,
+        cmd: &mut MultiplexedConnection,
+        replies: &Replies,
+    ) -> std::result::Result<(), AttemptError> {
+        let channel = &self.cfg().channel;
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(cmd)
+            .await
+            .map_err(AttemptError::classify)?;
+        for id in protocol::unavailable_clients(channel, &list, replies) {
+            log::warn!("portalocker: killing unresponsive holder (client id {id}) of Redis lock {channel:?}");
+            let _: redis::Value = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("ID")
+                .arg(id)
+                .query_async(cmd)
+                .await
+                .map_err(AttemptError::classify)?;
+        }
+        Ok(())
+    }
+
+    /// Confirms a writer's promotion: counts again (now that we answer
+    /// pings as exclusive) and, while others are subscribed, probes them
+    /// until they all defer to us, within `unavailable_timeout`. `false`
+    /// to demote. On the uncontended path this is the second count of the
+    /// attempt, and it is needed: a contender that pinged us between the
+    /// first count and the promotion saw us as pending.
+    async fn confirm(
+        &self,
+        cmd: &mut MultiplexedConnection,
+    ) -> std::result::Result<bool, AttemptError> {
+        let cfg = self.cfg();
+        let mut schedule = Schedule::new(cfg.unavailable_timeout, POLL).jitter(Jitter::Around);
+        let mut first = true;
+        loop {
+            if !std::mem::take(&mut first) {
+                let Some(until) = schedule.next_attempt() else {
+                    break;
+                };
+                tokio::time::sleep_until(until).await;
+                if schedule.expired() {
+                    break;
+                }
+            }
+            let n = numsub(cmd, &cfg.channel).await?;
+            if n <= 1 {
+                return Ok(true);
+            }
+            let Some(replies) = self.probe(cmd, n, true).await? else {
+                continue;
+            };
+            match protocol::confirm_verdict(&self.state.id, &replies.holders) {
+                Verdict::Confirmed => return Ok(true),
+                Verdict::Demote => return Ok(false),
+                Verdict::Retry => {}
+            }
+        }
+        Ok(false)
+    }
+}
+
+pub(super) enum AttemptError {
+    /// A connection or timeout error: costs this attempt only.
+    Transient(RedisError),
+    /// Anything else ends `acquire`.
+    Fatal(Error),
+}
+
+impl AttemptError {
+    pub(super) fn classify(e: RedisError) -> Self {
+        let auth = matches!(
+            e.kind(),
+            redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::Server(_)
+        );
+        if !auth
+            && (e.is_io_error()
+                || e.is_timeout()
+                || e.is_connection_dropped()
+                || e.is_connection_refusal())
+        {
+            Self::Transient(e)
+        } else {
+            Self::Fatal(redis_error_any(e))
+        }
+    }
+}
+
+impl From<AttemptError> for Error {
+    fn from(e: AttemptError) -> Self {
+        match e {
+            AttemptError::Transient(e) => redis_error_any(e),
+            AttemptError::Fatal(e) => e,
+        }
+    }
+}
+
+fn redis_error(channel: &str, e: RedisError) -> Error {
+    Error::new(ErrorKind::Redis, OP)
+        .with_channel(channel)
+        .with_reason(e.to_string())
+        .with_source(e)
+}
+
+fn redis_error_any(e: RedisError) -> Error {
+    Error::new(ErrorKind::Redis, OP)
+        .with_reason(e.to_string())
+        .with_source(e)
+}
+
+pub(super) fn timeout_error(what: &'static str) -> RedisError {
+    RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, what))
+}
+
+async fn numsub(
+    cmd: &mut MultiplexedConnection,
+    channel: &str,
+) -> std::result::Result<usize, AttemptError> {
+    let v: Vec<(String, usize)> = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query_async(cmd)
+        .await
+        .map_err(AttemptError::classify)?;
+    Ok(v.first().map_or(0, |(_, n)| *n))
+}

@@ -1,0 +1,212 @@
+//! The holder's subscription connection, named before it subscribes.
+//!
+//! A holder is recognised by its client name (`CLIENT LIST` shows it;
+//! contenders reap silent holders by it), so the subscription connection
+//! must carry the name from its first command on. redis-rs's `PubSub`
+//! cannot send `CLIENT SETNAME`, so the handshake — `AUTH` where
+//! configured, then `CLIENT SETNAME` — is sent here on the raw socket,
+//! which is then handed to `PubSub::new` with settings that no longer
+//! carry the password: `AUTH` goes over the wire once.
+
+use redis::aio::PubSub;
+use redis::{ConnectionAddr, ConnectionInfo, RedisConnectionInfo, Value};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+
+use super::attempt::AttemptError;
+use super::OP;
+use crate::error::{Error, ErrorKind};
+
+/// The longest handshake reply accepted (an error message, in practice).
+const MAX_REPLY: u64 = 16 * 1024;
+
+/// A socket for the subscription connection.
+pub(super) trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// Opens a pub/sub connection named `name`.
+pub(super) async fn named_pubsub(
+    info: &ConnectionInfo,
+    name: &str,
+) -> Result<PubSub, AttemptError> {
+    let sock = open(info).await?;
+    let settings = info.redis_settings();
+    let sock = handshake(sock, settings, name).await?;
+    PubSub::new(&without_auth(settings), sock)
+        .await
+        .map_err(AttemptError::classify)
+}
+
+async fn open(info: &ConnectionInfo) -> Result<Box<dyn Io>, AttemptError> {
+    let transient = |e: std::io::Error| AttemptError::Transient(e.into());
+    match info.addr() {
+        ConnectionAddr::Tcp(host, port) => {
+            let s = tokio::net::TcpStream::connect((host.as_str(), *port))
+                .await
+                .map_err(transient)?;
+            let _ = s.set_nodelay(true);
+            Ok(Box::new(s))
+        }
+        #[cfg(unix)]
+        ConnectionAddr::Unix(path) => Ok(Box::new(
+            tokio::net::UnixStream::connect(path)
+                .await
+                .map_err(transient)?,
+        )),
+        #[allow(unreachable_patterns)]
+        other => Err(AttemptError::Fatal(Error::invalid(
+            OP,
+            format!(
+                "{other:?}: only TCP and Unix-socket servers are supported (the subscription \
+                 connection must be named before it subscribes)"
+            ),
+        ))),
+    }
+}
+
+/// Sends `AUTH` (if configured) and `CLIENT SETNAME` in one write and
+/// reads one reply per command.
+async fn handshake(
+    sock: Box<dyn Io>,
+    settings: &RedisConnectionInfo,
+    name: &str,
+) -> Result<Box<dyn Io>, AttemptError> {
+    let mut packed = Vec::new();
+    let mut what = Vec::new();
+    if let Some(pw) = settings.password() {
+        let mut auth = redis::cmd("AUTH");
+        if let Some(user) = settings.username() {
+            auth.arg(user);
+        }
+        packed.extend(auth.arg(pw).get_packed_command());
+        what.push("authenticating");
+    }
+    packed.extend(
+        redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(name)
+            .get_packed_command(),
+    );
+    what.push("naming");
+    let mut sock = BufReader::new(sock);
+    sock.write_all(&packed)
+        .await
+        .map_err(|e| AttemptError::Transient(e.into()))?;
+    // Every reply is read, so an error in the first does not leave the
+    // second for `PubSub` to misread.
+    let mut failure = None;
+    for what in what {
+        if let Err(e) = read_reply(&mut sock).await? {
+            failure.get_or_insert((what, e));
+        }
+    }
+    if let Some((what, e)) = failure {
+        return Err(AttemptError::Fatal(
+            Error::new(ErrorKind::Redis, OP).with_reason(format!(
+                "{what} the subscription connection {name:?} failed: {e}"
+            )),
+        ));
+    }
+    if !sock.buffer().is_empty() {
+        return Err(protocol_error(
+            "the server sent more than the handshake's replies",
+        ));
+    }
+    Ok(sock.into_inner())
+}
+
+/// Reads one handshake reply: `Ok(Ok(()))` for `+OK`, `Ok(Err(message))`
+/// for a server error. The reply is parsed by redis-rs's RESP parser;
+/// anything but a simple status or error (or a reply over [`MAX_REPLY`]
+/// bytes) is a protocol error.
+async fn read_reply<R: AsyncRead + Unpin>(
+    r: &mut BufReader<R>,
+) -> Result<Result<(), String>, AttemptError> {
+    let mut line = Vec::new();
+    let n = r
+        .take(MAX_REPLY)
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(|e| AttemptError::Transient(e.into()))?;
+    if n == 0 {
+        return Err(AttemptError::Transient(
+            std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into(),
+        ));
+    }
+    if !line.ends_with(b"\r\n") {
+        return Err(protocol_error("a handshake reply is truncated or too long"));
+    }
+    match redis::parse_redis_value(&line) {
+        Ok(Value::Okay) => Ok(Ok(())),
+        Ok(Value::SimpleString(s)) if s == "OK" => Ok(Ok(())),
+        Ok(Value::ServerError(e)) => Ok(Err(e.to_string())),
+        // Some versions surface an error reply as an `Err`.
+        Err(e) if line.starts_with(b"-") => Ok(Err(e.to_string())),
+        _ => Err(protocol_error("unexpected handshake reply")),
+    }
+}
+
+fn protocol_error(why: &str) -> AttemptError {
+    AttemptError::Fatal(Error::new(ErrorKind::Redis, OP).with_reason(why.to_string()))
+}
+
+/// `settings` without the credentials (already sent by [`handshake`]).
+fn without_auth(settings: &RedisConnectionInfo) -> RedisConnectionInfo {
+    let plain = RedisConnectionInfo::default()
+        .set_db(settings.db())
+        .set_protocol(settings.protocol());
+    if settings.skip_set_lib_name() {
+        plain.set_skip_set_lib_name()
+    } else if let (Some(name), Some(ver)) = (settings.lib_name(), settings.lib_ver()) {
+        plain.set_lib_name(name, ver)
+    } else {
+        plain
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn reply(bytes: &[u8]) -> Result<Result<(), String>, AttemptError> {
+        read_reply(&mut BufReader::new(bytes)).await
+    }
+
+    #[tokio::test]
+    async fn replies_are_parsed_whole() {
+        assert!(matches!(reply(b"+OK\r\n").await, Ok(Ok(()))));
+        match reply(b"-WRONGPASS invalid username-password pair\r\n").await {
+            Ok(Err(e)) => assert!(e.contains("WRONGPASS"), "{e}"),
+            _ => panic!("an error reply is a server error"),
+        }
+        for bad in [&b"+OK"[..], b":1\r\n", b"$2\r\nOK\r\n", b"garbage\r\n"] {
+            assert!(
+                matches!(reply(bad).await, Err(AttemptError::Fatal(_))),
+                "{bad:?} is a protocol error"
+            );
+        }
+        assert!(matches!(reply(b"").await, Err(AttemptError::Transient(_))));
+        let long = [b"-".as_slice(), &vec![b'x'; 20_000], b"\r\n"].concat();
+        assert!(matches!(reply(&long).await, Err(AttemptError::Fatal(_))));
+    }
+
+    #[tokio::test]
+    async fn two_replies_in_one_read_are_two_replies() {
+        let mut r = BufReader::new(&b"+OK\r\n-ERR no\r\n"[..]);
+        assert!(matches!(read_reply(&mut r).await, Ok(Ok(()))));
+        assert!(matches!(read_reply(&mut r).await, Ok(Err(_))));
+    }
+
+    #[test]
+    fn credentials_are_dropped_and_the_rest_kept() {
+        let s = RedisConnectionInfo::default()
+            .set_username("u")
+            .set_password("p")
+            .set_db(3)
+            .set_skip_set_lib_name();
+        let plain = without_auth(&s);
+        assert_eq!(plain.password(), None);
+        assert_eq!(plain.username(), None);
+        assert_eq!(plain.db(), 3);
+        assert!(plain.skip_set_lib_name());
+    }
+}

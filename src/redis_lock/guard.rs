@@ -1,0 +1,168 @@
+//! [`RedisLockGuard`]: a held [`RedisLock`](super::RedisLock).
+
+use std::fmt;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::keep_alive::{HolderState, Subscription};
+use crate::error::{Error, Result};
+
+/// A held [`RedisLock`]. Owns the subscription connection and its
+/// keep-alive task; dropping it aborts the task and closes the socket, so
+/// Redis drops the subscriber and the lock is free.
+#[must_use = "if unused the lock is released at once"]
+#[clippy::has_significant_drop]
+pub struct RedisLockGuard {
+    sub: Option<Subscription>,
+    state: Arc<HolderState>,
+    fence: Option<u64>,
+}
+
+impl RedisLockGuard {
+    pub(super) fn new(sub: Subscription, state: Arc<HolderState>, fence: Option<u64>) -> Self {
+        Self {
+            sub: Some(sub),
+            state,
+            fence,
+        }
+    }
+
+    /// This holder's id: 32 lowercase hex characters, also the suffix of
+    /// its connection name `<channel>-lock-<id>`.
+    pub fn holder_id(&self) -> &str {
+        &self.state.id
+    }
+
+    /// The channel.
+    pub fn channel(&self) -> &str {
+        &self.state.channel
+    }
+
+    /// The fencing token drawn for this grant (with
+    /// [`RedisLock::fencing`] on an exclusive lock), strictly greater than
+    /// every token drawn before from the same (durable) counter.
+    pub fn fence_token(&self) -> Option<u64> {
+        self.fence
+    }
+
+    /// Whether the lock was lost: the subscription connection died (killed,
+    /// server gone, ping unanswered) while held. Local and cheap.
+    pub fn is_lost(&self) -> bool {
+        self.state.is_lost()
+    }
+
+    /// `Err` of kind [`ErrorKind::LockLost`] once the lock is lost; cheap,
+    /// no network traffic. Sprinkle it through long critical sections.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::LockLost`], naming the channel, the holder id and why.
+    pub fn ensure_held(&self) -> Result<()> {
+        match self.state.lost_reason() {
+            Some(why) => Err(self.lost_error(why)),
+            None => Ok(()),
+        }
+    }
+
+    fn lost_error(&self, why: String) -> Error {
+        self.state.lost_error(&why)
+    }
+
+    /// A `watch` receiver that turns `true` when the lock is lost: hand it
+    /// to tasks that must stop working then (`changed().await`,
+    /// `borrow()`), without giving them the guard.
+    pub fn watch_lost(&self) -> watch::Receiver<bool> {
+        self.state.watch_lost()
+    }
+
+    /// Runs `work` only while the lock is held: its output, or an error of
+    /// kind [`ErrorKind::LockLost`] as soon as the lock is lost first (then
+    /// `work` is dropped, i.e. cancelled, at its current `.await`).
+    ///
+    /// It is `tokio::select!` over [`lost`](Self::lost) and `work`, with
+    /// the loss checked first; write that `select!` yourself when the work
+    /// needs its own cleanup branch. As with any cancellation, effects
+    /// `work` already had stay: a loss is noticed, not undone. Use fencing
+    /// tokens where a stale holder's writes must be refused.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe exactly when `work` is.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::LockLost`] if the lock is lost before `work` completes
+    /// (or was lost already).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # #[allow(dead_code)]
+    /// # async fn dox(guard: portalocker::RedisLockGuard) -> portalocker::Result<()> {
+    /// let rows = guard
+    ///     .run_while_held(async { /* a long job */ 42 })
+    ///     .await?; // Err(LockLost) if the lock went first
+    /// # let _ = rows; Ok(()) }
+    /// ```
+    pub async fn run_while_held<F: std::future::Future>(&self, work: F) -> Result<F::Output> {
+        self.ensure_held()?;
+        tokio::select! {
+            biased;
+            () = self.lost() => Err(self.lost_error(self.state.lost_reason().unwrap_or_default())),
+            out = work => Ok(out),
+        }
+    }
+
+    /// Resolves when the lock is lost. Pending forever while it is held.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: it only watches; use it as a branch of
+    /// `tokio::select!` beside the work the lock protects.
+    pub async fn lost(&self) {
+        let mut rx = self.state.watch_lost();
+        let _ = rx.wait_for(|lost| *lost).await;
+    }
+
+    /// Releases the lock: stops the keep-alive task and closes the
+    /// subscription connection, so Redis drops the subscriber.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: dropping it releases as dropping the
+    /// guard does.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::LockLost`] if the lock had been lost before the
+    /// release: work done under it may not have been exclusive.
+    pub async fn release(mut self) -> Result<()> {
+        if let Some(sub) = self.sub.take() {
+            sub.stop().await;
+        }
+        match self.state.lost_reason() {
+            Some(why) => Err(self.lost_error(why)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RedisLockGuard {
+    fn drop(&mut self) {
+        // Dropping the subscription aborts the task, which drops the
+        // pub/sub stream and closes the socket.
+        self.sub.take();
+    }
+}
+
+impl fmt::Debug for RedisLockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLockGuard")
+            .field("channel", &self.state.channel)
+            .field("holder_id", &self.state.id)
+            .field("fence_token", &self.fence)
+            .field("lost", &self.is_lost())
+            .finish()
+    }
+}
