@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use super::keep_alive::{HolderState, Subscription};
 use crate::error::{Error, Result};
 
-/// A held [`RedisLock`]. Owns the subscription connection and its
+/// A held [`RedisLock`](super::RedisLock). Owns the subscription connection and its
 /// keep-alive task; dropping it aborts the task and closes the socket, so
 /// Redis drops the subscriber and the lock is free.
 #[must_use = "if unused the lock is released at once"]
@@ -40,7 +40,7 @@ impl RedisLockGuard {
     }
 
     /// The fencing token drawn for this grant (with
-    /// [`RedisLock::fencing`] on an exclusive lock), strictly greater than
+    /// [`RedisLock::fencing`](super::RedisLock::fencing) on an exclusive lock), strictly greater than
     /// every token drawn before from the same (durable) counter.
     pub fn fence_token(&self) -> Option<u64> {
         self.fence
@@ -52,12 +52,12 @@ impl RedisLockGuard {
         self.state.is_lost()
     }
 
-    /// `Err` of kind [`ErrorKind::LockLost`] once the lock is lost; cheap,
+    /// `Err` of kind [`ErrorKind::LockLost`](crate::ErrorKind::LockLost) once the lock is lost; cheap,
     /// no network traffic. Sprinkle it through long critical sections.
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::LockLost`], naming the channel, the holder id and why.
+    /// [`ErrorKind::LockLost`](crate::ErrorKind::LockLost), naming the channel, the holder id and why.
     pub fn ensure_held(&self) -> Result<()> {
         match self.state.lost_reason() {
             Some(why) => Err(self.lost_error(why)),
@@ -77,7 +77,7 @@ impl RedisLockGuard {
     }
 
     /// Runs `work` only while the lock is held: its output, or an error of
-    /// kind [`ErrorKind::LockLost`] as soon as the lock is lost first (then
+    /// kind [`ErrorKind::LockLost`](crate::ErrorKind::LockLost) as soon as the lock is lost first (then
     /// `work` is dropped, i.e. cancelled, at its current `.await`).
     ///
     /// It is `tokio::select!` over [`lost`](Self::lost) and `work`, with
@@ -92,7 +92,7 @@ impl RedisLockGuard {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::LockLost`] if the lock is lost before `work` completes
+    /// [`ErrorKind::LockLost`](crate::ErrorKind::LockLost) if the lock is lost before `work` completes
     /// (or was lost already).
     ///
     /// # Examples
@@ -135,7 +135,7 @@ impl RedisLockGuard {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::LockLost`] if the lock had been lost before the
+    /// [`ErrorKind::LockLost`](crate::ErrorKind::LockLost) if the lock had been lost before the
     /// release: work done under it may not have been exclusive.
     pub async fn release(mut self) -> Result<()> {
         if let Some(sub) = self.sub.take() {

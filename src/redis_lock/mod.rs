@@ -212,7 +212,7 @@ impl RedisLock {
     }
 
     /// Run `callback` once, on the keep-alive task, when a held lock is
-    /// lost; it receives the [`ErrorKind::LockLost`] error. Keep it short
+    /// lost; it receives the [`ErrorKind::LockLost`](crate::ErrorKind::LockLost) error. Keep it short
     /// and non-blocking (signal a task, flip a flag); a panic in it is
     /// caught and logged. See also [`RedisLockGuard::lost`] and
     /// [`RedisLockGuard::watch_lost`].
@@ -240,10 +240,10 @@ impl RedisLock {
     ///
     /// [`is_already_locked()`](Error::is_already_locked) when the lock is
     /// still held at the deadline (or at once with `fail_when_locked` and a
-    /// conclusive probe); [`ErrorKind::InvalidInput`] for an empty channel,
+    /// conclusive probe); [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for an empty channel,
     /// one longer than [`MAX_CHANNEL_LEN`] or with spaces or control
     /// characters, invalid flags, or a TLS address (not supported for the
-    /// named subscription connection); [`ErrorKind::Redis`] when the server
+    /// named subscription connection); [`ErrorKind::Redis`](crate::ErrorKind::Redis) when the server
     /// cannot be reached or refuses a command (e.g. `CLIENT KILL` denied by
     /// an ACL). Nothing is left on the channel after an error.
     ///
