@@ -26,6 +26,11 @@ pub use crate::options::{DEFAULT_CHECK_INTERVAL, DEFAULT_TIMEOUT};
 /// absolute against the current directory when the `Lock` is created, so a
 /// later `chdir` cannot redirect it.
 ///
+/// A `Lock` is a cheap description (a path and options): nothing is
+/// opened or locked until [`acquire`](Lock::acquire). Acquiring returns a
+/// [`LockGuard`] that owns the locked file; dropping the guard or calling
+/// [`release`](LockGuard::release) unlocks it.
+///
 /// Clones are cheap and equivalent; each [`acquire`](Self::acquire) is a
 /// separate owner, so two acquisitions contend even when they use the same
 /// `Lock`, as two processes would.
@@ -63,11 +68,6 @@ pub use crate::options::{DEFAULT_CHECK_INTERVAL, DEFAULT_TIMEOUT};
 /// guard.release().await?;
 /// # Ok(()) }
 /// ```
-///
-/// A [`Lock`] is a cheap description (a path and options): nothing is
-/// opened or locked until [`acquire`](Lock::acquire). Acquiring returns a
-/// [`LockGuard`] that owns the locked file; dropping the guard or calling
-/// [`release`](LockGuard::release) unlocks it.
 ///
 /// # How waiting works
 ///
@@ -177,6 +177,10 @@ impl Lock {
     /// return of the guard, so dropping the future at any `.await` leaves no
     /// lock held. A descriptor it opened is closed on drop; one still being
     /// opened on the blocking pool is closed as soon as that open finishes.
+    ///
+    /// Tasks of this process wait for one lock file in a FIFO queue:
+    /// cancelling the future gives up its place in that queue, and a new
+    /// call joins at the back.
     ///
     /// # Errors
     ///

@@ -54,6 +54,8 @@ use crate::util::{self, PerPath, PID_FILE_MODE};
 /// # Ok(()) }
 /// ```
 ///
+/// # Files
+///
 /// Two files, exactly as Python portalocker 4.4.2 uses them, so a Python
 /// and a Rust daemon exclude each other and read each other's pid:
 ///

@@ -16,6 +16,14 @@ use crate::options::{wait_setters, WaitOptions, Waiting};
 /// further acquisitions succeed at once and only count. The file is
 /// unlocked when the last guard is dropped or released.
 ///
+/// # Owner identity
+///
+/// The owner is the `RLock` value: every clone of one `RLock` is the same
+/// owner and shares one count; a separately created `RLock` on the same
+/// path is a different owner and contends like another process would.
+/// Ownership is not tied to a thread or a task, so guards can move freely
+/// between tasks and threads.
+///
 /// Clones share the count. The setters return a *new* owner with a count
 /// of its own: configure first, then clone.
 ///
@@ -47,12 +55,6 @@ use crate::options::{wait_setters, WaitOptions, Waiting};
 /// assert_eq!(rlock.count(), 0);
 /// # Ok(()) }
 /// ```
-///
-/// The owner is the `RLock` value: every clone of one `RLock` is the same
-/// owner and shares one count; a separately created `RLock` on the same
-/// path is a different owner and contends like another process would.
-/// Ownership is not tied to a thread or a task, so guards can move freely
-/// between tasks and threads.
 #[derive(Clone)]
 pub struct RLock {
     inner: Arc<Owner>,
