@@ -175,7 +175,7 @@ impl PidFileLock {
         // process can be in flight: at most a finished one whose token is
         // being dropped.
         let token = flight.lock_owned().await;
-        let joined = tokio::task::spawn_blocking(move || {
+        let joined = util::run_blocking(move || {
             remove_stale_temporaries(&held.pid_path);
             let r = publish_pid(&held.pid_path, std::process::id());
             if r.is_ok() {
@@ -187,13 +187,8 @@ impl PidFileLock {
             (held, r, token)
         })
         .await;
-        let (held, r, _token) = joined.map_err(|e| {
-            Error::io(
-                "failed to publish pid",
-                Some(&self.pid_path),
-                io::Error::other(e),
-            )
-        })?;
+        let (held, r, _token) =
+            joined.map_err(|e| Error::io("failed to publish pid", Some(&self.pid_path), e))?;
         match r {
             Ok(()) => Ok(held),
             Err(e) => Err(Error::io("failed to publish pid", Some(&self.pid_path), e)),
@@ -211,7 +206,7 @@ impl PidFileLock {
     /// This method is cancel safe: it only reads.
     pub async fn read_pid(&self) -> Option<u32> {
         let path = self.pid_path.clone();
-        tokio::task::spawn_blocking(move || read_pid_file(&path))
+        util::run_blocking(move || read_pid_file(&path))
             .await
             .ok()
             .flatten()

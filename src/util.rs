@@ -44,10 +44,19 @@ where
     F: FnOnce() -> io::Result<T> + Send + 'static,
     T: Send + 'static,
 {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r,
-        Err(join) => Err(io::Error::other(join)),
-    }
+    run_blocking(f).await?
+}
+
+/// As [`blocking`], for a closure that does not return an `io::Result`:
+/// only a panic (or a runtime shutdown) is an error.
+pub(crate) async fn run_blocking<T, F>(f: F) -> io::Result<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(io::Error::other)
 }
 
 /// One shared value per path in this process, created on first use and
