@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncSeek, AsyncWrite, AsyncWriteExt, BufWriter};
 
+use crate::sys;
 use crate::util::{self, SHARED_FILE_MODE};
 
 const BUFFER: usize = 64 * 1024;
@@ -537,7 +538,8 @@ pub(crate) const TEMP_STEM: &str = ".portalocker.";
 
 /// `.portalocker.<16 unguessable hex>.tmp` in `dir`, created exclusively.
 fn create_named(dir: &Path) -> io::Result<(PathBuf, File)> {
-    let (file, path) = util::with_temp_name(dir, TEMP_STEM, sys::create_new)?;
+    let (file, path) =
+        util::with_temp_name(dir, TEMP_STEM, |p| sys::create_new(p, SHARED_FILE_MODE))?;
     Ok((path, file))
 }
 
@@ -556,7 +558,7 @@ fn publish(
     };
     file.write_all(pending)?;
     if opts.durability != Durability::None {
-        util::fsync(&file)?;
+        sys::fsync(&file)?;
     }
     // From here on the payload is complete: a failed publication keeps it.
     let published = if named {
@@ -564,7 +566,7 @@ fn publish(
         let r = if opts.replace {
             std::fs::rename(&temp, dest)
         } else {
-            sys::publish_named_noreplace(&temp, dest)
+            publish_named_noreplace(&temp, dest)
         };
         match r {
             Ok(()) => {
@@ -579,7 +581,7 @@ fn publish(
         }
     } else {
         drop(guard);
-        sys::publish_unnamed(&file, dest, opts.replace)
+        publish_unnamed(&file, dest, opts.replace)
     };
     published.map_err(PublishError::into_io)?;
     if opts.durability == Durability::Full {
@@ -593,163 +595,58 @@ fn publish(
     Ok(())
 }
 
-#[cfg(unix)]
-pub(crate) mod sys {
-    use std::fs::{File, OpenOptions};
-    use std::io;
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
-    use std::path::Path;
-
-    use super::PublishError;
-    use crate::util::{self, SHARED_FILE_MODE};
-
-    pub(super) fn create_new(path: &Path) -> io::Result<File> {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(SHARED_FILE_MODE)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
+/// Gives the unnamed file its name: `linkat` refuses an existing
+/// destination. Replacing links it to a temporary name first, then renames
+/// that over the destination.
+fn publish_unnamed(file: &File, dest: &Path, replace: bool) -> Result<(), PublishError> {
+    let link_to = |to: &Path| sys::link_unnamed(file, to);
+    let dir = dest.parent().unwrap_or(Path::new("/"));
+    // Keeps the complete payload under a new name in `dir`.
+    let preserve = || -> Option<PathBuf> {
+        util::with_temp_name(dir, TEMP_STEM, link_to)
+            .ok()
+            .map(|((), p)| p)
+    };
+    let fail = |source: io::Error, preserved| PublishError {
+        destination: dest.to_path_buf(),
+        preserved,
+        source,
+    };
+    if !replace {
+        return link_to(dest).map_err(|e| fail(e, preserve()));
     }
-
-    pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
-        crate::util::fsync(&File::open(dir)?)
-    }
-
-    /// An unnamed temporary file in `dir`, or `None` where `O_TMPFILE`
-    /// (or `/proc`, needed to give it a name) is unavailable.
-    #[cfg(target_os = "linux")]
-    pub(crate) fn create_unnamed(dir: &Path, mode: u32) -> io::Result<Option<File>> {
-        use rustix::fs::{Mode, OFlags, CWD};
-        if !Path::new("/proc/self/fd").is_dir() {
-            return Ok(None);
-        }
-        let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
-        match rustix::fs::openat(CWD, dir, flags, Mode::from_raw_mode(mode)) {
-            Ok(fd) => Ok(Some(File::from(fd))),
-            Err(e) => {
-                let e = io::Error::from(e);
-                match e.raw_os_error() {
-                    // No O_TMPFILE on this filesystem or kernel.
-                    Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL) => Ok(None),
-                    _ => Err(e),
-                }
-            }
-        }
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    pub(crate) fn create_unnamed(_dir: &Path, _mode: u32) -> io::Result<Option<File>> {
-        Ok(None)
-    }
-
-    /// Gives an unnamed file (from [`create_unnamed`]) the name `to`;
-    /// `AlreadyExists` if something is there.
-    #[cfg(target_os = "linux")]
-    pub(crate) fn link_unnamed(file: &File, to: &Path) -> io::Result<()> {
-        let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
-        rustix::fs::linkat(
-            rustix::fs::CWD,
-            proc_path.as_str(),
-            rustix::fs::CWD,
-            to,
-            rustix::fs::AtFlags::SYMLINK_FOLLOW,
+    let temp = preserve().ok_or_else(|| {
+        fail(
+            io::Error::other("cannot link the temporary file into the directory"),
+            None,
         )
-        .map_err(io::Error::from)
-    }
+    })?;
+    std::fs::rename(&temp, dest).map_err(|e| fail(e, Some(temp)))
+}
 
-    #[cfg(not(target_os = "linux"))]
-    pub(crate) fn link_unnamed(_file: &File, _to: &Path) -> io::Result<()> {
-        Err(io::Error::from(io::ErrorKind::Unsupported))
+/// Publishes `temp` at `dest` without replacing: an atomic no-clobber
+/// rename where the platform has one, else a hard link (then the temporary
+/// name is removed), else — on filesystems without hard links — an
+/// existence check and `rename`.
+fn publish_named_noreplace(temp: &Path, dest: &Path) -> io::Result<()> {
+    if let Some(r) = sys::rename_noreplace(temp, dest) {
+        return r;
     }
-
-    /// Gives the unnamed file its name: `linkat` refuses an existing
-    /// destination. Replacing links it to a temporary name first, then
-    /// renames that over the destination.
-    #[cfg(target_os = "linux")]
-    pub(super) fn publish_unnamed(
-        file: &File,
-        dest: &Path,
-        replace: bool,
-    ) -> Result<(), PublishError> {
-        let link_to = |to: &Path| link_unnamed(file, to);
-        let dir = dest.parent().unwrap_or(Path::new("/"));
-        // Keeps the complete payload under a new name in `dir`.
-        let preserve = || -> Option<std::path::PathBuf> {
-            util::with_temp_name(dir, super::TEMP_STEM, link_to)
-                .ok()
-                .map(|((), p)| p)
-        };
-        let fail = |source: io::Error, preserved| PublishError {
-            destination: dest.to_path_buf(),
-            preserved,
-            source,
-        };
-        if !replace {
-            return link_to(dest).map_err(|e| fail(e, preserve()));
+    match std::fs::hard_link(temp, dest) {
+        Ok(()) => {
+            let _ = std::fs::remove_file(temp);
+            Ok(())
         }
-        let temp = preserve().ok_or_else(|| {
-            fail(
-                io::Error::other("cannot link the temporary file into the directory"),
-                None,
-            )
-        })?;
-        std::fs::rename(&temp, dest).map_err(|e| fail(e, Some(temp)))
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    pub(super) fn publish_unnamed(
-        _file: &File,
-        dest: &Path,
-        _replace: bool,
-    ) -> Result<(), PublishError> {
-        Err(PublishError {
-            destination: dest.to_path_buf(),
-            preserved: None,
-            source: io::Error::from(io::ErrorKind::Unsupported),
-        })
-    }
-
-    /// Publishes `temp` at `dest` without replacing: `renameat2` with
-    /// `RENAME_NOREPLACE` where supported, else a hard link (then the
-    /// temporary name is removed), else an existence check and `rename`.
-    pub(super) fn publish_named_noreplace(temp: &Path, dest: &Path) -> io::Result<()> {
-        #[cfg(any(target_os = "linux", target_os = "android"))]
-        {
-            use rustix::fs::{RenameFlags, CWD};
-            match rustix::fs::renameat_with(CWD, temp, CWD, dest, RenameFlags::NOREPLACE) {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    let e = io::Error::from(e);
-                    if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) {
-                        return Err(e);
-                    }
-                }
+        Err(e) if sys::hard_links_unsupported(&e) => {
+            if std::fs::symlink_metadata(dest).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{dest:?} already exists ({e})"),
+                ));
             }
+            std::fs::rename(temp, dest)
         }
-        match std::fs::hard_link(temp, dest) {
-            Ok(()) => {
-                let _ = std::fs::remove_file(temp);
-                Ok(())
-            }
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EPERM | libc::ENOTSUP | libc::EMLINK)
-                ) || e.raw_os_error() == Some(libc::EOPNOTSUPP) =>
-            {
-                if std::fs::symlink_metadata(dest).is_ok() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AlreadyExists,
-                        format!("{dest:?} already exists ({e})"),
-                    ));
-                }
-                std::fs::rename(temp, dest)
-            }
-            Err(e) => Err(e),
-        }
+        Err(e) => Err(e),
     }
 }
 

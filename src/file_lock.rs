@@ -7,6 +7,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::flags::{LockFlags, Mode, Operation};
+use crate::sys;
 
 /// Locks `file` with `flags`, the way Python's `portalocker.lock` does.
 ///
@@ -155,18 +156,14 @@ impl Handle {
 
     /// Whether the file at `path` has identity `id`.
     pub(crate) fn id_is_at(id: FileId, path: &Path) -> io::Result<bool> {
-        match std::fs::symlink_metadata(path) {
-            Ok(m) => Ok(sys::same_identity(id, FileId::of(&m))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e),
-        }
+        sys::is_at(id, path)
     }
 }
 
 /// Fails when `file` has other hard links: truncating or rewriting it
 /// would change a file that lives under another name too.
 pub(crate) fn check_single_link(file: &File) -> io::Result<()> {
-    let links = sys::link_count(&file.metadata()?);
+    let links = sys::link_count(file)?;
     if links > 1 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -176,18 +173,7 @@ pub(crate) fn check_single_link(file: &File) -> io::Result<()> {
     Ok(())
 }
 
-/// Device and inode of a file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct FileId {
-    dev: u64,
-    ino: u64,
-}
-
-impl FileId {
-    pub(crate) fn of(meta: &std::fs::Metadata) -> Self {
-        sys::file_id(meta)
-    }
-}
+pub(crate) use crate::sys::FileId;
 
 /// Opens (creating if needed) a lock file without following a symlink at
 /// the final component and without blocking on a FIFO, and checks that it
@@ -211,17 +197,13 @@ pub(crate) fn open_lock_file(path: &Path, mode: OpenMode) -> io::Result<Handle> 
         }
         r => r?,
     };
-    let meta = file.metadata()?;
-    if !meta.is_file() {
+    let Some(id) = sys::regular_file_id(&file)? else {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "not a regular file",
         ));
-    }
-    Ok(Handle {
-        file,
-        id: FileId::of(&meta),
-    })
+    };
+    Ok(Handle { file, id })
 }
 
 /// Rejects paths that can never name a lock file, before any I/O.
@@ -233,55 +215,4 @@ pub(crate) fn check_path(op: &'static str, path: &Path) -> Result<()> {
         return Err(Error::invalid(op, "the path contains a NUL byte").with_path(path));
     }
     Ok(())
-}
-
-#[cfg(unix)]
-mod sys {
-    use std::fs::{Metadata, OpenOptions};
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-
-    use super::FileId;
-
-    pub(super) fn harden(o: &mut OpenOptions, mode: u32) {
-        o.mode(mode)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
-    }
-
-    pub(super) fn file_id(m: &Metadata) -> FileId {
-        FileId {
-            dev: m.dev(),
-            ino: m.ino(),
-        }
-    }
-
-    pub(super) fn same_identity(a: FileId, b: FileId) -> bool {
-        a == b
-    }
-
-    pub(super) fn link_count(m: &Metadata) -> u64 {
-        m.nlink()
-    }
-}
-
-#[cfg(not(unix))]
-mod sys {
-    use std::fs::{Metadata, OpenOptions};
-
-    use super::FileId;
-
-    pub(super) fn harden(_o: &mut OpenOptions, _mode: u32) {}
-
-    pub(super) fn file_id(_m: &Metadata) -> FileId {
-        FileId { dev: 0, ino: 0 }
-    }
-
-    // A locked file cannot be removed or replaced on Windows, so the
-    // identity check is not needed there.
-    pub(super) fn same_identity(_a: FileId, _b: FileId) -> bool {
-        true
-    }
-
-    pub(super) fn link_count(_m: &Metadata) -> u64 {
-        1
-    }
 }

@@ -154,6 +154,7 @@ mod options;
 mod pidfile;
 mod rlock;
 mod semaphore;
+mod sys;
 mod temporary;
 mod util;
 mod wake;

@@ -9,6 +9,7 @@ use crate::engine::FileOptions;
 use crate::error::{Error, Result};
 use crate::lock::{absolute, Lock};
 use crate::options::{wait_setters, WaitOptions, Waiting};
+use crate::sys;
 use crate::temporary::DeleteOnRelease;
 use crate::util::{self, PerPath, PID_FILE_MODE};
 
@@ -279,33 +280,22 @@ fn publish_pid(path: &Path, pid: u32) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("/"));
     let write = |file: &mut std::fs::File| -> io::Result<()> {
         file.write_all(pid.to_string().as_bytes())?;
-        util::fsync(file)
+        sys::fsync(file)
     };
     // Where the OS has unnamed files, the content is written before the
     // file has a name: a holder killed mid-write leaves nothing behind, and
     // one killed between the link and the rename leaves a temporary that
     // the next holder removes.
-    if let Some(mut file) = crate::atomic::sys::create_unnamed(dir, PID_FILE_MODE)? {
+    if let Some(mut file) = sys::create_unnamed(dir, PID_FILE_MODE)? {
         write(&mut file)?;
-        let ((), tmp) = temp_name_beside(path, pid, |tmp| {
-            crate::atomic::sys::link_unnamed(&file, tmp)
-        })?;
+        let ((), tmp) = temp_name_beside(path, pid, |tmp| sys::link_unnamed(&file, tmp))?;
         let renamed = std::fs::rename(&tmp, path);
         if renamed.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
         return renamed;
     }
-    let (mut file, tmp) = temp_name_beside(path, pid, |tmp| {
-        let mut o = OpenOptions::new();
-        o.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            o.mode(PID_FILE_MODE).custom_flags(libc::O_NOFOLLOW);
-        }
-        o.open(tmp)
-    })?;
+    let (mut file, tmp) = temp_name_beside(path, pid, |tmp| sys::create_new(tmp, PID_FILE_MODE))?;
     let written = write(&mut file).and_then(|()| std::fs::rename(&tmp, path));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -385,11 +375,7 @@ fn in_flight(path: &Path) -> std::sync::Arc<tokio::sync::Mutex<()>> {
 fn read_pid_file(path: &Path) -> Option<u32> {
     let mut o = OpenOptions::new();
     o.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.custom_flags(libc::O_NONBLOCK);
-    }
+    sys::open_nonblocking(&mut o);
     let file = o.open(path).ok()?;
     if !file.metadata().ok()?.is_file() {
         return None;

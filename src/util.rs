@@ -175,30 +175,6 @@ pub(crate) fn with_temp_name<T>(
     Err(last.unwrap_or_else(|| io::Error::other("no free temporary name")))
 }
 
-/// Whether an `fsync` error only says the filesystem cannot sync (some
-/// FUSE and virtual filesystems), which is not a failure to report.
-pub(crate) fn is_fsync_unsupported(e: &io::Error) -> bool {
-    #[cfg(unix)]
-    {
-        matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP))
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = e;
-        false
-    }
-}
-
-/// `fsync`s `f`, treating a filesystem that cannot sync as success.
-pub(crate) fn fsync(f: &std::fs::File) -> io::Result<()> {
-    match f.sync_all() {
-        Err(e) if is_fsync_unsupported(&e) => Ok(()),
-        other => other,
-    }
-}
-
-/// How many cases each randomised (proptest) test runs: 4096, or
-/// `PROPTEST_CASES` for a longer campaign by hand.
 #[cfg(test)]
 pub(crate) fn proptest_cases() -> u32 {
     std::env::var("PROPTEST_CASES")

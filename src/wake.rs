@@ -27,6 +27,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::file_lock::FileId;
+use crate::sys;
 
 /// Entries that have at least one waiter.
 static ACTIVE: AtomicUsize = AtomicUsize::new(0);
@@ -34,15 +35,13 @@ static ACTIVE: AtomicUsize = AtomicUsize::new(0);
 #[derive(Default)]
 struct Registry {
     entries: HashMap<FileId, Entry>,
-    #[cfg(target_os = "linux")]
-    by_wd: HashMap<inotify::WatchDescriptor, FileId>,
+    by_watch: HashMap<sys::WatchId, FileId>,
 }
 
 struct Entry {
     notify: Arc<Notify>,
     waiters: usize,
-    #[cfg(target_os = "linux")]
-    wd: Option<inotify::WatchDescriptor>,
+    watch: Option<sys::WatchId>,
 }
 
 fn registry() -> MutexGuard<'static, Registry> {
@@ -69,21 +68,16 @@ impl Watch {
             };
         }
         let notify = Arc::new(Notify::new());
-        #[cfg(target_os = "linux")]
-        let wd = linux::add(path);
-        #[cfg(target_os = "linux")]
-        if let Some(wd) = &wd {
-            reg.by_wd.insert(wd.clone(), id);
+        let watch = sys::watch(path, fire);
+        if let Some(w) = &watch {
+            reg.by_watch.insert(w.clone(), id);
         }
-        #[cfg(not(target_os = "linux"))]
-        let _ = path;
         reg.entries.insert(
             id,
             Entry {
                 notify: notify.clone(),
                 waiters: 1,
-                #[cfg(target_os = "linux")]
-                wd,
+                watch,
             },
         );
         ACTIVE.fetch_add(1, Ordering::SeqCst);
@@ -141,17 +135,15 @@ impl Drop for Watch {
         if e.waiters > 0 {
             return;
         }
-        #[cfg_attr(not(target_os = "linux"), allow(unused_variables))]
         let entry = reg.entries.remove(&self.id);
         ACTIVE.fetch_sub(1, Ordering::SeqCst);
-        #[cfg(target_os = "linux")]
-        if let Some(wd) = entry.and_then(|e| e.wd) {
+        if let Some(w) = entry.and_then(|e| e.watch) {
             // The kernel drops a watch by itself when its file is deleted
             // and may hand the number out again: only remove it if it is
             // still ours.
-            if reg.by_wd.get(&wd) == Some(&self.id) {
-                reg.by_wd.remove(&wd);
-                linux::remove(wd);
+            if reg.by_watch.get(&w) == Some(&self.id) {
+                reg.by_watch.remove(&w);
+                sys::unwatch(w);
             }
         }
     }
@@ -168,59 +160,11 @@ pub(crate) fn released(id: FileId) {
     }
 }
 
-#[cfg(target_os = "linux")]
-mod linux {
-    use std::path::Path;
-    use std::sync::OnceLock;
-
-    use inotify::{Inotify, WatchDescriptor, WatchMask, Watches};
-
-    use super::registry;
-
-    /// The process-wide watch list; `None` when inotify is unavailable
-    /// (then waiters poll).
-    fn watches() -> Option<Watches> {
-        static WATCHES: OnceLock<Option<Watches>> = OnceLock::new();
-        WATCHES.get_or_init(start).clone()
-    }
-
-    fn start() -> Option<Watches> {
-        let mut inotify = Inotify::init().ok()?;
-        let watches = inotify.watches();
-        std::thread::Builder::new()
-            .name("portalocker-inotify".into())
-            .spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(events) = inotify.read_events_blocking(&mut buf) {
-                    let reg = registry();
-                    for ev in events {
-                        let entry = reg.by_wd.get(&ev.wd).and_then(|id| reg.entries.get(id));
-                        if let Some(e) = entry {
-                            e.notify.notify_waiters();
-                        }
-                    }
-                }
-            })
-            .ok()?;
-        Some(watches)
-    }
-
-    pub(super) fn add(path: &Path) -> Option<WatchDescriptor> {
-        // ACCESS: a holder hands over by setting the access time (`gate`).
-        let mask = WatchMask::ACCESS
-            | WatchMask::CLOSE_WRITE
-            | WatchMask::CLOSE_NOWRITE
-            | WatchMask::ATTRIB
-            | WatchMask::MODIFY
-            | WatchMask::DELETE_SELF
-            | WatchMask::MOVE_SELF
-            | WatchMask::DONT_FOLLOW;
-        watches()?.add(path, mask).ok()
-    }
-
-    pub(super) fn remove(wd: WatchDescriptor) {
-        if let Some(mut w) = watches() {
-            let _ = w.remove(wd);
-        }
+/// Called by the platform's watcher for an event on a watched lock file.
+fn fire(watch: &sys::WatchId) {
+    let reg = registry();
+    let entry = reg.by_watch.get(watch).and_then(|id| reg.entries.get(id));
+    if let Some(e) = entry {
+        e.notify.notify_waiters();
     }
 }

@@ -38,6 +38,9 @@ pub(super) async fn named_pubsub(
 
 async fn open(info: &ConnectionInfo) -> Result<Box<dyn Io>, AttemptError> {
     let transient = |e: std::io::Error| AttemptError::Transient(e.into());
+    if let Some(local) = crate::sys::connect_local(info.addr()).await {
+        return Ok(Box::new(local.map_err(transient)?));
+    }
     match info.addr() {
         ConnectionAddr::Tcp(host, port) => {
             let s = tokio::net::TcpStream::connect((host.as_str(), *port))
@@ -46,18 +49,11 @@ async fn open(info: &ConnectionInfo) -> Result<Box<dyn Io>, AttemptError> {
             let _ = s.set_nodelay(true);
             Ok(Box::new(s))
         }
-        #[cfg(unix)]
-        ConnectionAddr::Unix(path) => Ok(Box::new(
-            tokio::net::UnixStream::connect(path)
-                .await
-                .map_err(transient)?,
-        )),
-        #[allow(unreachable_patterns)]
         other => Err(AttemptError::Fatal(Error::invalid(
             OP,
             format!(
-                "{other:?}: only TCP and Unix-socket servers are supported (the subscription \
-                 connection must be named before it subscribes)"
+                "{other:?}: only TCP and (on Unix) Unix-socket servers are supported (the \
+                 subscription connection must be named before it subscribes)"
             ),
         ))),
     }

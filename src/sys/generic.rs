@@ -1,0 +1,36 @@
+//! The platform interface without Linux's extras, for macOS, the BSDs and
+//! Windows (and for Linux built with `--cfg portalocker_portable`): no
+//! unnamed temporary files (atomic writes and pid files use a named
+//! temporary), no atomic no-clobber rename (publication uses a hard link),
+//! no change notification (waiters of another process's lock poll every
+//! `check_interval`; waiters in this process are still woken at once).
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+
+pub(crate) fn create_unnamed(_dir: &Path, _mode: u32) -> io::Result<Option<File>> {
+    Ok(None)
+}
+
+pub(crate) fn link_unnamed(_file: &File, _to: &Path) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "unnamed temporary files are not supported on this platform",
+    ))
+}
+
+pub(crate) fn rename_noreplace(_from: &Path, _to: &Path) -> Option<io::Result<()>> {
+    None
+}
+
+/// A watch's name; none is ever made here (there is no watcher).
+#[allow(dead_code)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct WatchId(());
+
+pub(crate) fn watch(_path: &Path, _fire: fn(&WatchId)) -> Option<WatchId> {
+    None
+}
+
+pub(crate) fn unwatch(_id: WatchId) {}

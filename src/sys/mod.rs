@@ -1,0 +1,83 @@
+//! The platform layer: every call that differs between operating systems,
+//! behind one small interface. Nothing outside this module names a target
+//! OS in a `#[cfg]`.
+//!
+//! * `unix.rs` — every Unix (macOS, the BSDs, Linux): `O_NOFOLLOW` and
+//!   `O_NONBLOCK` opens, (device, inode) identity, `fsync` of directories.
+//! * `linux.rs` — what only Linux has: unnamed temporary files
+//!   (`O_TMPFILE` + `linkat`), `renameat2(RENAME_NOREPLACE)`, and inotify
+//!   wake-ups for waiters of another process's lock.
+//! * `generic.rs` — the same interface without those: named temporary
+//!   files, hard-link publication, polling waiters. macOS, the BSDs and
+//!   Windows use it, and so does Linux when built with
+//!   `RUSTFLAGS="--cfg portalocker_portable"`, so that CI exercises the
+//!   code those platforms run.
+//! * `windows.rs` — Windows: share modes that allow deleting a locked
+//!   file, no reparse-point following, (volume, file index) identity.
+//!
+//! The interface:
+//!
+//! | item | meaning |
+//! | --- | --- |
+//! | `harden(&mut OpenOptions, mode)` | never follow a final symlink, never block on a FIFO; created files get `mode` (Unix) |
+//! | `open_nonblocking(&mut OpenOptions)` | never block on a FIFO (reads that may follow symlinks) |
+//! | `create_new(path, mode)` | create exclusively, never through a symlink |
+//! | `regular_file_id(&File)`, `path_id(&Path)` | the identity of an open regular file, and of the file at a path (not following a final symlink) |
+//! | `link_count(&File)` | hard links of an open file |
+//! | `is_symlink_refusal(&io::Error)` | the error of an open that refused a symlink |
+//! | `is_fsync_unsupported(&io::Error)` | a filesystem that cannot `fsync` |
+//! | `sync_dir(&Path)` | make a new directory entry durable |
+//! | `hard_links_unsupported(&io::Error)` | a filesystem without hard links |
+//! | `create_unnamed`, `link_unnamed` | unnamed temporary files, where they exist |
+//! | `rename_noreplace(from, to)` | an atomic no-clobber rename, where it exists |
+//! | `WatchId`, `watch(path, fire)`, `unwatch(id)` | change notification on a lock file, where it exists |
+//! | `connect_local(addr)` | (feature `redis`) a Redis address only this platform has: a Unix socket |
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+
+#[cfg(unix)]
+mod unix;
+#[cfg(unix)]
+pub(crate) use self::unix::*;
+
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+pub(crate) use self::windows::*;
+
+#[cfg(not(any(unix, windows)))]
+compile_error!("portalocker supports Unix (Linux, macOS, the BSDs) and Windows");
+
+#[cfg(all(target_os = "linux", not(portalocker_portable)))]
+mod linux;
+#[cfg(all(target_os = "linux", not(portalocker_portable)))]
+pub(crate) use self::linux::*;
+
+#[cfg(not(all(target_os = "linux", not(portalocker_portable))))]
+mod generic;
+#[cfg(not(all(target_os = "linux", not(portalocker_portable))))]
+pub(crate) use self::generic::*;
+
+/// The identity of a file: (device, inode) on Unix, (volume serial number,
+/// file index) on Windows. It never changes for an open file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct FileId {
+    pub(crate) volume: u64,
+    pub(crate) index: u64,
+}
+
+/// Whether the file at `path` (the symlink itself, if it is one) is the
+/// file `id`; a missing path is "no".
+pub(crate) fn is_at(id: FileId, path: &Path) -> io::Result<bool> {
+    Ok(path_id(path)? == Some(id))
+}
+
+/// `fsync`s `f`, treating a filesystem that cannot sync as success.
+pub(crate) fn fsync(f: &File) -> io::Result<()> {
+    match f.sync_all() {
+        Err(e) if is_fsync_unsupported(&e) => Ok(()),
+        other => other,
+    }
+}
