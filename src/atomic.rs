@@ -103,7 +103,8 @@ impl AtomicOptions {
         let dest = std::path::absolute(path.as_ref())?;
         let opts = self.clone();
         let d = dest.clone();
-        let (file, temp) = util::blocking(move || create(&d, &opts)).await?;
+        let (file, guard) = util::blocking(move || create(&d, &opts)).await?;
+        let temp = guard.keep().map_or(Temp::Unnamed, Temp::Named);
         Ok(AtomicFile {
             writer: Some(BufWriter::with_capacity(
                 BUFFER,
@@ -466,7 +467,11 @@ impl Drop for TempGuard {
     }
 }
 
-fn create(dest: &Path, opts: &AtomicOptions) -> io::Result<(File, Temp)> {
+/// Creates the temporary file. A named one comes with a guard that removes
+/// it when dropped: if `open_atomic`'s future is cancelled while this runs
+/// on the blocking pool, the result is dropped unclaimed and the name must
+/// not stay behind.
+fn create(dest: &Path, opts: &AtomicOptions) -> io::Result<(File, TempGuard)> {
     match std::fs::symlink_metadata(dest) {
         Ok(m) if m.is_dir() => {
             return Err(io::Error::new(
@@ -487,10 +492,10 @@ fn create(dest: &Path, opts: &AtomicOptions) -> io::Result<(File, Temp)> {
     let dir = parent(dest)?;
     std::fs::create_dir_all(dir)?;
     if let Some(file) = sys::create_unnamed(dir, SHARED_FILE_MODE)? {
-        return Ok((file, Temp::Unnamed));
+        return Ok((file, TempGuard(None)));
     }
     let (path, file) = create_named(dir)?;
-    Ok((file, Temp::Named(path)))
+    Ok((file, TempGuard(Some(path))))
 }
 
 /// Rejects, before any I/O, destinations that can never name a file: an

@@ -267,17 +267,17 @@ impl Engine {
     ) -> io::Result<()> {
         let unlocked = match self.gate.get() {
             Some(g) => g.on_release(&file),
-            None => file.unlock(),
+            None => crate::sys::unlock(&file),
         };
         wake::released(id);
-        let reusable = unlocked.is_ok()
+        let reusable = matches!(unlocked, Ok(true))
             && self.reuse
             && keep
             && (!touched || file.seek(SeekFrom::Start(0)).is_ok());
         if reusable {
             self.put_idle(Handle { file, id });
         }
-        unlocked
+        unlocked.map(drop)
     }
 
     /// Truncates a freshly locked file if asked; unlocks on failure.

@@ -107,7 +107,8 @@ pub fn lock(file: &File, flags: LockFlags) -> Result<()> {
 /// [`ErrorKind::Io`](crate::ErrorKind::Io) when the OS refuses; never
 /// `AlreadyLocked`.
 pub fn unlock(file: &File) -> Result<()> {
-    file.unlock()
+    sys::unlock(file)
+        .map(drop)
         .map_err(|e| Error::io("failed to unlock file", None, e))
 }
 
@@ -189,7 +190,7 @@ pub(crate) fn open_lock_file(path: &Path, mode: OpenMode) -> io::Result<Handle> 
             OpenMode::Read => &mut o,
         };
         sys::harden(&mut o, crate::util::SHARED_FILE_MODE);
-        o.open(path)
+        o.open(path).map_err(|e| sys::explain_open_error(path, e))
     };
     let file = match open(mode) {
         Err(e) if mode == OpenMode::Read && e.kind() == io::ErrorKind::NotFound => {

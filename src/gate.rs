@@ -135,10 +135,11 @@ impl Gate {
     /// The release side of the protocol: unlocks `file` and, if a waiter of
     /// another process announced itself and this process has had its burst,
     /// hands the lock over (wakes that waiter and stays away for the
-    /// handoff window). Returns the unlock's result.
-    pub(crate) fn on_release(&self, file: &File) -> std::io::Result<()> {
+    /// handoff window). Returns the unlock's result: `true` when the
+    /// handle may be kept for reuse.
+    pub(crate) fn on_release(&self, file: &File) -> std::io::Result<bool> {
         let announced = self.burst_done() && self.should_check() && announced(file);
-        let unlocked = file.unlock();
+        let unlocked = crate::sys::unlock(file);
         if announced {
             hand_over(file, self);
         }

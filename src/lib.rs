@@ -102,9 +102,25 @@
 //!   started with `exec` never inherits a lock.
 //! * **NFS, SMB, FUSE.** `flock` there is emulated or local-only; this
 //!   crate promises nothing on network filesystems.
-//! * **Unix first.** Locks use std's `File::lock` family (`flock` on Unix,
-//!   `LockFileEx` on Windows); the symlink and FIFO protections are Unix
-//!   only.
+//! * **Linux, macOS, the BSDs.** Locks are `flock(2)` through std's
+//!   `File::lock` family. Only Linux has unnamed temporary files (atomic
+//!   writes and pid files elsewhere use a named `.tmp` file in the same
+//!   directory, which a process killed mid-write leaves behind) and
+//!   inotify (elsewhere a waiter in another process than the holder polls
+//!   every `check_interval`; waiters in one process are woken at once
+//!   everywhere).
+//! * **Windows.** Locks are `LockFileEx` over the whole file: *mandatory*
+//!   while held — other handles cannot read or write the locked file, so
+//!   read it through the guard. Lock files are opened with every share
+//!   mode (so a `TemporaryFileLock` can delete its file while it is open)
+//!   and without following symlinks or junctions, which are refused as "not
+//!   a regular file". Unix permission bits do not apply (files get the
+//!   directory's ACL); there is no directory `fsync`, and no inotify.
+//!   Python portalocker on Windows locks a byte range from offset 0
+//!   (64 KiB with `msvcrt.locking`, `0xFFFF0000` bytes with `LockFileEx`);
+//!   ours covers the whole file, so the ranges overlap and the two exclude
+//!   each other — by construction, not yet by a test (CI runs Windows
+//!   binaries under Wine, without a Windows Python).
 //!
 //! # Differences from portalocker
 //!

@@ -147,6 +147,7 @@ pub(crate) fn unguessable_u64() -> u64 {
 }
 
 /// 32 lowercase hex digits (128 bits) from [`unguessable`].
+#[cfg_attr(not(feature = "redis"), allow(dead_code))] // Redis holder ids
 pub(crate) fn unguessable_hex32() -> String {
     let mut b = [0u8; 16];
     unguessable(&mut b);

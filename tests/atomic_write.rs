@@ -2,6 +2,7 @@
 mod support;
 
 use std::io::SeekFrom;
+#[cfg(unix)]
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
@@ -25,6 +26,7 @@ fn entries(dir: &Path) -> Vec<String> {
     v
 }
 
+#[cfg(unix)]
 fn umask() -> u32 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("Umask:")).unwrap();
@@ -43,11 +45,17 @@ async fn commit_publishes_the_complete_file_and_leaves_no_litter() {
     f.commit().await.unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), b"hello world");
     assert_eq!(entries(d.path()), ["out.txt"]);
-    let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o664 & !umask(), "{mode:o}");
+    // Unix permission bits (Windows files get the directory's ACL).
+    #[cfg(unix)]
+    {
+        let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o664 & !umask(), "{mode:o}");
+    }
 }
 
 /// Even with umask 0 the published file is not world-writable.
+// Unix only: Unix permission bits and the umask.
+#[cfg(unix)]
 #[tokio::test]
 async fn published_files_are_never_world_writable() {
     let d = tempfile::tempdir().unwrap();
@@ -80,6 +88,8 @@ async fn large_payloads_and_seeks() {
     assert!(std::fs::read(&dest).unwrap() == want);
 }
 
+// Unix only: it plants Unix symlinks.
+#[cfg(unix)]
 #[tokio::test]
 async fn an_existing_destination_is_refused_at_once_and_untouched() {
     let d = tempfile::tempdir().unwrap();
@@ -139,6 +149,8 @@ async fn discard_and_drop_leave_nothing() {
     assert!(entries(d.path()).is_empty(), "{:?}", entries(d.path()));
 }
 
+// Unix only: it plants Unix symlinks.
+#[cfg(unix)]
 #[tokio::test]
 async fn replace_mode_swaps_content_atomically() {
     let d = tempfile::tempdir().unwrap();
@@ -211,6 +223,8 @@ async fn bad_inputs_are_typed_errors_without_litter() {
     assert_eq!(entries(d.path()), ["a"]);
 }
 
+// Unix only: Unix permission bits, the umask and a `nobody` child.
+#[cfg(unix)]
 #[tokio::test]
 async fn a_read_only_directory_is_permission_denied_without_litter() {
     let d = tempfile::tempdir().unwrap();
@@ -312,9 +326,14 @@ async fn killed_writers_leave_the_destination_absent_or_complete() {
             }
             Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound),
         }
+        // With unnamed temporary files (Linux) a killed writer leaves
+        // nothing; elsewhere it may leave its named temporary (a documented
+        // limitation), and nothing else.
+        let unnamed = cfg!(all(target_os = "linux", not(portalocker_portable)));
         let litter: Vec<_> = entries(d.path())
             .into_iter()
             .filter(|n| !n.starts_with('k'))
+            .filter(|n| unnamed || !(n.starts_with(".portalocker.") && n.ends_with(".tmp")))
             .collect();
         assert!(litter.is_empty(), "round {round}: {litter:?}");
     }

@@ -7,6 +7,9 @@
 //! connections and subscribers come back to their baseline.
 //!
 //! One test per binary on purpose: it counts this process's descriptors.
+//!
+//! Unix only: it proves that no descriptor leaks by counting /proc/self/fd.
+#![cfg(unix)]
 mod support;
 
 use std::fs::File;

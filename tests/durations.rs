@@ -116,7 +116,8 @@ async fn semaphore_durations_saturate_against_another_process() {
     holder.finish();
 }
 
-#[cfg(feature = "redis")]
+// Unix only: the Redis server comes from the Linux CI host.
+#[cfg(all(feature = "redis", unix))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_durations_saturate_against_another_process() {
     use portalocker::RedisLock;

@@ -1,5 +1,8 @@
 //! Faults: stopped and killed holders, a Redis server killed and
 //! restarted, a link that is delayed or cut.
+//!
+//! Unix only: it stops holders with SIGSTOP and needs a Redis server from the Linux CI host.
+#![cfg(unix)]
 mod support;
 
 use std::time::Duration;

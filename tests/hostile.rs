@@ -3,6 +3,9 @@
 //! arguments for every constructor and setter. Nothing outside is
 //! truncated, written or removed; every bad input is a typed error, never
 //! a panic or a hang.
+//!
+//! Unix only: it plants Unix symlinks, hard links and FIFOs (the Windows behaviour of reparse points is covered by the unit tests of src/sys/windows.rs where Wine allows).
+#![cfg(unix)]
 mod support;
 
 use std::path::{Path, PathBuf};

@@ -71,6 +71,8 @@ async fn four_processes_count_exactly() {
     assert_eq!(std::fs::read_to_string(&counter).unwrap(), "2000");
 }
 
+// Unix only: it reads another process's descriptors in /proc.
+#[cfg(unix)]
 #[tokio::test]
 async fn an_exec_child_of_the_holder_does_not_inherit_the_lock() {
     let d = tempfile::tempdir().unwrap();

@@ -136,6 +136,8 @@ async fn read_pid_is_strict() {
     }
 }
 
+// Unix only: it plants a FIFO (mkfifo).
+#[cfg(unix)]
 #[tokio::test]
 async fn a_fifo_at_the_pid_path_never_hangs() {
     let d = tempfile::tempdir().unwrap();
@@ -155,6 +157,8 @@ async fn a_fifo_at_the_pid_path_never_hangs() {
     drop(Lock::new(sidecar(&pid)).try_acquire().await.unwrap());
 }
 
+// Unix only: it plants Unix symlinks.
+#[cfg(unix)]
 #[tokio::test]
 async fn symlinks_are_refused_and_their_targets_untouched() {
     let d = tempfile::tempdir().unwrap();

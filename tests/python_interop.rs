@@ -1,5 +1,8 @@
 //! Interop with Python portalocker 4.4.2 on the same lock file: both take
 //! `flock`, so each excludes the other.
+//!
+//! Unix only: the Python venv with portalocker 4.4.2 is built on the Linux CI host.
+#![cfg(unix)]
 mod support;
 
 use std::time::Duration;

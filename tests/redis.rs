@@ -1,5 +1,7 @@
 //! `RedisLock` against real `redis-server`s started per test.
-#![cfg(feature = "redis")]
+//!
+//! Unix only: the Redis server comes from Debian on the Linux CI host.
+#![cfg(all(feature = "redis", unix))]
 mod support;
 
 use std::time::{Duration, Instant};

@@ -1,5 +1,7 @@
 //! `RedisLock` interop with Python portalocker 4.4.2 on the same channel.
-#![cfg(feature = "redis")]
+//!
+//! Unix only: the Redis server and the Python venv come from the Linux CI host.
+#![cfg(all(feature = "redis", unix))]
 mod support;
 
 use std::time::{Duration, Instant};

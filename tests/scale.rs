@@ -1,6 +1,9 @@
 //! 10,000 tasks waiting on 100 lock files in one process: all finish, and
 //! neither threads nor descriptors run out (tasks of one process queue at
 //! the in-process gate; only the head of each queue holds a descriptor).
+//!
+//! Unix only: it counts descriptors and threads through /proc.
+#![cfg(unix)]
 mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

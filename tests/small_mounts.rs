@@ -3,6 +3,9 @@
 //! `mount(8)` for another test's tmpfs) holds copies of this process's
 //! descriptors until it execs, and an unlinked temporary file held that way
 //! keeps its blocks — the next case would see a full disk that is not ours.
+//!
+//! Unix only: it mounts tmpfs filesystems (Linux, root).
+#![cfg(unix)]
 mod support;
 
 use std::future::Future;

@@ -3,6 +3,9 @@
 //!
 //! Sized for CI by default. `PORTALOCKER_SOAK_SCALE=10` (or more) runs a
 //! longer soak by hand; see RELIABILITY.md.
+//!
+//! Unix only: it includes a Redis soak, and the Redis server comes from the Linux CI host.
+#![cfg(unix)]
 mod support;
 
 use std::time::Instant;

@@ -54,6 +54,8 @@ async fn a_failed_contender_removes_nothing() {
 /// creates a new file. B's next attempt locks the nameless old inode, sees
 /// that it is not the file at the path, and contends for the new file
 /// instead of entering: exactly one of B and C holds.
+// Unix only: it watches another process's descriptors in /proc.
+#[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiter_on_the_old_inode_never_joins_a_new_holder() {
     let d = tempfile::tempdir().unwrap();
@@ -115,6 +117,14 @@ async fn three_processes_never_hold_at_once() {
 async fn a_replaced_file_is_not_removed_and_release_reports_the_loss() {
     let d = tempfile::tempdir().unwrap();
     let path = d.path().join("t.lock");
+    if support::under_wine() {
+        // Wine 8 deletes an open file only at its last close (Windows'
+        // legacy semantics), so the path cannot be recreated meanwhile;
+        // Windows 10 and later remove the name at once (POSIX semantics,
+        // which std asks for), as this test needs.
+        eprintln!("skipped under Wine: no POSIX delete semantics");
+        return;
+    }
     let g = TemporaryFileLock::new(&path).acquire().await.unwrap();
     // Someone else removes and recreates the path while we hold it.
     std::fs::remove_file(&path).unwrap();
@@ -124,6 +134,8 @@ async fn a_replaced_file_is_not_removed_and_release_reports_the_loss() {
     assert_eq!(std::fs::read(&path).unwrap(), b"theirs");
 }
 
+// Unix only: it plants a Unix symlink.
+#[cfg(unix)]
 #[tokio::test]
 async fn symlinks_and_hard_links_are_never_written_or_removed() {
     let d = tempfile::tempdir().unwrap();

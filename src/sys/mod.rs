@@ -24,6 +24,8 @@
 //! | `create_new(path, mode)` | create exclusively, never through a symlink |
 //! | `regular_file_id(&File)`, `path_id(&Path)` | the identity of an open regular file, and of the file at a path (not following a final symlink) |
 //! | `link_count(&File)` | hard links of an open file |
+//! | `unlock(&File)` | unlock; `false` when the handle must be closed rather than kept (see `windows.rs`) |
+//! | `explain_open_error(path, err)` | an open error that says what is at the path (a directory) |
 //! | `is_symlink_refusal(&io::Error)` | the error of an open that refused a symlink |
 //! | `is_fsync_unsupported(&io::Error)` | a filesystem that cannot `fsync` |
 //! | `sync_dir(&Path)` | make a new directory entry durable |

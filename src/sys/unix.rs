@@ -51,6 +51,16 @@ pub(crate) fn link_count(f: &File) -> io::Result<u64> {
     Ok(f.metadata()?.nlink())
 }
 
+/// Unlocks `f`; `true`: the handle may be kept for reuse.
+pub(crate) fn unlock(f: &File) -> io::Result<bool> {
+    f.unlock().map(|()| true)
+}
+
+/// Unix errors already say what is at the path (`EISDIR`, `ELOOP`).
+pub(crate) fn explain_open_error(_path: &Path, e: io::Error) -> io::Error {
+    e
+}
+
 pub(crate) fn is_symlink_refusal(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::ELOOP)
 }

@@ -22,6 +22,7 @@ const FILE_FLAG_BACKUP_SEMANTICS: u32 = 0x0200_0000;
 const ERROR_INVALID_FUNCTION: i32 = 1;
 const ERROR_NOT_SUPPORTED: i32 = 50;
 const ERROR_TOO_MANY_LINKS: i32 = 1142;
+const ERROR_LOCK_VIOLATION: i32 = 33;
 const ERROR_CANT_RESOLVE_FILENAME: i32 = 1921;
 
 pub(crate) fn harden(o: &mut OpenOptions, _mode: u32) {
@@ -77,6 +78,34 @@ pub(crate) fn path_id(path: &Path) -> io::Result<Option<FileId>> {
 
 pub(crate) fn link_count(f: &File) -> io::Result<u64> {
     Ok(winapi_util::file::information(f)?.number_of_links())
+}
+
+/// Unlocks `f`; `true`: the handle may be kept for reuse.
+///
+/// std's `File::unlock` calls `UnlockFile` twice (a handle may hold a
+/// shared and an exclusive lock) and expects `ERROR_NOT_LOCKED` from the
+/// second call. Wine answers `ERROR_LOCK_VIOLATION` there although the
+/// first call released the lock. Windows never answers that for a region
+/// the handle locked, so it is taken as released — and the handle is
+/// closed rather than kept (`false`), which releases every lock it could
+/// still hold.
+pub(crate) fn unlock(f: &File) -> io::Result<bool> {
+    match f.unlock() {
+        Err(e) if e.raw_os_error() == Some(ERROR_LOCK_VIOLATION) => Ok(false),
+        r => r.map(|()| true),
+    }
+}
+
+/// Windows refuses to open a directory as a file with "access denied";
+/// say what it is instead, as Unix does with `EISDIR`.
+pub(crate) fn explain_open_error(path: &Path, e: io::Error) -> io::Error {
+    const ERROR_ACCESS_DENIED: i32 = 5;
+    if e.raw_os_error() == Some(ERROR_ACCESS_DENIED)
+        && std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+    {
+        return io::Error::new(io::ErrorKind::IsADirectory, "the path is a directory");
+    }
+    e
 }
 
 pub(crate) fn is_symlink_refusal(e: &io::Error) -> bool {

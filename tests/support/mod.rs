@@ -11,8 +11,15 @@ pub const ROLE_ENV: &str = "PORTALOCKER_TEST_ROLE";
 pub const ARGS_ENV: &str = "PORTALOCKER_TEST_ARGS";
 
 /// The number of open descriptors of this process.
+#[cfg(unix)]
 pub fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Whether the tests run under Wine (`scripts/wine/run.sh` says so), for
+/// the few places where Wine is known to differ from Windows.
+pub fn under_wine() -> bool {
+    std::env::var_os("PORTALOCKER_UNDER_WINE").is_some()
 }
 
 /// Polls `cond` until it holds or `limit` passes; returns whether it held.
@@ -118,6 +125,7 @@ impl Proc {
     /// binary in `dir` (made world-readable), so that the permissions of
     /// the directories above the build do not matter. For tests of
     /// permission errors when running as root, which ignores permissions.
+    #[cfg(unix)]
     pub fn role_as_nobody(dir: &Path, entry: &str, role: &str, args: &[&str]) -> Self {
         use std::os::unix::fs::PermissionsExt;
         use std::os::unix::process::CommandExt;
@@ -192,6 +200,7 @@ impl Proc {
     }
 
     /// Sends a signal by name (`STOP`, `CONT`, ...) with kill(1).
+    #[cfg(unix)]
     pub fn signal(&self, name: &str) {
         let ok = Command::new("kill")
             .arg(format!("-{name}"))
@@ -296,6 +305,7 @@ fn has_portalocker(py: &Path) -> bool {
 }
 
 /// Whether this process runs as root (permission checks do not apply).
+#[cfg(unix)]
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .unwrap()
@@ -531,7 +541,7 @@ async fn run_role(role: &str, args: &[String]) {
         }
         // Hold a RedisLock until the parent closes stdin; then release it,
         // or (`redis-hold-report`) report whether it was lost meanwhile.
-        #[cfg(feature = "redis")]
+        #[cfg(all(feature = "redis", unix))]
         "redis-hold" | "redis-hold-report" => {
             let client = portalocker::redis::Client::open(args[0].as_str()).unwrap();
             let guard = portalocker::RedisLock::new(&args[1], client)
@@ -554,7 +564,7 @@ async fn run_role(role: &str, args: &[String]) {
             }
         }
         // n rounds of a deliberately non-atomic GET/SET under the lock.
-        #[cfg(feature = "redis")]
+        #[cfg(all(feature = "redis", unix))]
         "redis-counter" => {
             let client = portalocker::redis::Client::open(args[0].as_str()).unwrap();
             let n: usize = args[3].parse().unwrap();
@@ -583,7 +593,7 @@ async fn run_role(role: &str, args: &[String]) {
 }
 
 /// A deliberately non-atomic read-modify-write of a Redis key.
-#[cfg(feature = "redis")]
+#[cfg(all(feature = "redis", unix))]
 pub async fn redis_bump(con: &mut portalocker::redis::aio::MultiplexedConnection, key: &str) {
     let old: Option<u64> = portalocker::redis::cmd("GET")
         .arg(key)
@@ -616,14 +626,14 @@ pub fn atomic_chunk(i: usize) -> Vec<u8> {
 
 /// A throwaway `redis-server` on a free loopback port, killed by pid on
 /// drop. The binary is `$PORTALOCKER_REDIS_SERVER` or `redis-server`.
-#[cfg(feature = "redis")]
+#[cfg(all(feature = "redis", unix))]
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
 }
 
-#[cfg(feature = "redis")]
+#[cfg(all(feature = "redis", unix))]
 impl RedisServer {
     pub fn start() -> Self {
         for _ in 0..20 {
@@ -757,7 +767,7 @@ impl RedisServer {
     }
 }
 
-#[cfg(feature = "redis")]
+#[cfg(all(feature = "redis", unix))]
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
@@ -768,7 +778,7 @@ impl Drop for RedisServer {
 /// chunk, become a black hole (keep every connection open but stop
 /// forwarding: a half-open link, as a partition looks to each side), or
 /// cut every connection.
-#[cfg(feature = "redis")]
+#[cfg(all(feature = "redis", unix))]
 pub struct Proxy {
     pub port: u16,
     blackhole: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -777,7 +787,7 @@ pub struct Proxy {
     task: tokio::task::JoinHandle<()>,
 }
 
-#[cfg(feature = "redis")]
+#[cfg(all(feature = "redis", unix))]
 impl Proxy {
     pub async fn start(target: u16) -> Self {
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -857,7 +867,7 @@ impl Proxy {
     }
 }
 
-#[cfg(feature = "redis")]
+#[cfg(all(feature = "redis", unix))]
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.task.abort();
@@ -867,10 +877,12 @@ impl Drop for Proxy {
 
 /// A small tmpfs mounted on a fresh directory, unmounted on drop: the
 /// field's full disk (`ENOSPC` once `size` is used).
+#[cfg(unix)]
 pub struct SmallFs {
     dir: Option<tempfile::TempDir>,
 }
 
+#[cfg(unix)]
 impl SmallFs {
     /// Mounts a tmpfs of `size` (`mount -o size=…`, e.g. `"1m"`). Needs
     /// root, as the CI run (`scripts/test.sh`) has.
@@ -901,6 +913,7 @@ impl SmallFs {
     }
 }
 
+#[cfg(unix)]
 impl Drop for SmallFs {
     fn drop(&mut self) {
         if let Some(dir) = self.dir.take() {
