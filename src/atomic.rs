@@ -192,6 +192,12 @@ pub async fn open_atomic(path: impl AsRef<Path>) -> io::Result<AtomicFile> {
 ///   copied: the new file has the mode of a fresh `create`.
 /// * A named temporary file is left behind if the process dies between its
 ///   creation and publication (only where `O_TMPFILE` is unavailable).
+/// * On Windows, publication without replacing is a hard link (NTFS; on
+///   FAT, the existence check and `rename` above), replacing is
+///   `MoveFileExW(MOVEFILE_REPLACE_EXISTING)` (std's `rename`), which
+///   fails while another process has the destination open without
+///   `FILE_SHARE_DELETE`; the directory cannot be `fsync`ed, so
+///   `Durability::Full` syncs the file only.
 ///
 /// # Cancel safety
 ///
