@@ -266,6 +266,28 @@ fn explain_io(err: &io::Error) -> Cow<'static, str> {
     Cow::Owned(err.to_string())
 }
 
+/// Lets `?` lift an `io::Error` into this crate's error in a function that
+/// returns [`Result`]: kind [`ErrorKind::Io`], the `io::Error` kept as the
+/// source (so [`Error::io_error`] returns it).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> portalocker::Result<()> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// use tokio::io::AsyncWriteExt;
+/// let mut guard = portalocker::Lock::new(dir.path().join("owner.lock")).acquire().await?;
+/// guard.write_all(b"pid 42").await?; // an io::Error becomes portalocker::Error
+/// guard.release().await?;
+/// # Ok(()) }
+/// ```
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Self::new(ErrorKind::Io, "I/O error")
+            .with_reason(e.to_string())
+            .with_source(e)
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let i = &self.inner;
@@ -360,6 +382,20 @@ mod tests {
         let os = io::Error::new(io::ErrorKind::InvalidInput, "nul byte");
         let e = Error::io("failed to open lock file", None, os);
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn question_mark_lifts_io_errors_with_their_source() {
+        fn read() -> Result<Vec<u8>> {
+            Ok(std::fs::read("/nonexistent/portalocker-test")?)
+        }
+        let e = read().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Io);
+        assert_eq!(
+            e.io_error().map(io::Error::kind),
+            Some(io::ErrorKind::NotFound)
+        );
+        assert!(std::error::Error::source(&e).is_some());
     }
 
     #[test]

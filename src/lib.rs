@@ -72,6 +72,10 @@
 //!
 //! # Cancel safety
 //!
+//! Every primitive has `acquire()`, `try_acquire()` (one attempt, never
+//! waits) and `acquire_timeout(d)` (this call's timeout, same owner); the
+//! three share one code path and one row below.
+//!
 //! | Future | Cancel safe | Dropping it leaves |
 //! | --- | --- | --- |
 //! | [`Lock::acquire`], [`Lock::try_acquire`] | yes | no lock; its descriptor closed |

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::file_lock::{FileId, Handle};
 use crate::flags::LockFlags;
 use crate::gate::Pass;
-use crate::options::{wait_setters, WaitOptions, Waiting};
+use crate::options::{acquire_variants, wait_setters, WaitOptions, Waiting};
 
 pub use crate::options::{DEFAULT_CHECK_INTERVAL, DEFAULT_TIMEOUT};
 
@@ -213,38 +213,14 @@ impl Lock {
     /// # Ok(()) }
     /// ```
     pub async fn acquire(&self) -> Result<LockGuard> {
-        let w = self.engine.opts.wait;
-        self.acquire_since(Instant::now(), w.timeout, w.fail_when_locked)
-            .await
+        self.acquire_with(self.engine.opts.wait).await
     }
 
-    /// Makes exactly one attempt and never waits for a busy lock.
-    ///
-    /// # Cancel safety
-    ///
-    /// This method is cancel safe, as [`acquire`](Self::acquire).
-    ///
-    /// # Errors
-    ///
-    /// As [`acquire`](Self::acquire); a busy lock is
-    /// [`is_already_locked()`](Error::is_already_locked) at once.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> portalocker::Result<()> {
-    /// # let dir = tempfile::tempdir().unwrap();
-    /// let lock = portalocker::Lock::new(dir.path().join("job.lock"));
-    /// match lock.try_acquire().await {
-    ///     Ok(guard) => { /* ours */ drop(guard) }
-    ///     Err(e) if e.is_already_locked() => { /* someone else has it */ }
-    ///     Err(e) => return Err(e),
-    /// }
-    /// # Ok(()) }
-    /// ```
-    pub async fn try_acquire(&self) -> Result<LockGuard> {
-        self.acquire_since(Instant::now(), std::time::Duration::ZERO, true)
+    acquire_variants!(LockGuard);
+
+    /// `acquire` with the given waiting options.
+    pub(crate) async fn acquire_with(&self, w: WaitOptions) -> Result<LockGuard> {
+        self.acquire_since(Instant::now(), w.timeout, w.fail_when_locked)
             .await
     }
 
@@ -357,7 +333,7 @@ impl LockGuard {
     /// # let dir = tempfile::tempdir().unwrap();
     /// let lock = portalocker::Lock::new(dir.path().join("owner.lock")).truncate(true);
     /// let mut guard = lock.acquire().await?;
-    /// guard.write_all(b"pid 42").await.map_err(std::io::Error::from).unwrap();
+    /// guard.write_all(b"pid 42").await?;
     /// guard.release().await?; // the write is on disk before the unlock
     /// # Ok(()) }
     /// ```

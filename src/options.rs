@@ -93,3 +93,81 @@ macro_rules! wait_setters {
     };
 }
 pub(crate) use wait_setters;
+
+/// `try_acquire` and `acquire_timeout` for a type with an
+/// `acquire_with(&self, WaitOptions)`, the same on every lock type.
+macro_rules! acquire_variants {
+    ($guard:ty) => {
+        /// Makes exactly one attempt and never waits: a busy lock is
+        /// [`is_already_locked()`](crate::Error::is_already_locked) at once.
+        /// The same as `acquire` with a zero timeout and `fail_when_locked`,
+        /// without building a new value: cached state and the owner are kept.
+        ///
+        /// # Cancel safety
+        ///
+        /// This method is cancel safe, as `acquire`.
+        ///
+        /// # Errors
+        ///
+        /// As `acquire`.
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// # #[tokio::main(flavor = "current_thread")]
+        /// # async fn main() -> portalocker::Result<()> {
+        /// # let dir = tempfile::tempdir().unwrap();
+        /// let lock = portalocker::Lock::new(dir.path().join("job.lock"));
+        /// match lock.try_acquire().await {
+        ///     Ok(guard) => { /* ours */ drop(guard) }
+        ///     Err(e) if e.is_already_locked() => { /* someone else has it */ }
+        ///     Err(e) => return Err(e),
+        /// }
+        /// # Ok(()) }
+        /// ```
+        pub async fn try_acquire(&self) -> $crate::Result<$guard> {
+            let w = $crate::options::WaitOptions {
+                timeout: ::std::time::Duration::ZERO,
+                fail_when_locked: true,
+                ..$crate::options::Waiting::wait_options(self)
+            };
+            self.acquire_with(w).await
+        }
+
+        /// As `acquire`, waiting up to `timeout` for this call instead of
+        /// the configured timeout. Unlike the `timeout` setter it builds no
+        /// new value: cached state (a kept descriptor, a connection) and
+        /// the owner are kept.
+        ///
+        /// # Cancel safety
+        ///
+        /// This method is cancel safe, as `acquire`.
+        ///
+        /// # Errors
+        ///
+        /// As `acquire`.
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// # #[tokio::main(flavor = "current_thread")]
+        /// # async fn main() -> portalocker::Result<()> {
+        /// # let dir = tempfile::tempdir().unwrap();
+        /// use std::time::Duration;
+        /// let lock = portalocker::Lock::new(dir.path().join("job.lock"));
+        /// let guard = lock.acquire_timeout(Duration::from_millis(100)).await?;
+        /// # drop(guard); Ok(()) }
+        /// ```
+        pub async fn acquire_timeout(
+            &self,
+            timeout: ::std::time::Duration,
+        ) -> $crate::Result<$guard> {
+            let w = $crate::options::WaitOptions {
+                timeout,
+                ..$crate::options::Waiting::wait_options(self)
+            };
+            self.acquire_with(w).await
+        }
+    };
+}
+pub(crate) use acquire_variants;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::engine::FileOptions;
 use crate::error::{Error, Result};
 use crate::lock::{absolute, Lock};
-use crate::options::{wait_setters, WaitOptions, Waiting};
+use crate::options::{acquire_variants, wait_setters, WaitOptions, Waiting};
 use crate::sys;
 use crate::temporary::DeleteOnRelease;
 use crate::util::{self, PerPath, PID_FILE_MODE};
@@ -150,6 +150,12 @@ impl PidFileLock {
     /// As [`Lock::acquire`](crate::Lock::acquire): outside a Tokio runtime, and when it has to wait
     /// on a runtime without the time driver (`enable_time`).
     pub async fn acquire(&self) -> Result<PidFileLockGuard> {
+        self.acquire_with(self.wait_options()).await
+    }
+
+    acquire_variants!(PidFileLockGuard);
+
+    async fn acquire_with(&self, w: WaitOptions) -> Result<PidFileLockGuard> {
         crate::file_lock::check_path("failed to lock", &self.pid_path)?;
         // A publication of this process may still run on the blocking pool
         // (or roll back, its acquire cancelled) and hold the sidecar: wait
@@ -157,7 +163,7 @@ impl PidFileLock {
         // a write and a rename, or two unlinks.
         let flight = in_flight(&self.pid_path);
         drop(flight.lock().await);
-        let guard = match self.sidecar.acquire().await {
+        let guard = match self.sidecar.acquire_with(w).await {
             Ok(g) => g,
             Err(e) if e.is_already_locked() => {
                 let pid = self.read_pid().await;

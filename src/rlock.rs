@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::error::Result;
 use crate::flags::LockFlags;
 use crate::lock::{Lock, LockGuard};
-use crate::options::{wait_setters, WaitOptions, Waiting};
+use crate::options::{acquire_variants, wait_setters, WaitOptions, Waiting};
 
 /// A re-entrant cross-process file lock (Python's `RLock`).
 ///
@@ -138,6 +138,12 @@ impl RLock {
     /// As [`Lock::acquire`](crate::Lock::acquire): outside a Tokio runtime, and when it has to wait
     /// on a runtime without the time driver (`enable_time`).
     pub async fn acquire(&self) -> Result<RLockGuard> {
+        self.acquire_with(self.wait_options()).await
+    }
+
+    acquire_variants!(RLockGuard);
+
+    async fn acquire_with(&self, w: WaitOptions) -> Result<RLockGuard> {
         if let Some(g) = self.reenter() {
             return Ok(g);
         }
@@ -145,7 +151,6 @@ impl RLock {
         // first acquisition of this owner counts against the timeout.
         let start = tokio::time::Instant::now();
         let lock = &self.inner.lock;
-        let w = lock.wait_options();
         let (timeout, fail_fast) = (w.timeout, w.fail_when_locked);
         let _first = match self.inner.first.try_lock() {
             Ok(g) => g,

@@ -13,7 +13,7 @@ use crate::deadline::Schedule;
 use crate::engine::{self, Attempt, Contender, FileOptions};
 use crate::error::{Error, Result};
 use crate::lock::{absolute, Lock, LockGuard};
-use crate::options::{wait_setters, WaitOptions, Waiting};
+use crate::options::{acquire_variants, wait_setters, WaitOptions, Waiting};
 use crate::wake::Watch;
 
 const DEFAULT_NAME: &str = "bounded_semaphore";
@@ -260,22 +260,29 @@ impl BoundedSemaphore {
     /// [`tokio::time::sleep`] does. An uncontended acquisition, or one with
     /// a zero timeout, needs no timer.
     pub async fn acquire(&self) -> Result<SemaphorePermit> {
+        self.acquire_with(self.inner.config.wait).await
+    }
+
+    acquire_variants!(SemaphorePermit);
+
+    async fn acquire_with(&self, w: WaitOptions) -> Result<SemaphorePermit> {
         let slots = self.slots()?;
         let c = &self.inner.config;
         if !c.named {
             warn_default_name();
         }
-        let schedule = Schedule::new(c.wait.timeout, c.wait.check_interval);
+        let schedule = Schedule::new(w.timeout, w.check_interval);
         let mut sweep = Sweep {
             sem: self,
             slots,
             unusable: std::iter::repeat_with(|| None).take(slots.len()).collect(),
             watches: None,
+            wait: w,
         };
-        engine::wait(&mut sweep, schedule, c.wait.fail_when_locked).await
+        engine::wait(&mut sweep, schedule, w.fail_when_locked).await
     }
 
-    fn busy(&self, waited: bool, unusable: &[Option<Error>]) -> Error {
+    fn busy(&self, waited: bool, timeout: Duration, unusable: &[Option<Error>]) -> Error {
         let c = &self.inner.config;
         let e = Error::new(crate::ErrorKind::AlreadyLocked, OP).with_path(&c.directory);
         let held = unusable.iter().filter(|u| u.is_none()).count();
@@ -289,8 +296,8 @@ impl BoundedSemaphore {
                 describe_unusable(unusable)
             )
         };
-        if waited && !c.wait.timeout.is_zero() {
-            reason.push_str(&format!(" (waited {:?})", c.wait.timeout));
+        if waited && !timeout.is_zero() {
+            reason.push_str(&format!(" (waited {timeout:?})"));
         }
         e.with_reason(reason)
     }
@@ -352,6 +359,8 @@ struct Sweep<'a> {
     unusable: Vec<Option<Error>>,
     /// Registrations on the slots' files, kept alive while waiting.
     watches: Option<Vec<Watch>>,
+    /// This call's waiting options (for the error message).
+    wait: WaitOptions,
 }
 
 impl Contender for Sweep<'_> {
@@ -383,7 +392,7 @@ impl Contender for Sweep<'_> {
     }
 
     fn busy(&mut self, waited: bool) -> Error {
-        self.sem.busy(waited, &self.unusable)
+        self.sem.busy(waited, self.wait.timeout, &self.unusable)
     }
 }
 
@@ -686,6 +695,12 @@ impl NamedBoundedSemaphore {
     /// As [`BoundedSemaphore::acquire`].
     pub async fn acquire(&self) -> Result<SemaphorePermit> {
         self.0.acquire().await
+    }
+
+    acquire_variants!(SemaphorePermit);
+
+    async fn acquire_with(&self, w: WaitOptions) -> Result<SemaphorePermit> {
+        self.0.acquire_with(w).await
     }
 }
 

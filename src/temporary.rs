@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::engine::FileOptions;
 use crate::error::{Error, ErrorKind, Result};
 use crate::lock::{absolute, Lock, LockGuard};
-use crate::options::{wait_setters, WaitOptions, Waiting};
+use crate::options::{acquire_variants, wait_setters, WaitOptions, Waiting};
 
 /// A file lock that creates its file on acquire and removes it on release
 /// (Python's `TemporaryFileLock`).
@@ -121,7 +121,13 @@ impl TemporaryFileLock {
     /// As [`Lock::acquire`](crate::Lock::acquire): outside a Tokio runtime, and when it has to wait
     /// on a runtime without the time driver (`enable_time`).
     pub async fn acquire(&self) -> Result<TemporaryFileLockGuard> {
-        let guard = self.lock.acquire().await?;
+        self.acquire_with(self.wait_options()).await
+    }
+
+    acquire_variants!(TemporaryFileLockGuard);
+
+    async fn acquire_with(&self, w: WaitOptions) -> Result<TemporaryFileLockGuard> {
+        let guard = self.lock.acquire_with(w).await?;
         Ok(TemporaryFileLockGuard {
             inner: DeleteOnRelease::new(guard),
         })

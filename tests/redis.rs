@@ -549,3 +549,28 @@ async fn acl_users_authenticate_once_per_connection_and_bad_passwords_fail_fast(
         "retried until the timeout: {err}"
     );
 }
+
+/// `try_acquire` and `acquire_timeout` on `RedisLock`: one attempt, or this
+/// call's timeout instead of the configured one.
+#[tokio::test]
+async fn try_acquire_and_acquire_timeout_use_this_calls_budget() {
+    let srv = RedisServer::start();
+    let held = RedisLock::new("uni", srv.client()).acquire().await.unwrap();
+    let lock = RedisLock::new("uni", srv.client()).timeout(Duration::from_secs(3600));
+    let e = lock.try_acquire().await.unwrap_err();
+    assert!(e.is_already_locked(), "{e}");
+    let started = Instant::now();
+    let e = tokio::time::timeout(
+        Duration::from_secs(30),
+        lock.acquire_timeout(Duration::from_millis(300)),
+    )
+    .await
+    .expect("acquire_timeout used the configured hour")
+    .unwrap_err();
+    assert!(e.is_already_locked(), "{e}");
+    assert!(e.to_string().contains("waited 300ms"), "{e}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    held.release().await.unwrap();
+    assert_eq!(srv.numsub("uni").await, 0);
+    drop(lock.try_acquire().await.unwrap());
+}

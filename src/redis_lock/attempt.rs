@@ -16,6 +16,7 @@ use super::protocol::{self, HolderMode, Me, Replies, Resolution, Verdict};
 use super::{connect, RedisLock, RedisLockGuard, OP};
 use crate::deadline::{Jitter, Schedule};
 use crate::error::{Error, ErrorKind, Result};
+use crate::options::WaitOptions;
 
 /// Python's `thread_sleep_time`: the probe poll cap (100 ms), and the
 /// check interval used when the configured one is zero.
@@ -35,12 +36,20 @@ pub(super) struct Attempt<'a> {
     last_error: Option<RedisError>,
     /// Other subscribers seen by the last attempt: how many wait with us.
     crowd: usize,
+    /// This call's waiting options.
+    wait: WaitOptions,
 }
 
 impl<'a> Attempt<'a> {
-    pub(super) fn new(lock: &'a RedisLock, state: Arc<HolderState>, writer: bool) -> Self {
+    pub(super) fn new(
+        lock: &'a RedisLock,
+        state: Arc<HolderState>,
+        writer: bool,
+        wait: WaitOptions,
+    ) -> Self {
         Self {
             lock,
+            wait,
             state,
             writer,
             sub: None,
@@ -145,7 +154,7 @@ impl<'a> Attempt<'a> {
         match self.last_error.take() {
             Some(e) if !self.reached_server => redis_error(&self.cfg().channel, e),
             _ => {
-                let t = self.cfg().wait.timeout;
+                let t = self.wait.timeout;
                 let e = self.busy();
                 if t.is_zero() {
                     e
@@ -167,7 +176,7 @@ impl<'a> Attempt<'a> {
         }
         let mut cmd = self.lock.command().await.map_err(AttemptError::classify)?;
         let channel = self.cfg().channel.clone();
-        let fwl = self.cfg().wait.fail_when_locked;
+        let fwl = self.wait.fail_when_locked;
         // C. Count, then probe and decide.
         let n = numsub(&mut cmd, &channel).await?;
         self.crowd = n.saturating_sub(1).max(1);

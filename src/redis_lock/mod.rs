@@ -31,7 +31,7 @@ use self::protocol::HolderMode;
 use crate::deadline::{Jitter, Schedule};
 use crate::error::{Error, Result};
 use crate::flags::LockFlags;
-use crate::options::{wait_setters, WaitOptions, Waiting};
+use crate::options::{acquire_variants, wait_setters, WaitOptions, Waiting};
 
 pub use self::guard::RedisLockGuard;
 
@@ -253,6 +253,12 @@ impl RedisLock {
     /// time drivers (`enable_io` and `enable_time`, or `enable_all`): every
     /// Redis round trip is bounded by a timer.
     pub async fn acquire(&self) -> Result<RedisLockGuard> {
+        self.acquire_with(self.cfg.wait).await
+    }
+
+    acquire_variants!(RedisLockGuard);
+
+    async fn acquire_with(&self, w: WaitOptions) -> Result<RedisLockGuard> {
         self.validate()?;
         let writer = self.cfg.flags == LockFlags::EXCLUSIVE;
         let id = crate::util::unguessable_hex32();
@@ -266,11 +272,10 @@ impl RedisLock {
             },
             self.cfg.on_lost.clone(),
         ));
-        let mut attempt = Attempt::new(self, state, writer);
+        let mut attempt = Attempt::new(self, state, writer, w);
         // Python's schedule: an attempt at once, then one after each pause
         // of check_interval × U[0.5, 1.5) while time remains; a zero
         // interval falls back to Python's 100 ms poll.
-        let w = self.cfg.wait;
         let interval = if w.check_interval.is_zero() {
             attempt::POLL
         } else {
