@@ -32,6 +32,7 @@ use crate::error::{Error, Result};
 use crate::file_lock::{self, FileId, Handle, OpenMode};
 use crate::flags::{LockFlags, Mode, Operation};
 use crate::gate::{self, Gate, Pass};
+use crate::holder::Holder;
 use crate::options::WaitOptions;
 use crate::util;
 use crate::wake::{self, Armed, Watch};
@@ -222,16 +223,44 @@ impl Engine {
     /// this process — another owner of the in-process gate — so the message
     /// never blames another process for it.
     pub(crate) fn busy(&self, timeout: Duration, fail_fast: bool, here: bool) -> Error {
-        let who = if here {
-            "already locked by another owner in this process"
+        self.busy_held_by(timeout, fail_fast, here, &[])
+    }
+
+    /// [`busy`](Self::busy), naming the holders of another process that
+    /// the OS reported.
+    fn busy_held_by(
+        &self,
+        timeout: Duration,
+        fail_fast: bool,
+        here: bool,
+        holders: &[Holder],
+    ) -> Error {
+        let mut who = if here {
+            "already locked by another owner in this process".to_string()
         } else {
-            "already locked by another process"
+            "already locked by another process".to_string()
         };
-        let e = Error::already_locked(OP_LOCK, Some(&self.path));
+        if let Some((first, rest)) = holders.split_first() {
+            who = format!("already locked by another process, {first}");
+            if !rest.is_empty() {
+                who.push_str(&format!(" and {} more", rest.len()));
+            }
+        }
+        let e = Error::already_locked(OP_LOCK, Some(&self.path))
+            .with_holder_pid(holders.first().map(Holder::pid));
         if fail_fast || timeout.is_zero() {
             e.with_reason(who)
         } else {
             e.with_reason(format!("{who} (waited {timeout:?})"))
+        }
+    }
+
+    /// The processes that hold this lock file now (best effort; see
+    /// [`Holder`]). Reads `/proc` on Linux, which never waits on a disk.
+    pub(crate) fn holders(&self) -> Vec<Holder> {
+        match crate::sys::path_id(&self.path) {
+            Ok(Some(id)) => crate::holder::of(id),
+            _ => Vec::new(),
         }
     }
 
@@ -391,9 +420,17 @@ impl Contender for FileContender<'_> {
     }
 
     fn busy(&mut self, _waited: bool) -> Error {
+        // Who holds it, from the descriptor we tried (the file at the path
+        // when we last looked): an in-memory lookup, once per failed call.
+        let holders = self
+            .current
+            .as_ref()
+            .map(|h| crate::holder::of(h.id))
+            .unwrap_or_default();
         if let Some(h) = self.current.take() {
             self.engine.put_idle(h);
         }
-        self.engine.busy(self.timeout, self.fail_fast, false)
+        self.engine
+            .busy_held_by(self.timeout, self.fail_fast, false, &holders)
     }
 }

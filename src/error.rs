@@ -198,10 +198,11 @@ impl Error {
         self.inner.kind == ErrorKind::LockLost
     }
 
-    /// The pid of the current holder, when a [`PidFileLock`] could read it
-    /// from the pid file. Every other lock leaves this `None`: the pid is
-    /// diagnostic only and says who *wrote* the file, not whether that
-    /// process is still alive.
+    /// The pid of the current holder, when it is known: for a
+    /// [`PidFileLock`], the pid read from the pid file; for a file lock held
+    /// by another process on Linux, the pid the kernel lists for it (see
+    /// [`Holder`](crate::Holder); the message also names its command line).
+    /// `None` elsewhere. Diagnostic only: the process may have exited since.
     ///
     /// [`PidFileLock`]: crate::PidFileLock
     pub fn holder_pid(&self) -> Option<u32> {

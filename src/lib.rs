@@ -169,6 +169,7 @@ mod error;
 mod file_lock;
 mod flags;
 mod gate;
+mod holder;
 mod lock;
 mod options;
 mod pidfile;
@@ -183,6 +184,7 @@ pub use atomic::{open_atomic, AtomicFile, AtomicOptions, Durability, PublishErro
 pub use error::{Error, ErrorKind, Result};
 pub use file_lock::{lock, unlock};
 pub use flags::{LockFlags, LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN};
+pub use holder::Holder;
 pub use lock::{Lock, LockGuard, DEFAULT_CHECK_INTERVAL, DEFAULT_TIMEOUT};
 pub use pidfile::{PidFileLock, PidFileLockGuard};
 pub use rlock::{RLock, RLockGuard};

@@ -161,6 +161,35 @@ impl Lock {
         &self.engine.path
     }
 
+    /// Who holds this lock file now, without acquiring it: the processes
+    /// other than this one that the OS lists for it (on Linux from
+    /// `/proc/locks`, with their command lines; empty elsewhere, and when
+    /// the file does not exist or nobody holds it). Best effort, see
+    /// [`Holder`]; holders in this process are not listed.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: it only reads.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> portalocker::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let lock = portalocker::Lock::new(dir.path().join("job.lock"));
+    /// for h in lock.holders().await {
+    ///     println!("held by {h}"); // e.g. "held by pid 4242 (python3 worker.py)"
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn holders(&self) -> Vec<crate::Holder> {
+        let engine = self.engine.clone();
+        crate::util::run_blocking(move || engine.holders())
+            .await
+            .unwrap_or_default()
+    }
+
     /// Acquires the lock, waiting up to the configured timeout.
     ///
     /// The first attempt is made at once. While the lock is busy the

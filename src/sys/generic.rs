@@ -34,3 +34,12 @@ pub(crate) fn watch(_path: &Path, _fire: fn(&WatchId)) -> Option<WatchId> {
 }
 
 pub(crate) fn unwatch(_id: WatchId) {}
+
+/// No lock table to read here.
+pub(crate) fn lock_holders(_id: super::FileId) -> Vec<(u32, bool)> {
+    Vec::new()
+}
+
+pub(crate) fn command_line(_pid: u32) -> Option<String> {
+    None
+}

@@ -107,3 +107,76 @@ fn watches(fire: fn(&WatchId)) -> Option<Watches> {
         })
         .clone()
 }
+
+/// The `flock` holders of the file `id` listed in `/proc/locks`: (pid,
+/// shared). Lines look like
+/// `1: FLOCK  ADVISORY  WRITE 9643 fe:00:10010845 0 EOF` (device major and
+/// minor in hex, inode in decimal); blocked waiters (`->` lines) and
+/// open-file-description locks (pid -1) are skipped.
+pub(crate) fn lock_holders(id: super::FileId) -> Vec<(u32, bool)> {
+    let Ok(text) = std::fs::read_to_string("/proc/locks") else {
+        return Vec::new();
+    };
+    let (major, minor) = (
+        u64::from(rustix::fs::major(id.volume)),
+        u64::from(rustix::fs::minor(id.volume)),
+    );
+    parse_locks(&text, major, minor, id.index)
+}
+
+fn parse_locks(text: &str, major: u64, minor: u64, inode: u64) -> Vec<(u32, bool)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // id: FLOCK ADVISORY WRITE pid maj:min:ino start end
+        if f.len() < 6 || f[1] != "FLOCK" {
+            continue;
+        }
+        let Ok(pid) = f[4].parse::<u32>() else {
+            continue;
+        };
+        let mut dev = f[5].split(':');
+        let (Some(ma), Some(mi), Some(ino)) = (dev.next(), dev.next(), dev.next()) else {
+            continue;
+        };
+        let same = u64::from_str_radix(ma, 16) == Ok(major)
+            && u64::from_str_radix(mi, 16) == Ok(minor)
+            && ino.parse::<u64>() == Ok(inode);
+        if same {
+            out.push((pid, f[3] == "READ"));
+        }
+    }
+    out
+}
+
+/// `/proc/<pid>/cmdline`, arguments joined by spaces, at most 200
+/// characters; `None` when unreadable.
+pub(crate) fn command_line(pid: u32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let text: String = String::from_utf8_lossy(&raw)
+        .split('\0')
+        .filter(|a| !a.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if text.is_empty() {
+        return None;
+    }
+    Some(text.chars().take(200).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn proc_locks_lines_are_matched_by_device_and_inode() {
+        let text = "1: FLOCK  ADVISORY  WRITE 9643 fe:00:10010845 0 EOF\n\
+                    1: -> FLOCK  ADVISORY  WRITE 9700 fe:00:10010845 0 EOF\n\
+                    2: FLOCK  ADVISORY  READ 12 08:01:77 0 EOF\n\
+                    3: POSIX  ADVISORY  WRITE 13 fe:00:10010845 0 EOF\n\
+                    4: FLOCK  ADVISORY  READ 14 08:01:77 0 EOF\n\
+                    5: OFDLCK ADVISORY  WRITE -1 08:01:77 0 EOF\n";
+        assert_eq!(super::parse_locks(text, 0xfe, 0, 10010845), [(9643, false)]);
+        assert_eq!(super::parse_locks(text, 8, 1, 77), [(12, true), (14, true)]);
+        assert!(super::parse_locks(text, 8, 1, 78).is_empty());
+        assert!(super::parse_locks("garbage\n\n1: FLOCK", 8, 1, 77).is_empty());
+    }
+}

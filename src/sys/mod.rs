@@ -33,6 +33,7 @@
 //! | `create_unnamed`, `link_unnamed` | unnamed temporary files, where they exist |
 //! | `rename_noreplace(from, to)` | an atomic no-clobber rename, where it exists |
 //! | `WatchId`, `watch(path, fire)`, `unwatch(id)` | change notification on a lock file, where it exists |
+//! | `lock_holders(id)`, `command_line(pid)` | who holds `flock` locks on a file (Linux: `/proc/locks`), and their command lines |
 //! | `connect_local(addr)` | (feature `redis`) a Redis address only this platform has: a Unix socket |
 
 use std::fs::File;
