@@ -95,6 +95,15 @@ for t in x86_64-apple-darwin aarch64-apple-darwin x86_64-unknown-freebsd x86_64-
   say "cargo clippy --lib --target $t"
   cargo clippy --lib --all-features --target "$t" -- -D warnings
 done
+say "cargo package --list, cargo publish --dry-run"
+list=$(cargo package --list --allow-dirty)
+for f in Cargo.toml README.md CHANGELOG.md LICENSE-MIT LICENSE-APACHE src/lib.rs tests/support/mod.rs; do
+  grep -qx "$f" <<<"$list" || die "the package lacks $f"
+done
+if grep -qE '^(scripts|\.ci|target)/' <<<"$list"; then
+  die "the package includes repository-only files: $(grep -E '^(scripts|\.ci|target)/' <<<"$list" | head -3)"
+fi
+cargo publish --dry-run --allow-dirty --quiet
 say "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --quiet
 say "cargo test (unit, integration, doc tests)"
