@@ -165,7 +165,7 @@ impl Lock {
     /// other than this one that the OS lists for it (on Linux from
     /// `/proc/locks`, with their command lines; empty elsewhere, and when
     /// the file does not exist or nobody holds it). Best effort, see
-    /// [`Holder`]; holders in this process are not listed.
+    /// [`Holder`](crate::Holder); holders in this process are not listed.
     ///
     /// # Cancel safety
     ///
