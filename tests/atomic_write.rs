@@ -4,26 +4,15 @@ mod support;
 use std::io::SeekFrom;
 #[cfg(unix)]
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::time::Duration;
 
 use portalocker::{open_atomic, AtomicOptions, Durability, PublishError};
-use support::Proc;
+use support::{entries, Proc};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 #[test]
 fn child_entry() {
     support::child_main();
-}
-
-/// Every entry of `dir`, sorted.
-fn entries(dir: &Path) -> Vec<String> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    v.sort();
-    v
 }
 
 #[cfg(unix)]

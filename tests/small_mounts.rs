@@ -9,10 +9,11 @@
 mod support;
 
 use std::future::Future;
-use std::path::Path;
+
 use std::sync::{Mutex, PoisonError};
 
 use portalocker::{open_atomic, AtomicOptions, Durability, ErrorKind, Lock, LockFlags};
+use support::entries;
 use tokio::io::AsyncWriteExt;
 
 /// Runs `test` on its own runtime while no other test of this binary runs.
@@ -24,16 +25,6 @@ fn one_at_a_time<F: Future<Output = ()>>(test: F) {
         .build()
         .unwrap()
         .block_on(test);
-}
-
-/// Every entry of `dir`, sorted.
-fn entries(dir: &Path) -> Vec<String> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    v.sort();
-    v
 }
 
 /// How a payload too large for the disk is written.

@@ -16,6 +16,16 @@ pub fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
+/// Every entry of `dir`, sorted.
+pub fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
 /// Whether the tests run under Wine (`scripts/wine/run.sh` says so), for
 /// the few places where Wine is known to differ from Windows.
 pub fn under_wine() -> bool {
