@@ -155,6 +155,10 @@ pub(crate) struct Engine {
     /// An open, unlocked descriptor of the lock file, kept for reuse.
     idle: Mutex<Option<Handle>>,
     reuse: bool,
+    /// Whether a contention error looks up and names the holder (not for
+    /// a semaphore's slots: a sweep fails on every busy slot, and its own
+    /// error names no slot's holder).
+    name_holders: bool,
     /// This process's FIFO gate for the file.
     gate: OnceLock<Arc<Gate>>,
 }
@@ -176,7 +180,17 @@ impl Engine {
             opts,
             idle: Mutex::new(None),
             reuse,
+            name_holders: true,
             gate: OnceLock::new(),
+        }
+    }
+
+    /// As [`new`](Self::new), for a semaphore slot: contention errors do
+    /// not look up the holder.
+    pub(crate) fn slot(path: PathBuf, opts: FileOptions) -> Self {
+        Self {
+            name_holders: false,
+            ..Self::new(path, opts, true)
         }
     }
 
@@ -422,11 +436,10 @@ impl Contender for FileContender<'_> {
     fn busy(&mut self, _waited: bool) -> Error {
         // Who holds it, from the descriptor we tried (the file at the path
         // when we last looked): an in-memory lookup, once per failed call.
-        let holders = self
-            .current
-            .as_ref()
-            .map(|h| crate::holder::of(h.id))
-            .unwrap_or_default();
+        let holders = match &self.current {
+            Some(h) if self.engine.name_holders => crate::holder::of(h.id),
+            _ => Vec::new(),
+        };
         if let Some(h) = self.current.take() {
             self.engine.put_idle(h);
         }

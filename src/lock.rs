@@ -126,6 +126,14 @@ impl Lock {
         }
     }
 
+    /// A semaphore slot: as `with_options(path, opts, true)`, but contention
+    /// errors do not look up the holder.
+    pub(crate) fn slot(path: PathBuf, opts: FileOptions) -> Self {
+        Self {
+            engine: Arc::new(Engine::slot(path, opts)),
+        }
+    }
+
     /// A new `Lock` (see the setter rule) with changed options.
     fn map(self, f: impl FnOnce(&mut FileOptions)) -> Self {
         let mut opts = self.engine.opts;

@@ -458,7 +458,7 @@ fn build_slots(c: &Options) -> std::result::Result<Vec<Lock>, String> {
             if file.is_empty() || file == "." || file == ".." || file.contains(['/', '\0']) {
                 return Err(format!("the pattern gives the file name {file:?}"));
             }
-            Ok(Lock::with_options(c.directory.join(file), opts, true))
+            Ok(Lock::slot(c.directory.join(file), opts))
         })
         .collect()
 }

@@ -1,6 +1,7 @@
 //! The same acquisition API on every file primitive: `try_acquire` never
 //! waits, `acquire_timeout` waits for this call only and keeps the owner,
-//! and both are cancel safe (an aborted wait leaves nothing held).
+//! and both are cancel safe (an aborted `acquire_timeout` wait leaves
+//! nothing held).
 mod support;
 
 use std::future::Future;
@@ -78,7 +79,7 @@ async fn every_file_primitive_has_try_acquire_and_acquire_timeout() {
         held,
         || l.try_acquire(),
         |t| l.acquire_timeout(t),
-        move || async move { l2.acquire().await },
+        move || async move { l2.acquire_timeout(Duration::from_secs(3600)).await },
     )
     .await;
 
@@ -91,7 +92,7 @@ async fn every_file_primitive_has_try_acquire_and_acquire_timeout() {
         held,
         || r.try_acquire(),
         |t| r.acquire_timeout(t),
-        move || async move { r2.acquire().await },
+        move || async move { r2.acquire_timeout(Duration::from_secs(3600)).await },
     )
     .await;
     // The owner is kept: a try while held re-enters instead of contending.
@@ -111,7 +112,7 @@ async fn every_file_primitive_has_try_acquire_and_acquire_timeout() {
         held,
         || t.try_acquire(),
         |x| t.acquire_timeout(x),
-        move || async move { t2.acquire().await },
+        move || async move { t2.acquire_timeout(Duration::from_secs(3600)).await },
     )
     .await;
 
@@ -124,7 +125,7 @@ async fn every_file_primitive_has_try_acquire_and_acquire_timeout() {
         held,
         || p.try_acquire(),
         |x| p.acquire_timeout(x),
-        move || async move { p2.acquire().await },
+        move || async move { p2.acquire_timeout(Duration::from_secs(3600)).await },
     )
     .await;
 
@@ -139,7 +140,7 @@ async fn every_file_primitive_has_try_acquire_and_acquire_timeout() {
         held,
         || s.try_acquire(),
         |x| s.acquire_timeout(x),
-        move || async move { s2.acquire().await },
+        move || async move { s2.acquire_timeout(Duration::from_secs(3600)).await },
     )
     .await;
 
@@ -154,7 +155,7 @@ async fn every_file_primitive_has_try_acquire_and_acquire_timeout() {
         held,
         || n.try_acquire(),
         |x| n.acquire_timeout(x),
-        move || async move { n2.acquire().await },
+        move || async move { n2.acquire_timeout(Duration::from_secs(3600)).await },
     )
     .await;
 }
