@@ -11,8 +11,9 @@
 //!    the next scheduled attempt, until the deadline;
 //! 3. **grant**: the pass is kept by the guard for as long as the lock;
 //! 4. **release** ([`Engine::release`]): unlock, let the gate hand the
-//!    lock over to an announced waiter of another process, wake this
-//!    process's waiters, keep the descriptor for the next acquisition.
+//!    lock over to an announced waiter of another process (then close the
+//!    descriptor: that wakes them), wake this process's waiters, keep the
+//!    descriptor for the next acquisition.
 //!
 //! [`wait`] is generic over a [`Contender`]: a single lock file
 //! ([`Engine`]'s own) or a semaphore's sweep over its slots. Both use the
@@ -31,7 +32,7 @@ use crate::deadline::{deadline_after, Schedule};
 use crate::error::{Error, Result};
 use crate::file_lock::{self, FileId, Handle, OpenMode};
 use crate::flags::{LockFlags, Mode, Operation};
-use crate::gate::{self, Gate, Pass};
+use crate::gate::{self, Gate, Pass, Release};
 use crate::holder::Holder;
 use crate::options::WaitOptions;
 use crate::util;
@@ -203,16 +204,20 @@ impl Engine {
     }
 
     /// The whole acquisition, for a wait that started at `start` (the
-    /// deadline is `start + timeout`): validation, the in-process gate, the
-    /// OS lock.
+    /// deadline is `start + timeout`; `None`: now): validation, the
+    /// in-process gate, the OS lock.
     pub(crate) async fn acquire(
         &self,
-        start: Instant,
+        start: Option<Instant>,
         timeout: Duration,
         fail_fast: bool,
     ) -> Result<Granted> {
         file_lock::check_path(OP_LOCK, &self.path)?;
         let mode = self.opts.mode()?;
+        if let Some(granted) = self.try_fast(mode)? {
+            return Ok(granted);
+        }
+        let start = start.unwrap_or_else(Instant::now);
         let deadline = deadline_after(start, timeout);
         let gate = self.gate();
         let Some(mut pass) = gate.enter(mode == Mode::Shared, deadline, fail_fast).await else {
@@ -220,17 +225,51 @@ impl Engine {
         };
         let mut contender = FileContender {
             engine: self,
+            gate,
             mode,
             current: self.take_idle(),
             stale: 0,
             watch: None,
             fail_fast,
             timeout,
+            since: None,
+            announced: false,
         };
         let schedule = Schedule::from(start, deadline, self.opts.wait.check_interval);
         let Handle { file, id } = wait(&mut contender, schedule, fail_fast).await?;
         gate.granted(&mut pass);
         Ok(Granted { file, id, pass })
+    }
+
+    /// The common case, without reading the clock or building a wait: the
+    /// gate is free, no handoff is owed, and the kept descriptor locks at
+    /// once and is still the file at the path. `None`: take the full path
+    /// (which repeats the attempt and reports its errors).
+    fn try_fast(&self, mode: Mode) -> Result<Option<Granted>> {
+        let gate = self.gate();
+        if gate.handoff_owed() {
+            return Ok(None);
+        }
+        let Some(mut pass) = gate.try_pass(mode == Mode::Shared) else {
+            return Ok(None);
+        };
+        let Some(handle) = self.take_idle() else {
+            return Ok(None);
+        };
+        match file_lock::try_lock(&handle.file, mode) {
+            Ok(true) => {}
+            _ => {
+                self.put_idle(handle);
+                return Ok(None);
+            }
+        }
+        if !matches!(handle.is_at(&self.path), Ok(true)) {
+            // Replaced under us (or unknown): closing unlocks.
+            return Ok(None);
+        }
+        let Handle { file, id } = self.prepare(handle)?;
+        gate.granted(&mut pass);
+        Ok(Some(Granted { file, id, pass }))
     }
 
     /// The contention error. `here`: the holder (or the queue ahead) is in
@@ -308,12 +347,21 @@ impl Engine {
         touched: bool,
         keep: bool,
     ) -> io::Result<()> {
-        let unlocked = match self.gate.get() {
+        let Release {
+            unlocked,
+            hand_over,
+        } = match self.gate.get() {
             Some(g) => g.on_release(&file),
-            None => crate::sys::unlock(&file),
+            None => Release {
+                unlocked: crate::sys::unlock(&file),
+                hand_over: false,
+            },
         };
         wake::released(id);
+        // Handing over: the close (when `file` drops here) is what wakes
+        // the waiters of other processes.
         let reusable = matches!(unlocked, Ok(true))
+            && !hand_over
             && self.reuse
             && keep
             && (!touched || file.seek(SeekFrom::Start(0)).is_ok());
@@ -374,9 +422,11 @@ impl Engine {
 }
 
 /// One lock file as a [`Contender`]: the descriptor being tried, kept
-/// between attempts, and its wake-up registration.
+/// between attempts, its wake-up registration, and its announcement to
+/// holders in other processes.
 struct FileContender<'a> {
     engine: &'a Engine,
+    gate: &'a Gate,
     mode: Mode,
     current: Option<Handle>,
     /// Consecutive attempts that found the file replaced under us.
@@ -384,6 +434,40 @@ struct FileContender<'a> {
     watch: Option<Watch>,
     fail_fast: bool,
     timeout: Duration,
+    /// When this wait first found the lock held by another process (the
+    /// system-wide clock of the announcements).
+    since: Option<u64>,
+    /// Whether `current` carries an announcement.
+    announced: bool,
+}
+
+impl FileContender<'_> {
+    /// Announces this waiter on `file` once per descriptor, so that a
+    /// holder in another process hands the lock over.
+    fn announce(&mut self, file: &File) {
+        if self.announced || !self.gate.capable(file) {
+            return;
+        }
+        let since = *self.since.get_or_insert_with(crate::sys::wait_clock);
+        self.announced = crate::sys::announce(file, since);
+    }
+
+    /// Gives an older announced waiter a head start before this attempt.
+    async fn defer_to_older(&self, file: &File) {
+        if let Some(since) = self.since {
+            if self.announced && crate::sys::announced_before(file, since) {
+                tokio::time::sleep(gate::DEFER).await;
+            }
+        }
+    }
+
+    /// Withdraws the announcement carried by `file` (granted, or giving
+    /// up and keeping the descriptor).
+    fn withdraw(&mut self, file: &File) {
+        if std::mem::take(&mut self.announced) {
+            crate::sys::withdraw(file);
+        }
+    }
 }
 
 impl Contender for FileContender<'_> {
@@ -392,7 +476,10 @@ impl Contender for FileContender<'_> {
     async fn attempt(&mut self) -> Result<Attempt<Handle>> {
         let e = self.engine;
         let handle = match self.current.take() {
-            Some(h) => h,
+            Some(h) => {
+                self.defer_to_older(&h.file).await;
+                h
+            }
             None => e.open().await?,
         };
         let io_err = |err| Error::io(OP_LOCK, Some(&e.path), err);
@@ -401,7 +488,9 @@ impl Contender for FileContender<'_> {
         // path is worthless: drop it (closing also unlocks) and open the
         // path afresh, at once for a few times, then after a pause.
         if !handle.is_at(&e.path).map_err(io_err)? {
+            // (Closing also drops its announcement.)
             drop(handle);
+            self.announced = false;
             self.stale += 1;
             if self.stale <= 3 {
                 return Ok(Attempt::Again);
@@ -411,11 +500,12 @@ impl Contender for FileContender<'_> {
         }
         self.stale = 0;
         if locked {
+            self.withdraw(&handle.file);
             return e.prepare(handle).map(Attempt::Granted);
         }
         if !self.fail_fast {
             // Ask a holder in another process to hand the lock over.
-            gate::announce(&handle.file);
+            self.announce(&handle.file);
         }
         self.current = Some(handle);
         Ok(Attempt::Busy)
@@ -441,6 +531,7 @@ impl Contender for FileContender<'_> {
             _ => Vec::new(),
         };
         if let Some(h) = self.current.take() {
+            self.withdraw(&h.file);
             self.engine.put_idle(h);
         }
         self.engine

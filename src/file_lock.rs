@@ -180,6 +180,10 @@ pub(crate) use crate::sys::FileId;
 /// the final component and without blocking on a FIFO, and checks that it
 /// is a regular file. The descriptor is close-on-exec (std always sets
 /// `O_CLOEXEC`).
+///
+/// An existing file the user may read but not write is opened read-only
+/// for an exclusive lock too (`OpenMode::Append`): a lock needs no write
+/// access, only the guard's writes do (they fail with the OS's error).
 pub(crate) fn open_lock_file(path: &Path, mode: OpenMode) -> io::Result<Handle> {
     let open = |mode: OpenMode| {
         let mut o = OpenOptions::new();
@@ -195,6 +199,9 @@ pub(crate) fn open_lock_file(path: &Path, mode: OpenMode) -> io::Result<Handle> 
     let file = match open(mode) {
         Err(e) if mode == OpenMode::Read && e.kind() == io::ErrorKind::NotFound => {
             open(OpenMode::Append)?
+        }
+        Err(e) if mode == OpenMode::Append && e.kind() == io::ErrorKind::PermissionDenied => {
+            open(OpenMode::Read).map_err(|_| e)?
         }
         r => r?,
     };

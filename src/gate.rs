@@ -7,19 +7,41 @@
 //!   the next one wakes the moment the previous guard is released — with no
 //!   polling, and with only the task at the head of the queue holding a
 //!   descriptor.
-//! * **Across processes** (Linux, same file owner), a waiter *announces*
-//!   itself by setting the lock file's access time to a sentinel value, and
-//!   a releasing holder that sees the sentinel *pokes* the file (a fresh
-//!   access time, which inotify reports to the waiters) and then stays away
-//!   from the lock for a short handoff window, so the waiter gets it
-//!   instead of the releasing process re-taking it at once. Holders that
-//!   see no announcement re-lock at full speed: unfairness is bounded by
-//!   one burst of the window, not by a whole run.
+//! * **Across processes** (Linux, local filesystems), a waiter *announces*
+//!   itself with a shared open-file-description lock on one byte of the
+//!   lock file far beyond its data; the byte's offset is the system's
+//!   monotonic clock when the waiter began to wait. The kernel holds these
+//!   byte locks for the waiter's descriptor: they need only read access,
+//!   change nothing on disk (no access time, no sidecar file), do not
+//!   interact with `flock`, and vanish when the waiter closes the
+//!   descriptor or dies.
+//!
+//!   A holder that has had its burst of grants ([`BURST`]) tests on release
+//!   (`F_OFD_GETLK`, at most once per [`CHECK_EVERY`]) whether anyone is
+//!   announced. If so it *hands over*: it unlocks, closes its descriptor —
+//!   the close is the inotify event that wakes the waiters — and stays away
+//!   from the lock for [`HANDOFF_WINDOW`], so a waiter gets it instead of
+//!   the releasing process re-taking it at once. Holders that see no
+//!   announcement keep their descriptor and re-lock at full speed.
+//!
+//!   Among the woken waiters the oldest goes first: a waiter that sees an
+//!   older announcement than its own gives it a head start of
+//!   [`DEFER`] before it tries, so waiters of different processes are
+//!   served roughly in arrival order rather than by who wakes first.
+//!
+//!   Where `flock` may be built from byte-range locks (NFS, SMB, FUSE and
+//!   other network or cluster filesystems) an announcement could conflict
+//!   with the lock itself, so there (and off Linux) nobody announces and
+//!   waiters poll; closes by other processes still wake them on Linux.
+//!   Python portalocker's processes neither announce nor look for
+//!   announcements: they poll, as they always do, and are excluded exactly
+//!   as before.
 
-use std::fs::{File, FileTimes};
+use std::fs::File;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 use tokio::time::Instant;
@@ -38,10 +60,9 @@ fn base() -> std::time::Instant {
     *BASE.get_or_init(std::time::Instant::now)
 }
 
-/// The access time a waiting process sets to announce itself.
-fn sentinel() -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(1)
-}
+/// The head start a waiter gives an older announced waiter before its own
+/// attempt.
+pub(crate) const DEFER: Duration = Duration::from_millis(1);
 
 /// How often a releasing holder looks for an announced waiter. Checking
 /// costs an `fstat`; in a tight acquire/release loop once per interval is
@@ -58,16 +79,19 @@ const BURST: Duration = Duration::from_millis(1);
 pub(crate) struct Gate {
     /// When this process's current run of grants began (µs since `base()`,
     /// 0: none).
-    burst_start: std::sync::atomic::AtomicU64,
+    burst_start: AtomicU64,
     /// When a release last looked for an announcement (µs since `base()`).
-    last_check: std::sync::atomic::AtomicU64,
+    last_check: AtomicU64,
     rw: Arc<RwLock<()>>,
     /// Until when this process stays away after handing the lock over
     /// (µs since `base()`; 0: never).
-    handoff_until: std::sync::atomic::AtomicU64,
+    handoff_until: AtomicU64,
     /// Notified whenever a pass is given back, for waiters that only try
     /// the gate (a semaphore's sweeps).
     released: Arc<Notify>,
+    /// Whether announcements are safe on the file's filesystem (0: not
+    /// known yet, 1: yes, 2: no).
+    capable: AtomicU8,
 }
 
 /// A passed gate, held for as long as the lock; giving it back notifies
@@ -134,16 +158,39 @@ impl Gate {
 
     /// The release side of the protocol: unlocks `file` and, if a waiter of
     /// another process announced itself and this process has had its burst,
-    /// hands the lock over (wakes that waiter and stays away for the
-    /// handoff window). Returns the unlock's result: `true` when the
-    /// handle may be kept for reuse.
-    pub(crate) fn on_release(&self, file: &File) -> std::io::Result<bool> {
-        let announced = self.burst_done() && self.should_check() && announced(file);
+    /// hands the lock over: stays away for the handoff window, and asks
+    /// the caller to close `file` (the close wakes the waiters). Returns
+    /// the unlock's result (`true` when the handle may be kept for reuse)
+    /// and whether it handed over.
+    pub(crate) fn on_release(&self, file: &File) -> Release {
+        let now = now_micros();
+        let hand_over = self.burst_done(now)
+            && self.should_check(now)
+            && self.capable(file)
+            && crate::sys::announced_before(file, u64::MAX);
         let unlocked = crate::sys::unlock(file);
-        if announced {
-            hand_over(file, self);
+        if hand_over {
+            self.owe_handoff();
         }
-        unlocked
+        Release {
+            unlocked,
+            hand_over,
+        }
+    }
+
+    /// Whether waiters may announce themselves on `file` (its filesystem,
+    /// looked up once per gate).
+    pub(crate) fn capable(&self, file: &File) -> bool {
+        match self.capable.load(Ordering::Relaxed) {
+            1 => true,
+            2 => false,
+            _ => {
+                let yes = crate::sys::handoff_capable(file);
+                self.capable
+                    .store(if yes { 1 } else { 2 }, Ordering::Relaxed);
+                yes
+            }
+        }
     }
 
     /// Passes the gate in FIFO order, waiting until `deadline`; `None` if
@@ -177,8 +224,14 @@ impl Gate {
         self.released.clone()
     }
 
+    /// Whether this process may owe another one a handoff window (an
+    /// acquisition must then wait it out: [`enter`](Self::enter)).
+    pub(crate) fn handoff_owed(&self) -> bool {
+        self.handoff_until.load(Ordering::Relaxed) != 0
+    }
+
     /// Passes the gate only if nobody in this process holds or waits for it.
-    fn try_pass(&self, shared: bool) -> Option<Pass> {
+    pub(crate) fn try_pass(&self, shared: bool) -> Option<Pass> {
         let rw = self.rw.clone();
         let guard = if shared {
             rw.try_read_owned().ok().map(PassGuard::Shared)
@@ -191,23 +244,26 @@ impl Gate {
     /// Waits out a handoff window this process owes another one (bounded
     /// by `deadline`).
     async fn wait_handoff(&self, deadline: Instant) {
-        let until = self
-            .handoff_until
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if until == 0 {
+        let raw = self.handoff_until.load(Ordering::Relaxed);
+        if raw == 0 {
             return;
         }
-        let until = Instant::from_std(base() + Duration::from_micros(until));
+        let until = Instant::from_std(base() + Duration::from_micros(raw));
         if until > Instant::now() {
             tokio::time::sleep_until(until.min(deadline)).await;
+        }
+        if until <= Instant::now() {
+            // Served: later acquisitions may take the fast path again
+            // (unless a newer handoff set a later time meanwhile).
+            let _ =
+                self.handoff_until
+                    .compare_exchange(raw, 0, Ordering::Relaxed, Ordering::Relaxed);
         }
     }
 
     /// Whether this release should look for an announced waiter: at most
     /// once per [`CHECK_EVERY`].
-    fn should_check(&self) -> bool {
-        use std::sync::atomic::Ordering;
-        let now = u64::try_from(base().elapsed().as_micros()).unwrap_or(u64::MAX);
+    fn should_check(&self, now: u64) -> bool {
         let last = self.last_check.load(Ordering::Relaxed);
         if now.saturating_sub(last) < CHECK_EVERY.as_micros() as u64 && last != 0 {
             return false;
@@ -218,7 +274,6 @@ impl Gate {
 
     /// Notes a grant: starts a run of grants if none is under way.
     fn note_grant(&self) {
-        use std::sync::atomic::Ordering;
         if self.burst_start.load(Ordering::Relaxed) == 0 {
             self.burst_start
                 .store(now_micros().max(1), Ordering::Relaxed);
@@ -227,43 +282,24 @@ impl Gate {
 
     /// Whether the current run of grants has lasted long enough to hand
     /// over to an announced waiter.
-    fn burst_done(&self) -> bool {
-        let start = self.burst_start.load(std::sync::atomic::Ordering::Relaxed);
-        now_micros().saturating_sub(start) >= BURST.as_micros() as u64
+    fn burst_done(&self, now: u64) -> bool {
+        let start = self.burst_start.load(Ordering::Relaxed);
+        now.saturating_sub(start) >= BURST.as_micros() as u64
     }
 
     fn owe_handoff(&self) {
-        self.burst_start
-            .store(0, std::sync::atomic::Ordering::Relaxed);
+        self.burst_start.store(0, Ordering::Relaxed);
         let until = base().elapsed() + HANDOFF_WINDOW;
         let micros = u64::try_from(until.as_micros()).unwrap_or(u64::MAX);
-        self.handoff_until
-            .store(micros, std::sync::atomic::Ordering::Relaxed);
+        self.handoff_until.store(micros, Ordering::Relaxed);
     }
 }
 
-/// A waiter in this process announces itself to the holder in another
-/// process. Needs to own the file (else nothing happens, and the waiter
-/// falls back to being woken by closes and polling).
-pub(crate) fn announce(file: &File) {
-    // One announcement is enough: skip the write (and the inotify event it
-    // sends every other waiter) when another waiter already made it.
-    if !announced(file) {
-        let _ = file.set_times(FileTimes::new().set_accessed(sentinel()));
-    }
-}
-
-/// Whether a waiter announced itself on `file` (one `fstat`).
-fn announced(file: &File) -> bool {
-    file.metadata()
-        .and_then(|m| m.accessed())
-        .is_ok_and(|t| t == sentinel())
-}
-
-/// After unlocking a file on which a waiter announced itself: wake the
-/// waiters (inotify reports the new access time) and stay away for the
-/// handoff window.
-fn hand_over(file: &File, gate: &Gate) {
-    let _ = file.set_times(FileTimes::new().set_accessed(SystemTime::now()));
-    gate.owe_handoff();
+/// What [`Gate::on_release`] did.
+#[derive(Debug)]
+pub(crate) struct Release {
+    /// The unlock's result: `true` when the handle may be kept for reuse.
+    pub(crate) unlocked: std::io::Result<bool>,
+    /// The lock was handed over: close the descriptor now.
+    pub(crate) hand_over: bool,
 }

@@ -74,13 +74,33 @@ pub use crate::options::{DEFAULT_CHECK_INTERVAL, DEFAULT_TIMEOUT};
 /// Acquisitions of one process pass a per-file FIFO gate first, so tasks
 /// are served in the order they asked, and the next one wakes the moment a
 /// guard is released; only the task at the head of the queue touches the
-/// file. A waiter in another process is woken by inotify when the lock
-/// file is closed or *handed over*: a waiting process sets the file's
-/// access time to a sentinel (1970-01-01T00:00:01Z), and the holder, after
-/// at most a 1 ms run of re-acquisitions, sets a fresh access time and
-/// stays away for 2 ms so the waiter gets the lock. (This needs the
-/// processes to own the file; otherwise waiters poll. The lock file's
-/// access time is therefore not meaningful.)
+/// file.
+///
+/// Across processes (Linux, local filesystems), a waiter *announces*
+/// itself to the holder with an open-file-description byte lock far beyond
+/// the file's data (`F_OFD_SETLK`): it needs only read access to the file,
+/// changes nothing on disk — not the access time, no sidecar file — is
+/// independent of the `flock` lock, and vanishes with the waiter's
+/// descriptor, even if the waiter is killed. A holder that has had a 1 ms
+/// run of re-acquisitions checks for announcements on release (at most
+/// once per millisecond); if there is one it *hands over*: it closes its
+/// descriptor, which inotify reports to the waiters, and stays away for
+/// 2 ms. Among the waiters the longest-waiting one goes first. Reads and
+/// writes of the lock file, by the holder or anyone else, wake nobody.
+///
+/// Where `flock` may be emulated with byte-range locks (NFS, SMB, FUSE and
+/// other network or cluster filesystems), and off Linux, nobody announces:
+/// waiters poll every `check_interval` (on Linux a close of the file still
+/// wakes them). Python portalocker processes poll as they always do and
+/// are excluded exactly as before. The one interaction to know: a process
+/// that takes POSIX byte-range locks (`fcntl.lockf`) on the *whole* lock
+/// file would see a waiting process's announcement as a conflicting read
+/// lock — mixing `lockf` and `flock` on one file never excluded anything
+/// anyway.
+///
+/// An exclusive lock needs only read access: a lock file another user owns
+/// and this user may only read is opened read-only (writes through the
+/// guard then fail with the OS's error).
 ///
 /// Every attempt is a non-blocking `flock(LOCK_NB)`, which never blocks a
 /// thread. Only opening the file can block (a slow disk, NFS), so the open
@@ -90,7 +110,7 @@ pub use crate::options::{DEFAULT_CHECK_INTERVAL, DEFAULT_TIMEOUT};
 ///
 /// A `Lock` keeps the descriptor of its last released lock open (unlocked)
 /// and reuses it for the next acquisition, so a steady-state
-/// acquire/release pair costs two `flock` calls and two `stat`s, not an
+/// acquire/release pair costs two `flock` calls and one `stat`, not an
 /// `open` and a thread hop. Before a reused (or long-waited-on) descriptor
 /// is trusted, its device and inode are compared with the file now at the
 /// path: a lock on a file that was deleted or replaced in the meantime is
@@ -257,16 +277,16 @@ impl Lock {
 
     /// `acquire` with the given waiting options.
     pub(crate) async fn acquire_with(&self, w: WaitOptions) -> Result<LockGuard> {
-        self.acquire_since(Instant::now(), w.timeout, w.fail_when_locked)
+        self.acquire_since(None, w.timeout, w.fail_when_locked)
             .await
     }
 
     /// The whole acquisition, for a wait that started at `start` (the
-    /// deadline is `start + timeout`). `pub(crate)` so the other file locks
-    /// share it.
+    /// deadline is `start + timeout`; `None`: now). `pub(crate)` so the
+    /// other file locks share it.
     pub(crate) async fn acquire_since(
         &self,
-        start: Instant,
+        start: Option<Instant>,
         timeout: std::time::Duration,
         fail_fast: bool,
     ) -> Result<LockGuard> {

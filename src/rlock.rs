@@ -166,7 +166,7 @@ impl RLock {
         if let Some(g) = self.reenter() {
             return Ok(g);
         }
-        let guard = lock.acquire_since(start, timeout, fail_fast).await?;
+        let guard = lock.acquire_since(Some(start), timeout, fail_fast).await?;
         let mut state = self.inner.state();
         state.guard = Some(guard);
         state.count = 1;

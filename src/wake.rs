@@ -42,6 +42,8 @@ struct Entry {
     notify: Arc<Notify>,
     waiters: usize,
     watch: Option<sys::WatchId>,
+    /// Wake-ups delivered by the watcher (for tests).
+    fired: u64,
 }
 
 fn registry() -> MutexGuard<'static, Registry> {
@@ -78,6 +80,7 @@ impl Watch {
                 notify: notify.clone(),
                 waiters: 1,
                 watch,
+                fired: 0,
             },
         );
         ACTIVE.fetch_add(1, Ordering::SeqCst);
@@ -162,9 +165,127 @@ pub(crate) fn released(id: FileId) {
 
 /// Called by the platform's watcher for an event on a watched lock file.
 fn fire(watch: &sys::WatchId) {
-    let reg = registry();
-    let entry = reg.by_watch.get(watch).and_then(|id| reg.entries.get(id));
-    if let Some(e) = entry {
+    let mut reg = registry();
+    let Some(id) = reg.by_watch.get(watch).copied() else {
+        return;
+    };
+    if let Some(e) = reg.entries.get_mut(&id) {
+        e.fired += 1;
         e.notify.notify_waiters();
+    }
+}
+
+/// The wake-ups the watcher delivered to the waiters of the file `id`
+/// since the first of them registered; `None` while nobody waits.
+#[cfg(all(test, target_os = "linux", not(portalocker_portable)))]
+pub(crate) fn fired(id: FileId) -> Option<u64> {
+    registry().entries.get(&id).map(|e| e.fired)
+}
+
+#[cfg(all(test, target_os = "linux", not(portalocker_portable)))]
+mod tests {
+    use std::fs::File;
+    use std::os::unix::fs::FileExt;
+    use std::time::Duration;
+
+    use crate::file_lock::FileId;
+
+    /// Waits (checking, not sleeping blindly) until a waiter of `id` has
+    /// registered, then returns its wake-up count.
+    async fn registered(id: FileId) -> u64 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(n) = super::fired(id) {
+                return n;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the waiter never registered"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Waits until the waiters of `id` have had more than `n` wake-ups.
+    async fn fired_beyond(id: FileId, n: u64) -> u64 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let now = super::fired(id).unwrap();
+            if now > n {
+                return now;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no wake-up arrived");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    type Waiter = tokio::task::JoinHandle<crate::Result<()>>;
+
+    /// A lock file held by a plain descriptor, and a waiter for it that
+    /// never polls (it waits for wake-ups alone), registered.
+    async fn setup() -> (tempfile::TempDir, std::path::PathBuf, File, FileId, Waiter) {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("busy.lock");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let holder = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        holder.lock().unwrap();
+        let id = crate::sys::regular_file_id(&holder).unwrap().unwrap();
+        let lock = crate::Lock::new(&path)
+            .timeout(Duration::from_secs(600))
+            .check_interval(Duration::from_secs(600));
+        let waiter = tokio::spawn(async move { lock.acquire().await.map(drop) });
+        assert_eq!(registered(id).await, 0);
+        (d, path, holder, id, waiter)
+    }
+
+    /// A holder (and anyone else) reading and writing the lock file through
+    /// open descriptors wakes no waiter: 20,000 reads and writes, then one
+    /// open + close (which does wake); once that wake-up arrived, all the
+    /// earlier events were delivered too, and there is exactly one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_and_writes_of_the_lock_file_wake_no_waiter() {
+        let (_d, path, holder, id, waiter) = setup().await;
+        let reader = File::open(&path).unwrap();
+        let mut buf = [0u8; 5];
+        for _ in 0..10_000 {
+            reader.read_at(&mut buf, 0).unwrap();
+            holder.read_at(&mut buf, 0).unwrap();
+            holder.write_at(b"x", 0).unwrap();
+        }
+        drop(File::open(&path).unwrap());
+        assert_eq!(
+            fired_beyond(id, 0).await,
+            1,
+            "only the close woke the waiter"
+        );
+        // Closing the holder's descriptor (which releases) wakes the waiter.
+        drop(holder);
+        waiter.await.unwrap().unwrap();
+    }
+
+    /// A reader that opens and closes the lock file in a loop wakes its
+    /// waiters at most once per watcher gap, however fast it goes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_opening_reader_wakes_waiters_at_most_once_per_gap() {
+        let (_d, path, holder, id, waiter) = setup().await;
+        let start = std::time::Instant::now();
+        let opens = 5_000;
+        for _ in 0..opens {
+            let mut buf = [0u8; 5];
+            File::open(&path).unwrap().read_at(&mut buf, 0).unwrap();
+        }
+        let fired = fired_beyond(id, 0).await;
+        let gaps = start.elapsed().as_micros() / crate::sys::WATCH_GAP.as_micros() + 1;
+        assert!(
+            u128::from(fired) <= gaps,
+            "{fired} wake-ups for {opens} opens in {gaps} gaps"
+        );
+        // Closing the holder's descriptor (which releases) wakes the waiter.
+        drop(holder);
+        waiter.await.unwrap().unwrap();
     }
 }

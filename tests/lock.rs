@@ -167,9 +167,11 @@ async fn directory_at_the_path_fails_at_once() {
 #[tokio::test]
 async fn permission_denied_fails_at_once() {
     let d = dir();
-    let path = d.path().join("ro.lock");
+    let path = d.path().join("no-access.lock");
     std::fs::write(&path, "").unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+    // Neither readable nor writable: read access alone would do (see
+    // `an_exclusive_lock_needs_only_read_access`).
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
     if support::is_root() {
         // Root ignores permissions: try as `nobody` in a child process.
         let mut child =
@@ -547,7 +549,7 @@ async fn a_dying_holder_process_wakes_the_waiter_at_once() {
         .timeout(Duration::from_secs(120))
         .check_interval(Duration::from_secs(60));
     let waiter = support::spawn_started(async move { lock.acquire().await }).await;
-    assert!(support::eventually(Duration::from_secs(10), || open_count(&path) >= 1).await);
+    assert!(support::eventually(Duration::from_secs(10), || support::open_count(&path) >= 1).await);
     let killed = std::time::Instant::now();
     child.kill();
     drop(waiter.await.unwrap().0.unwrap());
@@ -557,14 +559,38 @@ async fn a_dying_holder_process_wakes_the_waiter_at_once() {
     );
 }
 
-/// How many of this process's descriptors point at `path`.
-#[cfg(all(target_os = "linux", not(portalocker_portable)))]
-fn open_count(path: &std::path::Path) -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter(|t| t == path)
-        .count()
+/// An exclusive lock on another user's file that this user may only read:
+/// opened read-only, it works, and it excludes the owner.
+// Unix only: Unix permission bits and a `nobody` child.
+#[cfg(unix)]
+#[test]
+fn an_exclusive_lock_needs_only_read_access() {
+    assert!(
+        support::is_root(),
+        "this test runs a process as nobody against a root-owned file: run it as root"
+    );
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("read-only.lock");
+    std::fs::write(&path, b"data").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let mut holder = Proc::role_as_nobody(
+        d.path(),
+        "child_entry",
+        "hold",
+        &[path.to_str().unwrap(), "ex"],
+    );
+    holder.expect("LOCKED");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let err = Lock::new(&path)
+            .flags(LockFlags::SHARED)
+            .try_acquire()
+            .await
+            .unwrap_err();
+        assert!(err.is_already_locked(), "{err}");
+    });
+    holder.finish();
+    assert_eq!(std::fs::read(&path).unwrap(), b"data");
 }
 
 /// `flock(LOCK_SH)` needs only a read-only descriptor: a shared lock on

@@ -421,8 +421,9 @@ async fn unusable_slots_are_skipped_while_another_is_free() {
     );
 }
 
-/// A slot file left by another user at 0644 cannot be opened for writing
-/// by this user: it is skipped, and the next slot is used.
+/// A slot file left by another user at 0600 cannot be opened by this user:
+/// it is skipped, and the next slot is used. (At 0644 it is usable: a lock
+/// needs only read access.)
 // Unix only: a root-owned slot file and a `nobody` child.
 #[cfg(unix)]
 #[test]
@@ -437,13 +438,15 @@ fn another_users_slot_file_is_skipped() {
     std::fs::set_permissions(&slots, std::fs::Permissions::from_mode(0o777)).unwrap();
     let root_file = slots.join("other.00.lock");
     std::fs::write(&root_file, b"").unwrap();
-    std::fs::set_permissions(&root_file, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let mut child = Proc::role_as_nobody(
-        d.path(),
-        "child_entry",
-        "sem-hold",
-        &["other", slots.to_str().unwrap(), "2"],
-    );
-    assert_eq!(child.expect("LOCKED"), "1");
-    child.finish();
+    for (mode, slot) in [(0o600, "1"), (0o644, "0")] {
+        std::fs::set_permissions(&root_file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let mut child = Proc::role_as_nobody(
+            d.path(),
+            "child_entry",
+            "sem-hold",
+            &["other", slots.to_str().unwrap(), "2"],
+        );
+        assert_eq!(child.expect("LOCKED"), slot, "slot file mode {mode:o}");
+        child.finish();
+    }
 }

@@ -43,3 +43,25 @@ pub(crate) fn lock_holders(_id: super::FileId) -> Vec<(u32, bool)> {
 pub(crate) fn command_line(_pid: u32) -> Option<String> {
     None
 }
+
+/// No byte-range announcements here: waiters of another process poll, and
+/// a holder never hands over. (On macOS and the BSDs `flock` and byte-range
+/// locks are one lock, so an announcement would block the holder; Windows
+/// byte-range locks are mandatory.)
+pub(crate) fn handoff_capable(_file: &File) -> bool {
+    false
+}
+
+pub(crate) fn wait_clock() -> u64 {
+    0
+}
+
+pub(crate) fn announce(_file: &File, _t: u64) -> bool {
+    false
+}
+
+pub(crate) fn withdraw(_file: &File) {}
+
+pub(crate) fn announced_before(_file: &File, _t: u64) -> bool {
+    false
+}

@@ -1,11 +1,13 @@
-//! What only Linux has: unnamed temporary files, a no-clobber rename, and
-//! inotify.
+//! What only Linux has: unnamed temporary files, a no-clobber rename,
+//! inotify, and open-file-description byte-range locks (the cross-process
+//! handoff's announcements).
 
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use inotify::{Inotify, WatchDescriptor, WatchMask, Watches};
 
@@ -62,21 +64,33 @@ pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> Option<io::Result<()>>
 /// A registered inotify watch.
 pub(crate) type WatchId = WatchDescriptor;
 
-/// Watches `path` (not following a symlink) for the events a release or
-/// handover causes; `fire` runs on the watcher thread for each. `None`
-/// when inotify is unavailable (then waiters poll).
+/// Watches `path` (not following a symlink) for the events that can mean
+/// "the lock may be free": a close (a holder that releases by closing, as
+/// Python does, a holder of this crate handing over, a holder that exits
+/// or dies), a change of attributes (an unlink lowers the link count), a
+/// removal or a rename. `fire` runs on the watcher thread, at most once per
+/// watch per [`WATCH_GAP`]. `None` when inotify is unavailable (then
+/// waiters poll).
+///
+/// Reads and writes are not watched: a holder that reads or writes its lock
+/// file through its descriptor, however often, wakes nobody. An open and
+/// close by a reader does; the gap bounds what that costs a waiter.
 pub(crate) fn watch(path: &Path, fire: fn(&WatchId)) -> Option<WatchId> {
-    // ACCESS: a holder hands over by setting the access time.
-    let mask = WatchMask::ACCESS
-        | WatchMask::CLOSE_WRITE
+    let mask = WatchMask::CLOSE_WRITE
         | WatchMask::CLOSE_NOWRITE
         | WatchMask::ATTRIB
-        | WatchMask::MODIFY
         | WatchMask::DELETE_SELF
         | WatchMask::MOVE_SELF
         | WatchMask::DONT_FOLLOW;
     watches(fire)?.add(path, mask).ok()
 }
+
+/// After delivering a batch of events, the watcher thread waits this long
+/// before it reads the next one, so that a file opened and closed many
+/// thousand times a second wakes its waiters at most once per gap (the
+/// kernel merges the events meanwhile). A release is seen at most this
+/// much later; a holder of this crate that hands over stays away longer.
+pub(crate) const WATCH_GAP: Duration = Duration::from_millis(1);
 
 pub(crate) fn unwatch(id: WatchId) {
     if let Some(Some(mut w)) = WATCHES.get().cloned() {
@@ -96,16 +110,111 @@ fn watches(fire: fn(&WatchId)) -> Option<Watches> {
                 .name("portalocker-inotify".into())
                 .spawn(move || {
                     let mut buf = [0u8; 4096];
+                    let mut batch: Vec<WatchDescriptor> = Vec::new();
                     while let Ok(events) = inotify.read_events_blocking(&mut buf) {
+                        batch.clear();
                         for ev in events {
-                            fire(&ev.wd);
+                            if !batch.contains(&ev.wd) {
+                                batch.push(ev.wd);
+                            }
                         }
+                        for wd in &batch {
+                            fire(wd);
+                        }
+                        std::thread::sleep(WATCH_GAP);
                     }
                 })
                 .ok()?;
             Some(watches)
         })
         .clone()
+}
+
+// --- the cross-process handoff's announcements ---------------------------
+//
+// A waiter announces itself by holding a shared open-file-description lock
+// on one byte of the lock file, far beyond any data a lock file holds:
+// byte `ANNOUNCE_BASE + t`, where `t` is the system's monotonic clock in
+// microseconds when it began to wait. The kernel keeps these locks with the
+// waiter's open descriptor, so they vanish when it closes it or dies, they
+// change nothing on disk, and a descriptor opened only for reading is
+// enough. They are independent of `flock` locks on the filesystems of
+// `handoff_capable`.
+
+/// The first announcement byte.
+const ANNOUNCE_BASE: i64 = 1 << 62;
+/// The span of announcement bytes (`t` < 2^61 µs: 73,000 years of uptime).
+const ANNOUNCE_SPAN: i64 = 1 << 61;
+
+/// Whether byte-range announcements are safe on `file`'s filesystem: local
+/// filesystems whose `flock` locks the kernel keeps apart from byte-range
+/// locks. NFS, SMB, FUSE, Ceph and other network or cluster filesystems
+/// may implement `flock` with byte-range locks, where an announcement could
+/// conflict with the lock itself: anything not listed here polls instead.
+pub(crate) fn handoff_capable(file: &File) -> bool {
+    rustix::fs::fstatfs(file).is_ok_and(|st| local_flock_fs(st.f_type as u64))
+}
+
+fn local_flock_fs(magic: u64) -> bool {
+    const LOCAL: [u64; 15] = [
+        0xEF53,      // ext2, ext3, ext4
+        0x5846_5342, // xfs
+        0x9123_683E, // btrfs
+        0x0102_1994, // tmpfs
+        0x8584_58F6, // ramfs
+        0xF2F5_2010, // f2fs
+        0x2FC1_2FC1, // zfs
+        0x794C_7630, // overlayfs
+        0xCA45_1A4E, // bcachefs
+        0x5265_4973, // reiserfs
+        0x3153_464A, // jfs
+        0x3434,      // nilfs2
+        0x4D44,      // vfat
+        0x2011_BAB0, // exfat
+        0x7366_746E, // ntfs3
+    ];
+    LOCAL.contains(&(magic & 0xFFFF_FFFF))
+}
+
+/// The system-wide clock announcements are ordered by, in microseconds.
+pub(crate) fn wait_clock() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    let micros = i128::from(t.tv_sec) * 1_000_000 + i128::from(t.tv_nsec) / 1_000;
+    u64::try_from(micros).unwrap_or(0) % (ANNOUNCE_SPAN as u64)
+}
+
+fn byte_lock(typ: libc::c_int, start: i64, len: i64) -> libc::flock {
+    // `l_pid` must be 0 for open-file-description locks.
+    libc::flock {
+        l_type: typ as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: start,
+        l_len: len,
+        l_pid: 0,
+    }
+}
+
+/// Announces that the holder of `file`'s descriptor has waited since `t`
+/// (from [`wait_clock`]). `false` if the kernel refused (an old kernel
+/// without open-file-description locks): then nobody is asked to hand over.
+pub(crate) fn announce(file: &File, t: u64) -> bool {
+    let l = byte_lock(libc::F_RDLCK, ANNOUNCE_BASE + t as i64, 1);
+    nix::fcntl::fcntl(file, nix::fcntl::FcntlArg::F_OFD_SETLK(&l)).is_ok()
+}
+
+/// Withdraws every announcement made through `file`'s descriptor.
+pub(crate) fn withdraw(file: &File) {
+    let l = byte_lock(libc::F_UNLCK, ANNOUNCE_BASE, ANNOUNCE_SPAN);
+    let _ = nix::fcntl::fcntl(file, nix::fcntl::FcntlArg::F_OFD_SETLK(&l));
+}
+
+/// Whether a waiter that began before `t` (any waiter: `u64::MAX`) is
+/// announced on `file`, other than through this descriptor.
+pub(crate) fn announced_before(file: &File, t: u64) -> bool {
+    let len = (t.min(ANNOUNCE_SPAN as u64) as i64).max(1);
+    let mut l = byte_lock(libc::F_WRLCK, ANNOUNCE_BASE, len);
+    nix::fcntl::fcntl(file, nix::fcntl::FcntlArg::F_OFD_GETLK(&mut l)).is_ok()
+        && l.l_type != libc::F_UNLCK as libc::c_short
 }
 
 /// The `flock` holders of the file `id` listed in `/proc/locks`: (pid,
@@ -166,6 +275,76 @@ pub(crate) fn command_line(pid: u32) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::fs::File;
+
+    #[test]
+    fn only_local_filesystems_take_announcements() {
+        for local in [0xEF53, 0x0102_1994, 0x5846_5342, 0x9123_683E, 0x794C_7630] {
+            assert!(super::local_flock_fs(local), "{local:#x}");
+        }
+        // NFS, SMB2, CIFS, FUSE, Ceph, 9p, an unknown filesystem.
+        for remote in [
+            0x6969,
+            0xFE53_4D42,
+            0xFF53_4D42,
+            0x6573_5546,
+            0x00C3_6400,
+            0x0102_1997,
+            0x1234_5678,
+        ] {
+            assert!(!super::local_flock_fs(remote), "{remote:#x}");
+        }
+    }
+
+    /// Announcements are byte locks of one descriptor: others see them
+    /// (ordered by time), the announcer does not, `flock` ignores them,
+    /// and they vanish with a withdrawal or the descriptor.
+    #[test]
+    fn announcements_are_seen_by_others_and_vanish_on_close() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("a.lock");
+        std::fs::write(&path, b"").unwrap();
+        let waiter = File::open(&path).unwrap();
+        let holder = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        assert!(
+            super::handoff_capable(&holder),
+            "the test directory is on a local filesystem"
+        );
+        assert!(!super::announced_before(&holder, u64::MAX));
+        assert!(super::announce(&waiter, 100));
+        assert!(super::announced_before(&holder, u64::MAX));
+        assert!(super::announced_before(&holder, 101), "older than 101");
+        assert!(
+            !super::announced_before(&holder, 100),
+            "not older than itself"
+        );
+        assert!(
+            !super::announced_before(&waiter, u64::MAX),
+            "own announcement"
+        );
+        // Independent of flock: the holder locks, the waiter still cannot.
+        holder.try_lock().unwrap();
+        assert!(waiter.try_lock().is_err());
+        holder.unlock().unwrap();
+        super::withdraw(&waiter);
+        assert!(!super::announced_before(&holder, u64::MAX));
+        assert!(super::announce(&waiter, 7));
+        drop(waiter);
+        assert!(
+            !super::announced_before(&holder, u64::MAX),
+            "gone with the descriptor"
+        );
+        // A second waiter's announcement coexists with a first one.
+        let (a, b) = (File::open(&path).unwrap(), File::open(&path).unwrap());
+        assert!(super::announce(&a, 5) && super::announce(&b, 9));
+        assert!(super::announced_before(&b, 9), "b sees a");
+        assert!(!super::announced_before(&a, 5), "nobody is older than a");
+        assert!(super::wait_clock() > 0);
+    }
     #[test]
     fn proc_locks_lines_are_matched_by_device_and_inode() {
         let text = "1: FLOCK  ADVISORY  WRITE 9643 fe:00:10010845 0 EOF\n\

@@ -5,8 +5,9 @@
 //! * `unix.rs` — every Unix (macOS, the BSDs, Linux): `O_NOFOLLOW` and
 //!   `O_NONBLOCK` opens, (device, inode) identity, `fsync` of directories.
 //! * `linux.rs` — what only Linux has: unnamed temporary files
-//!   (`O_TMPFILE` + `linkat`), `renameat2(RENAME_NOREPLACE)`, and inotify
-//!   wake-ups for waiters of another process's lock.
+//!   (`O_TMPFILE` + `linkat`), `renameat2(RENAME_NOREPLACE)`, inotify
+//!   wake-ups for waiters of another process's lock, and the waiters'
+//!   announcements (open-file-description byte locks).
 //! * `generic.rs` — the same interface without those: named temporary
 //!   files, hard-link publication, polling waiters. macOS, the BSDs and
 //!   Windows use it, and so does Linux when built with
@@ -33,6 +34,7 @@
 //! | `create_unnamed`, `link_unnamed` | unnamed temporary files, where they exist |
 //! | `rename_noreplace(from, to)` | an atomic no-clobber rename, where it exists |
 //! | `WatchId`, `watch(path, fire)`, `unwatch(id)` | change notification on a lock file, where it exists |
+//! | `handoff_capable(&File)`, `wait_clock()`, `announce(&File, t)`, `withdraw(&File)`, `announced_before(&File, t)` | a waiter's announcement to a holder in another process (Linux: open-file-description byte locks), where it exists |
 //! | `lock_holders(id)`, `command_line(pid)` | who holds `flock` locks on a file (Linux: `/proc/locks`), and their command lines |
 //! | `connect_local(addr)` | (feature `redis`) a Redis address only this platform has: a Unix socket |
 

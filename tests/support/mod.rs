@@ -16,6 +16,16 @@ pub fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
+/// How many of this process's descriptors point at `path`.
+#[cfg(target_os = "linux")]
+pub fn open_count(path: &Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|t| t == path)
+        .count()
+}
+
 /// Every entry of `dir`, sorted.
 pub fn entries(dir: &Path) -> Vec<String> {
     let mut v: Vec<_> = std::fs::read_dir(dir)
@@ -203,6 +213,18 @@ impl Proc {
         self.stdin.take();
     }
 
+    /// Panics, with what the child said, if it has exited.
+    pub fn assert_alive(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            let mut rest = String::new();
+            let _ = std::io::Read::read_to_string(&mut self.stdout, &mut rest);
+            panic!(
+                "the child exited ({status}); it said: {:#?}\n{rest}",
+                self.seen
+            );
+        }
+    }
+
     /// SIGKILL, then reap.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -359,6 +381,85 @@ async fn run_role(role: &str, args: &[String]) {
             tokio::task::spawn_blocking(wait_for_parent).await.unwrap();
             guard.release().await.unwrap();
             say("RELEASED", "");
+        }
+        // Take and release the lock in a loop until the parent closes stdin
+        // (after "reads": reading 5 bytes of the lock file through the
+        // guard and through a fresh descriptor inside each grant); report
+        // the grants.
+        "loop" => {
+            let reads = args.get(1).map(String::as_str) == Some("reads");
+            let lock = Lock::new(&args[0]).timeout(Duration::from_secs(60));
+            let parent = tokio::task::spawn_blocking(wait_for_parent);
+            let mut grants = 0u64;
+            while !parent.is_finished() {
+                let guard = lock.acquire().await.unwrap();
+                #[cfg(not(unix))]
+                let _ = reads;
+                // Unix only: the reads go through a duplicated descriptor.
+                #[cfg(unix)]
+                if reads {
+                    // Some work while holding, then reads of the lock file
+                    // just before the release: through the guard's
+                    // descriptor and through a fresh one.
+                    let t = std::time::Instant::now();
+                    while t.elapsed() < Duration::from_micros(200) {
+                        std::hint::spin_loop();
+                    }
+                    let mut buf = [0u8; 5];
+                    let fd = std::os::fd::AsFd::as_fd(&*guard)
+                        .try_clone_to_owned()
+                        .unwrap();
+                    std::os::unix::fs::FileExt::read_at(&std::fs::File::from(fd), &mut buf, 0)
+                        .unwrap();
+                    let mut f = std::fs::File::open(&args[0]).unwrap();
+                    let _ = std::io::Read::read(&mut f, &mut buf).unwrap();
+                }
+                grants += 1;
+                if grants == 100 {
+                    say("LOOPING", std::process::id());
+                }
+                drop(guard);
+            }
+            say("GRANTS", grants);
+        }
+        // `n` acquisitions, each with a timeout of `ms` milliseconds;
+        // report how many were served, and the first failure.
+        "serve" | "serve-on-go" => {
+            if role == "serve-on-go" {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).unwrap();
+            }
+            let n: u32 = args[1].parse().unwrap();
+            let ms: u64 = args[2].parse().unwrap();
+            let lock = Lock::new(&args[0]);
+            let mut served = 0;
+            let mut failure = String::from("none");
+            for _ in 0..n {
+                match lock.acquire_timeout(Duration::from_millis(ms)).await {
+                    Ok(g) => {
+                        served += 1;
+                        g.release().await.unwrap();
+                    }
+                    Err(e) if failure == "none" => failure = e.to_string(),
+                    Err(_) => {}
+                }
+            }
+            say(
+                "SERVED",
+                format!("{served} of {n}; first failure: {failure}"),
+            );
+        }
+        // Wait for the lock (announced to its holder) until killed.
+        "wait" => {
+            say("WAITING", std::process::id());
+            match Lock::new(&args[0])
+                .timeout(Duration::from_secs(600))
+                .acquire()
+                .await
+            {
+                Ok(_) => say("ACQUIRED", ""),
+                Err(e) => say("FAILED", e),
+            }
         }
         // Hold the lock and start a long-running child (exec'd) meanwhile.
         "hold-spawn" => {
