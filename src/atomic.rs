@@ -199,6 +199,21 @@ pub async fn open_atomic(path: impl AsRef<Path>) -> io::Result<AtomicFile> {
 ///   `FILE_SHARE_DELETE`; the directory cannot be `fsync`ed, so
 ///   `Durability::Full` syncs the file only.
 ///
+/// # Errors are `std::io::Error`
+///
+/// Unlike the locks, `AtomicFile` (and [`open_atomic`]) return
+/// [`std::io::Result`]: it is a file — an [`AsyncWrite`](tokio::io::AsyncWrite)
+/// that is written, flushed and committed in code that already speaks
+/// `io::Result` (copies, serializers, `tokio::io` helpers), every failure it
+/// has is an I/O failure, and the one extra fact, where the data went when
+/// a `replace(false)` publication found the destination taken, travels as
+/// a [`PublishError`] inside the `io::Error` (get it with
+/// `err.get_ref().and_then(|e| e.downcast_ref::<PublishError>())`). Turning
+/// these into [`crate::Error`] would add a wrapper without adding
+/// information. In a function that returns [`crate::Result`], `?` converts
+/// them ([`Error`](crate::Error) implements `From<io::Error>`, kind `Io`,
+/// the source kept).
+///
 /// # Cancel safety
 ///
 /// Dropping an [`AtomicFile`], or any of its futures, before `commit`

@@ -164,12 +164,14 @@ pub(crate) struct Engine {
     gate: OnceLock<Arc<Gate>>,
 }
 
-/// A granted lock: the locked file and the pass of the gate.
+/// A granted lock: the locked file, the pass of the gate, and how long
+/// the acquisition waited (zero when the first attempt got it).
 #[derive(Debug)]
 pub(crate) struct Granted {
     pub(crate) file: File,
     pub(crate) id: FileId,
     pub(crate) pass: Pass,
+    pub(crate) waited: Duration,
 }
 
 impl Engine {
@@ -238,7 +240,12 @@ impl Engine {
         let schedule = Schedule::from(start, deadline, self.opts.wait.check_interval);
         let Handle { file, id } = wait(&mut contender, schedule, fail_fast).await?;
         gate.granted(&mut pass);
-        Ok(Granted { file, id, pass })
+        Ok(Granted {
+            file,
+            id,
+            pass,
+            waited: start.elapsed(),
+        })
     }
 
     /// The common case, without reading the clock or building a wait: the
@@ -269,7 +276,12 @@ impl Engine {
         }
         let Handle { file, id } = self.prepare(handle)?;
         gate.granted(&mut pass);
-        Ok(Some(Granted { file, id, pass }))
+        Ok(Some(Granted {
+            file,
+            id,
+            pass,
+            waited: Duration::ZERO,
+        }))
     }
 
     /// The contention error. `here`: the holder (or the queue ahead) is in

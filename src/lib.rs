@@ -188,7 +188,10 @@ pub use holder::Holder;
 pub use lock::{Lock, LockGuard, DEFAULT_CHECK_INTERVAL, DEFAULT_TIMEOUT};
 pub use pidfile::{PidFileLock, PidFileLockGuard};
 pub use rlock::{RLock, RLockGuard};
-pub use semaphore::{BoundedSemaphore, NamedBoundedSemaphore, SemaphorePermit, MAX_SLOTS};
+#[allow(deprecated)]
+pub use semaphore::{
+    BoundedSemaphore, BoundedSemaphorePermit, NamedBoundedSemaphore, SemaphorePermit, MAX_SLOTS,
+};
 pub use temporary::{TemporaryFileLock, TemporaryFileLockGuard};
 
 #[cfg(feature = "redis")]

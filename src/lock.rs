@@ -290,8 +290,14 @@ impl Lock {
         timeout: std::time::Duration,
         fail_fast: bool,
     ) -> Result<LockGuard> {
-        let Granted { file, id, pass } = self.engine.acquire(start, timeout, fail_fast).await?;
+        let Granted {
+            file,
+            id,
+            pass,
+            waited,
+        } = self.engine.acquire(start, timeout, fail_fast).await?;
         Ok(LockGuard {
+            waited,
             file: Some(tokio::fs::File::from_std(file)),
             id,
             touched: false,
@@ -349,12 +355,37 @@ pub struct LockGuard {
     lock: Arc<Engine>,
     /// This process's gate for the file, passed; released after the lock.
     _pass: Option<Pass>,
+    waited: std::time::Duration,
 }
 
 impl LockGuard {
     /// The absolute path of the locked file.
     pub fn path(&self) -> &Path {
         &self.lock.path
+    }
+
+    /// How long the acquisition took: from the call (for an
+    /// [`RLock`](crate::RLock), from its call, including time behind this
+    /// owner's other tasks) until the grant, opening the file and waiting
+    /// included. [`Duration::ZERO`](std::time::Duration::ZERO) when the lock
+    /// was free and the descriptor kept from the last release got it at
+    /// once (that path reads no clock).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> portalocker::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let lock = portalocker::Lock::new(dir.path().join("job.lock"));
+    /// let guard = lock.acquire().await?;
+    /// if guard.waited() > std::time::Duration::from_secs(1) {
+    ///     eprintln!("waited {:?} for {}", guard.waited(), guard.path().display());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn waited(&self) -> std::time::Duration {
+        self.waited
     }
 
     /// Close the descriptor on release instead of keeping it for reuse.

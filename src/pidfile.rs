@@ -236,6 +236,23 @@ impl PidFileLockGuard {
         &self.pid_path
     }
 
+    /// How long the acquisition waited (see [`LockGuard::waited`](crate::LockGuard::waited)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> portalocker::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let lock = portalocker::PidFileLock::new(dir.path().join("daemon.pid"));
+    /// let guard = lock.acquire().await?;
+    /// println!("single instance after {:?}", guard.waited());
+    /// # Ok(()) }
+    /// ```
+    pub fn waited(&self) -> std::time::Duration {
+        self.inner.waited()
+    }
+
     /// The absolute path of the locked sidecar.
     pub fn lock_path(&self) -> &Path {
         self.inner.lock_path()

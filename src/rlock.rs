@@ -3,6 +3,7 @@
 use std::fmt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use crate::error::Result;
 use crate::flags::LockFlags;
@@ -172,6 +173,10 @@ impl RLock {
         state.count = 1;
         Ok(RLockGuard {
             shared: Some(self.inner.clone()),
+            waited: state
+                .guard
+                .as_ref()
+                .map_or(Duration::ZERO, LockGuard::waited),
         })
     }
 
@@ -181,6 +186,7 @@ impl RLock {
             state.count += 1;
             RLockGuard {
                 shared: Some(self.inner.clone()),
+                waited: Duration::ZERO,
             }
         })
     }
@@ -218,6 +224,7 @@ impl fmt::Debug for RLock {
 #[clippy::has_significant_drop]
 pub struct RLockGuard {
     shared: Option<Arc<Owner>>,
+    waited: std::time::Duration,
 }
 
 impl RLockGuard {
@@ -227,6 +234,26 @@ impl RLockGuard {
             Some(s) => s.lock.path(),
             None => Path::new(""),
         }
+    }
+
+    /// How long this level's acquisition waited (see
+    /// [`LockGuard::waited`]); zero for a re-entry by the owner, which never
+    /// waits.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> portalocker::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let lock = portalocker::RLock::new(dir.path().join("r.lock"));
+    /// let outer = lock.acquire().await?;
+    /// let inner = lock.acquire().await?;
+    /// assert_eq!(inner.waited(), std::time::Duration::ZERO);
+    /// # drop((inner, outer)); Ok(()) }
+    /// ```
+    pub fn waited(&self) -> Duration {
+        self.waited
     }
 
     /// Releases this level; when it is the last, unlocks the file and

@@ -36,7 +36,7 @@ const OP: &str = "failed to acquire semaphore";
 ///   first sweep that finds every slot busy (default false). Python only
 ///   looks at it once the timeout is spent and returns `None` when it is
 ///   false; here a busy semaphore at the deadline is always an error.
-/// * Each [`acquire`](Self::acquire) returns its own [`SemaphorePermit`]; one
+/// * Each [`acquire`](Self::acquire) returns its own [`BoundedSemaphorePermit`]; one
 ///   `BoundedSemaphore` value can hold several slots at once, like
 ///   `tokio::sync::Semaphore`.
 /// * Slot files are opened concurrently instead of one by one (the lowest
@@ -259,18 +259,19 @@ impl BoundedSemaphore {
     /// runtime built without the time driver (`enable_time`), as
     /// [`tokio::time::sleep`] does. An uncontended acquisition, or one with
     /// a zero timeout, needs no timer.
-    pub async fn acquire(&self) -> Result<SemaphorePermit> {
+    pub async fn acquire(&self) -> Result<BoundedSemaphorePermit> {
         self.acquire_with(self.inner.config.wait).await
     }
 
-    acquire_variants!(SemaphorePermit);
+    acquire_variants!(BoundedSemaphorePermit);
 
-    async fn acquire_with(&self, w: WaitOptions) -> Result<SemaphorePermit> {
+    async fn acquire_with(&self, w: WaitOptions) -> Result<BoundedSemaphorePermit> {
         let slots = self.slots()?;
         let c = &self.inner.config;
         if !c.named {
             warn_default_name();
         }
+        let start = tokio::time::Instant::now();
         let schedule = Schedule::new(w.timeout, w.check_interval);
         let mut sweep = Sweep {
             sem: self,
@@ -279,7 +280,9 @@ impl BoundedSemaphore {
             watches: None,
             wait: w,
         };
-        engine::wait(&mut sweep, schedule, w.fail_when_locked).await
+        let mut permit = engine::wait(&mut sweep, schedule, w.fail_when_locked).await?;
+        permit.waited = start.elapsed();
+        Ok(permit)
     }
 
     fn busy(&self, waited: bool, timeout: Duration, unusable: &[Option<Error>]) -> Error {
@@ -364,9 +367,9 @@ struct Sweep<'a> {
 }
 
 impl Contender for Sweep<'_> {
-    type Granted = SemaphorePermit;
+    type Granted = BoundedSemaphorePermit;
 
-    async fn attempt(&mut self) -> Result<Attempt<SemaphorePermit>> {
+    async fn attempt(&mut self) -> Result<Attempt<BoundedSemaphorePermit>> {
         if let Some(permit) = sweep(self.slots, &mut self.unusable).await {
             return Ok(Attempt::Granted(permit));
         }
@@ -396,7 +399,7 @@ impl Contender for Sweep<'_> {
     }
 }
 
-async fn sweep(slots: &[Lock], unusable: &mut [Option<Error>]) -> Option<SemaphorePermit> {
+async fn sweep(slots: &[Lock], unusable: &mut [Option<Error>]) -> Option<BoundedSemaphorePermit> {
     let todo: Vec<usize> = (0..slots.len())
         .filter(|&i| unusable[i].is_none())
         .collect();
@@ -409,7 +412,7 @@ async fn sweep(slots: &[Lock], unusable: &mut [Option<Error>]) -> Option<Semapho
             Err(e) => Err(e),
         };
         match attempt {
-            Ok(guard) => return Some(SemaphorePermit::new(i, guard)),
+            Ok(guard) => return Some(BoundedSemaphorePermit::new(i, guard)),
             Err(e) if e.is_already_locked() => {}
             Err(e) => unusable[i] = Some(e),
         }
@@ -581,17 +584,51 @@ impl fmt::Debug for BoundedSemaphore {
 }
 
 /// A held slot of a [`BoundedSemaphore`]; dropping it frees the slot.
+///
+/// Named so that it does not clash with [`tokio::sync::SemaphorePermit`]
+/// in a file that uses both (it was `SemaphorePermit`, which remains as a
+/// deprecated alias).
 #[must_use = "if unused the slot is freed at once"]
 #[clippy::has_significant_drop]
-pub struct SemaphorePermit {
+pub struct BoundedSemaphorePermit {
     slot: usize,
     guard: LockGuard,
+    waited: Duration,
 }
 
-impl SemaphorePermit {
+/// The former name of [`BoundedSemaphorePermit`].
+#[deprecated(
+    since = "0.1.0",
+    note = "renamed `BoundedSemaphorePermit`, which does not clash with `tokio::sync::SemaphorePermit`"
+)]
+pub type SemaphorePermit = BoundedSemaphorePermit;
+
+impl BoundedSemaphorePermit {
     fn new(slot: usize, mut guard: LockGuard) -> Self {
         guard.close_on_release();
-        Self { slot, guard }
+        Self {
+            slot,
+            guard,
+            waited: Duration::ZERO,
+        }
+    }
+
+    /// How long the acquisition waited, from the call until a slot was
+    /// granted (the sweep over the slots included).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> portalocker::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let sem = portalocker::BoundedSemaphore::new(2).name("jobs").directory(dir.path());
+    /// let permit = sem.acquire().await?;
+    /// println!("slot {} after {:?}", permit.slot(), permit.waited());
+    /// # Ok(()) }
+    /// ```
+    pub fn waited(&self) -> Duration {
+        self.waited
     }
 
     /// The slot number, from 0.
@@ -620,9 +657,9 @@ impl SemaphorePermit {
     }
 }
 
-impl fmt::Debug for SemaphorePermit {
+impl fmt::Debug for BoundedSemaphorePermit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SemaphorePermit")
+        f.debug_struct("BoundedSemaphorePermit")
             .field("slot", &self.slot)
             .field("path", &self.path())
             .finish()
@@ -693,13 +730,13 @@ impl NamedBoundedSemaphore {
     /// # Panics
     ///
     /// As [`BoundedSemaphore::acquire`].
-    pub async fn acquire(&self) -> Result<SemaphorePermit> {
+    pub async fn acquire(&self) -> Result<BoundedSemaphorePermit> {
         self.0.acquire().await
     }
 
-    acquire_variants!(SemaphorePermit);
+    acquire_variants!(BoundedSemaphorePermit);
 
-    async fn acquire_with(&self, w: WaitOptions) -> Result<SemaphorePermit> {
+    async fn acquire_with(&self, w: WaitOptions) -> Result<BoundedSemaphorePermit> {
         self.0.acquire_with(w).await
     }
 }

@@ -149,6 +149,23 @@ impl TemporaryFileLockGuard {
         self.inner.lock_path()
     }
 
+    /// How long the acquisition waited (see [`LockGuard::waited`](crate::LockGuard::waited)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> portalocker::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let lock = portalocker::TemporaryFileLock::new(dir.path().join("t.lock"));
+    /// let guard = lock.acquire().await?;
+    /// println!("got {} after {:?}", guard.path().display(), guard.waited());
+    /// # Ok(()) }
+    /// ```
+    pub fn waited(&self) -> std::time::Duration {
+        self.inner.waited()
+    }
+
     /// Removes the file (if it is still the one held), then unlocks it.
     ///
     /// # Cancel safety
@@ -222,6 +239,10 @@ impl DeleteOnRelease {
 
     pub(crate) fn lock_path(&self) -> &Path {
         self.guard().path()
+    }
+
+    pub(crate) fn waited(&self) -> std::time::Duration {
+        self.guard().waited()
     }
 
     /// Removes the companion and the lock file if the held file is still

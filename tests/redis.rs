@@ -18,7 +18,10 @@ fn child_entry() {
 async fn uncontended_acquire_names_the_connection_and_release_frees() {
     let srv = RedisServer::start();
     let lock = RedisLock::new("jobs", srv.client());
+    let called = std::time::Instant::now();
     let g = lock.acquire().await.unwrap();
+    // Connecting and confirming take time; never more than the call took.
+    assert!(g.waited() > Duration::ZERO && g.waited() <= called.elapsed());
     let id = g.holder_id().to_string();
     assert!(
         id.len() == 32

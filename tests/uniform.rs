@@ -159,3 +159,96 @@ async fn every_file_primitive_has_try_acquire_and_acquire_timeout() {
     )
     .await;
 }
+
+/// `waited()` on every guard: at least the time from the waiter's first
+/// (pending) poll until the holder let go, and zero for a free `Lock`
+/// (the fast path) and an `RLock` re-entry.
+#[tokio::test]
+async fn every_guard_says_how_long_it_waited() {
+    use futures_util::FutureExt;
+    use std::pin::pin;
+
+    /// Polls `acquire` once (it must wait: `release` holds the lock), lets
+    /// go of the holder, and returns the lower bound the guard's
+    /// `waited()` must meet.
+    async fn waited_at_least<G, F: std::future::Future<Output = Result<G, Error>>>(
+        what: &str,
+        acquire: F,
+        release: impl FnOnce(),
+        waited: impl Fn(&G) -> Duration,
+    ) {
+        let mut fut = pin!(acquire);
+        assert!(fut.as_mut().now_or_never().is_none(), "{what}: it waits");
+        let first_poll = std::time::Instant::now();
+        // Let the clock move on before the holder lets go.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let released = std::time::Instant::now();
+        release();
+        let guard = fut.await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        let lower = released - first_poll;
+        assert!(
+            waited(&guard) >= lower,
+            "{what}: {:?} < {lower:?}",
+            waited(&guard)
+        );
+    }
+
+    let d = tempfile::tempdir().unwrap();
+    let p = |n: &str| d.path().join(n);
+
+    let lock = Lock::new(p("w.lock"));
+    drop(lock.acquire().await.unwrap());
+    let g = lock.acquire().await.unwrap();
+    assert_eq!(
+        g.waited(),
+        Duration::ZERO,
+        "free, with a kept descriptor: at once"
+    );
+    waited_at_least(
+        "Lock",
+        Lock::new(p("w.lock")).acquire(),
+        || drop(g),
+        |g| g.waited(),
+    )
+    .await;
+
+    let r = RLock::new(p("r.lock"));
+    let outer = r.acquire().await.unwrap();
+    assert_eq!(
+        r.acquire().await.unwrap().waited(),
+        Duration::ZERO,
+        "re-entry"
+    );
+    waited_at_least(
+        "RLock",
+        RLock::new(p("r.lock")).acquire(),
+        || drop(outer),
+        |g| g.waited(),
+    )
+    .await;
+
+    let t = TemporaryFileLock::new(p("t.lock")).acquire().await.unwrap();
+    let t2 = TemporaryFileLock::new(p("t.lock")).fail_when_locked(false);
+    waited_at_least(
+        "TemporaryFileLock",
+        t2.acquire(),
+        || drop(t),
+        |g| g.waited(),
+    )
+    .await;
+
+    let pid = PidFileLock::new(p("d.pid")).acquire().await.unwrap();
+    let pid2 = PidFileLock::new(p("d.pid")).fail_when_locked(false);
+    waited_at_least("PidFileLock", pid2.acquire(), || drop(pid), |g| g.waited()).await;
+
+    let sem = || BoundedSemaphore::new(1).name("w").directory(d.path());
+    let permit = sem().acquire().await.unwrap();
+    let sem2 = sem();
+    waited_at_least(
+        "BoundedSemaphore",
+        sem2.acquire(),
+        || drop(permit),
+        |g| g.waited(),
+    )
+    .await;
+}

@@ -17,6 +17,7 @@ pub struct RedisLockGuard {
     sub: Option<Subscription>,
     state: Arc<HolderState>,
     fence: Option<u64>,
+    waited: std::time::Duration,
 }
 
 impl RedisLockGuard {
@@ -25,7 +26,29 @@ impl RedisLockGuard {
             sub: Some(sub),
             state,
             fence,
+            waited: std::time::Duration::ZERO,
         }
+    }
+
+    pub(super) fn set_waited(&mut self, waited: std::time::Duration) {
+        self.waited = waited;
+    }
+
+    /// How long the acquisition took, from the call until the lock was
+    /// confirmed (connections, attempts and waiting included).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> portalocker::Result<()> {
+    /// let client = portalocker::redis::Client::open("redis://127.0.0.1/").unwrap();
+    /// let guard = portalocker::RedisLock::new("jobs", client).acquire().await?;
+    /// println!("holder {} after {:?}", guard.holder_id(), guard.waited());
+    /// # Ok(()) }
+    /// ```
+    pub fn waited(&self) -> std::time::Duration {
+        self.waited
     }
 
     /// This holder's id: 32 lowercase hex characters, also the suffix of

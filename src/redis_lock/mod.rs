@@ -260,6 +260,7 @@ impl RedisLock {
 
     async fn acquire_with(&self, w: WaitOptions) -> Result<RedisLockGuard> {
         self.validate()?;
+        let start = tokio::time::Instant::now();
         let writer = self.cfg.flags == LockFlags::EXCLUSIVE;
         let id = crate::util::unguessable_hex32();
         let state = Arc::new(HolderState::new(
@@ -283,7 +284,8 @@ impl RedisLock {
         };
         let mut schedule = Schedule::new(w.timeout, interval).jitter(Jitter::Around);
         loop {
-            if let Some(guard) = attempt.run().await? {
+            if let Some(mut guard) = attempt.run().await? {
+                guard.set_waited(start.elapsed());
                 return Ok(guard);
             }
             let Some(until) = schedule.next_attempt() else {
