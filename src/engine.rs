@@ -214,9 +214,40 @@ impl Engine {
         timeout: Duration,
         fail_fast: bool,
     ) -> Result<Granted> {
+        // A semaphore's slot attempts are traced by the semaphore's span.
+        #[cfg(feature = "tracing")]
+        if self.name_holders {
+            let span = tracing::debug_span!(
+                "acquire",
+                path = %self.path.display(),
+                mode = ?self.opts.mode().ok(),
+                timeout = ?timeout,
+                fail_when_locked = fail_fast,
+            );
+            let traced = async {
+                let r = self.acquire_inner(start, timeout, fail_fast).await;
+                if let Err(e) = &r {
+                    // A contention error names the holder when it is known.
+                    tracing::debug!(error = %e, holder_pid = ?e.holder_pid(), "not acquired");
+                }
+                r
+            };
+            return tracing::Instrument::instrument(traced, span).await;
+        }
+        self.acquire_inner(start, timeout, fail_fast).await
+    }
+
+    async fn acquire_inner(
+        &self,
+        start: Option<Instant>,
+        timeout: Duration,
+        fail_fast: bool,
+    ) -> Result<Granted> {
         file_lock::check_path(OP_LOCK, &self.path)?;
         let mode = self.opts.mode()?;
         if let Some(granted) = self.try_fast(mode)? {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(attempts = 1, waited = ?Duration::ZERO, "granted at once");
             return Ok(granted);
         }
         let start = start.unwrap_or_else(Instant::now);
@@ -225,6 +256,8 @@ impl Engine {
         let Some(mut pass) = gate.enter(mode == Mode::Shared, deadline, fail_fast).await else {
             return Err(self.busy(timeout, fail_fast, true));
         };
+        #[cfg(feature = "tracing")]
+        let queued = start.elapsed();
         let mut contender = FileContender {
             engine: self,
             gate,
@@ -236,10 +269,19 @@ impl Engine {
             timeout,
             since: None,
             announced: false,
+            attempts: 0,
         };
         let schedule = Schedule::from(start, deadline, self.opts.wait.check_interval);
         let Handle { file, id } = wait(&mut contender, schedule, fail_fast).await?;
         gate.granted(&mut pass);
+        #[cfg(feature = "tracing")]
+        tracing::debug!(
+            queued_in_process = ?queued,
+            waited = ?start.elapsed(),
+            attempts = contender.attempts,
+            announced_to_holder = contender.since.is_some(),
+            "granted"
+        );
         Ok(Granted {
             file,
             id,
@@ -370,6 +412,13 @@ impl Engine {
             },
         };
         wake::released(id);
+        #[cfg(feature = "tracing")]
+        if hand_over {
+            tracing::debug!(
+                path = %self.path.display(),
+                "released: handed over to a waiting process"
+            );
+        }
         // Handing over: the close (when `file` drops here) is what wakes
         // the waiters of other processes.
         let reusable = matches!(unlocked, Ok(true))
@@ -451,6 +500,9 @@ struct FileContender<'a> {
     since: Option<u64>,
     /// Whether `current` carries an announcement.
     announced: bool,
+    /// Attempts made (for diagnostics).
+    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+    attempts: u32,
 }
 
 impl FileContender<'_> {
@@ -486,6 +538,7 @@ impl Contender for FileContender<'_> {
     type Granted = Handle;
 
     async fn attempt(&mut self) -> Result<Attempt<Handle>> {
+        self.attempts = self.attempts.saturating_add(1);
         let e = self.engine;
         let handle = match self.current.take() {
             Some(h) => {

@@ -89,6 +89,7 @@ struct Inner {
     path: Option<PathBuf>,
     channel: Option<String>,
     holder_pid: Option<u32>,
+    holder_id: Option<String>,
     /// Why it failed, in words.
     reason: Cow<'static, str>,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
@@ -103,6 +104,7 @@ impl Error {
                 path: None,
                 channel: None,
                 holder_pid: None,
+                holder_id: None,
                 reason: Cow::Borrowed(""),
                 source: None,
             }),
@@ -127,6 +129,12 @@ impl Error {
 
     pub(crate) fn with_holder_pid(mut self, pid: Option<u32>) -> Self {
         self.inner.holder_pid = pid;
+        self
+    }
+
+    #[allow(dead_code)] // set by the Redis lock
+    pub(crate) fn with_holder_id(mut self, id: Option<String>) -> Self {
+        self.inner.holder_id = id;
         self
     }
 
@@ -207,6 +215,29 @@ impl Error {
     /// [`PidFileLock`]: crate::PidFileLock
     pub fn holder_pid(&self) -> Option<u32> {
         self.inner.holder_pid
+    }
+
+    /// For a contention error of the Redis lock: the id of a holder the
+    /// probe found (32 hex characters, the suffix of its connection name
+    /// `<channel>-lock-<id>`; a Python holder's `holder_id`). The message
+    /// also gives its client address when the server's client list showed
+    /// it. `None` when no holder answered (or for other errors).
+    /// Diagnostic only: it may have released since.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # #[cfg(feature = "redis")] {
+    /// let client = portalocker::redis::Client::open("redis://127.0.0.1/").unwrap();
+    /// if let Err(e) = portalocker::RedisLock::new("jobs", client).try_acquire().await {
+    ///     eprintln!("{e}; holder id {:?}", e.holder_id());
+    /// }
+    /// # } }
+    /// ```
+    pub fn holder_id(&self) -> Option<&str> {
+        self.inner.holder_id.as_deref()
     }
 
     /// The file concerned, when there is one.

@@ -158,9 +158,26 @@
 //!   Python portalocker 4.4.2 (same wire protocol: Rust and Python holders
 //!   share a channel), and a re-export of [`redis`](https://docs.rs/redis)
 //!   (redis-rs 1.x).
+//! * `tracing`: [`tracing`](https://docs.rs/tracing) spans and events, at
+//!   `DEBUG` level. Every `acquire` (and `try_acquire`, `acquire_timeout`)
+//!   of a lock, semaphore or Redis lock runs in an `acquire` span with the
+//!   path (or the semaphore's name and directory, or the channel), the
+//!   mode and the timeout; inside it, `granted` (time queued behind this
+//!   process's other tasks, time waited, attempts, whether a holder in
+//!   another process was asked to hand over; for Redis the holder id and
+//!   fencing token; for a semaphore the slot), `granted at once` (the fast
+//!   path) or `not acquired` (the error, and the holder's pid when the OS
+//!   named it). A release that hands the lock to another process logs
+//!   `released: handed over to a waiting process`; a reaped silent Redis
+//!   holder and a lost Redis lock are `WARN`/`ERROR` events. Without the
+//!   feature none of this is compiled, and the crate's few warnings go to
+//!   [`log`](https://docs.rs/log) instead.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(not(test), deny(clippy::panic))]
 #![doc(test(attr(deny(warnings))))]
+
+#[macro_use]
+mod trace;
 
 mod atomic;
 mod deadline;

@@ -280,7 +280,25 @@ impl BoundedSemaphore {
             watches: None,
             wait: w,
         };
-        let mut permit = engine::wait(&mut sweep, schedule, w.fail_when_locked).await?;
+        #[cfg(feature = "tracing")]
+        let span = tracing::debug_span!(
+            "acquire",
+            semaphore = %c.name,
+            directory = %c.directory.display(),
+            maximum = c.maximum,
+            timeout = ?w.timeout,
+            fail_when_locked = w.fail_when_locked,
+        );
+        let waited = engine::wait(&mut sweep, schedule, w.fail_when_locked);
+        #[cfg(feature = "tracing")]
+        let waited = tracing::Instrument::instrument(waited, span.clone());
+        let r = waited.await;
+        #[cfg(feature = "tracing")]
+        span.in_scope(|| match &r {
+            Ok(p) => tracing::debug!(slot = p.slot, waited = ?start.elapsed(), "granted"),
+            Err(e) => tracing::debug!(error = %e, "not acquired"),
+        });
+        let mut permit = r?;
         permit.waited = start.elapsed();
         Ok(permit)
     }
@@ -423,7 +441,8 @@ async fn sweep(slots: &[Lock], unusable: &mut [Option<Error>]) -> Option<Bounded
 fn warn_default_name() {
     static WARNED: AtomicBool = AtomicBool::new(false);
     if !WARNED.swap(true, Ordering::Relaxed) {
-        log::warn!(
+        diag!(
+            warn,
             "portalocker: BoundedSemaphore uses the default name {DEFAULT_NAME:?}: every \
              program doing so shares one semaphore; set .name() and a private .directory()"
         );

@@ -102,3 +102,52 @@ async fn a_python_holder_is_named_with_its_command_line() {
     assert!(msg.contains("python"), "the command line is named: {msg}");
     py.finish();
 }
+
+/// The other file primitives name the holder too: an `RLock` and a
+/// `TemporaryFileLock` on a file a Rust process in another process holds,
+/// and a `PidFileLock` held by another process (whose pid the pid file
+/// also says).
+#[cfg(all(target_os = "linux", not(portalocker_portable)))]
+#[tokio::test]
+async fn every_file_primitive_names_the_holder() {
+    use portalocker::{PidFileLock, RLock, TemporaryFileLock};
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("held.lock");
+    let mut child = Proc::role("child_entry", "hold", &[path.to_str().unwrap()]);
+    child.expect("LOCKED");
+    let pid = child.pid();
+    let named = |what: &str, err: portalocker::Error| {
+        assert!(err.is_already_locked(), "{what}: {err}");
+        assert_eq!(err.holder_pid(), Some(pid), "{what}: {err}");
+        assert!(
+            err.to_string().contains(&format!("pid {pid}")),
+            "{what}: {err}"
+        );
+    };
+    named("RLock", RLock::new(&path).try_acquire().await.unwrap_err());
+    named(
+        "RLock, timed",
+        RLock::new(&path)
+            .acquire_timeout(Duration::from_millis(30))
+            .await
+            .unwrap_err(),
+    );
+    named(
+        "TemporaryFileLock",
+        TemporaryFileLock::new(&path)
+            .try_acquire()
+            .await
+            .unwrap_err(),
+    );
+    child.finish();
+
+    let pid_path = d.path().join("daemon.pid");
+    let mut child = Proc::role("child_entry", "pid-hold", &[pid_path.to_str().unwrap()]);
+    child.expect("LOCKED");
+    let pid = child.pid();
+    let err = PidFileLock::new(&pid_path).try_acquire().await.unwrap_err();
+    assert!(err.is_already_locked(), "{err}");
+    assert_eq!(err.holder_pid(), Some(pid), "{err}");
+    assert!(err.to_string().contains(&pid.to_string()), "{err}");
+    child.finish();
+}

@@ -64,6 +64,13 @@ async fn contention_fails_fast_or_after_the_timeout() {
     assert!(err.is_already_locked(), "{err}");
     assert_eq!(err.channel(), Some("c"));
     assert!(t.elapsed() < Duration::from_secs(3));
+    // The error names the holder the probe found, and its address.
+    assert_eq!(err.holder_id(), Some(holder.holder_id()), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("holder {} (client 127.0.0.1:", holder.holder_id())),
+        "{msg}"
+    );
     let t = Instant::now();
     let err = RedisLock::new("c", srv.client())
         .timeout(Duration::from_millis(400))
@@ -73,6 +80,8 @@ async fn contention_fails_fast_or_after_the_timeout() {
         .unwrap_err();
     assert!(err.is_already_locked(), "{err}");
     assert!(t.elapsed() >= Duration::from_millis(400));
+    assert_eq!(err.holder_id(), Some(holder.holder_id()), "{err}");
+    assert!(err.to_string().contains("(waited 400ms)"), "{err}");
     // Waiters left nothing on the channel.
     let settled = support::eventually_async(Duration::from_secs(5), || async {
         srv.numsub("c").await == 1

@@ -90,13 +90,17 @@ async fn rust_holds_python_fail_when_locked_raises() {
 async fn python_holds_rust_is_refused_then_takes_over_when_python_dies() {
     let srv = RedisServer::start();
     let mut py = Proc::python(&py_hold(), &[&srv.url(), "pk"]);
-    py.expect("LOCKED");
+    let py_id = py.expect("LOCKED").trim().to_string();
     let err = RedisLock::new("pk", srv.client())
         .fail_when_locked(true)
         .acquire()
         .await
         .unwrap_err();
     assert!(err.is_already_locked(), "{err}");
+    // The Python holder is named by its holder id and address.
+    assert_eq!(py_id.len(), 32, "Python 4.4.2 has holder_id: {py_id:?}");
+    assert_eq!(err.holder_id(), Some(py_id.as_str()), "{err}");
+    assert!(err.to_string().contains("(client 127.0.0.1:"), "{err}");
     let lock = RedisLock::new("pk", srv.client()).timeout(Duration::from_secs(30));
     let waiter = support::spawn_started(async move { lock.acquire().await }).await;
     let killed = Instant::now();

@@ -36,6 +36,8 @@ pub(super) struct Attempt<'a> {
     last_error: Option<RedisError>,
     /// Other subscribers seen by the last attempt: how many wait with us.
     crowd: usize,
+    /// The id of another holder the last conclusive probe found.
+    seen_holder: Option<String>,
     /// This call's waiting options.
     wait: WaitOptions,
 }
@@ -56,6 +58,7 @@ impl<'a> Attempt<'a> {
             reached_server: false,
             last_error: None,
             crowd: 1,
+            seen_holder: None,
         }
     }
 
@@ -112,7 +115,8 @@ impl<'a> Attempt<'a> {
             Ok(Some(g)) => Ok(Some(g)),
             Ok(None) => Ok(None),
             Err(AttemptError::Transient(e)) => {
-                log::debug!(
+                diag!(
+                    debug,
                     "portalocker: Redis lock attempt on {:?} failed: {e}",
                     self.cfg().channel
                 );
@@ -149,20 +153,47 @@ impl<'a> Attempt<'a> {
             .with_channel(self.cfg().channel.clone())
     }
 
-    pub(super) fn timed_out(&mut self) -> Error {
+    pub(super) async fn timed_out(&mut self) -> Error {
         self.abandon();
         match self.last_error.take() {
             Some(e) if !self.reached_server => redis_error(&self.cfg().channel, e),
             _ => {
                 let t = self.wait.timeout;
-                let e = self.busy();
-                if t.is_zero() {
-                    e
-                } else {
-                    e.with_reason(format!("held by another holder (waited {t:?})"))
-                }
+                self.busy_named((!t.is_zero()).then_some(t)).await
             }
         }
+    }
+
+    /// The contention error, naming the holder the last probe found and,
+    /// best effort within a second, its client address from `CLIENT LIST`
+    /// (never an error of its own: without the permission or an answer the
+    /// address is left out). `waited`: the timeout that passed.
+    async fn busy_named(&mut self, waited: Option<Duration>) -> Error {
+        let mut who = "already locked by another holder".to_string();
+        let id = self.seen_holder.clone();
+        if let Some(id) = &id {
+            let name = protocol::client_name(&self.cfg().channel, id);
+            let list = match self.lock.command().await {
+                Ok(mut cmd) => tokio::time::timeout(
+                    Duration::from_secs(1),
+                    redis::cmd("CLIENT")
+                        .arg("LIST")
+                        .query_async::<String>(&mut cmd),
+                )
+                .await
+                .ok()
+                .and_then(std::result::Result::ok),
+                Err(_) => None,
+            };
+            who = match list.and_then(|l| protocol::client_addr(&l, &name)) {
+                Some(addr) => format!("already locked by holder {id} (client {addr})"),
+                None => format!("already locked by holder {id}"),
+            };
+        }
+        if let Some(t) = waited {
+            who.push_str(&format!(" (waited {t:?})"));
+        }
+        self.busy().with_reason(who).with_holder_id(id)
     }
 
     async fn try_once(&mut self) -> std::result::Result<Option<RedisLockGuard>, AttemptError> {
@@ -191,6 +222,10 @@ impl<'a> Attempt<'a> {
             let probe = self.probe(&mut cmd, n, true).await?;
             self.reached_server |= probe.is_some();
             let (id, elected) = self.me();
+            if let Some(p) = &probe {
+                let other = p.holders.iter().find(|h| h.id != id && !h.id.is_empty());
+                self.seen_holder = other.map(|h| h.id.clone());
+            }
             let me = Me {
                 id: &id,
                 writer: self.writer,
@@ -208,7 +243,7 @@ impl<'a> Attempt<'a> {
                     self.state.set_mode(HolderMode::Pending, false);
                     self.sub = None;
                     if fwl {
-                        return Err(AttemptError::Fatal(self.busy()));
+                        return Err(AttemptError::Fatal(self.busy_named(None).await));
                     }
                     return Ok(None);
                 }
@@ -222,13 +257,13 @@ impl<'a> Attempt<'a> {
             Resolution::GiveUp { conclusive } => {
                 self.abandon();
                 if fwl && conclusive {
-                    return Err(AttemptError::Fatal(self.busy()));
+                    return Err(AttemptError::Fatal(self.busy_named(None).await));
                 }
                 return Ok(None);
             }
             Resolution::FailFast => {
                 self.abandon();
-                return Err(AttemptError::Fatal(self.busy()));
+                return Err(AttemptError::Fatal(self.busy_named(None).await));
             }
         }
         // E. Fencing token, writers only.
@@ -369,7 +404,7 @@ impl<'a> Attempt<'a> {
             .await
             .map_err(AttemptError::classify)?;
         for id in protocol::unavailable_clients(channel, &list, replies) {
-            log::warn!("portalocker: killing unresponsive holder (client id {id}) of Redis lock {channel:?}");
+            diag!(warn, "portalocker: killing unresponsive holder (client id {id}) of Redis lock {channel:?}");
             let _: redis::Value = redis::cmd("CLIENT")
                 .arg("KILL")
                 .arg("ID")

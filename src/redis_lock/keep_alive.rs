@@ -116,13 +116,15 @@ impl HolderState {
             *s = next;
         });
         if !lost_now {
-            log::debug!(
+            diag!(
+                debug,
                 "portalocker: subscription to Redis lock {:?} ended: {why}",
                 self.channel
             );
             return;
         }
-        log::error!(
+        diag!(
+            error,
             "portalocker: Redis lock {:?} (holder {}) lost: {why}",
             self.channel,
             self.id
@@ -132,7 +134,8 @@ impl HolderState {
             let err = self.lost_error(why);
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(&err)));
             if run.is_err() {
-                log::error!(
+                diag!(
+                    error,
                     "portalocker: the on_lost callback of {:?} panicked",
                     self.channel
                 );
@@ -237,7 +240,7 @@ async fn run(shared: Arc<HolderState>, pubsub: PubSub, s: Options) {
                     )
                     .await;
                     if !matches!(sent, Ok(Ok(_))) {
-                        log::warn!(
+                        diag!(warn,
                             "portalocker: could not answer a ping on Redis lock {:?}",
                             shared.channel
                         );

@@ -259,6 +259,35 @@ impl RedisLock {
     acquire_variants!(RedisLockGuard);
 
     async fn acquire_with(&self, w: WaitOptions) -> Result<RedisLockGuard> {
+        #[cfg(feature = "tracing")]
+        {
+            let span = tracing::debug_span!(
+                "acquire",
+                channel = %self.cfg.channel,
+                mode = ?self.cfg.flags,
+                timeout = ?w.timeout,
+                fail_when_locked = w.fail_when_locked,
+            );
+            let traced = async {
+                let r = self.acquire_traced(w).await;
+                match &r {
+                    Ok(g) => tracing::debug!(
+                        holder_id = g.holder_id(),
+                        fence_token = ?g.fence_token(),
+                        waited = ?g.waited(),
+                        "granted"
+                    ),
+                    Err(e) => tracing::debug!(error = %e, "not acquired"),
+                }
+                r
+            };
+            tracing::Instrument::instrument(traced, span).await
+        }
+        #[cfg(not(feature = "tracing"))]
+        self.acquire_traced(w).await
+    }
+
+    async fn acquire_traced(&self, w: WaitOptions) -> Result<RedisLockGuard> {
         self.validate()?;
         let start = tokio::time::Instant::now();
         let writer = self.cfg.flags == LockFlags::EXCLUSIVE;
@@ -296,7 +325,7 @@ impl RedisLock {
                 break;
             }
         }
-        Err(attempt.timed_out())
+        Err(attempt.timed_out().await)
     }
 
     fn validate(&self) -> Result<()> {

@@ -46,6 +46,22 @@ pub(crate) struct Holder {
     pub(crate) elected: Option<bool>,
 }
 
+/// The `addr=` of the client named `name` in a `CLIENT LIST` reply.
+pub(crate) fn client_addr(client_list: &str, name: &str) -> Option<String> {
+    client_list.lines().find_map(|line| {
+        let mut addr = None;
+        let mut named = false;
+        for field in line.split(' ') {
+            if let Some(a) = field.strip_prefix("addr=") {
+                addr = Some(a);
+            } else if let Some(n) = field.strip_prefix("name=") {
+                named = n == name;
+            }
+        }
+        named.then(|| addr.map(str::to_string)).flatten()
+    })
+}
+
 /// The subscription connection's name: `<channel>-lock-<holder_id>`.
 pub(crate) fn client_name(channel: &str, id: &str) -> String {
     format!("{channel}-lock-{id}")
@@ -324,6 +340,23 @@ pub(crate) fn is_holder_id(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_client_address_is_found_by_connection_name() {
+        let list = "id=1 addr=127.0.0.1:5000 laddr=127.0.0.1:6379 fd=8 name=jobs-lock-ab sub=1\n\
+                    id=2 addr=10.0.0.2:6001 fd=9 name=jobs-lock-cd sub=1\n\
+                    id=3 addr=10.0.0.3:6002 fd=9 name= sub=0\n";
+        assert_eq!(
+            super::client_addr(list, "jobs-lock-cd").as_deref(),
+            Some("10.0.0.2:6001")
+        );
+        assert_eq!(
+            super::client_addr(list, "jobs-lock-ab").as_deref(),
+            Some("127.0.0.1:5000")
+        );
+        assert_eq!(super::client_addr(list, "jobs-lock-ef"), None);
+        assert_eq!(super::client_addr("garbage", "x"), None);
+    }
+
     use super::*;
 
     fn h(id: &str, mode: HolderMode, elected: Option<bool>) -> Holder {

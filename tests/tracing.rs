@@ -1,0 +1,185 @@
+//! The `tracing` feature: an `acquire` span per call with the lock's
+//! context, and outcome events — granted (attempts, waits), not acquired
+//! (naming the holder) — recorded by a minimal subscriber of this test.
+#![cfg(feature = "tracing")]
+mod support;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use portalocker::{BoundedSemaphore, Lock};
+use support::Proc;
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Metadata, Subscriber};
+
+#[test]
+fn child_entry() {
+    support::child_main();
+}
+
+/// One recorded span or event: its name (span) or message (event), its
+/// fields, and for an event the name of the span it happened in.
+#[derive(Clone, Debug, Default)]
+struct Seen {
+    name: String,
+    fields: HashMap<String, String>,
+    parent: Option<String>,
+}
+
+#[derive(Default)]
+struct Fields(HashMap<String, String>);
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .insert(field.name().to_string(), format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_string(), value.to_string());
+    }
+}
+
+#[derive(Clone, Default)]
+struct Recorder {
+    spans: Arc<Mutex<HashMap<u64, Seen>>>,
+    events: Arc<Mutex<Vec<Seen>>>,
+    stack: Arc<Mutex<Vec<u64>>>,
+    next: Arc<AtomicU64>,
+}
+
+impl Subscriber for Recorder {
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, span: &Attributes<'_>) -> Id {
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut f = Fields::default();
+        span.record(&mut f);
+        let seen = Seen {
+            name: span.metadata().name().to_string(),
+            fields: f.0,
+            parent: None,
+        };
+        self.spans.lock().unwrap().insert(id, seen);
+        Id::from_u64(id)
+    }
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+    fn event(&self, event: &Event<'_>) {
+        let mut f = Fields::default();
+        event.record(&mut f);
+        let parent = self.stack.lock().unwrap().last().copied();
+        let parent =
+            parent.and_then(|p| self.spans.lock().unwrap().get(&p).map(|s| s.name.clone()));
+        let name = f.0.remove("message").unwrap_or_default();
+        self.events.lock().unwrap().push(Seen {
+            name,
+            fields: f.0,
+            parent,
+        });
+    }
+    fn enter(&self, span: &Id) {
+        self.stack.lock().unwrap().push(span.into_u64());
+    }
+    fn exit(&self, span: &Id) {
+        let mut stack = self.stack.lock().unwrap();
+        if let Some(i) = stack.iter().rposition(|s| *s == span.into_u64()) {
+            stack.remove(i);
+        }
+    }
+}
+
+impl Recorder {
+    fn events(&self, message: &str) -> Vec<Seen> {
+        let events = self.events.lock().unwrap();
+        events
+            .iter()
+            .filter(|e| e.name == message)
+            .cloned()
+            .collect()
+    }
+    fn spans(&self, name: &str) -> Vec<Seen> {
+        let spans = self.spans.lock().unwrap();
+        spans.values().filter(|s| s.name == name).cloned().collect()
+    }
+}
+
+#[test]
+fn file_locks_trace_their_acquisitions() {
+    let rec = Recorder::default();
+    let _default = tracing::subscriber::set_default(rec.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("traced.lock");
+    rt.block_on(async {
+        let lock = Lock::new(&path);
+        drop(lock.acquire().await.unwrap());
+        drop(lock.acquire().await.unwrap());
+    });
+    let spans = rec.spans("acquire");
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    assert!(
+        spans[0].fields["path"].ends_with("traced.lock"),
+        "{spans:?}"
+    );
+    assert!(spans[0].fields.contains_key("timeout"), "{spans:?}");
+    let granted = rec.events("granted");
+    assert_eq!(granted.len(), 1, "the first acquisition opened the file");
+    assert_eq!(granted[0].fields["attempts"], "1");
+    assert_eq!(granted[0].parent.as_deref(), Some("acquire"));
+    let at_once = rec.events("granted at once");
+    assert_eq!(at_once.len(), 1, "the second took the fast path");
+
+    // Contention with another process: the event names the holder.
+    let mut child = Proc::role("child_entry", "hold", &[path.to_str().unwrap()]);
+    child.expect("LOCKED");
+    rt.block_on(async {
+        let err = Lock::new(&path).try_acquire().await.unwrap_err();
+        assert!(err.is_already_locked(), "{err}");
+    });
+    let failed = rec.events("not acquired");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].parent.as_deref(), Some("acquire"));
+    #[cfg(all(target_os = "linux", not(portalocker_portable)))]
+    assert_eq!(
+        failed[0].fields["holder_pid"],
+        format!("Some({})", child.pid()),
+        "{failed:?}"
+    );
+    child.finish();
+}
+
+#[test]
+fn a_semaphore_traces_one_span_per_call_with_its_slot() {
+    let rec = Recorder::default();
+    let _default = tracing::subscriber::set_default(rec.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let d = tempfile::tempdir().unwrap();
+    rt.block_on(async {
+        let sem = BoundedSemaphore::new(3).name("traced").directory(d.path());
+        let a = sem.acquire().await.unwrap();
+        let b = sem.acquire().await.unwrap();
+        drop((a, b));
+    });
+    let spans = rec.spans("acquire");
+    assert_eq!(
+        spans.len(),
+        2,
+        "the slots' attempts have no span of their own: {spans:?}"
+    );
+    assert_eq!(spans[0].fields["semaphore"], "traced");
+    let slots: Vec<String> = rec
+        .events("granted")
+        .iter()
+        .filter_map(|e| e.fields.get("slot").cloned())
+        .collect();
+    assert_eq!(slots, ["0", "1"]);
+}
