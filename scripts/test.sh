@@ -80,6 +80,9 @@ say "cargo fmt --check"
 cargo fmt --all -- --check
 say "cargo clippy"
 cargo clippy --all-targets --all-features -- -D warnings
+say "cargo clippy -p portalocker-cli (the command, cli/)"
+cargo clippy -p portalocker-cli --all-targets -- -D warnings
+cargo clippy -p portalocker-cli --target x86_64-pc-windows-gnu -- -D warnings
 say "cargo clippy --cfg portalocker_portable (the macOS/BSD code, on Linux)"
 RUSTFLAGS="--cfg portalocker_portable" cargo clippy --all-targets --all-features \
   --target-dir target/portable -- -D warnings
@@ -108,6 +111,8 @@ say "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --quiet
 say "cargo test (unit, integration, doc tests)"
 cargo test --all-features
+say "cargo test -p portalocker-cli (the real binary: CLIs, Python, Redis)"
+cargo test -p portalocker-cli
 say "cargo test --cfg portalocker_portable (named temporaries, hard-link publish, polling waiters)"
 RUSTFLAGS="--cfg portalocker_portable" cargo test --all-features --target-dir target/portable \
   --lib --test lock --test rlock --test semaphore --test temporary_lock --test pidfile \

@@ -1,0 +1,819 @@
+//! `portalocker`: run a command while holding a lock — a file lock (like
+//! flock(1), with timeouts in seconds everywhere), a lock-file semaphore
+//! slot, a pid file, or a Redis lock — and see who holds one. Built on the
+//! `portalocker` library, so its locks exclude the library's users and
+//! Python portalocker's on the same files and channels.
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use portalocker::{
+    AtomicOptions, BoundedSemaphore, Durability, Error, Lock, LockFlags, PidFileLock, RedisLock,
+};
+
+/// Exit code: the lock is busy (as flock(1); change it with `-E`).
+const EXIT_BUSY: u8 = 1;
+/// Exit code: a command-line error (clap's).
+const EXIT_USAGE: u8 = 2;
+/// Exit code: the Redis lock was lost while the command ran.
+const EXIT_LOST: u8 = 75;
+/// Exit code: an error of this program (I/O, an unreachable server).
+const EXIT_FAILED: u8 = 71;
+/// Exit code: the command could not be run (as shells: not found 127,
+/// not executable 126).
+const EXIT_NOT_FOUND: u8 = 127;
+const EXIT_NOT_EXECUTABLE: u8 = 126;
+
+const EXAMPLES: &str = "\
+Examples:
+  # cron: run the backup only once at a time; skip this run if one is going
+  portalocker lock --nonblock /var/lock/backup.lock -- /usr/local/bin/backup
+  # CI: at most 4 of these jobs in parallel on this machine
+  portalocker semaphore --max 4 --name e2e -- ./run-e2e.sh
+  # one GPU per job: the slot number is in $PORTALOCKER_SLOT
+  portalocker semaphore --max 2 --name gpu -- sh -c 'CUDA_VISIBLE_DEVICES=$PORTALOCKER_SLOT ./train'
+  # a container entrypoint: one instance of the daemon
+  portalocker pidfile /run/worker.pid -- worker --foreground
+  # one of these across all hosts, stopped if the lock is lost
+  portalocker redis --url redis://redis:6379/ --fencing nightly-report -- ./report.sh
+  # who holds it?
+  portalocker who /var/lock/backup.lock
+  # replace a config file atomically
+  render-config | portalocker write --replace /etc/app/config.toml
+
+Exit status: the command's own status (128 + N if it died of signal N);
+1 if the lock is busy (-E/--conflict-exit-code to change it); 2 for a
+usage error; 75 if a Redis lock was lost while the command ran; 71 for
+other errors of this program; 126/127 if the command cannot be run.
+SIGINT and SIGTERM are passed on to the command, and the lock is released
+only once it has exited.";
+
+#[derive(Parser)]
+#[command(
+    name = "portalocker",
+    version,
+    about = "Run a command while holding a lock: files, semaphores, pid files, Redis",
+    after_help = EXAMPLES
+)]
+struct Cli {
+    /// Say what happens: waits, the holder, when the lock is taken and released.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Hold a file lock (flock) while COMMAND runs.
+    Lock(LockArgs),
+    /// Hold one of --max lock-file slots while COMMAND runs ($PORTALOCKER_SLOT).
+    Semaphore(SemaphoreArgs),
+    /// Run COMMAND as the single instance of a pid file (the pid is this program's).
+    Pidfile(PidfileArgs),
+    /// Hold a Redis lock (Python portalocker's protocol) while COMMAND runs.
+    Redis(RedisArgs),
+    /// Say who holds a file lock, or a Redis lock with --redis.
+    Who(WhoArgs),
+    /// Write standard input to PATH atomically: all of it or nothing.
+    Write(WriteArgs),
+}
+
+#[derive(Args)]
+struct WaitArgs {
+    /// Give up after SECONDS (fractions allowed). Default: wait as long as it takes.
+    #[arg(short = 'w', long, value_name = "SECONDS", value_parser = parse_seconds)]
+    timeout: Option<Duration>,
+    /// Do not wait: fail at once if the lock is busy.
+    #[arg(short = 'n', long, conflicts_with = "timeout")]
+    nonblock: bool,
+    /// Exit code when the lock is busy.
+    #[arg(short = 'E', long, value_name = "CODE", default_value_t = EXIT_BUSY)]
+    conflict_exit_code: u8,
+}
+
+#[derive(Args)]
+struct LockArgs {
+    /// Take a shared lock (many shared holders, no exclusive one).
+    #[arg(short, long)]
+    shared: bool,
+    /// Let COMMAND inherit the locked descriptor ($PORTALOCKER_LOCK_FD):
+    /// the lock then lasts as long as COMMAND or its children keep it
+    /// open, even past this program's death.
+    #[arg(long)]
+    inherit: bool,
+    #[command(flatten)]
+    wait: WaitArgs,
+    /// The lock file (created if missing).
+    path: PathBuf,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<OsString>,
+}
+
+#[derive(Args)]
+struct SemaphoreArgs {
+    /// How many may hold a slot at once.
+    #[arg(long, value_name = "N")]
+    max: usize,
+    /// The semaphore's name: every program using the same name and
+    /// directory shares it.
+    #[arg(long, default_value = "portalocker")]
+    name: String,
+    /// Where the slot files live.
+    #[arg(long, value_name = "DIR", default_value_os_t = std::env::temp_dir())]
+    dir: PathBuf,
+    #[command(flatten)]
+    wait: WaitArgs,
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<OsString>,
+}
+
+#[derive(Args)]
+struct PidfileArgs {
+    /// Wait up to SECONDS for the other instance to end (default: fail at once).
+    #[arg(short = 'w', long, value_name = "SECONDS", value_parser = parse_seconds)]
+    timeout: Option<Duration>,
+    /// Exit code when another instance runs.
+    #[arg(short = 'E', long, value_name = "CODE", default_value_t = EXIT_BUSY)]
+    conflict_exit_code: u8,
+    /// The pid file (its lock file is PATH.lock).
+    path: PathBuf,
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<OsString>,
+}
+
+#[derive(Args)]
+struct RedisArgs {
+    /// The Redis server, e.g. redis://host:6379/0 or unix:///run/redis.sock.
+    #[arg(long, value_name = "URL")]
+    url: String,
+    /// Take a fencing token ($PORTALOCKER_FENCING_TOKEN for COMMAND).
+    #[arg(long)]
+    fencing: bool,
+    /// Take a shared (reader) lock.
+    #[arg(short, long)]
+    shared: bool,
+    /// When the lock is lost: SIGTERM, then SIGKILL after SECONDS.
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+    grace: Duration,
+    #[command(flatten)]
+    wait: WaitArgs,
+    /// The lock's channel name (the same as Python portalocker's).
+    channel: String,
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<OsString>,
+}
+
+#[derive(Args)]
+struct WhoArgs {
+    /// Look up a Redis lock on this server; the argument is then its channel.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
+    /// The lock file (or, with --redis, the channel).
+    target: OsString,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DurabilityArg {
+    /// fsync the file and its directory.
+    Full,
+    /// fsync the file.
+    File,
+    /// No fsync.
+    None,
+}
+
+#[derive(Args)]
+struct WriteArgs {
+    /// Replace PATH if it exists (default: refuse).
+    #[arg(long)]
+    replace: bool,
+    /// How durable the write is once this program exits.
+    #[arg(long, value_enum, default_value = "full")]
+    durability: DurabilityArg,
+    /// The destination.
+    path: PathBuf,
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if v.is_nan() || v < 0.0 {
+        return Err(format!("{s:?}: seconds must be zero or more"));
+    }
+    Ok(Duration::try_from_secs_f64(v).unwrap_or(Duration::MAX))
+}
+
+/// How the lock was taken, for the child's run.
+struct Outcome {
+    code: u8,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("portalocker: cannot start: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let verbose = cli.verbose;
+    let out = rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Lock(a) => lock(a, verbose).await,
+            Cmd::Semaphore(a) => semaphore(a, verbose).await,
+            Cmd::Pidfile(a) => pidfile(a, verbose).await,
+            Cmd::Redis(a) => redis_lock(a, verbose).await,
+            Cmd::Who(a) => who(a).await,
+            Cmd::Write(a) => write(a).await,
+        }
+    });
+    ExitCode::from(out.code)
+}
+
+fn say(msg: impl std::fmt::Display) {
+    eprintln!("portalocker: {msg}");
+}
+
+fn timeout_of(w: &WaitArgs) -> Duration {
+    if w.nonblock {
+        Duration::ZERO
+    } else {
+        w.timeout.unwrap_or(Duration::MAX)
+    }
+}
+
+/// Runs `acquire`, drawing a spinner with the elapsed time and the holder
+/// on a terminal (stderr and stdout both terminals), and with `verbose`
+/// saying who holds it when the first attempt finds it busy.
+async fn waiting<T, F, H, HF>(what: &str, verbose: bool, acquire: F, holder: H) -> T
+where
+    F: Future<Output = T>,
+    H: Fn() -> HF,
+    HF: Future<Output = Option<String>>,
+{
+    let tty = std::io::stderr().is_terminal() && std::io::stdout().is_terminal();
+    let start = Instant::now();
+    let mut acquire = std::pin::pin!(acquire);
+    // A first look without waiting: most locks are free.
+    let first = tokio::time::timeout(Duration::from_millis(100), acquire.as_mut()).await;
+    if let Ok(v) = first {
+        return v;
+    }
+    let mut who = holder().await;
+    if verbose {
+        match &who {
+            Some(h) => say(format!("waiting for {what}, held by {h}")),
+            None => say(format!("waiting for {what}")),
+        }
+    }
+    let frames = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut n = 0usize;
+    loop {
+        tokio::select! {
+            v = acquire.as_mut() => {
+                if tty {
+                    eprint!("\r\x1b[2K");
+                }
+                return v;
+            }
+            _ = tick.tick() => {
+                n += 1;
+                if n.is_multiple_of(10) {
+                    who = holder().await;
+                }
+                if tty {
+                    let held = who.as_deref().map(|h| format!(" (held by {h})")).unwrap_or_default();
+                    eprint!(
+                        "\r\x1b[2K{} waiting for {what}: {:.1} s{held}",
+                        frames[n % frames.len()],
+                        start.elapsed().as_secs_f64()
+                    );
+                }
+            }
+        }
+    }
+}
+
+async fn file_holder(path: &std::path::Path) -> Option<String> {
+    let holders = Lock::new(path).holders().await;
+    let first = holders.first()?;
+    Some(match holders.len() {
+        1 => first.to_string(),
+        n => format!("{first} and {} more", n - 1),
+    })
+}
+
+/// The message and exit code for a failed acquisition.
+fn failed(what: &str, e: &Error, busy_code: u8, hint: &str) -> Outcome {
+    if e.is_already_locked() {
+        say(format!("{e}\n  {what} is busy; {hint}"));
+        Outcome { code: busy_code }
+    } else {
+        say(e);
+        Outcome { code: EXIT_FAILED }
+    }
+}
+
+async fn lock(a: LockArgs, verbose: bool) -> Outcome {
+    let flags = if a.shared {
+        LockFlags::SHARED
+    } else {
+        LockFlags::EXCLUSIVE
+    };
+    let lock = Lock::new(&a.path).flags(flags);
+    let what = a.path.display().to_string();
+    let r = waiting(
+        &what,
+        verbose,
+        lock.acquire_timeout(timeout_of(&a.wait)),
+        || file_holder(&a.path),
+    )
+    .await;
+    let guard = match r {
+        Ok(g) => g,
+        Err(e) => {
+            let hint = format!(
+                "wait for it with --timeout SECONDS, or see who holds it: portalocker who {what}"
+            );
+            return failed(&what, &e, a.wait.conflict_exit_code, &hint);
+        }
+    };
+    if verbose {
+        say(format!("locked {what} after {:?}", guard.waited()));
+    }
+    let mut env = Vec::new();
+    if a.inherit {
+        match inherit(&guard) {
+            Ok(fd) => env.push(("PORTALOCKER_LOCK_FD".to_string(), fd.to_string())),
+            Err(e) => {
+                say(format!("cannot pass the lock to the command: {e}"));
+                return Outcome { code: EXIT_FAILED };
+            }
+        }
+    }
+    let code = run_plain(&a.command, &env).await;
+    if let Err(e) = guard.release().await {
+        say(e);
+    }
+    if verbose {
+        say(format!("released {what}"));
+    }
+    Outcome { code }
+}
+
+/// Clears close-on-exec on the guard's descriptor; returns its number.
+#[cfg(unix)]
+fn inherit(guard: &portalocker::LockGuard) -> std::io::Result<i32> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let fd = guard.as_fd();
+    rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+    Ok(fd.as_raw_fd())
+}
+
+#[cfg(not(unix))]
+fn inherit(_guard: &portalocker::LockGuard) -> std::io::Result<i32> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "--inherit needs Unix descriptors",
+    ))
+}
+
+async fn semaphore(a: SemaphoreArgs, verbose: bool) -> Outcome {
+    let sem = BoundedSemaphore::new(a.max).name(&a.name).directory(&a.dir);
+    let what = format!(
+        "semaphore {:?} ({} slots in {})",
+        a.name,
+        a.max,
+        a.dir.display()
+    );
+    let r = waiting(
+        &what,
+        verbose,
+        sem.acquire_timeout(timeout_of(&a.wait)),
+        || async { None },
+    )
+    .await;
+    let permit = match r {
+        Ok(p) => p,
+        Err(e) => {
+            return failed(
+                &what,
+                &e,
+                a.wait.conflict_exit_code,
+                "wait with --timeout SECONDS",
+            );
+        }
+    };
+    if verbose {
+        say(format!(
+            "slot {} of {what} after {:?}",
+            permit.slot(),
+            permit.waited()
+        ));
+    }
+    let env = [("PORTALOCKER_SLOT".to_string(), permit.slot().to_string())];
+    let code = run_plain(&a.command, &env).await;
+    if let Err(e) = permit.release().await {
+        say(e);
+    }
+    Outcome { code }
+}
+
+async fn pidfile(a: PidfileArgs, verbose: bool) -> Outcome {
+    let lock = PidFileLock::new(&a.path);
+    let what = a.path.display().to_string();
+    let r = match a.timeout {
+        Some(t) => {
+            let l = lock.clone().fail_when_locked(false);
+            waiting(&what, verbose, l.acquire_timeout(t), || async {
+                PidFileLock::new(&a.path)
+                    .read_pid()
+                    .await
+                    .map(|p| format!("pid {p}"))
+            })
+            .await
+        }
+        None => lock.try_acquire().await,
+    };
+    let guard = match r {
+        Ok(g) => g,
+        Err(e) => {
+            let hint = match e.holder_pid() {
+                Some(pid) => format!("another instance runs as pid {pid}"),
+                None => "another instance runs".to_string(),
+            };
+            return failed(&what, &e, a.conflict_exit_code, &hint);
+        }
+    };
+    if verbose {
+        say(format!(
+            "single instance: {what} holds pid {}",
+            std::process::id()
+        ));
+    }
+    let code = run_plain(&a.command, &[]).await;
+    if let Err(e) = guard.release().await {
+        say(e);
+    }
+    Outcome { code }
+}
+
+async fn redis_lock(a: RedisArgs, verbose: bool) -> Outcome {
+    let client = match portalocker::redis::Client::open(a.url.as_str()) {
+        Ok(c) => c,
+        Err(e) => {
+            say(format!("bad Redis URL {:?}: {e}", a.url));
+            return Outcome { code: EXIT_USAGE };
+        }
+    };
+    let flags = if a.shared {
+        LockFlags::SHARED
+    } else {
+        LockFlags::EXCLUSIVE
+    };
+    let lock = RedisLock::new(a.channel.clone(), client)
+        .flags(flags)
+        .fencing(a.fencing);
+    let what = format!("Redis lock {:?}", a.channel);
+    let r = waiting(
+        &what,
+        verbose,
+        lock.acquire_timeout(timeout_of(&a.wait)),
+        || async { None },
+    )
+    .await;
+    let guard = match r {
+        Ok(g) => g,
+        Err(e) => {
+            let hint = format!(
+                "wait with --timeout SECONDS, or see who holds it: portalocker who --redis {} {}",
+                a.url, a.channel
+            );
+            return failed(&what, &e, a.wait.conflict_exit_code, &hint);
+        }
+    };
+    if verbose {
+        say(format!(
+            "locked {what} as holder {} after {:?}",
+            guard.holder_id(),
+            guard.waited()
+        ));
+    }
+    let mut env = vec![(
+        "PORTALOCKER_HOLDER_ID".to_string(),
+        guard.holder_id().to_string(),
+    )];
+    if let Some(t) = guard.fence_token() {
+        env.push(("PORTALOCKER_FENCING_TOKEN".to_string(), t.to_string()));
+    }
+    let code = run(&a.command, &env, Some(guard.lost()), a.grace).await;
+    let lost = guard.is_lost();
+    if let Err(e) = guard.release().await {
+        if !lost {
+            say(e);
+        }
+    }
+    if lost {
+        say(format!(
+            "{what} was lost while the command ran; it was stopped"
+        ));
+        return Outcome { code: EXIT_LOST };
+    }
+    Outcome { code }
+}
+
+async fn who(a: WhoArgs) -> Outcome {
+    match a.redis {
+        Some(url) => {
+            let channel = a.target.to_string_lossy().into_owned();
+            match redis_holders(&url, &channel).await {
+                Ok(list) if list.is_empty() => {
+                    println!("nobody holds Redis lock {channel:?}");
+                    Outcome { code: 1 }
+                }
+                Ok(list) => {
+                    for h in list {
+                        println!("{h}");
+                    }
+                    Outcome { code: 0 }
+                }
+                Err(e) => {
+                    say(format!("cannot ask {url}: {e}"));
+                    Outcome { code: EXIT_FAILED }
+                }
+            }
+        }
+        None => {
+            let path = PathBuf::from(&a.target);
+            let holders = Lock::new(&path).holders().await;
+            if holders.is_empty() {
+                println!(
+                    "nobody holds {} (as far as this system can tell)",
+                    path.display()
+                );
+                return Outcome { code: 1 };
+            }
+            for h in holders {
+                let mode = if h.is_shared() { "shared" } else { "exclusive" };
+                match h.command() {
+                    Some(cmd) => println!("{} {mode} {cmd}", h.pid()),
+                    None => println!("{} {mode}", h.pid()),
+                }
+            }
+            Outcome { code: 0 }
+        }
+    }
+}
+
+/// The subscribers of `channel` whose connection names say they hold it
+/// (`<channel>-lock-<id>`), as `holder <id> client <addr>` — a passive
+/// look (`CLIENT LIST`), which pings nobody.
+async fn redis_holders(
+    url: &str,
+    channel: &str,
+) -> Result<Vec<String>, portalocker::redis::RedisError> {
+    let client = portalocker::redis::Client::open(url)?;
+    let mut con = client.get_multiplexed_async_connection().await?;
+    let list: String = portalocker::redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut con)
+        .await?;
+    let prefix = format!("name={channel}-lock-");
+    let mut out = Vec::new();
+    for line in list.lines() {
+        let mut id = None;
+        let mut addr = "?";
+        for f in line.split(' ') {
+            if let Some(rest) = f.strip_prefix(&prefix) {
+                id = Some(rest);
+            } else if let Some(a) = f.strip_prefix("addr=") {
+                addr = a;
+            }
+        }
+        if let Some(id) = id.filter(|i| i.len() == 32 && i.bytes().all(|b| b.is_ascii_hexdigit())) {
+            out.push(format!("holder {id} client {addr}"));
+        }
+    }
+    Ok(out)
+}
+
+async fn write(a: WriteArgs) -> Outcome {
+    use tokio::io::AsyncWriteExt;
+    let durability = match a.durability {
+        DurabilityArg::Full => Durability::Full,
+        DurabilityArg::File => Durability::File,
+        DurabilityArg::None => Durability::None,
+    };
+    let opts = AtomicOptions::new()
+        .replace(a.replace)
+        .durability(durability);
+    let what = a.path.display();
+    let mut file = match opts.open(&a.path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            say(format!("{what} exists; pass --replace to replace it"));
+            return Outcome { code: EXIT_BUSY };
+        }
+        Err(e) => {
+            say(format!("cannot write {what}: {e}"));
+            return Outcome { code: EXIT_FAILED };
+        }
+    };
+    let copied = tokio::io::copy(&mut tokio::io::stdin(), &mut file).await;
+    let r = match copied {
+        Ok(_) => match file.flush().await {
+            Ok(()) => file.commit().await,
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
+    match r {
+        Ok(()) => Outcome { code: 0 },
+        Err(e) => {
+            say(format!("{what} was not written (nothing changed): {e}"));
+            Outcome { code: EXIT_FAILED }
+        }
+    }
+}
+
+/// [`run`] without a lock that can be lost.
+async fn run_plain(command: &[OsString], env: &[(String, String)]) -> u8 {
+    run(
+        command,
+        env,
+        None::<std::future::Pending<()>>,
+        Duration::ZERO,
+    )
+    .await
+}
+
+/// Runs the command, passing SIGINT and SIGTERM on; when `lost` completes
+/// first, sends SIGTERM and, `grace` later, SIGKILL. Returns the exit code
+/// to report: the command's, or 128 + the signal that killed it.
+async fn run<L: Future<Output = ()>>(
+    command: &[OsString],
+    env: &[(String, String)],
+    lost: Option<L>,
+    grace: Duration,
+) -> u8 {
+    let Some((program, args)) = command.split_first() else {
+        return EXIT_USAGE;
+    };
+    let mut signals = Signals::new();
+    let mut child = match tokio::process::Command::new(program)
+        .args(args)
+        .envs(env.iter().cloned())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            say(format!("cannot run {}: {e}", program.to_string_lossy()));
+            return match e.kind() {
+                std::io::ErrorKind::NotFound => EXIT_NOT_FOUND,
+                _ => EXIT_NOT_EXECUTABLE,
+            };
+        }
+    };
+    let pid = child.id();
+    let mut lost = std::pin::pin!(async move {
+        match lost {
+            Some(l) => l.await,
+            None => std::future::pending().await,
+        }
+    });
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    loop {
+        let kill = async {
+            match kill_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            status = child.wait() => {
+                return match status {
+                    Ok(s) => exit_code(s),
+                    Err(e) => {
+                        say(format!("lost track of the command: {e}"));
+                        EXIT_FAILED
+                    }
+                };
+            }
+            sig = signals.next() => {
+                if let Some(pid) = pid {
+                    forward(pid, sig);
+                }
+            }
+            () = lost.as_mut(), if kill_at.is_none() => {
+                say("the lock was lost: stopping the command (SIGTERM)");
+                if let Some(pid) = pid {
+                    forward(pid, Sig::Term);
+                }
+                kill_at = Some(tokio::time::Instant::now() + grace);
+            }
+            () = kill => {
+                say("the command outlived its grace period: SIGKILL");
+                let _ = child.start_kill();
+                kill_at = Some(tokio::time::Instant::now() + Duration::from_secs(3600));
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+#[cfg_attr(not(unix), allow(dead_code))]
+enum Sig {
+    Int,
+    Term,
+}
+
+/// SIGINT and SIGTERM received by this program, listened for from the
+/// moment the command starts.
+struct Signals {
+    #[cfg(unix)]
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let streams = match (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) {
+                (Ok(i), Ok(t)) => Some((i, t)),
+                _ => None,
+            };
+            Self { streams }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// The next SIGINT or SIGTERM (never, where there are none to catch:
+    /// on Windows the console delivers Ctrl-C to the command itself).
+    async fn next(&mut self) -> Sig {
+        #[cfg(unix)]
+        if let Some((int, term)) = &mut self.streams {
+            tokio::select! {
+                _ = int.recv() => return Sig::Int,
+                _ = term.recv() => return Sig::Term,
+            }
+        }
+        std::future::pending().await
+    }
+}
+
+#[cfg(unix)]
+fn forward(pid: u32, sig: Sig) {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return;
+    };
+    let s = match sig {
+        Sig::Int => rustix::process::Signal::INT,
+        Sig::Term => rustix::process::Signal::TERM,
+    };
+    let _ = rustix::process::kill_process(pid, s);
+}
+
+#[cfg(not(unix))]
+fn forward(_pid: u32, _sig: Sig) {}
+
+fn exit_code(s: std::process::ExitStatus) -> u8 {
+    if let Some(c) = s.code() {
+        return u8::try_from(c & 0xff).unwrap_or(EXIT_FAILED);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(sig) = s.signal() {
+            return u8::try_from(128 + sig).unwrap_or(EXIT_FAILED);
+        }
+    }
+    EXIT_FAILED
+}

@@ -1,0 +1,516 @@
+//! The real `portalocker` binary: exclusion between two CLIs and against
+//! Python portalocker, exit codes, signal forwarding, descriptor
+//! inheritance, the semaphore bound with 6 CLIs, pid files, `who`, atomic
+//! writes, and a lost Redis lock stopping the command. Processes talk
+//! through pipes and marker lines; children "work" with short sleeps, which
+//! nothing waits on.
+#![cfg(unix)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_portalocker");
+
+/// A running process whose stdout we read line by line.
+struct Run {
+    child: Child,
+    out: BufReader<ChildStdout>,
+}
+
+impl Run {
+    fn start(mut cmd: Command) -> Self {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        Self { child, out }
+    }
+
+    fn cli(args: &[&str]) -> Self {
+        let mut c = Command::new(BIN);
+        c.args(args);
+        Self::start(c)
+    }
+
+    /// Reads lines until one equals `line`; panics at EOF.
+    fn expect(&mut self, line: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            let mut l = String::new();
+            if self.out.read_line(&mut l).unwrap() == 0 {
+                let err = self.stderr();
+                panic!("EOF before {line:?}; saw {seen:?}; stderr: {err}");
+            }
+            let l = l.trim_end().to_string();
+            if l == line {
+                return seen;
+            }
+            seen.push(l);
+        }
+    }
+
+    fn send(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn stderr(&mut self) -> String {
+        let mut s = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut s);
+        }
+        s
+    }
+
+    /// Waits for the exit; returns (code, stdout rest, stderr).
+    fn finish(mut self) -> (i32, String, String) {
+        drop(self.child.stdin.take());
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut self.out, &mut rest);
+        let err = self.stderr();
+        let status = self.child.wait().unwrap();
+        (status.code().unwrap_or(-1), rest, err)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// Runs the CLI to completion: (exit code, stdout, stderr).
+fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A holder: the CLI holding `path` while `sh` prints READY and waits for
+/// a line on stdin.
+fn holding(extra: &[&str], path: &Path) -> Run {
+    let mut args = vec!["lock"];
+    args.extend_from_slice(extra);
+    let p = path.to_str().unwrap();
+    args.extend_from_slice(&[p, "--", "sh", "-c", "echo READY; read line; exit 0"]);
+    let mut r = Run::cli(&args);
+    r.expect("READY");
+    r
+}
+
+#[test]
+fn two_clis_exclude_each_other_and_exit_codes_pass_through() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("job.lock");
+    let ps = p.to_str().unwrap();
+    let holder = holding(&[], &p);
+    let (code, _, err) = cli(&["lock", "--nonblock", ps, "--", "true"]);
+    assert_eq!(code, 1, "busy is 1, as flock(1): {err}");
+    assert!(
+        err.contains(&format!("pid {}", holder.pid())),
+        "names the holder: {err}"
+    );
+    assert!(err.contains("portalocker who"), "says what to do: {err}");
+    let (code, _, _) = cli(&["lock", "-n", "-E", "42", ps, "--", "true"]);
+    assert_eq!(code, 42, "-E sets the busy code");
+    let (code, _, err) = cli(&["lock", "--timeout", "0.2", ps, "--", "true"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("waited 200ms"), "{err}");
+    let (code, _, _) = cli(&["lock", "--shared", "-n", ps, "--", "true"]);
+    assert_eq!(code, 1, "a shared lock is excluded by the exclusive holder");
+    let (code, _, err) = holder.finish();
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = cli(&["lock", ps, "--", "sh", "-c", "echo ran; exit 7"]);
+    assert_eq!((code, out.as_str()), (7, "ran\n"), "the command's status");
+    let (code, _, _) = cli(&["lock", ps, "--", "sh", "-c", "kill -KILL $$"]);
+    assert_eq!(code, 128 + 9, "death by signal N is 128 + N");
+    let (code, _, err) = cli(&["lock", ps, "--", "/nonexistent/program"]);
+    assert_eq!(code, 127, "{err}");
+    let (code, _, err) = cli(&["lock", "--timeout", "-1", ps, "--", "true"]);
+    assert_eq!(code, 2, "usage error: {err}");
+}
+
+fn python() -> PathBuf {
+    let p = std::env::var_os("PORTALOCKER_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/py-venv/bin/python")
+        });
+    assert!(
+        p.exists(),
+        "Python portalocker 4.4.2 is needed at {} (scripts/test.sh creates the venv; or set \
+         PORTALOCKER_PYTHON)",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn the_cli_and_python_portalocker_exclude_each_other() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("py.lock");
+    let ps = p.to_str().unwrap();
+    let hold = "import sys, portalocker\n\
+                with portalocker.Lock(sys.argv[1], timeout=30):\n\
+                \x20   print('READY', flush=True)\n\
+                \x20   sys.stdin.readline()\n";
+    let mut c = Command::new(python());
+    c.args(["-c", hold, ps]);
+    let mut py = Run::start(c);
+    py.expect("READY");
+    let (code, _, err) = cli(&["lock", "-n", ps, "--", "true"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("pid {}", py.pid())), "{err}");
+    let (code, out, _) = cli(&["who", ps]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with(&format!("{} exclusive", py.pid())), "{out}");
+    assert!(out.contains("python"), "{out}");
+    py.send("");
+    assert_eq!(py.finish().0, 0);
+
+    let holder = holding(&[], &p);
+    let try_py = "import sys, portalocker\n\
+                  try:\n\
+                  \x20   portalocker.Lock(sys.argv[1], fail_when_locked=True, timeout=0).acquire()\n\
+                  \x20   print('GOT')\n\
+                  except portalocker.AlreadyLocked:\n\
+                  \x20   print('BUSY')\n";
+    let out = Command::new(python())
+        .args(["-c", try_py, ps])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "BUSY\n");
+    holder.finish();
+    let out = Command::new(python())
+        .args(["-c", try_py, ps])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "GOT\n");
+}
+
+fn sigterm(pid: u32) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+#[tokio::test]
+async fn sigterm_is_passed_on_and_the_lock_is_released_after_the_command() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("sig.lock");
+    let ps = p.to_str().unwrap();
+    let script = "trap 'echo TERM; exit 9' TERM; echo READY; while :; do sleep 0.05; done";
+    let mut r = Run::cli(&["lock", ps, "--", "sh", "-c", script]);
+    r.expect("READY");
+    sigterm(r.pid());
+    r.expect("TERM");
+    let (code, _, err) = r.finish();
+    assert_eq!(code, 9, "the command's status after the signal: {err}");
+    let lock = portalocker::Lock::new(&p);
+    drop(
+        lock.try_acquire()
+            .await
+            .expect("released once the command ended"),
+    );
+}
+
+/// The descriptors of process `pid` that point at `path`.
+fn fds_on(pid: &str, path: &Path) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|t| t == path)
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_command_inherits_the_lock_only_with_inherit() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("fd.lock");
+    let ps = p.to_str().unwrap();
+    let script = "echo $$; echo fd=${PORTALOCKER_LOCK_FD:-none}; echo READY; read line";
+    for (flag, want) in [(None, 0), (Some("--inherit"), 1)] {
+        let mut args = vec!["lock"];
+        args.extend(flag);
+        args.extend_from_slice(&[ps, "--", "sh", "-c", script]);
+        let mut r = Run::cli(&args);
+        let seen = r.expect("READY");
+        assert_eq!(fds_on(&seen[0], &p), want, "{flag:?}: {seen:?}");
+        assert_eq!(seen[1] == "fd=none", want == 0, "{seen:?}");
+        r.send("");
+        assert_eq!(r.finish().0, 0);
+    }
+}
+
+#[test]
+fn six_clis_share_a_two_slot_semaphore() {
+    let d = tempfile::tempdir().unwrap();
+    let slots = d.path().join("slots");
+    let runs = d.path().join("runs");
+    std::fs::create_dir_all(&slots).unwrap();
+    std::fs::create_dir_all(&runs).unwrap();
+    let script = "touch \"$R/run.$$\"; n=$(ls \"$R\" | grep -c '^run\\.'); \
+                  echo \"$PORTALOCKER_SLOT $n\" >> \"$R/../log\"; sleep 0.2; rm \"$R/run.$$\"";
+    let children: Vec<Child> = (0..6)
+        .map(|_| {
+            Command::new(BIN)
+                .args(["semaphore", "--max", "2", "--name", "six", "--dir"])
+                .arg(&slots)
+                .args(["--timeout", "60", "--", "sh", "-c", script])
+                .env("R", &runs)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let log = std::fs::read_to_string(d.path().join("log")).unwrap();
+    let lines: Vec<(String, usize)> = log
+        .lines()
+        .map(|l| {
+            let (slot, n) = l.split_once(' ').unwrap();
+            (slot.to_string(), n.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(lines.len(), 6, "{log}");
+    assert!(lines.iter().all(|(s, _)| s == "0" || s == "1"), "{log}");
+    assert!(
+        lines.iter().all(|(_, n)| (1..=2).contains(n)),
+        "never more than 2 at once: {log}"
+    );
+}
+
+#[test]
+fn a_pid_file_admits_one_instance_and_names_it() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("daemon.pid");
+    let ps = p.to_str().unwrap();
+    let mut first = Run::cli(&["pidfile", ps, "--", "sh", "-c", "echo READY; read line"]);
+    first.expect("READY");
+    assert_eq!(
+        std::fs::read_to_string(&p).unwrap().trim(),
+        first.pid().to_string()
+    );
+    let (code, _, err) = cli(&["pidfile", ps, "--", "true"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("another instance runs as pid {}", first.pid())),
+        "{err}"
+    );
+    first.send("");
+    assert_eq!(first.finish().0, 0);
+    assert!(!p.exists(), "the pid file goes with the instance");
+    assert_eq!(cli(&["pidfile", ps, "--", "true"]).0, 0);
+}
+
+#[test]
+fn who_names_the_holder_and_says_when_nobody_holds() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("who.lock");
+    let ps = p.to_str().unwrap();
+    std::fs::write(&p, b"").unwrap();
+    let (code, out, _) = cli(&["who", ps]);
+    assert_eq!(code, 1);
+    assert!(out.starts_with("nobody holds"), "{out}");
+    let holder = holding(&["--shared"], &p);
+    let (code, out, _) = cli(&["who", ps]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with(&format!("{} shared ", holder.pid())),
+        "{out}"
+    );
+    assert!(out.contains("portalocker lock --shared"), "{out}");
+    holder.finish();
+}
+
+#[test]
+fn write_is_atomic_and_refuses_to_replace_unless_asked() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("config.toml");
+    let ps = p.to_str().unwrap();
+    let put = |args: &[&str], input: &str| {
+        let mut c = Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let out = c.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(put(&["write", ps], "a = 1\n").0, 0);
+    assert_eq!(std::fs::read_to_string(&p).unwrap(), "a = 1\n");
+    let (code, err) = put(&["write", ps], "a = 2\n");
+    assert_eq!(code, 1);
+    assert!(err.contains("--replace"), "{err}");
+    assert_eq!(std::fs::read_to_string(&p).unwrap(), "a = 1\n", "untouched");
+    assert_eq!(
+        put(
+            &["write", "--replace", "--durability", "file", ps],
+            "a = 3\n"
+        )
+        .0,
+        0
+    );
+    assert_eq!(std::fs::read_to_string(&p).unwrap(), "a = 3\n");
+    assert_eq!(std::fs::metadata(&p).unwrap().nlink(), 1);
+}
+
+/// A redis-server of our own on a free loopback port, killed on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let server =
+            std::env::var("PORTALOCKER_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let child = Command::new(&server)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("{server} is needed for this test (apt-get install redis-server): {e}")
+            });
+        // Killed on drop, also if it never answers.
+        let srv = Self { child, port };
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return srv;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server did not start on port {port}");
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_lost_redis_lock_stops_the_command() {
+    let srv = Redis::start();
+    let url = srv.url();
+    let script = "trap 'echo GOT-TERM; exit 0' TERM; echo token=$PORTALOCKER_FENCING_TOKEN; \
+                  echo READY; while :; do sleep 0.05; done";
+    let mut r = Run::cli(&[
+        "redis",
+        "--url",
+        &url,
+        "--fencing",
+        "--grace",
+        "5",
+        "nightly",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let seen = r.expect("READY");
+    assert_eq!(seen, ["token=1"], "the fencing token is passed on");
+    let (code, out, _) = cli(&["who", "--redis", &url, "nightly"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.starts_with("holder ") && out.contains("client 127.0.0.1:"),
+        "{out}"
+    );
+    // Kill the holder's subscription connection: the lock is lost.
+    let client = portalocker::redis::Client::open(url.as_str()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let list: String = portalocker::redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let id = list
+        .lines()
+        .find(|l| l.contains("name=nightly-lock-"))
+        .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .expect("the holder's connection is named")
+        .to_string();
+    let _: i64 = portalocker::redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(&id)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    r.expect("GOT-TERM");
+    let (code, _, err) = r.finish();
+    assert_eq!(code, 75, "lost: {err}");
+    assert!(err.contains("lost"), "{err}");
+    let (code, out, _) = cli(&["who", "--redis", &url, "nightly"]);
+    assert_eq!(
+        (code, out.trim()),
+        (1, "nobody holds Redis lock \"nightly\"")
+    );
+}
+
+#[test]
+fn a_terminal_shows_a_spinner_with_the_holder_and_a_pipe_shows_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("spin.lock");
+    let ps = p.to_str().unwrap();
+    let holder = holding(&[], &p);
+    let held_by = format!("held by pid {}", holder.pid());
+    // util-linux script(1) gives the CLI a terminal.
+    let line = format!("{BIN} lock --timeout 0.6 {ps} -- true");
+    let out = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .output()
+        .expect("script(1) (util-linux, Debian's bsdutils) is needed for this test");
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        tty.contains("waiting for") && tty.contains(&held_by),
+        "{tty}"
+    );
+    let (code, _, err) = cli(&["lock", "--timeout", "0.6", ps, "--", "true"]);
+    assert_eq!(code, 1);
+    assert!(!err.contains("waiting for"), "no progress on a pipe: {err}");
+    let (_, _, err) = cli(&["--verbose", "lock", "--timeout", "0.6", ps, "--", "true"]);
+    assert!(
+        err.contains(&format!("waiting for {ps}, {held_by}")),
+        "{err}"
+    );
+    holder.finish();
+}
