@@ -107,6 +107,16 @@ if grep -qE '^(scripts|\.ci|target)/' <<<"$list"; then
   die "the package includes repository-only files: $(grep -E '^(scripts|\.ci|target)/' <<<"$list" | head -3)"
 fi
 cargo publish --dry-run --allow-dirty --quiet
+# The public API against the previous commit (SEMVER_BASELINE_REV to
+# choose another; there is no published release to compare with yet).
+# Optional: installing it takes minutes (cargo install cargo-semver-checks
+# --locked).
+if command -v cargo-semver-checks >/dev/null; then
+  say "cargo semver-checks (against ${SEMVER_BASELINE_REV:-HEAD~1})"
+  cargo semver-checks -p portalocker --all-features --baseline-rev "${SEMVER_BASELINE_REV:-HEAD~1}"
+else
+  say "cargo semver-checks: not installed, skipped (cargo install cargo-semver-checks --locked)"
+fi
 say "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --quiet
 say "cargo test (unit, integration, doc tests)"
