@@ -194,9 +194,9 @@ fn the_cli_and_python_portalocker_exclude_each_other() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "GOT\n");
 }
 
-fn sigterm(pid: u32) {
+fn signal(name: &str, pid: u32) {
     let ok = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
+        .args([&format!("-{name}"), &pid.to_string()])
         .status()
         .unwrap()
         .success();
@@ -204,23 +204,38 @@ fn sigterm(pid: u32) {
 }
 
 #[tokio::test]
-async fn sigterm_is_passed_on_and_the_lock_is_released_after_the_command() {
+async fn sigint_and_sigterm_are_passed_on_and_the_lock_outlives_them() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("sig.lock");
     let ps = p.to_str().unwrap();
-    let script = "trap 'echo TERM; exit 9' TERM; echo READY; while :; do sleep 0.05; done";
-    let mut r = Run::cli(&["lock", ps, "--", "sh", "-c", script]);
-    r.expect("READY");
-    sigterm(r.pid());
-    r.expect("TERM");
-    let (code, _, err) = r.finish();
-    assert_eq!(code, 9, "the command's status after the signal: {err}");
     let lock = portalocker::Lock::new(&p);
-    drop(
-        lock.try_acquire()
-            .await
-            .expect("released once the command ended"),
-    );
+    for sig in ["TERM", "INT"] {
+        // The command takes its time to stop: the lock stays held until
+        // it has exited.
+        let script = format!(
+            "trap 'echo GOT; read line; exit 9' {sig}; echo READY; while :; do sleep 0.05; done"
+        );
+        let mut r = Run::cli(&["lock", ps, "--", "sh", "-c", &script]);
+        r.expect("READY");
+        signal(sig, r.pid());
+        r.expect("GOT");
+        let err = lock.try_acquire().await.unwrap_err();
+        assert!(
+            err.is_already_locked(),
+            "{sig}: held while the command stops: {err}"
+        );
+        r.send("");
+        let (code, _, err) = r.finish();
+        assert_eq!(
+            code, 9,
+            "{sig}: the command's status after the signal: {err}"
+        );
+        drop(
+            lock.try_acquire()
+                .await
+                .expect("released once the command ended"),
+        );
+    }
 }
 
 /// The descriptors of process `pid` that point at `path`.
@@ -455,26 +470,7 @@ async fn a_lost_redis_lock_stops_the_command() {
         "{out}"
     );
     // Kill the holder's subscription connection: the lock is lost.
-    let client = portalocker::redis::Client::open(url.as_str()).unwrap();
-    let mut con = client.get_multiplexed_async_connection().await.unwrap();
-    let list: String = portalocker::redis::cmd("CLIENT")
-        .arg("LIST")
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    let id = list
-        .lines()
-        .find(|l| l.contains("name=nightly-lock-"))
-        .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
-        .expect("the holder's connection is named")
-        .to_string();
-    let _: i64 = portalocker::redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("ID")
-        .arg(&id)
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    kill_holder_connection(&url, "nightly").await;
     r.expect("GOT-TERM");
     let (code, _, err) = r.finish();
     assert_eq!(code, 75, "lost: {err}");
@@ -513,4 +509,51 @@ fn a_terminal_shows_a_spinner_with_the_holder_and_a_pipe_shows_nothing() {
         "{err}"
     );
     holder.finish();
+}
+
+/// The holder's connection to `channel` on `url`, killed (the lock is lost).
+async fn kill_holder_connection(url: &str, channel: &str) {
+    let client = portalocker::redis::Client::open(url).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let list: String = portalocker::redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let name = format!("name={channel}-lock-");
+    let id = list
+        .lines()
+        .find(|l| l.contains(&name))
+        .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .expect("the holder's connection is named")
+        .to_string();
+    let _: i64 = portalocker::redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(&id)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+}
+
+/// A command that ignores SIGTERM is SIGKILLed after the grace period.
+#[tokio::test]
+async fn a_command_that_ignores_sigterm_is_killed_after_the_grace() {
+    let srv = Redis::start();
+    let url = srv.url();
+    let script = "trap '' TERM; echo $$; echo READY; while :; do sleep 0.05; done";
+    let mut r = Run::cli(&[
+        "redis", "--url", &url, "--grace", "0.3", "stubborn", "--", "sh", "-c", script,
+    ]);
+    let seen = r.expect("READY");
+    kill_holder_connection(&url, "stubborn").await;
+    let (code, _, err) = r.finish();
+    assert_eq!(code, 75, "{err}");
+    assert!(err.contains("SIGKILL"), "{err}");
+    #[cfg(target_os = "linux")]
+    assert!(
+        !Path::new(&format!("/proc/{}", seen[0])).exists(),
+        "the command is gone"
+    );
+    drop(seen);
 }
