@@ -171,7 +171,8 @@
 //!   `released: handed over to a waiting process`; a reaped silent Redis
 //!   holder and a lost Redis lock are `WARN`/`ERROR` events. Without the
 //!   feature none of this is compiled, and the crate's few warnings go to
-//!   [`log`](https://docs.rs/log) instead.
+//!   [`log`](https://docs.rs/log) instead. (With it, while no `tracing`
+//!   subscriber is installed, the events reach a `log` logger.)
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(not(test), deny(clippy::panic))]
 #![doc(test(attr(deny(warnings))))]

@@ -1,6 +1,7 @@
 //! Diagnostics. The crate's few warnings and debug notes go through
-//! [`diag!`]: `tracing` events with the `tracing` feature, `log` records
-//! without it. Structured spans and events (feature `tracing` only) are
+//! [`diag!`]: `tracing` events with the `tracing` feature (which reach a
+//! `log` logger too while no `tracing` subscriber is installed), `log`
+//! records without it. Structured spans and events (feature `tracing` only) are
 //! written at their sites under `#[cfg(feature = "tracing")]`, so that
 //! without the feature nothing of them is compiled — not even a clock read.
 
