@@ -218,7 +218,9 @@ pub async fn open_atomic(path: impl AsRef<Path>) -> io::Result<AtomicFile> {
 ///
 /// Dropping an [`AtomicFile`], or any of its futures, before `commit`
 /// starts publishing discards everything: no destination, no temporary
-/// file. Once `commit` has handed the file to the blocking pool the
+/// file. (On Windows, a file deleted while open keeps its name until its
+/// last handle closes: after a drop with a write still in flight on the
+/// blocking pool, the temporary's name lingers until that write ends.) Once `commit` has handed the file to the blocking pool the
 /// publication runs to its end even if the future is dropped, so the
 /// destination is then either absent or complete — never partial.
 #[must_use = "an AtomicFile that is not committed is discarded"]
