@@ -586,3 +586,45 @@ async fn try_acquire_and_acquire_timeout_use_this_calls_budget() {
     assert_eq!(srv.numsub("uni").await, 0);
     drop(lock.try_acquire().await.unwrap());
 }
+
+/// A waiter whose subscription connection dies while it waits (here
+/// `CLIENT KILL`; in the field an idle timeout or a failed ping under load)
+/// still gets the lock once it is free. (Before, the dead subscription's
+/// "ended" state stuck to the acquisition: every later attempt took a
+/// fencing token and was then refused, until the timeout.)
+#[tokio::test]
+async fn a_waiter_whose_subscription_died_still_gets_the_lock() {
+    let srv = RedisServer::start();
+    let holder = RedisLock::new("w", srv.client()).acquire().await.unwrap();
+    let mine = format!("w-lock-{}", holder.holder_id());
+    let lock = RedisLock::new("w", srv.client())
+        .fencing(true)
+        .check_interval(Duration::from_millis(20));
+    let waiter = tokio::spawn(async move { lock.acquire_timeout(Duration::from_secs(20)).await });
+    // The waiter's subscription appears beside the holder's; kill it
+    // (it comes and goes between attempts: retry until one is killed).
+    let mut killed = 0;
+    for _ in 0..10_000 {
+        let list: String = srv.cmd(&["CLIENT", "LIST"]).await;
+        let victim = list
+            .lines()
+            .find(|l| l.contains("name=w-lock-") && !l.contains(&format!("name={mine} ")))
+            .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+            .map(str::to_string);
+        if let Some(id) = victim {
+            killed = srv.cmd(&["CLIENT", "KILL", "ID", &id]).await;
+            if killed == 1 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(killed, 1, "the waiter's subscription was killed");
+    holder.release().await.unwrap();
+    let g = waiter
+        .await
+        .unwrap()
+        .expect("the waiter gets the free lock");
+    assert!(g.fence_token().is_some());
+    g.release().await.unwrap();
+}

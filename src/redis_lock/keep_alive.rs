@@ -160,6 +160,16 @@ pub(super) struct Subscription {
 
 impl Subscription {
     pub(super) fn start(shared: Arc<HolderState>, pubsub: PubSub, settings: Options) -> Self {
+        // A new attempt's subscription: an earlier one of this acquisition
+        // that died ("ended") must not doom this one, or every later
+        // attempt would be refused at the grant and retried forever.
+        shared.status.send_if_modified(|s| {
+            let ended = matches!(s, Status::Ended);
+            if ended {
+                *s = Status::Acquiring;
+            }
+            ended
+        });
         let task = tokio::spawn(run(shared.clone(), pubsub, settings));
         Self { shared, task }
     }
