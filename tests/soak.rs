@@ -76,6 +76,12 @@ fn redis_lock_soak_across_processes() {
     let total: u64 = rt.block_on(srv.cmd(&["GET", "n"]));
     eprintln!("{total} Redis-lock grants in {:?}", t.elapsed());
     assert_eq!(total, 4 * 2_500 * scale() as u64, "lost updates");
+    // Every grant took a token; an attempt whose subscription died between
+    // taking its token and the grant burns one (tokens only increase, gaps
+    // are allowed), so a few more than the grants, never fewer.
     let fence: u64 = rt.block_on(srv.cmd(&["GET", "soak-fence"]));
-    assert_eq!(fence, total);
+    assert!(
+        fence >= total && fence <= total + total / 100,
+        "{fence} tokens for {total} grants"
+    );
 }
