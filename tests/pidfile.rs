@@ -213,10 +213,25 @@ async fn cancelled_acquires_roll_back_completely() {
     let lock = PidFileLock::new(&pid);
     let mut cancelled = 0;
     for i in 0..300u64 {
+        // Odd iterations: a timeout of 0-149 µs; even ones: cancelled
+        // right after the first poll (the fast lock path alone would
+        // otherwise beat every timer tick).
         let budget = Duration::from_micros(i % 150);
-        match tokio::time::timeout(budget, lock.acquire()).await {
+        let outcome = if i % 2 == 0 {
+            use futures_util::FutureExt;
+            let mut fut = std::pin::pin!(lock.acquire());
+            match fut.as_mut().now_or_never() {
+                Some(r) => Ok(r),
+                None => Err(()),
+            }
+        } else {
+            tokio::time::timeout(budget, lock.acquire())
+                .await
+                .map_err(drop)
+        };
+        match outcome {
             Ok(g) => drop(g.unwrap()),
-            Err(_) => {
+            Err(()) => {
                 cancelled += 1;
                 // A retry at once waits for the rollback still running on
                 // the blocking pool: never "already locked" by ourselves.
