@@ -260,7 +260,6 @@ impl Engine {
         let queued = start.elapsed();
         let mut contender = FileContender {
             engine: self,
-            gate,
             mode,
             current: self.take_idle(),
             stale: 0,
@@ -487,7 +486,6 @@ impl Engine {
 /// holders in other processes.
 struct FileContender<'a> {
     engine: &'a Engine,
-    gate: &'a Gate,
     mode: Mode,
     current: Option<Handle>,
     /// Consecutive attempts that found the file replaced under us.
@@ -509,7 +507,7 @@ impl FileContender<'_> {
     /// Announces this waiter on `file` once per descriptor, so that a
     /// holder in another process hands the lock over.
     fn announce(&mut self, file: &File) {
-        if self.announced || !self.gate.capable(file) {
+        if self.announced || !self.engine.gate().capable(file) {
             return;
         }
         let since = *self.since.get_or_insert_with(crate::sys::wait_clock);

@@ -269,7 +269,7 @@ impl RedisLock {
                 fail_when_locked = w.fail_when_locked,
             );
             let traced = async {
-                let r = self.acquire_traced(w).await;
+                let r = self.acquire_untraced(w).await;
                 match &r {
                     Ok(g) => tracing::debug!(
                         holder_id = g.holder_id(),
@@ -284,10 +284,10 @@ impl RedisLock {
             tracing::Instrument::instrument(traced, span).await
         }
         #[cfg(not(feature = "tracing"))]
-        self.acquire_traced(w).await
+        self.acquire_untraced(w).await
     }
 
-    async fn acquire_traced(&self, w: WaitOptions) -> Result<RedisLockGuard> {
+    async fn acquire_untraced(&self, w: WaitOptions) -> Result<RedisLockGuard> {
         self.validate()?;
         let start = tokio::time::Instant::now();
         let writer = self.cfg.flags == LockFlags::EXCLUSIVE;
