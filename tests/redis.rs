@@ -508,7 +508,9 @@ async fn a_hung_server_is_noticed_by_the_holder() {
             .unwrap()
     };
     assert!(stop().success());
-    let noticed = tokio::time::timeout(Duration::from_secs(10), g.lost()).await;
+    // A server that answers nobody may be stalled: the holder waits
+    // 2 × unavailable_timeout plus the 5 s stall margin before it gives up.
+    let noticed = tokio::time::timeout(Duration::from_secs(20), g.lost()).await;
     let cont = std::process::Command::new("kill")
         .args(["-CONT", &srv.pid().to_string()])
         .status()
@@ -626,5 +628,149 @@ async fn a_waiter_whose_subscription_died_still_gets_the_lock() {
         .unwrap()
         .expect("the waiter gets the free lock");
     assert!(g.fence_token().is_some());
+    g.release().await.unwrap();
+}
+
+/// `release()` returns only once the server no longer counts the holder:
+/// no polling is needed after it.
+#[tokio::test]
+async fn release_returns_once_the_server_no_longer_counts_the_holder() {
+    let srv = RedisServer::start();
+    let lock = RedisLock::new("rel", srv.client());
+    // One open connection, so the count is asked the moment release returns.
+    let mut con = srv
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut numsub = async move || -> usize {
+        let v: Vec<(String, usize)> = portalocker::redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("rel")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        v[0].1
+    };
+    for i in 0..300 {
+        let g = lock.acquire().await.unwrap();
+        assert_eq!(numsub().await, 1);
+        g.release().await.unwrap();
+        assert_eq!(
+            numsub().await,
+            0,
+            "release {i} returned before the server let go"
+        );
+    }
+    // A stopped server cannot confirm: release waits for it (a release
+    // that only closed the socket would return at once).
+    let g = lock.acquire().await.unwrap();
+    let pid = srv.pid().to_string();
+    let signal = |sig: &str| {
+        assert!(std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    signal("-STOP");
+    let release = tokio::spawn(g.release());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let early = release.is_finished();
+    signal("-CONT");
+    assert!(
+        !early,
+        "release returned while the server could not have let go"
+    );
+    release.await.unwrap().unwrap();
+    assert_eq!(numsub().await, 0);
+}
+
+/// The server drops every normal (non-pub/sub) client, the holder's
+/// command connection among them: the holder reconnects it and keeps
+/// answering pings, so a contender sees the lock busy and reaps nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_survives_the_loss_of_its_command_connection() {
+    let srv = RedisServer::start();
+    let g = RedisLock::new("ck", srv.client()).acquire().await.unwrap();
+    for _ in 0..3 {
+        let killed: i64 = srv
+            .cmd(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"])
+            .await;
+        assert!(
+            killed >= 1,
+            "the holder's command connection was not there to kill"
+        );
+        let err = RedisLock::new("ck", srv.client())
+            .fail_when_locked(true)
+            .acquire()
+            .await
+            .unwrap_err();
+        assert!(err.is_already_locked(), "{err}");
+        assert!(!g.is_lost());
+    }
+    assert_eq!(srv.numsub("ck").await, 1);
+    g.release().await.unwrap();
+}
+
+/// With `timeout 1` the server closes clients idle for over a second, but
+/// never subscribed ones: a holder idle for several seconds still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_survives_a_server_that_closes_idle_clients() {
+    let srv = RedisServer::start();
+    let _: () = srv.cmd(&["CONFIG", "SET", "timeout", "1"]).await;
+    let g = RedisLock::new("idle", srv.client())
+        .acquire()
+        .await
+        .unwrap();
+    // The holder's command connection only answers pings: idle. Wait until
+    // the server has had three chances to close it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for _ in 0..3 {
+        let err = RedisLock::new("idle", srv.client())
+            .fail_when_locked(true)
+            .acquire()
+            .await
+            .unwrap_err();
+        assert!(err.is_already_locked(), "{err}");
+    }
+    assert!(!g.is_lost());
+    g.release().await.unwrap();
+}
+
+/// A 2.5 s Lua busy loop stalls the server: nobody can take the lock
+/// meanwhile, so the holder keeps it (as Python's does) and answers once
+/// the server runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_stall_shorter_than_the_margin_keeps_the_holder() {
+    let srv = RedisServer::start();
+    let g = RedisLock::new("stall", srv.client())
+        .acquire()
+        .await
+        .unwrap();
+    let busy = "local t = redis.call('TIME') local s = t[1] * 1000000 + t[2] \
+                while true do local n = redis.call('TIME') \
+                if n[1] * 1000000 + n[2] - s > 2500000 then return 1 end end";
+    let mut con = srv
+        .client()
+        .get_multiplexed_async_connection_with_config(
+            &portalocker::redis::AsyncConnectionConfig::new().set_response_timeout(None),
+        )
+        .await
+        .unwrap();
+    let ran: i64 = portalocker::redis::cmd("EVAL")
+        .arg(busy)
+        .arg(0)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(ran, 1);
+    let err = RedisLock::new("stall", srv.client())
+        .fail_when_locked(true)
+        .acquire()
+        .await
+        .unwrap_err();
+    assert!(err.is_already_locked(), "{err}");
+    assert!(!g.is_lost(), "a stall made the holder give up");
     g.release().await.unwrap();
 }

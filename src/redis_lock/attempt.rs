@@ -77,7 +77,7 @@ impl<'a> Attempt<'a> {
         let base = (interval / 50).clamp(Duration::from_millis(2), Duration::from_millis(10));
         let crowd = u32::try_from(self.crowd.clamp(1, 64)).unwrap_or(64);
         let step = (base * crowd).min((interval / 2).max(base));
-        let mut cmd = self.lock.command().await.ok();
+        let mut cmd = self.lock.command().await.ok().map(|c| c.con);
         let channel = &self.cfg().channel;
         loop {
             if Instant::now() >= until {
@@ -178,7 +178,7 @@ impl<'a> Attempt<'a> {
                     Duration::from_secs(1),
                     redis::cmd("CLIENT")
                         .arg("LIST")
-                        .query_async::<String>(&mut cmd),
+                        .query_async::<String>(&mut cmd.con),
                 )
                 .await
                 .ok()
@@ -205,7 +205,12 @@ impl<'a> Attempt<'a> {
         if self.sub.is_none() {
             self.sub = Some(self.subscribe().await?);
         }
-        let mut cmd = self.lock.command().await.map_err(AttemptError::classify)?;
+        let mut cmd = self
+            .lock
+            .command()
+            .await
+            .map_err(AttemptError::classify)?
+            .con;
         let channel = self.cfg().channel.clone();
         let fwl = self.wait.fail_when_locked;
         // C. Count, then probe and decide.
@@ -287,7 +292,6 @@ impl<'a> Attempt<'a> {
 
     async fn subscribe(&mut self) -> std::result::Result<keep_alive::Subscription, AttemptError> {
         let cfg = self.cfg();
-        let cmd = self.lock.command().await.map_err(AttemptError::classify)?;
         let name = protocol::client_name(&cfg.channel, &self.state.id);
         let info = cfg.client.get_connection_info();
         let wait = cfg.unavailable_timeout.max(Duration::from_millis(100));
@@ -311,7 +315,7 @@ impl<'a> Attempt<'a> {
             self.state.clone(),
             pubsub,
             keep_alive::Options {
-                cmd,
+                cmd: self.lock.cmd.clone(),
                 client: cfg.client.clone(),
                 unavailable: cfg.unavailable_timeout,
                 self_check: cfg.self_check,

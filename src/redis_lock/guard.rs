@@ -148,26 +148,41 @@ impl RedisLockGuard {
         let _ = rx.wait_for(|lost| *lost).await;
     }
 
-    /// Releases the lock: stops the keep-alive task and closes the
-    /// subscription connection, so Redis drops the subscriber.
+    /// Releases the lock: unsubscribes, waits until the server confirmed
+    /// it (from then on `PUBSUB NUMSUB` no longer counts this holder, and a
+    /// contender may take the lock at once), then closes the subscription
+    /// connection.
     ///
     /// # Cancel safety
     ///
     /// This method is cancel safe: dropping it releases as dropping the
-    /// guard does.
+    /// guard does (the socket closes; the server drops the subscriber when
+    /// it sees the close, without waiting for a confirmation).
     ///
     /// # Errors
     ///
     /// [`ErrorKind::LockLost`](crate::ErrorKind::LockLost) if the lock had been lost before the
     /// release: work done under it may not have been exclusive.
+    /// [`ErrorKind::Redis`](crate::ErrorKind::Redis) if the server did not confirm the
+    /// unsubscription within `max(unavailable_timeout, 100 ms)`: the
+    /// connection is closed all the same, and the lock is free once the
+    /// server notices.
     pub async fn release(mut self) -> Result<()> {
-        if let Some(sub) = self.sub.take() {
-            sub.stop().await;
-        }
-        match self.state.lost_reason() {
-            Some(why) => Err(self.lost_error(why)),
+        let unsubscribed = match self.sub.take() {
+            Some(sub) => sub.stop().await,
             None => Ok(()),
+        };
+        if let Some(why) = self.state.lost_reason() {
+            return Err(self.lost_error(why));
         }
+        unsubscribed.map_err(|why| {
+            Error::new(crate::ErrorKind::Redis, "failed to release Redis lock")
+                .with_channel(self.state.channel.clone())
+                .with_reason(format!(
+                    "{why}; the connection is closed, and the server drops the subscriber when \
+                     it notices"
+                ))
+        })
     }
 }
 

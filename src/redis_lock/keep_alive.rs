@@ -1,7 +1,9 @@
 //! The keep-alive task: reads the lock subscription, answers pings, pings
-//! the server so a dead link is noticed, and (opt-in) checks end to end
-//! that its own subscription still receives its channel. Owned by an
-//! acquisition and then by the guard; aborted when they drop.
+//! the server so a dead link is noticed (telling a dead link from a stalled
+//! server), keeps the command connection that carries the answers healthy,
+//! (opt-in) checks end to end that its own subscription still receives its
+//! channel, and on release unsubscribes before the socket closes. Owned by
+//! an acquisition and then by the guard; aborted when they drop.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,11 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use redis::aio::{MultiplexedConnection, PubSub};
+use redis::aio::PubSub;
 use redis::AsyncCommands;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
+use super::command::{connection_failed, CommandSlot};
 use super::protocol::{self, HolderMode, Replies};
 use crate::util::lock;
 
@@ -146,16 +149,36 @@ impl HolderState {
 
 /// What the task needs besides the subscription.
 pub(super) struct Options {
-    pub(super) cmd: MultiplexedConnection,
+    /// The command connection the answers go over (replaced when broken).
+    pub(super) cmd: Arc<CommandSlot>,
     pub(super) client: redis::Client,
     pub(super) unavailable: Duration,
     pub(super) self_check: Option<Duration>,
 }
 
+/// How long a holder keeps waiting for its server's answer to a ping when
+/// the server answers no one else either (a stalled server: a long Lua
+/// script, `DEBUG SLEEP`, a fork on a loaded host). Nobody can take the
+/// lock from a server that does not run commands, so a stall is not a
+/// loss; a link that died while the server still answers others is, and is
+/// noticed after `2 × unavailable_timeout`.
+pub(crate) const STALL_MARGIN: Duration = Duration::from_secs(5);
+
+/// How the task ended.
+enum Ended {
+    /// Released: the server confirmed the unsubscription.
+    Unsubscribed,
+    /// Released, but the unsubscription was not confirmed (why).
+    Unconfirmed(String),
+    /// The subscription died first (reported through the state).
+    Died,
+}
+
 /// A live subscription and the task that keeps it.
 pub(super) struct Subscription {
     shared: Arc<HolderState>,
-    task: JoinHandle<()>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Ended>,
 }
 
 impl Subscription {
@@ -170,8 +193,13 @@ impl Subscription {
             }
             ended
         });
-        let task = tokio::spawn(run(shared.clone(), pubsub, settings));
-        Self { shared, task }
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(run(shared.clone(), pubsub, settings, stopped));
+        Self {
+            shared,
+            stop: Some(stop),
+            task,
+        }
     }
 
     pub(super) fn alive(&self) -> bool {
@@ -199,11 +227,20 @@ impl Subscription {
         self.shared.is_held()
     }
 
-    /// Stops the task and waits until it (and with it the pub/sub stream)
-    /// is gone.
-    pub(super) async fn stop(mut self) {
-        self.task.abort();
-        let _ = (&mut self.task).await;
+    /// Unsubscribes and closes: returns once the server confirmed that it
+    /// no longer counts the subscriber (`Ok`), or with why it could not be
+    /// confirmed (`Err`; the socket is closed all the same, and the server
+    /// drops the subscriber when it sees the close). A subscription that
+    /// had already died counts as gone.
+    pub(super) async fn stop(mut self) -> Result<(), String> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match (&mut self.task).await {
+            Ok(Ended::Unsubscribed | Ended::Died) => Ok(()),
+            Ok(Ended::Unconfirmed(why)) => Err(why),
+            Err(e) => Err(format!("the keep-alive task ended abnormally: {e}")),
+        }
     }
 }
 
@@ -215,9 +252,13 @@ impl Drop for Subscription {
 
 type Check = Pin<Box<dyn Future<Output = Result<(), &'static str>> + Send>>;
 
-async fn run(shared: Arc<HolderState>, pubsub: PubSub, s: Options) {
+async fn run(
+    shared: Arc<HolderState>,
+    pubsub: PubSub,
+    s: Options,
+    mut stopped: oneshot::Receiver<()>,
+) -> Ended {
     let (sink, mut stream) = pubsub.split();
-    let mut cmd = s.cmd.clone();
     let every = s.unavailable.max(Duration::from_millis(100));
     let start = tokio::time::Instant::now();
     let mut ping_tick =
@@ -229,10 +270,13 @@ async fn run(shared: Arc<HolderState>, pubsub: PubSub, s: Options) {
         check_every,
     );
     check_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // At most one server ping and one self-check in flight; both run
-    // beside the read loop so that answering pings never stalls.
+    // At most one server ping, one command-connection check, one
+    // self-check and one unsubscription in flight; all run beside the read
+    // loop so that answering pings never stalls.
     let mut server_ping: Option<Check> = None;
+    let mut cmd_check: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
     let mut self_check: Option<Check> = None;
+    let mut unsubscribe: Option<Check> = None;
     let why = loop {
         tokio::select! {
             msg = stream.next() => match msg {
@@ -243,37 +287,54 @@ async fn run(shared: Arc<HolderState>, pubsub: PubSub, s: Options) {
                     let Some(response) = protocol::ping_response_channel(msg.get_payload_bytes()) else {
                         continue;
                     };
-                    let reply = shared.reply();
-                    let sent = tokio::time::timeout(
-                        s.unavailable,
-                        cmd.publish::<_, _, i64>(response, reply),
-                    )
-                    .await;
-                    if !matches!(sent, Ok(Ok(_))) {
+                    if !answer(&s.cmd, &response, &shared.reply(), s.unavailable).await {
                         diag!(warn,
                             "portalocker: could not answer a ping on Redis lock {:?}",
                             shared.channel
                         );
                     }
                 }
+                None if unsubscribe.is_some() => {
+                    return Ended::Unconfirmed("the connection closed before the server confirmed the unsubscription".into());
+                }
                 None => break "the subscription connection closed",
             },
-            _ = ping_tick.tick(), if server_ping.is_none() => {
+            _ = &mut stopped, if unsubscribe.is_none() => {
                 let mut sink = sink.clone();
-                let deadline = s.unavailable;
-                server_ping = Some(Box::pin(async move {
-                    match tokio::time::timeout(deadline, sink.ping::<redis::Value>()).await {
-                        Ok(Ok(_)) => Ok(()),
-                        Ok(Err(_)) => Err("the subscription connection failed"),
-                        Err(_) => Err("the server did not answer a ping in time"),
+                let channel = shared.channel.clone();
+                let within = every;
+                unsubscribe = Some(Box::pin(async move {
+                    match tokio::time::timeout(within, sink.unsubscribe(&channel)).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(_)) => Err("the unsubscription failed"),
+                        Err(_) => Err("the server did not confirm the unsubscription in time"),
                     }
                 }));
+            }
+            r = async { unsubscribe.as_mut().expect("guarded").await }, if unsubscribe.is_some() => {
+                // Dropping the stream and the sink on return closes the
+                // socket.
+                return match r {
+                    Ok(()) => Ended::Unsubscribed,
+                    Err(why) => Ended::Unconfirmed(why.into()),
+                };
+            }
+            _ = ping_tick.tick(), if server_ping.is_none() || cmd_check.is_none() => {
+                if server_ping.is_none() {
+                    server_ping = Some(Box::pin(ping_server(sink.clone(), s.client.clone(), s.unavailable)));
+                }
+                if cmd_check.is_none() {
+                    cmd_check = Some(Box::pin(check_command(s.cmd.clone(), s.unavailable)));
+                }
             }
             r = async { server_ping.as_mut().expect("guarded").await }, if server_ping.is_some() => {
                 server_ping = None;
                 if let Err(why) = r {
                     break why;
                 }
+            }
+            () = async { cmd_check.as_mut().expect("guarded").await }, if cmd_check.is_some() => {
+                cmd_check = None;
             }
             _ = check_tick.tick(), if s.self_check.is_some() && self_check.is_none() => {
                 if shared.is_held() {
@@ -296,6 +357,96 @@ async fn run(shared: Arc<HolderState>, pubsub: PubSub, s: Options) {
     };
     shared.fail(why);
     // Dropping the stream here closes the socket.
+    Ended::Died
+}
+
+/// Publishes one reply; a broken command connection is replaced once.
+async fn answer(cmd: &CommandSlot, response: &str, reply: &str, within: Duration) -> bool {
+    for _ in 0..2 {
+        let Ok(Ok(mut c)) = tokio::time::timeout(within, cmd.get()).await else {
+            return false;
+        };
+        match tokio::time::timeout(within, c.con.publish::<_, _, i64>(response, reply)).await {
+            Ok(Ok(_)) => return true,
+            Ok(Err(e)) if connection_failed(&e) => cmd.forget(&c).await,
+            Ok(Err(_)) => return false,
+            Err(_) => {
+                cmd.forget(&c).await;
+                return false;
+            }
+        }
+    }
+    false
+}
+
+/// Pings the command connection and replaces it when it broke (the server
+/// closed it as idle, someone killed it, the link failed), so that the next
+/// ping of the lock channel is answered at once. Never fatal: the
+/// subscription, not this connection, is the lock.
+async fn check_command(cmd: Arc<CommandSlot>, within: Duration) {
+    let Ok(Ok(mut c)) = tokio::time::timeout(within, cmd.get()).await else {
+        return;
+    };
+    let ok = matches!(
+        tokio::time::timeout(
+            within,
+            redis::cmd("PING").query_async::<redis::Value>(&mut c.con)
+        )
+        .await,
+        Ok(Ok(_))
+    );
+    if !ok {
+        diag!(
+            debug,
+            "portalocker: replacing a broken Redis command connection"
+        );
+        cmd.forget(&c).await;
+        let _ = tokio::time::timeout(within, cmd.get()).await;
+    }
+}
+
+/// Pings the server over the subscription connection. An answer within
+/// `unavailable` is the normal case. Without one, a fresh connection asks
+/// whether the server answers anyone: if it does, this link is dead (one
+/// more `unavailable` of grace for a reply already on its way); if it does
+/// not, the server is stalled and the ping may take up to
+/// [`STALL_MARGIN`] more.
+async fn ping_server(
+    mut sink: redis::aio::PubSubSink,
+    client: redis::Client,
+    unavailable: Duration,
+) -> Result<(), &'static str> {
+    let mut ping = Box::pin(async move { sink.ping::<redis::Value>().await });
+    let first = unavailable.max(Duration::from_millis(100));
+    match tokio::time::timeout(first, &mut ping).await {
+        Ok(Ok(_)) => return Ok(()),
+        Ok(Err(_)) => return Err("the subscription connection failed"),
+        Err(_) => {}
+    }
+    let others = async {
+        let mut c = client.get_multiplexed_async_connection().await.ok()?;
+        redis::cmd("PING")
+            .query_async::<redis::Value>(&mut c)
+            .await
+            .ok()
+    };
+    let server_answers = matches!(tokio::time::timeout(first, others).await, Ok(Some(_)));
+    let (grace, why) = if server_answers {
+        (
+            first,
+            "the server answers other connections but not the subscription's ping",
+        )
+    } else {
+        (
+            STALL_MARGIN,
+            "the server did not answer a ping for longer than the stall margin",
+        )
+    };
+    match tokio::time::timeout(grace, &mut ping).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(_)) => Err("the subscription connection failed"),
+        Err(_) => Err(why),
+    }
 }
 
 /// One end-to-end self-check: ping the lock channel from a
@@ -303,7 +454,7 @@ async fn run(shared: Arc<HolderState>, pubsub: PubSub, s: Options) {
 /// only comes if the held subscription still receives the channel.
 async fn check_self(
     client: redis::Client,
-    mut cmd: MultiplexedConnection,
+    cmd: Arc<CommandSlot>,
     channel: String,
     id: String,
     budget: Duration,
@@ -313,7 +464,9 @@ async fn check_self(
         let response = format!("{channel}-{}", crate::util::unguessable_hex32());
         ps.subscribe(&response).await.ok()?;
         let mut replies = ps.into_on_message();
-        let _: i64 = cmd
+        let mut c = cmd.get().await.ok()?;
+        let _: i64 = c
+            .con
             .publish(&channel, protocol::ping(&response))
             .await
             .ok()?;

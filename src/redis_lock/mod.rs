@@ -13,6 +13,7 @@
 //! * `guard.rs`: [`RedisLockGuard`].
 
 mod attempt;
+mod command;
 mod connect;
 mod guard;
 mod keep_alive;
@@ -22,10 +23,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-use redis::RedisError;
-
-use self::attempt::{timeout_error, Attempt};
+use self::attempt::Attempt;
+use self::command::CommandSlot;
 use self::keep_alive::{HolderState, LossCallback};
 use self::protocol::HolderMode;
 use crate::deadline::{Jitter, Schedule};
@@ -72,7 +71,29 @@ pub(crate) const OP: &str = "failed to acquire Redis lock";
 /// While held, a keep-alive *task* (not a thread) owned by the guard reads
 /// the subscription, answers pings with the current mode, and pings the
 /// server so that a dead link is noticed; dropping the guard aborts it and
-/// closes the socket.
+/// closes the socket, and [`release`](RedisLockGuard::release) first waits
+/// for the server to confirm an `UNSUBSCRIBE`, so that the lock is free
+/// when it returns.
+///
+/// # What a holder survives
+///
+/// * **Idle timeouts and killed command connections.** Answers go out on
+///   the command connection, which the server may close when idle (`timeout`)
+///   or someone may kill; the keep-alive task pings it every
+///   `max(unavailable_timeout, 100 ms)` and replaces it when it broke, and
+///   an answer that meets a broken connection is sent again on a new one.
+///   (Subscribed connections are exempt from `timeout`.)
+/// * **Server stalls.** A ping of the server that stays unanswered for
+///   `unavailable_timeout` is not yet a loss: the task asks the server over
+///   a fresh connection. If the server answers that, this holder's link is
+///   dead, and after one more `unavailable_timeout` the lock counts as
+///   lost. If it answers nobody, the server is stalled (a long script,
+///   `DEBUG SLEEP`, a fork on a loaded host) and nobody can take the lock
+///   from it meanwhile, so the holder waits up to 5 s more. A stall shorter
+///   than `2 × unavailable_timeout + 5 s` never costs the lock; a link that
+///   died is noticed within `4 × unavailable_timeout` (one ping period and
+///   three waits; sooner with
+///   [`self_check_interval`](Self::self_check_interval)).
 ///
 /// # What it does not promise
 ///
@@ -111,10 +132,10 @@ pub(crate) const OP: &str = "failed to acquire Redis lock";
 #[derive(Clone)]
 pub struct RedisLock {
     cfg: Arc<Options>,
-    /// The command connection (counts, pings, fencing, reaping), shared
-    /// by every acquisition through this value and its clones, as Python
-    /// shares the one it was given.
-    cmd: Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>,
+    /// The command connection (counts, pings, replies, fencing, reaping),
+    /// shared by every acquisition and holder through this value and its
+    /// clones, as Python shares the one it was given.
+    cmd: Arc<CommandSlot>,
 }
 
 #[derive(Clone)]
@@ -160,9 +181,13 @@ impl RedisLock {
     }
 
     fn from_config(cfg: Options) -> Self {
+        let cmd = Arc::new(CommandSlot::new(
+            cfg.client.clone(),
+            cfg.unavailable_timeout,
+        ));
         Self {
             cfg: Arc::new(cfg),
-            cmd: Arc::default(),
+            cmd,
         }
     }
 
@@ -369,23 +394,12 @@ impl RedisLock {
     }
 
     /// The command connection, created once and re-created after it broke.
-    async fn command(&self) -> std::result::Result<MultiplexedConnection, RedisError> {
-        let mut slot = self.cmd.lock().await;
-        if let Some(c) = slot.as_ref() {
-            return Ok(c.clone());
-        }
-        let con = tokio::time::timeout(
-            self.cfg.unavailable_timeout.max(Duration::from_secs(1)),
-            self.cfg.client.get_multiplexed_async_connection(),
-        )
-        .await
-        .map_err(|_| timeout_error("connecting to Redis"))??;
-        *slot = Some(con.clone());
-        Ok(con)
+    async fn command(&self) -> std::result::Result<command::Command, redis::RedisError> {
+        self.cmd.get().await
     }
 
     async fn forget_command(&self) {
-        *self.cmd.lock().await = None;
+        self.cmd.forget_any().await;
     }
 }
 
