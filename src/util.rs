@@ -59,24 +59,31 @@ where
         .map_err(io::Error::other)
 }
 
-/// One shared value per path in this process, created on first use and
+/// One shared value per key in this process, created on first use and
 /// dropped with its last user (the map holds weak references).
 #[derive(Debug)]
-pub(crate) struct PerPath<T> {
-    map: OnceLock<Mutex<HashMap<PathBuf, Weak<T>>>>,
+pub(crate) struct PerKey<K, T> {
+    map: OnceLock<Mutex<HashMap<K, Weak<T>>>>,
 }
 
-impl<T: Default> PerPath<T> {
+/// One shared value per path (lock file, PID file) in this process.
+pub(crate) type PerPath<T> = PerKey<PathBuf, T>;
+
+impl<K: std::hash::Hash + Eq, T: Default> PerKey<K, T> {
     pub(crate) const fn new() -> Self {
         Self {
             map: OnceLock::new(),
         }
     }
 
-    /// The value of `path`, shared with every other user of it.
-    pub(crate) fn get(&self, path: &Path) -> Arc<T> {
+    /// The value of `key`, shared with every other user of it.
+    pub(crate) fn get<Q>(&self, key: &Q) -> Arc<T>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let mut map = lock(self.map.get_or_init(Mutex::default));
-        if let Some(v) = map.get(path).and_then(Weak::upgrade) {
+        if let Some(v) = map.get(key).and_then(Weak::upgrade) {
             return v;
         }
         // Forget dead entries now and then, amortised over insertions.
@@ -84,7 +91,7 @@ impl<T: Default> PerPath<T> {
             map.retain(|_, w| w.strong_count() > 0);
         }
         let v = Arc::new(T::default());
-        map.insert(path.to_path_buf(), Arc::downgrade(&v));
+        map.insert(key.to_owned(), Arc::downgrade(&v));
         v
     }
 }

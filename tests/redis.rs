@@ -56,7 +56,7 @@ async fn contention_fails_fast_or_after_the_timeout() {
     let srv = RedisServer::start();
     let holder = RedisLock::new("c", srv.client()).acquire().await.unwrap();
     let t = Instant::now();
-    let err = RedisLock::new("c", srv.client())
+    let err = RedisLock::new("c", srv.other_client())
         .fail_when_locked(true)
         .acquire()
         .await
@@ -72,7 +72,7 @@ async fn contention_fails_fast_or_after_the_timeout() {
         "{msg}"
     );
     let t = Instant::now();
-    let err = RedisLock::new("c", srv.client())
+    let err = RedisLock::new("c", srv.other_client())
         .timeout(Duration::from_millis(400))
         .check_interval(Duration::from_millis(50))
         .acquire()
@@ -599,7 +599,7 @@ async fn a_waiter_whose_subscription_died_still_gets_the_lock() {
     let srv = RedisServer::start();
     let holder = RedisLock::new("w", srv.client()).acquire().await.unwrap();
     let mine = format!("w-lock-{}", holder.holder_id());
-    let lock = RedisLock::new("w", srv.client())
+    let lock = RedisLock::new("w", srv.other_client())
         .fencing(true)
         .check_interval(Duration::from_millis(20));
     let waiter = tokio::spawn(async move { lock.acquire_timeout(Duration::from_secs(20)).await });
@@ -701,7 +701,7 @@ async fn a_holder_survives_the_loss_of_its_command_connection() {
             killed >= 1,
             "the holder's command connection was not there to kill"
         );
-        let err = RedisLock::new("ck", srv.client())
+        let err = RedisLock::new("ck", srv.other_client())
             .fail_when_locked(true)
             .acquire()
             .await
@@ -727,7 +727,7 @@ async fn a_holder_survives_a_server_that_closes_idle_clients() {
     // the server has had three chances to close it.
     tokio::time::sleep(Duration::from_secs(3)).await;
     for _ in 0..3 {
-        let err = RedisLock::new("idle", srv.client())
+        let err = RedisLock::new("idle", srv.other_client())
             .fail_when_locked(true)
             .acquire()
             .await
@@ -765,7 +765,7 @@ async fn a_server_stall_shorter_than_the_margin_keeps_the_holder() {
         .await
         .unwrap();
     assert_eq!(ran, 1);
-    let err = RedisLock::new("stall", srv.client())
+    let err = RedisLock::new("stall", srv.other_client())
         .fail_when_locked(true)
         .acquire()
         .await

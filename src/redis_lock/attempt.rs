@@ -62,43 +62,15 @@ impl<'a> Attempt<'a> {
         }
     }
 
-    /// Pauses until `until`, but watches the channel's subscriber count
-    /// every few milliseconds and ends the pause early (after a random
-    /// delay of up to one step, so waiters do not all arrive at once) when
-    /// it drops to zero: the holder left (released, crashed, was reaped),
-    /// so the next attempt should not wait out the jittered interval.
-    /// Python peers see nothing of this (it is `PUBSUB NUMSUB` on our
-    /// command connection).
-    pub(super) async fn pause_until(&self, until: Instant, interval: Duration) {
-        // Watch closely when alone (a lone waiter gets a freed lock within a
-        // few ms); in a crowd (the subscriber count of the last attempt),
-        // watch and spread out more slowly, up to half the interval, so the
-        // waiters do not all pile onto the channel at once.
-        let base = (interval / 50).clamp(Duration::from_millis(2), Duration::from_millis(10));
-        let crowd = u32::try_from(self.crowd.clamp(1, 64)).unwrap_or(64);
-        let step = (base * crowd).min((interval / 2).max(base));
-        let mut cmd = self.lock.command().await.ok().map(|c| c.con);
-        let channel = &self.cfg().channel;
-        loop {
-            if Instant::now() >= until {
-                break;
-            }
-            if let Some(c) = cmd.as_mut() {
-                match tokio::time::timeout(step.max(Duration::from_millis(50)), numsub(c, channel))
-                    .await
-                {
-                    Ok(Ok(0)) => {
-                        // Spread the waiters that all saw the channel free.
-                        let spread = crate::deadline::scale(step, crate::util::unit());
-                        tokio::time::sleep_until((Instant::now() + spread).min(until)).await;
-                        break;
-                    }
-                    Ok(Ok(_)) => {}
-                    _ => cmd = None, // fall back to plain sleeping
-                }
-            }
-            tokio::time::sleep_until((Instant::now() + step).min(until)).await;
-        }
+    /// Subscribers of the channel that are this acquisition's: 1 while it
+    /// keeps a live subscription between attempts (an elected writer
+    /// waiting for readers to leave), else 0.
+    pub(super) fn own_subscribers(&self) -> usize {
+        usize::from(
+            self.sub
+                .as_ref()
+                .is_some_and(keep_alive::Subscription::alive),
+        )
     }
 
     fn cfg(&self) -> &super::Options {
@@ -287,7 +259,12 @@ impl<'a> Attempt<'a> {
             self.abandon();
             return Ok(None);
         }
-        Ok(Some(RedisLockGuard::new(sub, self.state.clone(), fence)))
+        Ok(Some(RedisLockGuard::new(
+            sub,
+            self.state.clone(),
+            fence,
+            self.lock.cmd.clone(),
+        )))
     }
 
     async fn subscribe(&mut self) -> std::result::Result<keep_alive::Subscription, AttemptError> {

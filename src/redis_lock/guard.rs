@@ -5,12 +5,17 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use super::command::CommandSlot;
 use super::keep_alive::{HolderState, Subscription};
+use super::waiting::{announce_release, Turn};
 use crate::error::{Error, Result};
 
 /// A held [`RedisLock`](super::RedisLock). Owns the subscription connection and its
-/// keep-alive task; dropping it aborts the task and closes the socket, so
-/// Redis drops the subscriber and the lock is free.
+/// keep-alive task. Dropping it releases as [`release`](Self::release)
+/// does, on a task of its own (without a runtime: by closing the socket at
+/// once); a writer's guard also holds this process's turn on the channel,
+/// which passes to the next waiting task of the process once the server
+/// let go.
 #[must_use = "if unused the lock is released at once"]
 #[clippy::has_significant_drop]
 pub struct RedisLockGuard {
@@ -18,16 +23,28 @@ pub struct RedisLockGuard {
     state: Arc<HolderState>,
     fence: Option<u64>,
     waited: std::time::Duration,
+    /// For the release notice on the side channel.
+    cmd: Arc<CommandSlot>,
 }
 
 impl RedisLockGuard {
-    pub(super) fn new(sub: Subscription, state: Arc<HolderState>, fence: Option<u64>) -> Self {
+    pub(super) fn new(
+        sub: Subscription,
+        state: Arc<HolderState>,
+        fence: Option<u64>,
+        cmd: Arc<CommandSlot>,
+    ) -> Self {
         Self {
             sub: Some(sub),
             state,
             fence,
             waited: std::time::Duration::ZERO,
+            cmd,
         }
+    }
+
+    pub(super) fn keep_turn(&mut self, turn: Turn) {
+        self.state.keep_turn(turn);
     }
 
     pub(super) fn set_waited(&mut self, waited: std::time::Duration) {
@@ -169,9 +186,14 @@ impl RedisLockGuard {
     /// server notices.
     pub async fn release(mut self) -> Result<()> {
         let unsubscribed = match self.sub.take() {
-            Some(sub) => sub.stop().await,
+            Some(sub) => {
+                let r = sub.stop().await;
+                announce_release(&self.cmd, &self.state.channel).await;
+                r
+            }
             None => Ok(()),
         };
+        drop(self.state.take_turn());
         if let Some(why) = self.state.lost_reason() {
             return Err(self.lost_error(why));
         }
@@ -188,9 +210,25 @@ impl RedisLockGuard {
 
 impl Drop for RedisLockGuard {
     fn drop(&mut self) {
-        // Dropping the subscription aborts the task, which drops the
-        // pub/sub stream and closes the socket.
-        self.sub.take();
+        let Some(sub) = self.sub.take() else {
+            return;
+        };
+        // Release in the background: unsubscribe, announce, then pass the
+        // turn on. Without a runtime, dropping the subscription aborts its
+        // task, which closes the socket.
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (cmd, channel, turn) = (
+            self.cmd.clone(),
+            self.state.channel.clone(),
+            self.state.take_turn(),
+        );
+        rt.spawn(async move {
+            let _ = sub.stop().await;
+            announce_release(&cmd, &channel).await;
+            drop(turn);
+        });
     }
 }
 

@@ -46,6 +46,9 @@ pub(super) struct HolderState {
     status: watch::Sender<Status>,
     lost: watch::Sender<bool>,
     on_lost: Option<LossCallback>,
+    /// This process's turn on the channel while a writer holds: passed on
+    /// at release, or as soon as the lock is lost.
+    turn: Mutex<Option<super::waiting::Turn>>,
 }
 
 impl HolderState {
@@ -62,11 +65,20 @@ impl HolderState {
             status: watch::Sender::new(Status::Acquiring),
             lost: watch::Sender::new(false),
             on_lost,
+            turn: Mutex::new(None),
         }
     }
 
     pub(super) fn set_mode(&self, mode: HolderMode, elected: bool) {
         *lock(&self.mode) = (mode, elected);
+    }
+
+    pub(super) fn keep_turn(&self, turn: super::waiting::Turn) {
+        *lock(&self.turn) = Some(turn);
+    }
+
+    pub(super) fn take_turn(&self) -> Option<super::waiting::Turn> {
+        lock(&self.turn).take()
     }
 
     pub(super) fn elected(&self) -> bool {
@@ -133,6 +145,8 @@ impl HolderState {
             self.id
         );
         self.lost.send_replace(true);
+        // A lost lock no longer keeps the other tasks of this process out.
+        drop(self.take_turn());
         if let Some(cb) = &self.on_lost {
             let err = self.lost_error(why);
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(&err)));

@@ -18,6 +18,7 @@ mod connect;
 mod guard;
 mod keep_alive;
 mod protocol;
+mod waiting;
 
 use std::fmt;
 use std::sync::Arc;
@@ -27,7 +28,7 @@ use self::attempt::Attempt;
 use self::command::CommandSlot;
 use self::keep_alive::{HolderState, LossCallback};
 use self::protocol::HolderMode;
-use crate::deadline::{Jitter, Schedule};
+use self::waiting::{LocalQueue, Waiter};
 use crate::error::{Error, Result};
 use crate::flags::LockFlags;
 use crate::options::{acquire_variants, wait_setters, WaitOptions, Waiting};
@@ -58,15 +59,45 @@ pub(crate) const OP: &str = "failed to acquire Redis lock";
 /// reaped with `CLIENT KILL ID`.
 ///
 /// ```text
-/// acquire ─► connect, CLIENT SETNAME <channel>-lock-<id>, SUBSCRIBE <channel>
+/// acquire ─► this process's turn (tasks of one process queue first come, first served)
+///          ─► connect, CLIENT SETNAME <channel>-lock-<id>, SUBSCRIBE <channel>
 ///          ─► NUMSUB = 1 ? ──yes──► exclusive (fast path) ─┐
 ///                 │ no                                     │
 ///                 ▼                                        ▼
 ///          ping all, collect replies ─► decide ─► confirm promotion ─► [INCR fence] ─► held
 ///                 │ busy / lost election
 ///                 ▼
-///          close the connection, sleep check_interval × U[0.5, 1.5), retry until timeout
+///          close the subscription and wait quietly (below), then attempt again
 /// ```
+///
+/// # Waiting
+///
+/// * **One contender per process.** Tasks of one process that want the
+///   same channel of the same server (by address) queue first come, first
+///   served, and only the first speaks the Redis protocol: Python sees one
+///   ordinary contender per process. A writer keeps the turn while it
+///   holds; its release (or loss) passes the turn on at once.
+/// * **Quietly across processes.** A writer that has to wait does not stay
+///   subscribed or resubscribe on a timer. It takes a place in a queue of
+///   waiting writers kept on the server (the sorted set
+///   `"<channel> portalocker-queue"`, with heartbeats so that a waiter
+///   that died drops out within a second), polls its place and the
+///   subscriber count on the command connection (every 2–10 ms when first,
+///   10–50 ms otherwise, scaled by `check_interval`), and attempts again
+///   when it is first and the channel is free. A releasing holder of this
+///   crate says so on the side channel `"<channel> portalocker-released"`,
+///   so the first waiter moves at once. Both names contain a space and so
+///   can never be a lock channel: nothing but pings and replies is ever
+///   published on one. Python peers do not queue; to meet them, and to reap
+///   a holder that went silent, the first waiter also attempts after
+///   `check_interval × U[0.5, 1.5)` while the channel stays busy, the pause
+///   doubling after each busy attempt up to 1 s (or `check_interval`, if
+///   longer).
+/// * A server that refuses scripts (an ACL without `@scripting`): there is
+///   no queue, and every waiter watches the count and, when the channel is
+///   free, attempts after a random delay that widens while it keeps losing.
+/// * Readers share, so they do not queue behind each other across
+///   processes; they watch the count in the same way.
 ///
 /// While held, a keep-alive *task* (not a thread) owned by the guard reads
 /// the subscription, answers pings with the current mode, and pings the
@@ -136,6 +167,9 @@ pub struct RedisLock {
     /// shared by every acquisition and holder through this value and its
     /// clones, as Python shares the one it was given.
     cmd: Arc<CommandSlot>,
+    /// This process's queue for the channel, kept while the value lives so
+    /// that its side-channel subscription serves every wait of the value.
+    local: Arc<LocalQueue>,
 }
 
 #[derive(Clone)]
@@ -185,9 +219,11 @@ impl RedisLock {
             cfg.client.clone(),
             cfg.unavailable_timeout,
         ));
+        let local = LocalQueue::of(&cfg.client, &cfg.channel);
         Self {
             cfg: Arc::new(cfg),
             cmd,
+            local,
         }
     }
 
@@ -327,30 +363,80 @@ impl RedisLock {
             },
             self.cfg.on_lost.clone(),
         ));
-        let mut attempt = Attempt::new(self, state, writer, w);
+        // One contender per process and channel: wait for this process's
+        // turn first (first come, first served).
+        let deadline = crate::deadline::deadline_after(start, w.timeout);
+        let local = self.local.clone();
+        // With fail_when_locked or a zero timeout there is no waiting for it.
+        let now_only = w.fail_when_locked || w.timeout.is_zero();
+        let once = w.timeout.is_zero();
+        let turn = if now_only {
+            local.try_turn()
+        } else {
+            local.turn_until(deadline).await
+        };
+        let Some(turn) = turn else {
+            return Err(self.busy_here(&local, (!now_only).then_some(w.timeout)));
+        };
         // Python's schedule: an attempt at once, then one after each pause
-        // of check_interval × U[0.5, 1.5) while time remains; a zero
-        // interval falls back to Python's 100 ms poll.
+        // of check_interval × U[0.5, 1.5) while time remains (a zero
+        // interval falls back to Python's 100 ms poll); between them the
+        // waiter watches the channel quietly and moves early when it is
+        // free and this waiter is first in line.
         let interval = if w.check_interval.is_zero() {
             attempt::POLL
         } else {
             w.check_interval
         };
-        let mut schedule = Schedule::new(w.timeout, interval).jitter(Jitter::Around);
+        let mut waiter = Waiter::new(
+            self.cmd.clone(),
+            self.cfg.client.clone(),
+            &self.cfg.channel,
+            &state.id,
+            local.clone(),
+            writer && !w.fail_when_locked,
+            interval,
+        );
+        let mut attempt = Attempt::new(self, state, writer, w);
+        // A writer that would only queue up behind others (or meet a
+        // holder) waits instead of subscribing; a reader may share.
+        let mut go = w.fail_when_locked || !writer || waiter.free_now().await;
         loop {
-            if let Some(mut guard) = attempt.run().await? {
-                guard.set_waited(start.elapsed());
-                return Ok(guard);
+            if go {
+                if let Some(mut guard) = attempt.run().await? {
+                    waiter.leave().await;
+                    guard.set_waited(start.elapsed());
+                    if writer {
+                        turn.held_by(guard.holder_id());
+                        guard.keep_turn(turn);
+                    }
+                    return Ok(guard);
+                }
+                waiter.lost_attempt();
             }
-            let Some(until) = schedule.next_attempt() else {
-                break;
-            };
-            attempt.pause_until(until, interval).await;
-            if schedule.expired() {
+            if once || !waiter.next(deadline, attempt.own_subscribers()).await {
                 break;
             }
+            go = true;
         }
+        waiter.leave().await;
         Err(attempt.timed_out().await)
+    }
+
+    /// The contention error when another task of this process has the
+    /// turn (`waited`: the timeout that passed).
+    fn busy_here(&self, local: &LocalQueue, waited: Option<Duration>) -> Error {
+        let mut why = match local.holder() {
+            Some(id) => format!("already locked by holder {id}, a task of this process"),
+            None => "another task of this process is acquiring the lock".to_string(),
+        };
+        if let Some(t) = waited {
+            why.push_str(&format!(" (waited {t:?})"));
+        }
+        Error::already_locked(OP, None)
+            .with_reason(why)
+            .with_channel(self.cfg.channel.clone())
+            .with_holder_id(local.holder())
     }
 
     fn validate(&self) -> Result<()> {

@@ -775,7 +775,13 @@ impl RedisServer {
 
     fn spawn(&mut self) {
         let child = Command::new(Self::binary())
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "127.0.0.2",
+            ])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -817,6 +823,13 @@ impl RedisServer {
 
     pub fn client(&self) -> portalocker::redis::Client {
         portalocker::redis::Client::open(self.url()).unwrap()
+    }
+
+    /// A client for the same server by another address (127.0.0.2): the
+    /// crate cannot know that it is the same server, so a lock through it
+    /// contends as another process would, not as a task of this one.
+    pub fn other_client(&self) -> portalocker::redis::Client {
+        portalocker::redis::Client::open(format!("redis://127.0.0.2:{}/", self.port)).unwrap()
     }
 
     pub fn pid(&self) -> u32 {
