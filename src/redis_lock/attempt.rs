@@ -21,6 +21,9 @@ use crate::options::WaitOptions;
 /// Python's `thread_sleep_time`: the probe poll cap (100 ms), and the
 /// check interval used when the configured one is zero.
 pub(super) const POLL: Duration = Duration::from_millis(100);
+/// The longest pause between two confirm rounds (20 ms; Python uses
+/// 100 ms).
+const CONFIRM_STEP: Duration = Duration::from_millis(20);
 /// The probe's grace read for replies still in flight (5 ms).
 const GRACE: Duration = Duration::from_millis(5);
 
@@ -408,7 +411,10 @@ impl<'a> Attempt<'a> {
         cmd: &mut MultiplexedConnection,
     ) -> std::result::Result<bool, AttemptError> {
         let cfg = self.cfg();
-        let mut schedule = Schedule::new(cfg.unavailable_timeout, POLL).jitter(Jitter::Around);
+        // Rounds a few ms apart (jittered): a collision is resolved in a
+        // round or two, so confirming never dominates a handover.
+        let step = (cfg.unavailable_timeout / 50).clamp(Duration::from_millis(5), CONFIRM_STEP);
+        let mut schedule = Schedule::new(cfg.unavailable_timeout, step).jitter(Jitter::Around);
         let mut first = true;
         loop {
             if !std::mem::take(&mut first) {
