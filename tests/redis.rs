@@ -313,6 +313,30 @@ async fn bad_input_is_a_typed_error() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Redis, "{err}");
     assert!(!err.is_already_locked());
+    // An address this build cannot serve is refused before anything
+    // connects: the listener never sees a connection.
+    #[cfg(not(feature = "redis-tls"))]
+    {
+        use portalocker::redis::{ConnectionAddr, IntoConnectionInfo};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let info = format!("redis://127.0.0.1:{port}/")
+            .into_connection_info()
+            .unwrap()
+            .set_addr(ConnectionAddr::TcpTls {
+                host: "127.0.0.1".into(),
+                port,
+                insecure: false,
+                tls_params: None,
+            });
+        let client = portalocker::redis::Client::open(info).unwrap();
+        let err = RedisLock::new("ok", client).acquire().await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        assert!(err.to_string().contains("`redis-tls` feature"), "{err}");
+        assert!(!err.to_string().contains("TcpTls"), "a Debug dump: {err}");
+        assert!(listener.accept().is_err(), "a connection was opened first");
+    }
 }
 
 #[tokio::test]

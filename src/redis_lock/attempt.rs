@@ -275,7 +275,7 @@ impl<'a> Attempt<'a> {
         let name = protocol::client_name(&cfg.channel, &self.state.id);
         let info = cfg.client.get_connection_info();
         let wait = cfg.unavailable_timeout.max(Duration::from_millis(100));
-        let mut pubsub = tokio::time::timeout(wait, connect::named_pubsub(info, &name))
+        let mut pubsub = tokio::time::timeout(wait, connect::named_subscription(info, &name))
             .await
             .map_err(|_| AttemptError::Transient(timeout_error("connecting the subscription")))??;
         match tokio::time::timeout(wait, pubsub.subscribe(&cfg.channel)).await {

@@ -2,15 +2,26 @@
 //!
 //! A holder is recognised by its client name (`CLIENT LIST` shows it;
 //! contenders reap silent holders by it), so the subscription connection
-//! must carry the name from its first command on. redis-rs's `PubSub`
-//! cannot send `CLIENT SETNAME`, so the handshake — `AUTH` where
-//! configured, then `CLIENT SETNAME` — is sent here on the raw socket,
-//! which is then handed to `PubSub::new` with settings that no longer
-//! carry the password: `AUTH` goes over the wire once.
+//! must carry the name before it subscribes or is counted.
+//!
+//! * **TCP and Unix sockets (RESP2).** redis-rs's `PubSub` cannot send
+//!   `CLIENT SETNAME`, so the handshake — `AUTH` where configured, then
+//!   `CLIENT SETNAME` — is sent here on the raw socket, which is then
+//!   handed to `PubSub::new` with settings that no longer carry the
+//!   password: `AUTH` goes over the wire once.
+//! * **TLS (feature `redis-tls`, RESP3).** The TLS stream is redis-rs's
+//!   own (it alone knows the client's certificates), and a RESP3
+//!   connection may send commands while subscribed: redis-rs connects it
+//!   (`HELLO 3` with the credentials), `CLIENT SETNAME` is its first
+//!   command, and `SUBSCRIBE` follows; messages arrive as pushes. TLS needs
+//!   Redis 6, which has RESP3.
 
-use redis::aio::PubSub;
-use redis::{ConnectionAddr, ConnectionInfo, RedisConnectionInfo, Value};
+use redis::aio::{MultiplexedConnection, PubSub, PubSubSink, PubSubStream};
+use redis::{
+    ConnectionAddr, ConnectionInfo, PushInfo, PushKind, RedisConnectionInfo, RedisResult, Value,
+};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::attempt::AttemptError;
 use super::OP;
@@ -23,17 +34,176 @@ const MAX_REPLY: u64 = 16 * 1024;
 pub(super) trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
-/// Opens a pub/sub connection named `name`.
-pub(super) async fn named_pubsub(
+/// A named subscription connection, not yet subscribed.
+pub(super) enum SubConn {
+    Resp2(PubSub),
+    #[cfg_attr(not(feature = "redis-tls"), allow(dead_code))]
+    Resp3(MultiplexedConnection, UnboundedReceiver<PushInfo>),
+}
+
+/// The sending half of a subscription connection (cheap to clone).
+#[derive(Clone)]
+pub(super) enum SubSink {
+    Resp2(PubSubSink),
+    Resp3(MultiplexedConnection),
+}
+
+/// The receiving half: the messages of the subscribed channel.
+pub(super) enum SubStream {
+    Resp2(PubSubStream),
+    Resp3(UnboundedReceiver<PushInfo>),
+}
+
+impl SubConn {
+    /// Subscribes, returning once the server confirmed.
+    pub(super) async fn subscribe(&mut self, channel: &str) -> RedisResult<()> {
+        match self {
+            Self::Resp2(ps) => ps.subscribe(channel).await,
+            Self::Resp3(con, _) => con.subscribe(channel).await,
+        }
+    }
+
+    pub(super) fn split(self) -> (SubSink, SubStream) {
+        match self {
+            Self::Resp2(ps) => {
+                let (sink, stream) = ps.split();
+                (SubSink::Resp2(sink), SubStream::Resp2(stream))
+            }
+            Self::Resp3(con, pushes) => (SubSink::Resp3(con), SubStream::Resp3(pushes)),
+        }
+    }
+}
+
+impl SubSink {
+    pub(super) async fn ping(&mut self) -> RedisResult<Value> {
+        match self {
+            Self::Resp2(sink) => sink.ping().await,
+            Self::Resp3(con) => redis::cmd("PING").query_async(con).await,
+        }
+    }
+
+    /// Unsubscribes, returning once the server confirmed.
+    pub(super) async fn unsubscribe(&mut self, channel: &str) -> RedisResult<()> {
+        match self {
+            Self::Resp2(sink) => sink.unsubscribe(channel).await,
+            Self::Resp3(con) => con.unsubscribe(channel).await,
+        }
+    }
+}
+
+impl SubStream {
+    /// The next message: its channel and payload. `None`: the connection
+    /// closed.
+    pub(super) async fn next(&mut self) -> Option<(String, Vec<u8>)> {
+        use futures_util::StreamExt;
+        match self {
+            Self::Resp2(stream) => {
+                let msg = stream.next().await?;
+                Some((
+                    msg.get_channel_name().to_string(),
+                    msg.get_payload_bytes().to_vec(),
+                ))
+            }
+            Self::Resp3(pushes) => loop {
+                let push = pushes.recv().await?;
+                match push.kind {
+                    PushKind::Message => {
+                        if let [Value::BulkString(ch), Value::BulkString(payload)] =
+                            push.data.as_slice()
+                        {
+                            return Some((
+                                String::from_utf8_lossy(ch).into_owned(),
+                                payload.clone(),
+                            ));
+                        }
+                    }
+                    PushKind::Disconnection => return None,
+                    _ => {}
+                }
+            },
+        }
+    }
+}
+
+/// Opens a subscription connection named `name`.
+pub(super) async fn named_subscription(
     info: &ConnectionInfo,
     name: &str,
-) -> Result<PubSub, AttemptError> {
+) -> Result<SubConn, AttemptError> {
+    if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
+        return over_tls(info, name).await;
+    }
     let sock = open(info).await?;
     let settings = info.redis_settings();
     let sock = handshake(sock, settings, name).await?;
     PubSub::new(&without_auth(settings), sock)
         .await
+        .map(SubConn::Resp2)
         .map_err(AttemptError::classify)
+}
+
+/// Why `addr` cannot carry a lock, checked before anything connects.
+pub(super) fn unsupported(addr: &ConnectionAddr) -> Option<String> {
+    match addr {
+        ConnectionAddr::Tcp(..) => None,
+        #[cfg(unix)]
+        ConnectionAddr::Unix(_) => None,
+        #[cfg(feature = "redis-tls")]
+        ConnectionAddr::TcpTls { .. } => None,
+        #[cfg(not(feature = "redis-tls"))]
+        ConnectionAddr::TcpTls { host, port, .. } => Some(format!(
+            "rediss://{host}:{port}: TLS needs portalocker's `redis-tls` feature"
+        )),
+        #[cfg(not(unix))]
+        ConnectionAddr::Unix(path) => Some(format!(
+            "{}: Unix-socket servers are supported on Unix only",
+            path.display()
+        )),
+        other => Some(format!(
+            "{other}: only TCP, TLS (feature `redis-tls`) and, on Unix, Unix-socket servers are \
+             supported"
+        )),
+    }
+}
+
+/// A RESP3 connection over redis-rs's TLS, named by its first command.
+#[cfg(feature = "redis-tls")]
+async fn over_tls(info: &ConnectionInfo, name: &str) -> Result<SubConn, AttemptError> {
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    let client = redis::Client::open(info.clone().set_redis_settings(settings))
+        .map_err(AttemptError::classify)?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    // Every wait on this connection has its own bound.
+    let config = redis::AsyncConnectionConfig::new()
+        .set_push_sender(tx)
+        .set_connection_timeout(None)
+        .set_response_timeout(None);
+    let mut con = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .map_err(AttemptError::classify)?;
+    redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg(name)
+        .query_async::<()>(&mut con)
+        .await
+        .map_err(|e| {
+            AttemptError::Fatal(Error::new(ErrorKind::Redis, OP).with_reason(format!(
+                "naming the subscription connection {name:?} failed: {e}"
+            )))
+        })?;
+    Ok(SubConn::Resp3(con, rx))
+}
+
+#[cfg(not(feature = "redis-tls"))]
+async fn over_tls(info: &ConnectionInfo, _name: &str) -> Result<SubConn, AttemptError> {
+    Err(AttemptError::Fatal(Error::invalid(
+        OP,
+        unsupported(info.addr()).unwrap_or_default(),
+    )))
 }
 
 async fn open(info: &ConnectionInfo) -> Result<Box<dyn Io>, AttemptError> {
@@ -51,10 +221,7 @@ async fn open(info: &ConnectionInfo) -> Result<Box<dyn Io>, AttemptError> {
         }
         other => Err(AttemptError::Fatal(Error::invalid(
             OP,
-            format!(
-                "{other:?}: only TCP and (on Unix) Unix-socket servers are supported (the \
-                 subscription connection must be named before it subscribes)"
-            ),
+            unsupported(other).unwrap_or_else(|| format!("{other}: not supported")),
         ))),
     }
 }

@@ -11,12 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use redis::aio::PubSub;
 use redis::AsyncCommands;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::command::{connection_failed, CommandSlot};
+use super::connect::{SubConn, SubSink};
 use super::protocol::{self, HolderMode, Replies};
 use crate::util::lock;
 
@@ -196,7 +196,7 @@ pub(super) struct Subscription {
 }
 
 impl Subscription {
-    pub(super) fn start(shared: Arc<HolderState>, pubsub: PubSub, settings: Options) -> Self {
+    pub(super) fn start(shared: Arc<HolderState>, pubsub: SubConn, settings: Options) -> Self {
         // A new attempt's subscription: an earlier one of this acquisition
         // that died ("ended") must not doom this one, or every later
         // attempt would be refused at the grant and retried forever.
@@ -268,7 +268,7 @@ type Check = Pin<Box<dyn Future<Output = Result<(), &'static str>> + Send>>;
 
 async fn run(
     shared: Arc<HolderState>,
-    pubsub: PubSub,
+    pubsub: SubConn,
     s: Options,
     mut stopped: oneshot::Receiver<()>,
 ) -> Ended {
@@ -294,11 +294,11 @@ async fn run(
     let why = loop {
         tokio::select! {
             msg = stream.next() => match msg {
-                Some(msg) => {
-                    if msg.get_channel_name() != shared.channel {
+                Some((channel, payload)) => {
+                    if channel != shared.channel {
                         continue;
                     }
-                    let Some(response) = protocol::ping_response_channel(msg.get_payload_bytes()) else {
+                    let Some(response) = protocol::ping_response_channel(&payload) else {
                         continue;
                     };
                     if !answer(&s.cmd, &response, &shared.reply(), s.unavailable).await {
@@ -426,11 +426,11 @@ async fn check_command(cmd: Arc<CommandSlot>, within: Duration) {
 /// not, the server is stalled and the ping may take up to
 /// [`STALL_MARGIN`] more.
 async fn ping_server(
-    mut sink: redis::aio::PubSubSink,
+    mut sink: SubSink,
     client: redis::Client,
     unavailable: Duration,
 ) -> Result<(), &'static str> {
-    let mut ping = Box::pin(async move { sink.ping::<redis::Value>().await });
+    let mut ping = Box::pin(async move { sink.ping().await });
     let first = unavailable.max(Duration::from_millis(100));
     match tokio::time::timeout(first, &mut ping).await {
         Ok(Ok(_)) => return Ok(()),

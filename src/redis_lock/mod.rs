@@ -457,6 +457,9 @@ impl RedisLock {
                     .into(),
             );
         }
+        if let Some(why) = connect::unsupported(self.cfg.client.get_connection_info().addr()) {
+            return bad(why);
+        }
         if let Some(interval) = self.cfg.self_check {
             let u = self.cfg.unavailable_timeout;
             let needed = interval

@@ -137,7 +137,8 @@ impl LocalQueue {
     /// the same for every database and user of a server.
     pub(super) fn of(client: &redis::Client, channel: &str) -> Arc<Self> {
         static QUEUES: PerKey<String, LocalQueue> = PerKey::new();
-        let key = format!("{:?}\u{0}{channel}", client.get_connection_info().addr());
+        // Display: host and port (or path), without TLS parameters.
+        let key = format!("{}\u{0}{channel}", client.get_connection_info().addr());
         QUEUES.get(key.as_str())
     }
 
