@@ -798,3 +798,188 @@ async fn a_server_stall_shorter_than_the_margin_keeps_the_holder() {
     assert!(!g.is_lost(), "a stall made the holder give up");
     g.release().await.unwrap();
 }
+
+/// A connection that stays open for the whole test (the helpers open one
+/// per command, which a full server refuses).
+async fn admin(srv: &RedisServer) -> portalocker::redis::aio::MultiplexedConnection {
+    srv.client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+async fn run<T: portalocker::redis::FromRedisValue>(
+    con: &mut portalocker::redis::aio::MultiplexedConnection,
+    args: &[&str],
+) -> T {
+    let mut c = portalocker::redis::cmd(args[0]);
+    for a in &args[1..] {
+        c.arg(*a);
+    }
+    c.query_async(con).await.unwrap()
+}
+
+/// A server at its `maxclients` limit: whichever connection of the lock
+/// meets the limit first (the command connection, or the subscription
+/// after the command connection took the last slot), the acquisition
+/// fails at once with one error naming the limit — not a "broken pipe"
+/// after the whole timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_server_is_a_clear_error_at_once() {
+    let srv = RedisServer::start();
+    let mut con = admin(&srv).await;
+    for spare in [0, 1] {
+        let clients: String = run(&mut con, &["CLIENT", "LIST"]).await;
+        let limit = clients.lines().count() + spare;
+        let _: () = run(
+            &mut con,
+            &["CONFIG", "SET", "maxclients", &limit.to_string()],
+        )
+        .await;
+        let t = Instant::now();
+        let err = RedisLock::new(format!("full{spare}"), srv.client())
+            .timeout(Duration::from_secs(20))
+            .acquire()
+            .await
+            .unwrap_err();
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "took {:?}: {err}",
+            t.elapsed()
+        );
+        assert_eq!(err.kind(), ErrorKind::Redis, "{err}");
+        assert!(
+            err.to_string().contains("maxclients"),
+            "{spare} spare: {err}"
+        );
+        let _: () = run(&mut con, &["CONFIG", "SET", "maxclients", "10000"]).await;
+    }
+    // Behind a holder, a waiter opens its command, side-channel and
+    // subscription connections; the probe's is the one refused (a "broken
+    // pipe" to redis-rs, retried until the timeout before).
+    let holder = RedisLock::new("fullp", srv.other_client())
+        .acquire()
+        .await
+        .unwrap();
+    let clients: String = run(&mut con, &["CLIENT", "LIST"]).await;
+    let limit = clients.lines().count() + 3;
+    let _: () = run(
+        &mut con,
+        &["CONFIG", "SET", "maxclients", &limit.to_string()],
+    )
+    .await;
+    let t = Instant::now();
+    let err = RedisLock::new("fullp", srv.client())
+        .timeout(Duration::from_secs(20))
+        .check_interval(Duration::from_millis(20))
+        .acquire()
+        .await
+        .unwrap_err();
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}: {err}",
+        t.elapsed()
+    );
+    assert!(
+        err.to_string().contains("maxclients"),
+        "behind a holder: {err}"
+    );
+    let _: () = run(&mut con, &["CONFIG", "SET", "maxclients", "10000"]).await;
+    holder.release().await.unwrap();
+}
+
+/// A user that may not run `CLIENT LIST`/`CLIENT KILL` cannot reap a
+/// silent holder: the acquisition fails at once, naming the command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_without_reaping_permissions_gets_a_clear_error() {
+    let srv = RedisServer::start();
+    let _: () = srv
+        .cmd(&[
+            "ACL",
+            "SETUSER",
+            "noreap",
+            "on",
+            ">pw",
+            "~*",
+            "&*",
+            "+@all",
+            "-client|list",
+            "-client|kill",
+        ])
+        .await;
+    let fake = fake_holder(&srv, "acl", &format!("acl-lock-{}", "ab".repeat(16)), None).await;
+    let client =
+        portalocker::redis::Client::open(format!("redis://noreap:pw@127.0.0.1:{}/", srv.port))
+            .unwrap();
+    let t = Instant::now();
+    let err = RedisLock::new("acl", client)
+        .timeout(Duration::from_secs(20))
+        .unavailable_timeout(Duration::from_millis(300))
+        .acquire()
+        .await
+        .unwrap_err();
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}: {err}",
+        t.elapsed()
+    );
+    assert_eq!(err.kind(), ErrorKind::Redis, "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("client|list") && msg.contains("reap"), "{msg}");
+    assert_eq!(srv.numsub("acl").await, 1, "only the silent holder stays");
+    fake.abort();
+}
+
+/// A server busy running a script answers `BUSY`: one error at once, not
+/// retries until the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_server_is_a_clear_error_at_once() {
+    let srv = RedisServer::start();
+    let _: () = srv
+        .cmd(&["CONFIG", "SET", "busy-reply-threshold", "50"])
+        .await;
+    let mut busy = srv
+        .client()
+        .get_multiplexed_async_connection_with_config(
+            &portalocker::redis::AsyncConnectionConfig::new().set_response_timeout(None),
+        )
+        .await
+        .unwrap();
+    let script = "local t = redis.call('TIME') local s = t[1] * 1000000 + t[2] \
+                  while true do local n = redis.call('TIME') \
+                  if n[1] * 1000000 + n[2] - s > 3000000 then return 1 end end";
+    let looping = tokio::spawn(async move {
+        portalocker::redis::cmd("EVAL")
+            .arg(script)
+            .arg(0)
+            .query_async::<i64>(&mut busy)
+            .await
+    });
+    // Wait until the server says BUSY.
+    let busy_now = support::eventually_async(Duration::from_secs(5), || async {
+        let mut c = match srv.client().get_multiplexed_async_connection().await {
+            Ok(c) => c,
+            Err(e) => return e.code() == Some("BUSY"),
+        };
+        matches!(
+            portalocker::redis::cmd("PING").query_async::<String>(&mut c).await,
+            Err(e) if e.code() == Some("BUSY")
+        )
+    })
+    .await;
+    assert!(busy_now, "the server never got busy");
+    let t = Instant::now();
+    let err = RedisLock::new("busy", srv.client())
+        .timeout(Duration::from_secs(20))
+        .acquire()
+        .await
+        .unwrap_err();
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}: {err}",
+        t.elapsed()
+    );
+    assert_eq!(err.kind(), ErrorKind::Redis, "{err}");
+    assert!(err.to_string().contains("BUSY"), "{err}");
+    assert_eq!(looping.await.unwrap().unwrap(), 1);
+}

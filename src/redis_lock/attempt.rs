@@ -89,24 +89,35 @@ impl<'a> Attempt<'a> {
         match self.try_once().await {
             Ok(Some(g)) => Ok(Some(g)),
             Ok(None) => Ok(None),
-            Err(AttemptError::Transient(e)) => {
-                diag!(
-                    debug,
-                    "portalocker: Redis lock attempt on {:?} failed: {e}",
-                    self.cfg().channel
-                );
-                self.abandon();
-                if e.is_connection_dropped() || e.is_io_error() || e.is_timeout() {
-                    self.lock.forget_command().await;
+            Err(AttemptError::Transient(e)) if e.is_io_error() || e.is_connection_dropped() => {
+                if let Some(limit) = diagnose_refused(self.cfg().client.get_connection_info()).await
+                {
+                    self.abandon();
+                    return Err(limit.with_channel(self.cfg().channel.clone()));
                 }
-                self.last_error = Some(e);
-                Ok(None)
+                self.transient(e).await
             }
+            Err(AttemptError::Transient(e)) => self.transient(e).await,
             Err(AttemptError::Fatal(e)) => {
                 self.abandon();
                 Err(e)
             }
         }
+    }
+
+    /// A connection or timeout error costs this attempt only.
+    async fn transient(&mut self, e: RedisError) -> Result<Option<RedisLockGuard>> {
+        diag!(
+            debug,
+            "portalocker: Redis lock attempt on {:?} failed: {e}",
+            self.cfg().channel
+        );
+        self.abandon();
+        if e.is_connection_dropped() || e.is_io_error() || e.is_timeout() {
+            self.lock.forget_command().await;
+        }
+        self.last_error = Some(e);
+        Ok(None)
     }
 
     fn abandon(&mut self) {
@@ -386,7 +397,7 @@ impl<'a> Attempt<'a> {
             .arg("LIST")
             .query_async(cmd)
             .await
-            .map_err(AttemptError::classify)?;
+            .map_err(reap_refused)?;
         for id in protocol::unavailable_clients(channel, &list, replies) {
             diag!(warn, "portalocker: killing unresponsive holder (client id {id}) of Redis lock {channel:?}");
             let _: redis::Value = redis::cmd("CLIENT")
@@ -395,7 +406,7 @@ impl<'a> Attempt<'a> {
                 .arg(id)
                 .query_async(cmd)
                 .await
-                .map_err(AttemptError::classify)?;
+                .map_err(reap_refused)?;
         }
         Ok(())
     }
@@ -450,8 +461,87 @@ pub(super) enum AttemptError {
     Fatal(Error),
 }
 
+/// An error of `CLIENT LIST`/`CLIENT KILL` while reaping; a refused
+/// permission says what the lock needs them for.
+fn reap_refused(e: RedisError) -> AttemptError {
+    if e.code() == Some("NOPERM") {
+        return AttemptError::Fatal(
+            Error::new(ErrorKind::Redis, OP)
+                .with_reason(format!(
+                    "a holder did not answer and must be reaped with CLIENT LIST and CLIENT \
+                     KILL, which this Redis user may not run: {e}"
+                ))
+                .with_source(e),
+        );
+    }
+    AttemptError::classify(e)
+}
+
+/// Why the server refuses in a way no retry within this call can fix
+/// (a limit, a missing permission, an overload), named for the error
+/// message; `None` for anything else.
+pub(super) fn refusal(e: &RedisError) -> Option<&'static str> {
+    match e.code() {
+        Some("NOPERM") => Some("the Redis user lacks a permission the lock needs"),
+        Some("BUSY") => Some("the server is busy running a script or function (BUSY)"),
+        Some("LOADING") => Some("the server is loading its dataset (LOADING)"),
+        Some("MASTERDOWN") => Some("the replica has lost its primary (MASTERDOWN)"),
+        _ => refusal_in(&e.to_string()),
+    }
+}
+
+/// [`refusal`] for an error reply's text.
+pub(super) fn refusal_in(text: &str) -> Option<&'static str> {
+    if text.contains("max number of clients reached") {
+        return Some("the server has reached its maxclients limit");
+    }
+    let code = text.trim_start_matches('-').split([' ', ':']).next()?;
+    match code {
+        "NOPERM" => Some("the Redis user lacks a permission the lock needs"),
+        "BUSY" => Some("the server is busy running a script or function (BUSY)"),
+        "LOADING" => Some("the server is loading its dataset (LOADING)"),
+        _ => None,
+    }
+}
+
+/// A connection that broke while opening may have been refused by the
+/// server's client limit: Redis accepts it, writes the error and closes,
+/// and the error is often lost to a write that fails first. A plain
+/// socket that only reads shows it. `Some`: the limit, as an error.
+pub(super) async fn diagnose_refused(info: &redis::ConnectionInfo) -> Option<Error> {
+    use tokio::io::AsyncReadExt;
+    let redis::ConnectionAddr::Tcp(host, port) = info.addr() else {
+        return None;
+    };
+    let read = async {
+        let mut s = tokio::net::TcpStream::connect((host.as_str(), *port))
+            .await
+            .ok()?;
+        let mut buf = [0u8; 128];
+        let n = s.read(&mut buf).await.ok()?;
+        Some(buf[..n].to_vec())
+    };
+    let greeting = tokio::time::timeout(Duration::from_millis(200), read)
+        .await
+        .ok()??;
+    let text = String::from_utf8_lossy(&greeting);
+    text.contains("max number of clients reached").then(|| {
+        Error::new(ErrorKind::Redis, OP).with_reason(format!(
+            "the server has reached its maxclients limit and refuses new connections: {}",
+            text.trim_start_matches('-').trim_end()
+        ))
+    })
+}
+
 impl AttemptError {
     pub(super) fn classify(e: RedisError) -> Self {
+        if let Some(why) = refusal(&e) {
+            return Self::Fatal(
+                Error::new(ErrorKind::Redis, OP)
+                    .with_reason(format!("{why}: {e}"))
+                    .with_source(e),
+            );
+        }
         let auth = matches!(
             e.kind(),
             redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::Server(_)

@@ -263,9 +263,13 @@ async fn handshake(
         }
     }
     if let Some((what, e)) = failure {
+        let why = match super::attempt::refusal_in(&e) {
+            Some(why) => format!("{why}: "),
+            None => String::new(),
+        };
         return Err(AttemptError::Fatal(
             Error::new(ErrorKind::Redis, OP).with_reason(format!(
-                "{what} the subscription connection {name:?} failed: {e}"
+                "{why}{what} the subscription connection {name:?} failed: {e}"
             )),
         ));
     }

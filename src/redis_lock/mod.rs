@@ -301,12 +301,16 @@ impl RedisLock {
     ///
     /// [`is_already_locked()`](Error::is_already_locked) when the lock is
     /// still held at the deadline (or at once with `fail_when_locked` and a
-    /// conclusive probe); [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for an empty channel,
+    /// conclusive probe, or when another task of this process has the turn
+    /// and the call may not wait); [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for an empty channel,
     /// one longer than [`MAX_CHANNEL_LEN`] or with spaces or control
-    /// characters, invalid flags, or a TLS address (not supported for the
-    /// named subscription connection); [`ErrorKind::Redis`](crate::ErrorKind::Redis) when the server
-    /// cannot be reached or refuses a command (e.g. `CLIENT KILL` denied by
-    /// an ACL). Nothing is left on the channel after an error.
+    /// characters, invalid flags, or an address this build cannot serve
+    /// (`rediss://` without the `redis-tls` feature), all before anything
+    /// connects; [`ErrorKind::Redis`](crate::ErrorKind::Redis) when the server cannot be reached, and
+    /// at once, naming the cause, when it refuses in a way no retry fixes:
+    /// its `maxclients` limit, a permission the user lacks (e.g.
+    /// `CLIENT LIST`/`CLIENT KILL`, needed to reap a silent holder), `BUSY`
+    /// or `LOADING`. Nothing is left on the channel after an error.
     ///
     /// # Panics
     ///
