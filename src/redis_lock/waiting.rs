@@ -400,6 +400,8 @@ impl Waiter {
                     self.cmd.forget(&c).await;
                     return None;
                 }
+                // A passing state of the server, not a refusal of scripts.
+                Err(e) if matches!(e.code(), Some("BUSY" | "LOADING" | "OOM")) => return None,
                 Err(e) => {
                     diag!(
                         debug,
