@@ -209,3 +209,44 @@ async fn a_cancelled_waiter_leaves_the_queue() {
     assert!(left, "the cancelled waiter stayed in the queue");
     holder.release().await.unwrap();
 }
+
+/// A user without `@scripting` cannot run the queue's script: waiters
+/// fall back to watching the count, and still get the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_without_script_permission_still_get_the_lock() {
+    let srv = RedisServer::start();
+    let _: () = srv
+        .cmd(&[
+            "ACL",
+            "SETUSER",
+            "noscript",
+            "on",
+            ">pw",
+            "~*",
+            "&*",
+            "+@all",
+            "-@scripting",
+        ])
+        .await;
+    let client =
+        portalocker::redis::Client::open(format!("redis://noscript:pw@127.0.0.1:{}/", srv.port))
+            .unwrap();
+    let holder = RedisLock::new("ns", srv.other_client())
+        .acquire()
+        .await
+        .unwrap();
+    let lock = RedisLock::new("ns", client).timeout(Duration::from_secs(30));
+    let waiter = support::spawn_started(async move { lock.acquire().await }).await;
+    let waiting = support::eventually_async(Duration::from_secs(10), || async {
+        let queued: u64 = srv.cmd(&["EXISTS", "ns portalocker-queue"]).await;
+        queued == 0 && srv.numsub("ns portalocker-released").await == 1
+    })
+    .await;
+    assert!(
+        waiting,
+        "the waiter did not wait on the side channel without a queue"
+    );
+    holder.release().await.unwrap();
+    let (g, _) = waiter.await.unwrap();
+    g.unwrap().release().await.unwrap();
+}

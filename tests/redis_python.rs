@@ -49,26 +49,6 @@ except portalocker.AlreadyLocked:
     )
 }
 
-/// Python counter worker with fencing.
-fn py_counter() -> String {
-    format!(
-        "{PY_COMMON}
-key, n = sys.argv[3], int(sys.argv[4])
-lock = portalocker.RedisLock(channel, connection=conn, timeout=120, check_interval=0.02, fencing=True, interrupt_on_lost=False)
-last = 0
-for i in range(n):
-    lock.acquire()
-    t = lock.fence_token
-    assert t is not None and t > last, (t, last)
-    last = t
-    v = conn.get(key)
-    conn.set(key, int(v or 0) + 1)
-    lock.release()
-print('@@DONE', n, flush=True)
-"
-    )
-}
-
 // Multi-threaded: this thread blocks reading the child's output, and the
 // holder's keep-alive task must keep answering Python's pings meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,7 +109,10 @@ async fn mixed_rust_and_python_workers_never_lose_an_update() {
             "redis-counter",
             &[&url, "mix", "k", n],
         ));
-        procs.push(Proc::python(&py_counter(), &[&url, "mix", "k", n]));
+        procs.push(Proc::python(
+            support::PY_REDIS_COUNTER,
+            &[&url, "mix", "k", n],
+        ));
     }
     for mut p in procs {
         assert_eq!(p.expect("DONE"), n);

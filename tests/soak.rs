@@ -85,3 +85,43 @@ fn redis_lock_soak_across_processes() {
         "{fence} tokens for {total} grants"
     );
 }
+
+/// A mixed fleet under the new waiting rules: 4 Rust and 4 Python
+/// processes take turns on one channel, each round a non-atomic GET/SET:
+/// no lost update, and fencing tokens only increase in every process.
+#[cfg(feature = "redis")]
+#[test]
+fn redis_lock_soak_with_a_mixed_fleet() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let srv = support::RedisServer::start();
+    let url = srv.url();
+    let rust = (250 * scale()).to_string();
+    let python = (15 * scale()).to_string();
+    let t = Instant::now();
+    let mut procs = Vec::new();
+    for _ in 0..4 {
+        procs.push((
+            rust.clone(),
+            Proc::role("child_entry", "redis-counter", &[&url, "mixed", "n", &rust]),
+        ));
+        procs.push((
+            python.clone(),
+            Proc::python(support::PY_REDIS_COUNTER, &[&url, "mixed", "n", &python]),
+        ));
+    }
+    for (n, mut p) in procs {
+        assert_eq!(p.expect("DONE"), n);
+        p.finish();
+    }
+    let total: u64 = rt.block_on(srv.cmd(&["GET", "n"]));
+    eprintln!("{total} mixed Redis-lock grants in {:?}", t.elapsed());
+    assert_eq!(total, 4 * (250 + 15) * scale() as u64, "lost updates");
+    let fence: u64 = rt.block_on(srv.cmd(&["GET", "mixed-fence"]));
+    assert!(
+        fence >= total && fence <= total + total / 100,
+        "{fence} tokens for {total} grants"
+    );
+}

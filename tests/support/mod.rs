@@ -703,6 +703,28 @@ async fn run_role(role: &str, args: &[String]) {
     }
 }
 
+/// A Python portalocker 4.4.2 worker: `n` rounds of a non-atomic GET/SET
+/// of `key` under the Redis lock on `channel`, with fencing tokens checked
+/// to increase. Arguments: url, channel, key, n. Prints `@@DONE n`.
+#[cfg(all(feature = "redis", unix))]
+#[allow(dead_code)]
+pub const PY_REDIS_COUNTER: &str = r#"
+import sys, redis, portalocker
+url, channel, key, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+conn = redis.Redis.from_url(url)
+lock = portalocker.RedisLock(channel, connection=conn, timeout=300, check_interval=0.02, fencing=True, interrupt_on_lost=False)
+last = 0
+for i in range(n):
+    lock.acquire()
+    t = lock.fence_token
+    assert t is not None and t > last, (t, last)
+    last = t
+    v = conn.get(key)
+    conn.set(key, int(v or 0) + 1)
+    lock.release()
+print('@@DONE', n, flush=True)
+"#;
+
 /// A deliberately non-atomic read-modify-write of a Redis key.
 #[cfg(all(feature = "redis", unix))]
 pub async fn redis_bump(con: &mut portalocker::redis::aio::MultiplexedConnection, key: &str) {
