@@ -250,3 +250,34 @@ async fn waiters_without_script_permission_still_get_the_lock() {
     let (g, _) = waiter.await.unwrap();
     g.unwrap().release().await.unwrap();
 }
+
+/// Waiting processes are served in the order they started waiting: the
+/// server-side queue orders them by a counter (not by the clock, so two
+/// that join in the same millisecond are not tied and broken by their
+/// random ids).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_processes_are_served_in_arrival_order() {
+    let srv = RedisServer::start();
+    let holder = RedisLock::new("order", srv.client()).acquire().await.unwrap();
+    let mut waiters = Vec::new();
+    for i in 1..=4u64 {
+        waiters.push(Proc::role("child_entry", "redis-hold", &[&srv.url(), "order"]));
+        let queued = support::eventually_async(Duration::from_secs(10), || async {
+            srv.cmd::<u64>(&["ZCARD", "order portalocker-queue"]).await == i
+        })
+        .await;
+        assert!(queued, "waiter {i} did not queue");
+    }
+    holder.release().await.unwrap();
+    for (i, mut w) in waiters.into_iter().enumerate() {
+        let id = w.expect("LOCKED");
+        assert_eq!(
+            srv.lock_clients("order").await,
+            [format!("order-lock-{id}")],
+            "waiter {i} holds alone"
+        );
+        w.close_stdin();
+        w.expect("RELEASED");
+        w.finish();
+    }
+}

@@ -33,6 +33,8 @@ pub(super) struct Attempt<'a> {
     state: Arc<HolderState>,
     writer: bool,
     sub: Option<keep_alive::Subscription>,
+    /// A subscription given up by this attempt, to close before the next.
+    closing: Option<keep_alive::Subscription>,
     /// Whether any probe got as far as a decision (so a timeout means
     /// contention, not an unreachable server).
     reached_server: bool,
@@ -58,6 +60,7 @@ impl<'a> Attempt<'a> {
             state,
             writer,
             sub: None,
+            closing: None,
             reached_server: false,
             last_error: None,
             crowd: 1,
@@ -84,8 +87,20 @@ impl<'a> Attempt<'a> {
         (self.state.id.clone(), self.state.elected())
     }
 
-    /// Runs one attempt. `Ok(None)`: not this time.
+    /// Runs one attempt. `Ok(None)`: not this time; then a subscription
+    /// the attempt gave up has been unsubscribed (confirmed), so that
+    /// counts taken next do not see it.
     pub(super) async fn run(&mut self) -> Result<Option<RedisLockGuard>> {
+        let r = self.run_once().await;
+        if let Some(sub) = self.closing.take() {
+            if matches!(r, Ok(None)) {
+                let _ = sub.stop().await;
+            }
+        }
+        r
+    }
+
+    async fn run_once(&mut self) -> Result<Option<RedisLockGuard>> {
         match self.try_once().await {
             Ok(Some(g)) => Ok(Some(g)),
             Ok(None) => Ok(None),
@@ -122,7 +137,7 @@ impl<'a> Attempt<'a> {
 
     fn abandon(&mut self) {
         self.state.set_mode(self.pending_mode(), false);
-        self.sub = None;
+        self.closing = self.sub.take().or(self.closing.take());
     }
 
     fn pending_mode(&self) -> HolderMode {
@@ -232,7 +247,7 @@ impl<'a> Attempt<'a> {
                 // D. Confirm every writer promotion.
                 if !self.confirm(&mut cmd).await? {
                     self.state.set_mode(HolderMode::Pending, false);
-                    self.sub = None;
+                    self.closing = self.sub.take();
                     if fwl {
                         return Err(AttemptError::Fatal(self.busy_named(None).await));
                     }

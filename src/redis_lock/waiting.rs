@@ -52,19 +52,27 @@ fn seen_key(channel: &str) -> String {
     format!("{channel} portalocker-seen")
 }
 
+fn seq_key(channel: &str) -> String {
+    format!("{channel} portalocker-seq")
+}
+
 /// The longest pause between two attempts on a channel that stays busy
 /// (unless `check_interval` is longer): a silent holder is reaped within
 /// `1.5 × max(MAX_BACKOFF, check_interval) + unavailable_timeout`.
 pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
-/// Joins (or stays in) the queue, refreshes this waiter's heartbeat, drops
+/// Joins (or stays in) the queue — in arrival order: the score is a counter,
+/// so two waiters that join in the same millisecond are never tied —
+/// refreshes this waiter's heartbeat, drops
 /// waiters whose heartbeat is stale, and answers this waiter's rank and the
 /// channel's subscriber count, atomically and in one round trip.
 const POLL_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local stale = tonumber(ARGV[2])
-redis.call('ZADD', KEYS[1], 'NX', now, ARGV[1])
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], redis.call('INCR', KEYS[3]), ARGV[1])
+end
 redis.call('ZADD', KEYS[2], now, ARGV[1])
 local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - stale)
 for _, id in ipairs(dead) do
@@ -73,6 +81,7 @@ for _, id in ipairs(dead) do
 end
 redis.call('PEXPIRE', KEYS[1], stale * 4)
 redis.call('PEXPIRE', KEYS[2], stale * 4)
+redis.call('PEXPIRE', KEYS[3], stale * 4)
 local rank = redis.call('ZRANK', KEYS[1], ARGV[1]) or 0
 local n = redis.call('PUBSUB', 'NUMSUB', ARGV[3])[2]
 return {rank, n}
@@ -389,6 +398,7 @@ impl Waiter {
             match s
                 .key(queue_key(&self.channel))
                 .key(seen_key(&self.channel))
+                .key(seq_key(&self.channel))
                 .arg(&self.id)
                 .arg(stale)
                 .arg(&self.channel)
