@@ -56,12 +56,7 @@ async fn contention_fails_fast_or_after_the_timeout() {
     let srv = RedisServer::start();
     let holder = RedisLock::new("c", srv.client()).acquire().await.unwrap();
     let t = Instant::now();
-    let err = RedisLock::new("c", srv.other_client())
-        .fail_when_locked(true)
-        .acquire()
-        .await
-        .unwrap_err();
-    assert!(err.is_already_locked(), "{err}");
+    let err = support::assert_busy(&RedisLock::new("c", srv.other_client())).await;
     assert_eq!(err.channel(), Some("c"));
     assert!(t.elapsed() < Duration::from_secs(3));
     // The error names the holder the probe found, and its address.
@@ -230,12 +225,7 @@ async fn hostile_messages_never_crash_or_unlock_a_holder() {
         let _: i64 = srv.cmd(&["PUBLISH", "h", payload]).await;
     }
     // Still held and still answering probes: a contender sees it busy.
-    let err = RedisLock::new("h", srv.client())
-        .fail_when_locked(true)
-        .acquire()
-        .await
-        .unwrap_err();
-    assert!(err.is_already_locked(), "{err}");
+    support::assert_busy(&RedisLock::new("h", srv.client())).await;
     assert!(!g.is_lost());
     assert_eq!(srv.numsub("h").await, 1);
     g.release().await.unwrap();
@@ -725,12 +715,7 @@ async fn a_holder_survives_the_loss_of_its_command_connection() {
             killed >= 1,
             "the holder's command connection was not there to kill"
         );
-        let err = RedisLock::new("ck", srv.other_client())
-            .fail_when_locked(true)
-            .acquire()
-            .await
-            .unwrap_err();
-        assert!(err.is_already_locked(), "{err}");
+        support::assert_busy(&RedisLock::new("ck", srv.other_client())).await;
         assert!(!g.is_lost());
     }
     assert_eq!(srv.numsub("ck").await, 1);
@@ -751,12 +736,7 @@ async fn a_holder_survives_a_server_that_closes_idle_clients() {
     // the server has had three chances to close it.
     tokio::time::sleep(Duration::from_secs(3)).await;
     for _ in 0..3 {
-        let err = RedisLock::new("idle", srv.other_client())
-            .fail_when_locked(true)
-            .acquire()
-            .await
-            .unwrap_err();
-        assert!(err.is_already_locked(), "{err}");
+        support::assert_busy(&RedisLock::new("idle", srv.other_client())).await;
     }
     assert!(!g.is_lost());
     g.release().await.unwrap();
@@ -789,12 +769,7 @@ async fn a_server_stall_shorter_than_the_margin_keeps_the_holder() {
         .await
         .unwrap();
     assert_eq!(ran, 1);
-    let err = RedisLock::new("stall", srv.other_client())
-        .fail_when_locked(true)
-        .acquire()
-        .await
-        .unwrap_err();
-    assert!(err.is_already_locked(), "{err}");
+    support::assert_busy(&RedisLock::new("stall", srv.other_client())).await;
     assert!(!g.is_lost(), "a stall made the holder give up");
     g.release().await.unwrap();
 }

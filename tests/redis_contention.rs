@@ -258,10 +258,17 @@ async fn waiters_without_script_permission_still_get_the_lock() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_processes_are_served_in_arrival_order() {
     let srv = RedisServer::start();
-    let holder = RedisLock::new("order", srv.client()).acquire().await.unwrap();
+    let holder = RedisLock::new("order", srv.client())
+        .acquire()
+        .await
+        .unwrap();
     let mut waiters = Vec::new();
     for i in 1..=4u64 {
-        waiters.push(Proc::role("child_entry", "redis-hold", &[&srv.url(), "order"]));
+        waiters.push(Proc::role(
+            "child_entry",
+            "redis-hold",
+            &[&srv.url(), "order"],
+        ));
         let queued = support::eventually_async(Duration::from_secs(10), || async {
             srv.cmd::<u64>(&["ZCARD", "order portalocker-queue"]).await == i
         })

@@ -703,6 +703,21 @@ async fn run_role(role: &str, args: &[String]) {
     }
 }
 
+/// One `fail_when_locked` attempt of `lock`, which must find it busy: the
+/// error, for more checks.
+#[cfg(all(feature = "redis", unix))]
+#[allow(dead_code)]
+pub async fn assert_busy(lock: &portalocker::RedisLock) -> portalocker::Error {
+    let err = lock
+        .clone()
+        .fail_when_locked(true)
+        .acquire()
+        .await
+        .expect_err("the lock was free");
+    assert!(err.is_already_locked(), "{err}");
+    err
+}
+
 /// A Python portalocker 4.4.2 worker: `n` rounds of a non-atomic GET/SET
 /// of `key` under the Redis lock on `channel`, with fencing tokens checked
 /// to increase. Arguments: url, channel, key, n. Prints `@@DONE n`.
