@@ -504,9 +504,8 @@ fn contention(
     out(format!(
         "After the holder released, the {n} waiting tasks each had the lock once within \
          {:.2} s (target ≤ 2 s), with at most {peak} connections of this process open at \
-         once (target ≤ 8: the command connection, the side channel's, and the \
-         subscription of the task whose turn it is) and {conns} new connections in all \
-         (one subscription per grant).",
+         once (target ≤ 8; the command connection and the subscription of the task whose \
+         turn it is) and {conns} new connections in all (one subscription per grant).",
         took.as_secs_f64()
     ));
 }
