@@ -81,7 +81,7 @@ pub(crate) const OP: &str = "failed to acquire Redis lock";
 ///   subscribed or resubscribe on a timer. It takes a place in a queue of
 ///   waiting writers kept on the server (the sorted set
 ///   `"<channel> portalocker-queue"`, with heartbeats so that a waiter
-///   that died drops out within a second), polls its place and the
+///   that died drops out after `max(1 s, 3 × unavailable_timeout)`), polls its place and the
 ///   subscriber count on the command connection (every 2–10 ms when first,
 ///   10–50 ms otherwise, scaled by `check_interval`), and attempts again
 ///   when it is first and the channel is free. A releasing holder of this
@@ -400,6 +400,7 @@ impl RedisLock {
             local.clone(),
             writer && !w.fail_when_locked,
             interval,
+            self.cfg.unavailable_timeout,
         );
         let mut attempt = Attempt::new(self, state, writer, w);
         // A writer that would only queue up behind others (or meet a

@@ -226,6 +226,7 @@ impl Waiter {
         local: Arc<LocalQueue>,
         queued: bool,
         interval: Duration,
+        unavailable: Duration,
     ) -> Self {
         let head_step = (interval / 25).clamp(Duration::from_millis(2), Duration::from_millis(10));
         let idle_step = (interval / 5).clamp(Duration::from_millis(10), Duration::from_millis(50));
@@ -242,7 +243,12 @@ impl Waiter {
             backoff: interval,
             head_step,
             idle_step,
-            stale: (idle_step * 20).max(Duration::from_secs(1)),
+            // Longer than an attempt may take (a probe and a confirm, each
+            // up to `unavailable_timeout`), so that a waiter busy attempting
+            // does not lose its place.
+            stale: (idle_step * 20)
+                .max(unavailable.saturating_mul(3))
+                .max(Duration::from_secs(1)),
             lost: 0,
             used_side: false,
         }
