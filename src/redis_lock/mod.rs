@@ -392,16 +392,7 @@ impl RedisLock {
         } else {
             w.check_interval
         };
-        let mut waiter = Waiter::new(
-            self.cmd.clone(),
-            self.cfg.client.clone(),
-            &self.cfg.channel,
-            &state.id,
-            local.clone(),
-            writer && !w.fail_when_locked,
-            interval,
-            self.cfg.unavailable_timeout,
-        );
+        let mut waiter = Waiter::new(self, &state.id, writer && !w.fail_when_locked, interval);
         let mut attempt = Attempt::new(self, state, writer, w);
         // A writer that would only queue up behind others (or meet a
         // holder) waits instead of subscribing; a reader may share.

@@ -218,24 +218,18 @@ struct Poll {
 }
 
 impl Waiter {
-    pub(super) fn new(
-        cmd: Arc<CommandSlot>,
-        client: redis::Client,
-        channel: &str,
-        id: &str,
-        local: Arc<LocalQueue>,
-        queued: bool,
-        interval: Duration,
-        unavailable: Duration,
-    ) -> Self {
+    /// A waiter for the acquisition `id` of `lock`; `queued`: whether it
+    /// takes a place in the server-side queue (writers that may wait).
+    pub(super) fn new(lock: &super::RedisLock, id: &str, queued: bool, interval: Duration) -> Self {
+        let unavailable = lock.cfg.unavailable_timeout;
         let head_step = (interval / 25).clamp(Duration::from_millis(2), Duration::from_millis(10));
         let idle_step = (interval / 5).clamp(Duration::from_millis(10), Duration::from_millis(50));
         Self {
-            cmd,
-            client,
-            channel: channel.to_string(),
+            cmd: lock.cmd.clone(),
+            client: lock.cfg.client.clone(),
+            channel: lock.cfg.channel.clone(),
             id: id.to_string(),
-            local,
+            local: lock.local.clone(),
             queued,
             joined: false,
             next_try: deadline_after(Instant::now(), jittered_around(interval)),
