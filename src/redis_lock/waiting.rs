@@ -240,9 +240,11 @@ impl Waiter {
             // Longer than an attempt may take (a probe and a confirm, each
             // up to `unavailable_timeout`), so that a waiter busy attempting
             // does not lose its place.
+            // At most an hour: the server refuses expiry times near
+            // `u64::MAX` ms, and `unavailable_timeout` may be `MAX`.
             stale: (idle_step * 20)
                 .max(unavailable.saturating_mul(3))
-                .max(Duration::from_secs(1)),
+                .clamp(Duration::from_secs(1), Duration::from_secs(3600)),
             lost: 0,
             used_side: false,
         }
@@ -305,7 +307,10 @@ impl Waiter {
             if first && (free || now >= self.next_try) {
                 if !free {
                     self.next_try = deadline_after(now, jittered_around(self.backoff));
-                    self.backoff = (self.backoff * 2).min(MAX_BACKOFF.max(self.interval));
+                    self.backoff = self
+                        .backoff
+                        .saturating_mul(2)
+                        .min(MAX_BACKOFF.max(self.interval));
                 } else if !self.queued || self.local.no_script.load(Ordering::Relaxed) {
                     // No queue to order the waiters: spread them, more
                     // widely the more often this one lost.
