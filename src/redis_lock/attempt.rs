@@ -307,14 +307,12 @@ impl<'a> Attempt<'a> {
         match tokio::time::timeout(wait, pubsub.subscribe(&cfg.channel)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(AttemptError::classify(e)),
+            // A slow confirmation costs this attempt only: the connection
+            // is dropped here, so the subscription cannot linger.
             Err(_) => {
-                return Err(AttemptError::Fatal(
-                    Error::new(ErrorKind::Redis, OP)
-                        .with_channel(cfg.channel.clone())
-                        .with_reason(format!(
-                            "Redis did not confirm the lock channel subscription within {wait:?}"
-                        )),
-                ))
+                return Err(AttemptError::Transient(timeout_error(
+                    "Redis did not confirm the lock channel subscription in time",
+                )))
             }
         }
         Ok(keep_alive::Subscription::start(
