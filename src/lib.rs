@@ -158,6 +158,11 @@
 //!   Python portalocker 4.4.2 (same wire protocol: Rust and Python holders
 //!   share a channel), and a re-export of [`redis`](https://docs.rs/redis)
 //!   (redis-rs 1.x).
+//! * `redis-tls`: `rediss://` servers for [`RedisLock`] (implies `redis`):
+//!   redis-rs's rustls backend with the `ring` provider; certificates and
+//!   a CA are given to redis-rs (`redis::Client::build_with_tls`), and
+//!   `#insecure` at the end of the URL skips verification. Over TLS the
+//!   lock's subscription connection speaks RESP3 (Redis ≥ 6).
 //! * `tracing`: [`tracing`](https://docs.rs/tracing) spans and events, at
 //!   `DEBUG` level. Every `acquire` (and `try_acquire`, `acquire_timeout`)
 //!   of a lock, semaphore or Redis lock runs in an `acquire` span with the
