@@ -297,21 +297,39 @@ fn threads() -> usize {
         .unwrap()
 }
 
-/// 1,000 cancelled Redis acquisitions against a held lock, then with the
-/// lock free: afterwards no subscriber and no named connection is left.
+/// 1,000 cancelled Redis acquisitions against a held lock (another
+/// process's, so they wait in the server-side queue and on the side
+/// channel), 200 behind a holder of this process (waiting for its turn),
+/// then 500 with the lock free: afterwards no subscriber, no queue entry,
+/// no side-channel subscription and no named connection is left, and the
+/// process's turn was not leaked.
 #[cfg(feature = "redis")]
 async fn redis_cancellations(rng: &mut Rng) {
     use portalocker::RedisLock;
     let srv = support::RedisServer::start();
     let clients_before: String = srv.cmd(&["CLIENT", "LIST"]).await;
     let baseline_clients = clients_before.lines().count();
-    let holder = RedisLock::new("cx", srv.client()).acquire().await.unwrap();
+    let holder = RedisLock::new("cx", srv.other_client())
+        .acquire()
+        .await
+        .unwrap();
     let lock = RedisLock::new("cx", srv.client()).check_interval(Duration::from_millis(2));
     for _ in 0..500 {
         let budget = Duration::from_micros(rng.below(5000));
         let _ = tokio::time::timeout(budget, lock.acquire()).await;
     }
     holder.release().await.unwrap();
+    let mine = lock.acquire().await.unwrap();
+    for _ in 0..200 {
+        let budget = Duration::from_micros(rng.below(3000));
+        let _ = tokio::time::timeout(budget, lock.acquire()).await;
+    }
+    mine.release().await.unwrap();
+    let again = tokio::time::timeout(Duration::from_secs(10), lock.acquire())
+        .await
+        .expect("the process's turn was leaked by a cancelled acquisition")
+        .unwrap();
+    again.release().await.unwrap();
     for _ in 0..500 {
         let budget = Duration::from_micros(rng.below(3000));
         if let Ok(Ok(g)) = tokio::time::timeout(budget, lock.acquire()).await {
@@ -321,7 +339,11 @@ async fn redis_cancellations(rng: &mut Rng) {
     drop(lock);
     let settled = support::eventually_async(Duration::from_secs(10), || async {
         let list: String = srv.cmd(&["CLIENT", "LIST"]).await;
-        srv.numsub("cx").await == 0 && list.lines().count() <= baseline_clients + 1
+        let queued: u64 = srv.cmd(&["ZCARD", "cx portalocker-queue"]).await;
+        srv.numsub("cx").await == 0
+            && srv.numsub("cx portalocker-released").await == 0
+            && queued == 0
+            && list.lines().count() <= baseline_clients + 1
     })
     .await;
     let list: String = srv.cmd(&["CLIENT", "LIST"]).await;
