@@ -96,7 +96,7 @@ impl Schedule {
     fn next_target(&self, now: Instant) -> Instant {
         if self.jitter == Jitter::Around {
             let left = self.deadline.saturating_duration_since(now);
-            return now + scale(self.interval, 0.5 + unit()).min(left);
+            return now + around(self.interval).min(left);
         }
         // Woken before the target (a release elsewhere that another waiter
         // won): keep it, so early wake-ups never push the polling back.
@@ -121,6 +121,12 @@ pub(crate) fn deadline_after(start: Instant, timeout: Duration) -> Instant {
 /// when the product does not fit a `Duration` (e.g. `Duration::MAX`).
 pub(crate) fn scale(d: Duration, factor: f64) -> Duration {
     Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(Duration::MAX)
+}
+
+/// `interval × U[0.5, 1.5)`: Python's pause between two Redis lock
+/// attempts.
+pub(crate) fn around(interval: Duration) -> Duration {
+    scale(interval, 0.5 + unit())
 }
 
 /// `interval` scaled by a random factor in [0.5, 1], so contenders that

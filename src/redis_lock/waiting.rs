@@ -33,7 +33,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::command::CommandSlot;
-use crate::deadline::{deadline_after, scale};
+use crate::deadline::{around, deadline_after, scale};
 use crate::util::{lock, unit, PerKey};
 
 /// The message a releasing holder publishes on the side channel.
@@ -232,7 +232,7 @@ impl Waiter {
             local: lock.local.clone(),
             queued,
             joined: false,
-            next_try: deadline_after(Instant::now(), jittered_around(interval)),
+            next_try: deadline_after(Instant::now(), around(interval)),
             interval,
             backoff: interval,
             head_step,
@@ -306,7 +306,7 @@ impl Waiter {
             }
             if first && (free || now >= self.next_try) {
                 if !free {
-                    self.next_try = deadline_after(now, jittered_around(self.backoff));
+                    self.next_try = deadline_after(now, around(self.backoff));
                     self.backoff = self
                         .backoff
                         .saturating_mul(2)
@@ -505,11 +505,6 @@ fn remove(channel: &str, id: &str) -> redis::Pipeline {
         .arg(id)
         .ignore();
     pipe
-}
-
-/// Python's pause between attempts: `interval × U[0.5, 1.5)`.
-fn jittered_around(interval: Duration) -> Duration {
-    scale(interval, 0.5 + unit())
 }
 
 /// Announces a release on the side channel (best effort, bounded).
