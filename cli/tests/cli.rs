@@ -14,20 +14,48 @@ use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portalocker");
 
+/// How long a child may run before the watchdog kills it: a marker line
+/// that never comes (a broken signal forwarding, say) then fails the test
+/// at EOF instead of hanging it.
+const WATCHDOG: Duration = Duration::from_secs(120);
+
 /// A running process whose stdout we read line by line.
 struct Run {
     child: Child,
     out: BufReader<ChildStdout>,
+    /// Tells the watchdog that the child was waited for.
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Run {
     fn start(mut cmd: Command) -> Self {
+        use std::os::unix::process::CommandExt;
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            // Its own process group, so the watchdog can kill the CLI and
+            // the command it runs (which holds the pipe open) together.
+            .process_group(0);
         let mut child = cmd.spawn().unwrap();
         let out = BufReader::new(child.stdout.take().unwrap());
-        Self { child, out }
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (pid, flag) = (child.id(), done.clone());
+        std::thread::spawn(move || {
+            let until = std::time::Instant::now() + WATCHDOG;
+            while std::time::Instant::now() < until {
+                if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            if !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                eprintln!("watchdog: killing process group {pid} after {WATCHDOG:?}");
+                let _ = Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{pid}")])
+                    .status();
+            }
+        });
+        Self { child, out, done }
     }
 
     fn cli(args: &[&str]) -> Self {
@@ -74,6 +102,7 @@ impl Run {
         let _ = std::io::Read::read_to_string(&mut self.out, &mut rest);
         let err = self.stderr();
         let status = self.child.wait().unwrap();
+        self.done.store(true, std::sync::atomic::Ordering::SeqCst);
         (status.code().unwrap_or(-1), rest, err)
     }
 
