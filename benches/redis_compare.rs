@@ -246,10 +246,7 @@ async fn info_field(con: &mut portalocker::redis::aio::MultiplexedConnection, fi
         .query_async(con)
         .await
         .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap()
+    support::info_field(&info, field)
 }
 
 /// Runs contenders (processes already READY, or tasks) and checks the count.
@@ -269,14 +266,7 @@ fn finish_cell(
         counted, grants,
         "lost updates in {key}: the counter says {counted}, the contenders {grants}"
     );
-    let conns_after = rt.block_on(async {
-        let mut c = srv
-            .client()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        info_field(&mut c, "total_connections_received").await
-    });
+    let conns_after = total_connections(srv, rt);
     Cell {
         grants,
         per_s: grants as f64 / elapsed.as_secs_f64(),

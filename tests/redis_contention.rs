@@ -18,14 +18,7 @@ fn child_entry() {
 
 async fn info_field(srv: &RedisServer, field: &str) -> u64 {
     let info: String = srv.cmd(&["INFO"]).await;
-    parse_info(&info, field)
-}
-
-fn parse_info(info: &str, field: &str) -> u64 {
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in INFO"))
+    support::info_field(&info, field)
 }
 
 /// Tasks get the lock in the order they asked for it, and a task that
@@ -110,7 +103,7 @@ async fn hundreds_of_waiting_tasks_use_one_contender_and_few_connections() {
             .query_async(&mut probe)
             .await
             .unwrap();
-        parse_info(&info, field)
+        support::info_field(&info, field)
     };
     let baseline = sample("connected_clients").await.max(baseline + 1);
     let opened_before = sample("total_connections_received").await;

@@ -703,6 +703,16 @@ async fn run_role(role: &str, args: &[String]) {
     }
 }
 
+/// The numeric `field` of a Redis `INFO` reply.
+#[cfg(all(feature = "redis", unix))]
+#[allow(dead_code)]
+pub fn info_field(info: &str, field: &str) -> u64 {
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in INFO"))
+}
+
 /// One `fail_when_locked` attempt of `lock`, which must find it busy: the
 /// error, for more checks.
 #[cfg(all(feature = "redis", unix))]
