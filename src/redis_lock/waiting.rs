@@ -346,17 +346,22 @@ impl Waiter {
 
     /// Leaves the server-side queue (after a grant, or giving up) and
     /// unsubscribes the side connection.
+    ///
+    /// Each flag is cleared only once its clean-up has run, so an
+    /// acquisition cancelled in the middle of this (right after a grant,
+    /// say) still leaves the queue through [`Drop`].
     pub(super) async fn leave(&mut self) {
-        if std::mem::take(&mut self.used_side) {
+        if self.joined {
+            if let Ok(mut c) = self.cmd.get().await {
+                let _ = remove(&self.channel, &self.id)
+                    .query_async::<()>(&mut c.con)
+                    .await;
+            }
+            self.joined = false;
+        }
+        if self.used_side {
             unsubscribe_side(&self.local.side, &self.channel).await;
-        }
-        if !std::mem::take(&mut self.joined) {
-            return;
-        }
-        if let Ok(mut c) = self.cmd.get().await {
-            let _ = remove(&self.channel, &self.id)
-                .query_async::<()>(&mut c.con)
-                .await;
+            self.used_side = false;
         }
     }
 
@@ -460,14 +465,18 @@ impl Drop for Waiter {
         };
         let (cmd, channel, id) = (self.cmd.clone(), self.channel.clone(), self.id.clone());
         let (joined, used_side, side) = (self.joined, self.used_side, self.local.side.clone());
+        // The queue entry goes first: the side connection's mutex may be
+        // held by another waiter of this process for the whole of its wait.
+        // The removal goes over the command connection that carried this
+        // waiter's polls, after any poll still in flight on it.
         rt.spawn(async move {
-            if used_side {
-                unsubscribe_side(&side, &channel).await;
-            }
             if joined {
                 if let Ok(mut c) = cmd.get().await {
                     let _ = remove(&channel, &id).query_async::<()>(&mut c.con).await;
                 }
+            }
+            if used_side {
+                unsubscribe_side(&side, &channel).await;
             }
         });
     }
