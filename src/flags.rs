@@ -16,9 +16,11 @@ use crate::error::{Error, Result};
 /// (e.g. `NON_BLOCKING` alone, or no bits), or `UNBLOCK` together with a
 /// lock bit.
 ///
-/// The high-level locks ([`Lock`](crate::Lock), [`RLock`](crate::RLock))
-/// take `SHARED` or `EXCLUSIVE` and always lock without blocking a thread;
-/// `NON_BLOCKING` is implied there.
+/// The lock types ([`Lock`](crate::Lock), [`RLock`](crate::RLock),
+/// `RedisLock`) take `SHARED` or `EXCLUSIVE`, with or without
+/// `NON_BLOCKING`, and always lock without blocking a thread: there
+/// `NON_BLOCKING` is implied, and `timeout` / `fail_when_locked` decide
+/// whether to wait (see [`NON_BLOCKING`](Self::NON_BLOCKING)).
 ///
 /// # Examples
 ///
@@ -41,7 +43,16 @@ impl LockFlags {
     /// An exclusive (writer) lock: one holder, no shared holders.
     #[doc(alias = "LOCK_EX")]
     pub const EXCLUSIVE: Self = Self(2);
-    /// Fail at once instead of waiting when the lock is busy.
+    /// Never block a thread on the lock.
+    ///
+    /// One rule for every type: with the low-level [`lock`](crate::lock)
+    /// it means *fail at once* when the lock is busy (without it, `lock`
+    /// waits inside the kernel). The lock types ([`Lock`](crate::Lock),
+    /// [`RLock`](crate::RLock), `RedisLock`) never block a thread, so there
+    /// it is implied and may be included or left out: whether they *wait*
+    /// is decided by their `timeout` and `fail_when_locked`, as in Python,
+    /// whose default flags are `EXCLUSIVE | NON_BLOCKING` with a 5 s
+    /// timeout.
     #[doc(alias = "LOCK_NB")]
     pub const NON_BLOCKING: Self = Self(4);
     /// Unlock. Only valid on its own, with the low-level [`lock`](crate::lock).

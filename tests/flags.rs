@@ -85,3 +85,45 @@ fn unlocking_an_unlocked_file_is_fine() {
     let (_d, a, _b) = two_handles();
     unlock(&a).unwrap();
 }
+
+/// One rule for every lock type: in `Lock` and `RLock` flags,
+/// `NON_BLOCKING` is implied (accepted, never a reason to give up at
+/// once); `timeout` and `fail_when_locked` decide whether to wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_blocking_in_a_lock_types_flags_is_implied() {
+    use portalocker::{Lock, RLock};
+    use std::time::Duration;
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("nb.lock");
+    for flags in [LOCK_EX, LOCK_EX | LOCK_NB] {
+        let holder = Lock::new(&path).acquire().await.unwrap();
+        let lock = Lock::new(&path).flags(flags);
+        let e = lock
+            .clone()
+            .fail_when_locked(true)
+            .acquire()
+            .await
+            .unwrap_err();
+        assert!(e.is_already_locked(), "{flags:?}: {e}");
+        let rlock = RLock::new(&path).flags(flags).fail_when_locked(true);
+        let e = rlock.acquire().await.unwrap_err();
+        assert!(e.is_already_locked(), "{flags:?}: {e}");
+        // The holder is an owner of this process: a waiter's first poll
+        // finds the lock busy and parks at the in-process gate, touching
+        // no file, so it is decided in that poll whether it gives up.
+        let lock = lock.timeout(Duration::from_secs(60));
+        let mut waiter = std::pin::pin!(lock.acquire());
+        assert!(
+            futures_util::FutureExt::now_or_never(waiter.as_mut()).is_none(),
+            "{flags:?}: gave up at once"
+        );
+        holder.release().await.unwrap();
+        let g = waiter.await.unwrap();
+        g.release().await.unwrap();
+    }
+    for flags in [LOCK_SH, LOCK_SH | LOCK_NB] {
+        let a = Lock::new(&path).flags(flags).acquire().await.unwrap();
+        let b = Lock::new(&path).flags(flags).try_acquire().await.unwrap();
+        drop((a, b));
+    }
+}

@@ -278,7 +278,7 @@ async fn bad_input_is_a_typed_error() {
     }
     for flags in [
         LockFlags::SHARED | LockFlags::EXCLUSIVE,
-        LockFlags::EXCLUSIVE | LockFlags::NON_BLOCKING,
+        LockFlags::NON_BLOCKING,
         LockFlags::UNBLOCK,
     ] {
         let err = RedisLock::new("ok", srv.client())
@@ -329,6 +329,49 @@ async fn bad_input_is_a_typed_error() {
     }
 }
 
+/// `NON_BLOCKING` means for `RedisLock` what it means for `Lock`: implied
+/// and accepted; `timeout` and `fail_when_locked` decide whether to wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_blocking_is_implied_as_for_file_locks() {
+    let srv = RedisServer::start();
+    let nb = LockFlags::NON_BLOCKING;
+    let reader = RedisLock::new("nb", srv.client()).flags(LockFlags::SHARED | nb);
+    let g = reader.acquire().await.unwrap();
+    g.release().await.unwrap();
+    let holder = RedisLock::new("nb", srv.other_client())
+        .acquire()
+        .await
+        .unwrap();
+    let writer = RedisLock::new("nb", srv.client()).flags(LockFlags::EXCLUSIVE | nb);
+    // With fail_when_locked: at once, as contention.
+    let e = writer
+        .clone()
+        .fail_when_locked(true)
+        .acquire()
+        .await
+        .unwrap_err();
+    assert!(e.is_already_locked(), "{e}");
+    // Without: it waits for the holder within its timeout.
+    let waiter = tokio::spawn({
+        let w = writer.clone().timeout(Duration::from_secs(60));
+        async move { w.acquire().await }
+    });
+    let queued = support::eventually_async(Duration::from_secs(30), || async {
+        let queued: u64 = srv.cmd(&["ZCARD", "nb portalocker-queue"]).await;
+        queued == 1
+    })
+    .await;
+    assert!(
+        queued && !waiter.is_finished(),
+        "the NON_BLOCKING writer did not wait in the queue"
+    );
+    holder.release().await.unwrap();
+    let g = waiter
+        .await
+        .unwrap()
+        .expect("the waiter got the released lock");
+    g.release().await.unwrap();
+}
 #[tokio::test]
 async fn fencing_tokens_increase_and_only_for_exclusive_grants() {
     let srv = RedisServer::start();

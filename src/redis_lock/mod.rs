@@ -30,7 +30,7 @@ use self::keep_alive::{HolderState, LossCallback};
 use self::protocol::HolderMode;
 use self::waiting::{LocalQueue, Waiter};
 use crate::error::{Error, Result};
-use crate::flags::LockFlags;
+use crate::flags::{LockFlags, Mode, Operation};
 use crate::options::{acquire_variants, wait_setters, WaitOptions, Waiting};
 
 pub use self::guard::RedisLockGuard;
@@ -244,8 +244,12 @@ impl RedisLock {
         self.map(|c| c.unavailable_timeout = t)
     }
 
-    /// [`LockFlags::EXCLUSIVE`] (default) or [`LockFlags::SHARED`]; any
-    /// other value makes `acquire` fail with `InvalidInput`.
+    /// [`LockFlags::EXCLUSIVE`] (default) or [`LockFlags::SHARED`];
+    /// `NON_BLOCKING` is implied and may be included, as for
+    /// [`Lock::flags`](crate::Lock::flags): whether `acquire` waits is
+    /// decided by [`timeout`](Self::timeout) and
+    /// [`fail_when_locked`](Self::fail_when_locked). Any other value makes
+    /// `acquire` fail with `InvalidInput`.
     pub fn flags(self, flags: LockFlags) -> Self {
         self.map(|c| c.flags = flags)
     }
@@ -355,7 +359,13 @@ impl RedisLock {
     async fn acquire_untraced(&self, w: WaitOptions) -> Result<RedisLockGuard> {
         self.validate()?;
         let start = tokio::time::Instant::now();
-        let writer = self.cfg.flags == LockFlags::EXCLUSIVE;
+        let writer = matches!(
+            self.cfg.flags.operation(),
+            Ok(Operation::Lock {
+                mode: Mode::Exclusive,
+                ..
+            })
+        );
         let id = crate::util::unguessable_hex32();
         let state = Arc::new(HolderState::new(
             self.cfg.channel.clone(),
@@ -469,9 +479,10 @@ impl RedisLock {
                 ));
             }
         }
-        if self.cfg.flags != LockFlags::EXCLUSIVE && self.cfg.flags != LockFlags::SHARED {
+        if !matches!(self.cfg.flags.operation(), Ok(Operation::Lock { .. })) {
             return bad(format!(
-                "{:?}: the flags must be exactly one of EXCLUSIVE or SHARED",
+                "{:?}: the flags must be exactly one of EXCLUSIVE or SHARED \
+                 (NON_BLOCKING may be added; it is implied)",
                 self.cfg.flags
             ));
         }
