@@ -181,9 +181,10 @@ pub(crate) use crate::sys::FileId;
 /// is a regular file. The descriptor is close-on-exec (std always sets
 /// `O_CLOEXEC`).
 ///
-/// An existing file the user may read but not write is opened read-only
-/// for an exclusive lock too (`OpenMode::Append`): a lock needs no write
-/// access, only the guard's writes do (they fail with the OS's error).
+/// An existing file the user may read but not write (another user's file,
+/// or any file on a read-only mount) is opened read-only for an exclusive
+/// lock too (`OpenMode::Append`): a lock needs no write access, only the
+/// guard's writes do (they fail with the OS's error).
 pub(crate) fn open_lock_file(path: &Path, mode: OpenMode) -> io::Result<Handle> {
     let open = |mode: OpenMode| {
         let mut o = OpenOptions::new();
@@ -200,7 +201,16 @@ pub(crate) fn open_lock_file(path: &Path, mode: OpenMode) -> io::Result<Handle> 
         Err(e) if mode == OpenMode::Read && e.kind() == io::ErrorKind::NotFound => {
             open(OpenMode::Append)?
         }
-        Err(e) if mode == OpenMode::Append && e.kind() == io::ErrorKind::PermissionDenied => {
+        // No write access (another user's file) or no writes at all (a
+        // read-only mount): an existing file still locks read-only; a
+        // missing one reports the original error.
+        Err(e)
+            if mode == OpenMode::Append
+                && matches!(
+                    e.kind(),
+                    io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
+                ) =>
+        {
             open(OpenMode::Read).map_err(|_| e)?
         }
         r => r?,

@@ -120,10 +120,11 @@ fn a_full_disk_fails_lock_guard_release() {
     });
 }
 
-/// On a read-only mount a shared lock works; an exclusive one reports the
-/// mount's error.
+/// On a read-only mount an existing lock file locks, shared and exclusive
+/// (opened read-only: only the guard's writes fail); a missing one reports
+/// the mount's error.
 #[test]
-fn a_shared_lock_works_on_a_read_only_mount() {
+fn an_existing_lock_file_locks_on_a_read_only_mount() {
     one_at_a_time(async {
         let fs = support::SmallFs::mount("1m");
         let path = fs.path().join("ro.lock");
@@ -140,7 +141,23 @@ fn a_shared_lock_works_on_a_read_only_mount() {
             .await
             .unwrap();
         guard.release().await.unwrap();
-        let err = Lock::new(&path).try_acquire().await.unwrap_err();
+        let mut guard = Lock::new(&path)
+            .try_acquire()
+            .await
+            .expect("an exclusive lock on an existing file of a read-only mount");
+        let busy = Lock::new(&path).try_acquire().await.unwrap_err();
+        assert!(busy.is_already_locked(), "{busy}");
+        let write = tokio::io::AsyncWriteExt::write_all(&mut *guard, b"x").await;
+        let write = match write {
+            Ok(()) => tokio::io::AsyncWriteExt::flush(&mut *guard).await,
+            e => e,
+        };
+        assert!(write.is_err(), "a write reached a read-only mount");
+        drop(guard);
+        let err = Lock::new(fs.path().join("missing.lock"))
+            .try_acquire()
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Io, "{err}");
         assert_eq!(
             err.io_error().map(std::io::Error::kind),
