@@ -100,10 +100,13 @@ impl AtomicOptions {
     /// error when the directory cannot be created or written.
     pub async fn open(&self, path: impl AsRef<Path>) -> io::Result<AtomicFile> {
         check_destination(path.as_ref())?;
-        let dest = std::path::absolute(path.as_ref())?;
+        let dest = std::path::absolute(path.as_ref())
+            .map_err(|e| naming(path.as_ref(), "cannot start an atomic write of", e))?;
         let opts = self.clone();
         let d = dest.clone();
-        let (file, guard) = util::blocking(move || create(&d, &opts)).await?;
+        let (file, guard) = util::blocking(move || create(&d, &opts))
+            .await
+            .map_err(|e| naming(&dest, "cannot start an atomic write of", e))?;
         let temp = guard.keep().map_or(Temp::Unnamed, Temp::Named);
         Ok(AtomicFile {
             writer: Some(BufWriter::with_capacity(
@@ -284,7 +287,10 @@ impl AtomicFile {
         let temp = self.temp.take().unwrap_or(Temp::Unnamed);
         let dest = self.dest.clone();
         let opts = self.opts.clone();
-        util::blocking(move || publish(file, &[], temp, &dest, &opts)).await
+        let d = dest.clone();
+        util::blocking(move || publish(file, &[], temp, &d, &opts))
+            .await
+            .map_err(|e| naming(&dest, "failed to commit the atomic write of", e))
     }
 
     /// The error of a commit that publishes nothing because the payload is
@@ -550,6 +556,17 @@ fn check_destination(path: &Path) -> io::Result<()> {
         io::ErrorKind::InvalidInput,
         format!("cannot write {path:?} atomically: {why}"),
     ))
+}
+
+/// `e`, with a message that names `path` (`what {path:?}: {e}`) unless it
+/// names it already. The kind is kept; the OS's text is in the message, so
+/// (std's convention) it is not repeated as a `source()`.
+fn naming(path: &Path, what: &str, e: io::Error) -> io::Error {
+    let text = e.to_string();
+    if text.contains(&format!("{path:?}")) {
+        return e;
+    }
+    io::Error::new(e.kind(), format!("{what} {path:?}: {text}"))
 }
 
 fn parent(dest: &Path) -> io::Result<&Path> {

@@ -5,8 +5,10 @@
 //! ([`is_already_locked()`](Error::is_already_locked),
 //! [`is_lock_lost()`](Error::is_lock_lost)) and context accessors
 //! ([`path()`](Error::path), [`holder_pid()`](Error::holder_pid)). The
-//! underlying OS error, when there is one, is the error's
-//! [`source()`](std::error::Error::source).
+//! underlying OS error, when there is one, is [`io_error()`](Error::io_error).
+//! Its text is part of the message, so (std's convention) it is not also
+//! the [`source()`](std::error::Error::source): a chain report such as
+//! `anyhow`'s says it once.
 //!
 //! # Mapping to Python portalocker
 //!
@@ -275,6 +277,14 @@ impl Error {
     }
 }
 
+/// Whether `reason` names `pid` as a whole number after "pid ".
+fn names_pid(reason: &str, pid: u32) -> bool {
+    let needle = format!("pid {pid}");
+    reason
+        .match_indices(&needle)
+        .any(|(at, _)| !reason[at + needle.len()..].starts_with(|c: char| c.is_ascii_digit()))
+}
+
 /// Whether an OS error says the path can never name a lock file: invalid
 /// input, a directory there, or a symbolic link (refused by `O_NOFOLLOW`
 /// with `ELOOP`). Retrying or fixing permissions would not help.
@@ -332,7 +342,9 @@ impl fmt::Display for Error {
         if !i.reason.is_empty() {
             write!(f, ": {}", i.reason)?;
         }
-        if let Some(pid) = i.holder_pid {
+        // The reason may name the holder already (the OS's lock table
+        // gives "pid N (command)"): the pid is said once.
+        if let Some(pid) = i.holder_pid.filter(|p| !names_pid(&i.reason, *p)) {
             write!(f, " (holder pid {pid})")?;
         }
         Ok(())
@@ -352,11 +364,20 @@ impl fmt::Debug for Error {
 }
 
 impl std::error::Error for Error {
+    /// The error behind this one. Following the convention of std's own
+    /// wrappers (`io::Error`), an error is *either* shown in the message
+    /// *or* returned here, never both, so a report that walks the chain
+    /// (`anyhow`, `eyre`) says each thing once: where the message already
+    /// carries the source's text (an OS or Redis error quoted as the
+    /// reason), this returns the source's own source instead. The OS error
+    /// itself stays reachable through [`Error::io_error`].
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.inner
-            .source
-            .as_deref()
-            .map(|s| s as &(dyn std::error::Error + 'static))
+        let source = self.inner.source.as_deref()?;
+        let text = source.to_string();
+        if !text.is_empty() && self.inner.reason.contains(&text) {
+            return source.source();
+        }
+        Some(source as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -390,6 +411,44 @@ mod tests {
             "failed to lock \"/run/app.lock\": already locked (holder pid 42)"
         );
         assert_eq!(e.holder_pid(), Some(42));
+        // A reason that names the holder already: the pid is said once.
+        let e = Error::already_locked("failed to lock", Some(Path::new("/a")))
+            .with_reason("already locked by another process, pid 42 (sleep 9)")
+            .with_holder_pid(Some(42));
+        assert_eq!(e.to_string().matches("42").count(), 1, "{e}");
+        let e = e.with_holder_pid(Some(4));
+        assert!(e.to_string().ends_with("(holder pid 4)"), "{e}");
+    }
+
+    /// std's convention: a source is shown in the message or returned by
+    /// `source()`, never both, so a chain report says it once.
+    #[test]
+    fn a_source_is_said_once_in_a_chain() {
+        use std::error::Error as _;
+        let os = io::Error::from_raw_os_error(13);
+        let text = os.to_string();
+        let e = Error::io("failed to open lock file", Some(Path::new("/x")), os);
+        let mut chain = vec![e.to_string()];
+        let mut next = e.source();
+        while let Some(s) = next {
+            chain.push(s.to_string());
+            next = s.source();
+        }
+        let all = chain.join(": ");
+        assert_eq!(all.matches(&text).count(), 1, "{all}");
+        assert_eq!(e.io_error().map(io::Error::raw_os_error), Some(Some(13)));
+        // A source the message does not quote is returned.
+        let inner = Error::io(
+            "failed to lock",
+            Some(Path::new("/y")),
+            io::Error::other("disk on fire"),
+        );
+        let outer = Error::new(ErrorKind::Io, "failed to lock")
+            .with_reason("no slot is usable")
+            .with_source(inner);
+        assert!(outer
+            .source()
+            .is_some_and(|s| s.to_string().contains("disk on fire")));
     }
 
     #[test]
@@ -398,7 +457,9 @@ mod tests {
         let e = Error::io("failed to open lock file", Some(Path::new("/x")), os);
         assert_eq!(e.kind(), ErrorKind::Io);
         assert_eq!(e.path(), Some(Path::new("/x")));
-        assert!(std::error::Error::source(&e).is_some());
+        // The OS text is in the message, so it is not the source too.
+        assert!(e.to_string().contains("permission denied"), "{e}");
+        assert!(std::error::Error::source(&e).is_none());
         assert_eq!(
             e.io_error().unwrap().kind(),
             io::ErrorKind::PermissionDenied
@@ -417,7 +478,7 @@ mod tests {
     }
 
     #[test]
-    fn question_mark_lifts_io_errors_with_their_source() {
+    fn question_mark_lifts_io_errors_keeping_the_os_error() {
         fn read() -> Result<Vec<u8>> {
             Ok(std::fs::read("/nonexistent/portalocker-test")?)
         }
@@ -427,7 +488,7 @@ mod tests {
             e.io_error().map(io::Error::kind),
             Some(io::ErrorKind::NotFound)
         );
-        assert!(std::error::Error::source(&e).is_some());
+        assert!(std::error::Error::source(&e).is_none());
     }
 
     #[test]

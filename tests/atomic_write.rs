@@ -337,3 +337,25 @@ async fn killed_writers_leave_the_destination_absent_or_complete() {
     }
     assert!(complete >= 20, "only {complete} commits completed");
 }
+
+/// An OS error of `open_atomic` names the destination (the OS's own text
+/// does not), keeps its kind, and is said once.
+#[tokio::test]
+async fn open_errors_name_the_destination() {
+    let d = tempfile::tempdir().unwrap();
+    let file = d.path().join("plain");
+    std::fs::write(&file, b"").unwrap();
+    // Its "directory" is a regular file: no root privilege helps.
+    let dest = file.join("sub").join("out.json");
+    let err = open_atomic(&dest).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("{dest:?}")), "{msg}");
+    assert!(
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::NotADirectory | std::io::ErrorKind::AlreadyExists
+        ),
+        "{err:?}"
+    );
+    assert!(std::error::Error::source(&err).is_none(), "{err:?}");
+}
