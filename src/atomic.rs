@@ -175,8 +175,9 @@ pub async fn open_atomic(path: impl AsRef<Path>) -> io::Result<AtomicFile> {
 ///    world-writable, even with a umask of 0.
 /// 2. Writes go to that file (buffered in memory up to 64 KiB).
 /// 3. [`AtomicFile::commit`] writes what is buffered, `fsync`s the file,
-///    publishes it **without replacing** anything (`linkat`, or
-///    `renameat2(RENAME_NOREPLACE)`, falling back to a hard link, and on
+///    publishes it **without replacing** anything (`linkat`, or a
+///    no-clobber rename — Linux's `renameat2(RENAME_NOREPLACE)`, macOS's
+///    `renameatx_np(RENAME_EXCL)` — falling back to a hard link, and on
 ///    filesystems without hard links to an existence check and `rename`),
 ///    then `fsync`s the directory so the new name survives a power loss.
 ///

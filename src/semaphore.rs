@@ -462,8 +462,13 @@ fn build_slots(c: &Options) -> std::result::Result<Vec<Lock>, String> {
     if c.directory.as_os_str().is_empty() {
         return Err("the directory is empty (use \".\" for the current directory)".into());
     }
-    if c.name.contains(['/', '\0']) {
-        return Err(format!("the name {:?} contains '/' or NUL", c.name));
+    if c.name
+        .contains(|ch| ch == '\0' || std::path::is_separator(ch))
+    {
+        return Err(format!(
+            "the name {:?} contains a path separator or NUL",
+            c.name
+        ));
     }
     let pattern = Pattern::parse(&c.pattern)?;
     let opts = FileOptions {
@@ -477,12 +482,30 @@ fn build_slots(c: &Options) -> std::result::Result<Vec<Lock>, String> {
     (0..c.maximum)
         .map(|n| {
             let file = pattern.format(&c.name, n);
-            if file.is_empty() || file == "." || file == ".." || file.contains(['/', '\0']) {
-                return Err(format!("the pattern gives the file name {file:?}"));
+            if !is_plain_file_name(&file) {
+                return Err(format!(
+                    "the pattern gives {file:?}, which is not a plain file name in the directory"
+                ));
             }
             Ok(Lock::slot(c.directory.join(file), opts))
         })
         .collect()
+}
+
+/// Whether `name` names an entry of a directory and nothing else: not
+/// empty, no NUL, no path separator of this platform (`/`, and `\` on
+/// Windows), and a single normal path component (not `.`, `..`, a root or
+/// a Windows drive prefix such as `C:x`).
+fn is_plain_file_name(name: &str) -> bool {
+    use std::path::{Component, Path};
+    if name.contains(|ch| ch == '\0' || std::path::is_separator(ch)) {
+        return false;
+    }
+    let mut parts = Path::new(name).components();
+    matches!(
+        (parts.next(), parts.next()),
+        (Some(Component::Normal(n)), None) if n == name
+    )
 }
 
 /// A parsed Python format string with the fields `name` and `number`.
@@ -768,6 +791,20 @@ impl From<NamedBoundedSemaphore> for BoundedSemaphore {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn slot_file_names_never_leave_the_directory() {
+        for ok in ["jobs.00.lock", "a", "..a", "a..", "...", "x y"] {
+            assert!(is_plain_file_name(ok), "{ok:?}");
+        }
+        let mut bad = vec!["", ".", "..", "a/b", "/a", "a\0b"];
+        if cfg!(windows) {
+            bad.extend(["..\\x", "a\\b", "C:x", "C:", "\\\\srv\\s"]);
+        }
+        for b in bad {
+            assert!(!is_plain_file_name(b), "{b:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -153,6 +153,17 @@ async fn bad_configurations_are_typed_errors() {
         let err = sem.acquire().await.unwrap_err();
         assert_eq!(err.kind(), kind, "{sem:?}: {err}");
     }
+    // Windows separates with `\` too, and has drive prefixes: a name or
+    // pattern with one never reaches outside the directory.
+    #[cfg(windows)]
+    for sem in [
+        base().name("..\\escape"),
+        base().filename_pattern("..\\{number}"),
+        base().filename_pattern("C:{number}"),
+    ] {
+        let err = sem.acquire().await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{sem:?}: {err}");
+    }
     let err = base()
         .directory(d.path().join("missing"))
         .acquire()

@@ -1,7 +1,8 @@
 //! The platform interface without Linux's extras, for macOS, the BSDs and
 //! Windows (and for Linux built with `--cfg portalocker_portable`): no
 //! unnamed temporary files (atomic writes and pid files use a named
-//! temporary), no atomic no-clobber rename (publication uses a hard link),
+//! temporary), an atomic no-clobber rename only on macOS
+//! (`renameatx_np(RENAME_EXCL)`; elsewhere publication uses a hard link),
 //! no change notification (waiters of another process's lock poll every
 //! `check_interval`; waiters in this process are still woken at once).
 
@@ -20,6 +21,31 @@ pub(crate) fn link_unnamed(_file: &File, _to: &Path) -> io::Result<()> {
     ))
 }
 
+/// macOS: `renameatx_np(RENAME_EXCL)` (through rustix); `None` where the
+/// filesystem or the system lacks it (then publication falls back to a hard
+/// link).
+#[cfg(target_vendor = "apple")]
+pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> Option<io::Result<()>> {
+    use rustix::fs::{RenameFlags, CWD};
+    match rustix::fs::renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Some(Ok(())),
+        Err(e) => {
+            let e = io::Error::from(e);
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EINVAL | libc::ENOSYS | libc::ENOTSUP)
+            ) {
+                None
+            } else {
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// No atomic no-clobber rename here (the BSDs, Windows, portable Linux):
+/// publication uses a hard link.
+#[cfg(not(target_vendor = "apple"))]
 pub(crate) fn rename_noreplace(_from: &Path, _to: &Path) -> Option<io::Result<()>> {
     None
 }

@@ -32,7 +32,7 @@
 //! | `sync_dir(&Path)` | make a new directory entry durable |
 //! | `hard_links_unsupported(&io::Error)` | a filesystem without hard links |
 //! | `create_unnamed`, `link_unnamed` | unnamed temporary files, where they exist |
-//! | `rename_noreplace(from, to)` | an atomic no-clobber rename, where it exists |
+//! | `rename_noreplace(from, to)` | an atomic no-clobber rename, where it exists (Linux `renameat2`, macOS `renameatx_np`) |
 //! | `WatchId`, `watch(path, fire)`, `unwatch(id)` | change notification on a lock file, where it exists |
 //! | `handoff_capable(&File)`, `wait_clock()`, `announce(&File, t)`, `withdraw(&File)`, `announced_before(&File, t)` | a waiter's announcement to a holder in another process (Linux: open-file-description byte locks), where it exists |
 //! | `lock_holders(id)`, `command_line(pid)` | who holds `flock` locks on a file (Linux: `/proc/locks`), and their command lines |
