@@ -459,15 +459,36 @@ impl DerefMut for LockGuard {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        if let Some(file) = self.file.take() {
-            // With no operation in flight the std file comes back at once:
-            // unlock it now. Otherwise the blocking pool still writes
-            // through it; dropping our handle lets that write finish, and
-            // the last close releases the lock after the data is written.
-            if let Ok(std) = file.try_into_std() {
+        let Some(file) = self.file.take() else {
+            return;
+        };
+        // With no operation in flight the std file comes back at once:
+        // unlock it now.
+        let file = match file.try_into_std() {
+            Ok(std) => {
                 let _ = self.lock.release(std, self.id, self.touched, self.keep);
+                return;
             }
+            Err(file) => file,
+        };
+        // The blocking pool still writes through it. A task waits for that
+        // write, then releases as `release()` does (wake-ups and handover
+        // included), and only then lets the next task of this process
+        // through the gate: the data is written before the unlock, and no
+        // waiter of this process misses the release.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (engine, id, touched, keep) = (self.lock.clone(), self.id, self.touched, self.keep);
+            let pass = self._pass.take();
+            rt.spawn(async move {
+                let std = file.into_std().await;
+                let _ = engine.release(std, id, touched, keep);
+                drop(pass);
+            });
+            return;
         }
+        // No runtime to wait on: dropping our handle lets the write finish,
+        // and the last close releases the lock after the data is written.
+        drop(file);
     }
 }
 

@@ -624,3 +624,46 @@ fn a_shared_lock_needs_only_read_access() {
     });
     reader.finish();
 }
+
+/// A guard dropped while its write is still in flight on the blocking pool
+/// releases through the engine once the write is done: the next owner of
+/// this process is let through only then, and gets the lock at once
+/// (before, the gate let it through while the write still held the lock,
+/// and nothing woke it when the write's close released it: it slept until
+/// its next scheduled attempt, here an hour away).
+#[test]
+fn a_guard_dropped_during_a_write_hands_the_lock_to_the_next_owner() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(1)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let d = dir();
+        let path = d.path().join("w.lock");
+        let hour = Duration::from_secs(3600);
+        // The waiter keeps a descriptor from an earlier grant, so its
+        // attempts need no blocking-pool thread.
+        let waiter_lock = Lock::new(&path).timeout(hour).check_interval(hour);
+        drop(waiter_lock.acquire().await.unwrap());
+        let mut guard = Lock::new(&path).acquire().await.unwrap();
+        let mut waiter = std::pin::pin!(waiter_lock.acquire());
+        assert!(futures_util::FutureExt::now_or_never(waiter.as_mut()).is_none());
+        // Occupy the only blocking thread, so the guard's write is queued
+        // (in flight) when the guard drops.
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let blocker = tokio::task::spawn_blocking(move || wait.recv().unwrap());
+        guard.write_all(b"payload").await.unwrap();
+        drop(guard);
+        // Whatever the gate lets through now meets the lock still held.
+        assert!(futures_util::FutureExt::now_or_never(waiter.as_mut()).is_none());
+        go.send(()).unwrap();
+        blocker.await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(60), waiter)
+            .await
+            .expect("the next owner was not handed the lock released after the write")
+            .unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"payload");
+        drop(got);
+    });
+}
