@@ -69,8 +69,9 @@ pub(crate) trait Contender {
     fn register(&mut self) -> Option<Vec<Arc<Notify>>>;
 
     /// The contention error; `waited`: the deadline passed (rather than
-    /// `fail_when_locked` ending the wait at the first busy attempt).
-    fn busy(&mut self, waited: bool) -> Error;
+    /// `fail_when_locked` ending the wait at the first busy attempt). Any
+    /// lookup it needs (who holds the lock) runs off the runtime's threads.
+    async fn busy(&mut self, waited: bool) -> Error;
 }
 
 /// The wait loop: attempts paced by `schedule` until one is granted, an
@@ -89,7 +90,7 @@ pub(crate) async fn wait<C: Contender>(
         match c.attempt().await? {
             Attempt::Granted(g) => return Ok(g),
             Attempt::Again => continue,
-            Attempt::Busy if fail_fast => return Err(c.busy(false)),
+            Attempt::Busy if fail_fast => return Err(c.busy(false).await),
             Attempt::Busy => {
                 if let Some(n) = c.register() {
                     drop(armed);
@@ -100,7 +101,7 @@ pub(crate) async fn wait<C: Contender>(
             Attempt::Pause => {}
         }
         let Some(target) = schedule.next_attempt() else {
-            return Err(c.busy(true));
+            return Err(c.busy(true).await);
         };
         armed.until(target).await;
     }
@@ -586,17 +587,26 @@ impl Contender for FileContender<'_> {
         Some(n)
     }
 
-    fn busy(&mut self, _waited: bool) -> Error {
+    async fn busy(&mut self, _waited: bool) -> Error {
         // Who holds it, from the descriptor we tried (the file at the path
-        // when we last looked): an in-memory lookup, once per failed call.
-        let holders = match &self.current {
-            Some(h) if self.engine.name_holders => crate::holder::of(h.id),
-            _ => Vec::new(),
-        };
+        // when we last looked), once per failed call. The lookup reads the
+        // OS's lock table and command lines (`/proc` on Linux), so it runs
+        // on the blocking pool; the descriptor is back in the cache before
+        // it starts, so a cancellation during it loses nothing.
+        let mut id = None;
         if let Some(h) = self.current.take() {
+            id = Some(h.id);
             self.withdraw(&h.file);
             self.engine.put_idle(h);
         }
+        let holders = match id {
+            Some(id) if self.engine.name_holders => {
+                util::run_blocking(move || crate::holder::of(id))
+                    .await
+                    .unwrap_or_default()
+            }
+            _ => Vec::new(),
+        };
         self.engine
             .busy_held_by(self.timeout, self.fail_fast, false, &holders)
     }

@@ -412,7 +412,7 @@ impl Contender for Sweep<'_> {
         Some(all)
     }
 
-    fn busy(&mut self, waited: bool) -> Error {
+    async fn busy(&mut self, waited: bool) -> Error {
         self.sem.busy(waited, self.wait.timeout, &self.unusable)
     }
 }

@@ -667,3 +667,37 @@ fn a_guard_dropped_during_a_write_hands_the_lock_to_the_next_owner() {
         drop(got);
     });
 }
+
+/// A failed attempt looks up who holds the lock (the OS's lock table and
+/// command lines: `/proc` on Linux) on the blocking pool, never on a
+/// runtime thread: with the only blocking thread busy, the failed
+/// `try_acquire` waits for it instead of reading files inline.
+#[test]
+fn a_failed_attempt_looks_up_the_holder_on_the_blocking_pool() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(1)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let d = dir();
+        let path = d.path().join("h.lock");
+        let held = std::fs::File::create(&path).unwrap();
+        held.lock().unwrap();
+        let lock = Lock::new(&path);
+        // The first failure opens the file; its descriptor is kept, so the
+        // next attempt needs the blocking pool only for the lookup.
+        assert!(lock.try_acquire().await.unwrap_err().is_already_locked());
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let blocker = tokio::task::spawn_blocking(move || wait.recv().unwrap());
+        let mut attempt = std::pin::pin!(lock.try_acquire());
+        assert!(
+            futures_util::FutureExt::now_or_never(attempt.as_mut()).is_none(),
+            "the failed attempt did its holder lookup on the runtime thread"
+        );
+        go.send(()).unwrap();
+        blocker.await.unwrap();
+        let e = attempt.await.unwrap_err();
+        assert!(e.is_already_locked(), "{e}");
+    });
+}
