@@ -82,7 +82,33 @@ pub(crate) fn watch(path: &Path, fire: fn(&WatchId)) -> Option<WatchId> {
         | WatchMask::DELETE_SELF
         | WatchMask::MOVE_SELF
         | WatchMask::DONT_FOLLOW;
-    watches(fire)?.add(path, mask).ok()
+    match watches(fire)?.add(path, mask) {
+        Ok(id) => Some(id),
+        Err(e) => {
+            degraded(&format!(
+                "no inotify watch could be added for {path:?} ({e})"
+            ));
+            None
+        }
+    }
+}
+
+/// Says once per process that waiters of other processes' locks poll
+/// instead of being woken: releases are then seen up to a `check_interval`
+/// late. The usual causes are the per-user limits on inotify instances and
+/// watches.
+fn degraded(why: &str) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    diag!(
+        warn,
+        "portalocker: {why}; waiters of locks held by other processes poll every \
+         check_interval instead of being woken at the release (raise \
+         fs.inotify.max_user_instances / fs.inotify.max_user_watches, or the \
+         process's open-file limit)"
+    );
 }
 
 /// After delivering a batch of events, the watcher thread waits this long
@@ -104,7 +130,13 @@ static WATCHES: OnceLock<Option<Watches>> = OnceLock::new();
 fn watches(fire: fn(&WatchId)) -> Option<Watches> {
     WATCHES
         .get_or_init(|| {
-            let mut inotify = Inotify::init().ok()?;
+            let mut inotify = match Inotify::init() {
+                Ok(i) => i,
+                Err(e) => {
+                    degraded(&format!("inotify is unavailable ({e})"));
+                    return None;
+                }
+            };
             let watches = inotify.watches();
             std::thread::Builder::new()
                 .name("portalocker-inotify".into())
@@ -124,6 +156,7 @@ fn watches(fire: fn(&WatchId)) -> Option<Watches> {
                         std::thread::sleep(WATCH_GAP);
                     }
                 })
+                .map_err(|e| degraded(&format!("the inotify thread could not start ({e})")))
                 .ok()?;
             Some(watches)
         })
