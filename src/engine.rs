@@ -39,7 +39,7 @@ use crate::util;
 use crate::wake::{self, Armed, Watch};
 
 pub(crate) const OP_LOCK: &str = "failed to lock";
-const OP_OPEN: &str = "failed to open lock file";
+pub(crate) const OP_OPEN: &str = "failed to open lock file";
 
 /// The outcome of one non-blocking attempt.
 #[derive(Debug)]
@@ -136,7 +136,7 @@ impl FileOptions {
         }
     }
 
-    fn open_mode(&self) -> OpenMode {
+    pub(crate) fn open_mode(&self) -> OpenMode {
         if self.truncate {
             OpenMode::Write
         } else if matches!(self.mode(), Ok(Mode::Shared)) {
@@ -163,6 +163,21 @@ pub(crate) struct Engine {
     name_holders: bool,
     /// This process's FIFO gate for the file.
     gate: OnceLock<Arc<Gate>>,
+    /// The identity of the file last found busy at the path, for a
+    /// semaphore slot, which keeps no descriptor it does not hold: its
+    /// wake-ups are registered by identity.
+    seen: Mutex<Option<FileId>>,
+}
+
+/// One attempt on a semaphore slot ([`Engine::try_slot`]).
+#[derive(Debug)]
+pub(crate) enum SlotTry {
+    Granted(Granted),
+    /// Held by another owner (of this process or another one).
+    Busy,
+    /// The descriptor's file is no longer the one at the path: open it
+    /// again.
+    Replaced,
 }
 
 /// A granted lock: the locked file, the pass of the gate, and how long
@@ -186,16 +201,58 @@ impl Engine {
             reuse,
             name_holders: true,
             gate: OnceLock::new(),
+            seen: Mutex::new(None),
         }
     }
 
-    /// As [`new`](Self::new), for a semaphore slot: contention errors do
-    /// not look up the holder.
+    /// As [`new`](Self::new), for a semaphore slot: no descriptor is kept
+    /// while the slot is not held (a semaphore of thousands of slots would
+    /// otherwise keep thousands open), and contention errors do not look
+    /// up the holder.
     pub(crate) fn slot(path: PathBuf, opts: FileOptions) -> Self {
         Self {
             name_holders: false,
-            ..Self::new(path, opts, true)
+            ..Self::new(path, opts, false)
         }
+    }
+
+    /// One non-blocking attempt on a semaphore slot with a descriptor the
+    /// caller opened ([`open_handle`](Self::open_handle)): the gate only if
+    /// nobody of this process holds or waits for it, then the OS lock. A
+    /// descriptor that does not get the lock is closed here; its file's
+    /// identity is remembered for the wake-ups.
+    pub(crate) fn try_slot(&self, handle: Handle) -> Result<SlotTry> {
+        let gate = self.gate();
+        if gate.handoff_owed() {
+            self.note_seen(handle.id);
+            return Ok(SlotTry::Busy);
+        }
+        let Some(mut pass) = gate.try_pass(false) else {
+            self.note_seen(handle.id);
+            return Ok(SlotTry::Busy);
+        };
+        let io_err = |e| Error::io(OP_LOCK, Some(&self.path), e);
+        let locked = file_lock::try_lock(&handle.file, Mode::Exclusive).map_err(io_err)?;
+        if !handle.is_at(&self.path).map_err(io_err)? {
+            // Closing unlocks, if it locked.
+            return Ok(SlotTry::Replaced);
+        }
+        if !locked {
+            self.note_seen(handle.id);
+            return Ok(SlotTry::Busy);
+        }
+        let Handle { file, id } = self.prepare(handle)?;
+        gate.granted(&mut pass);
+        Ok(SlotTry::Granted(Granted {
+            file,
+            id,
+            pass,
+            waited: Duration::ZERO,
+        }))
+    }
+
+    fn note_seen(&self, id: FileId) {
+        *util::lock(&self.seen) = Some(id);
     }
 
     pub(crate) fn reuse(&self) -> bool {
@@ -374,19 +431,12 @@ impl Engine {
     /// What wakes a waiter on this file early: a release in this process
     /// (the gate) and, once the file was opened, a close or handover by
     /// another process (its [`Watch`]).
-    pub(crate) fn wake_sources(&self) -> (Option<Watch>, Arc<Notify>) {
-        let watch = self.idle_id().map(|id| Watch::new(&self.path, id));
+    /// `watch`: whether to register with the OS for the file (a
+    /// semaphore watches only its lowest slots).
+    pub(crate) fn wake_sources(&self, watch: bool) -> (Option<Watch>, Arc<Notify>) {
+        let id = self.idle_id().or(*util::lock(&self.seen));
+        let watch = id.filter(|_| watch).map(|id| Watch::new(&self.path, id));
         (watch, self.gate().released_notifier())
-    }
-
-    /// Opens the lock file and keeps the descriptor for the next attempt,
-    /// unless one is kept already; locks nothing.
-    pub(crate) async fn preopen(&self) -> Result<()> {
-        if self.idle_id().is_none() {
-            let handle = self.open().await?;
-            self.put_idle(handle);
-        }
-        Ok(())
     }
 
     /// Unlocks `file` and keeps it for the next acquisition (or closes
@@ -471,6 +521,11 @@ impl Engine {
 
     fn take_idle(&self) -> Option<Handle> {
         util::lock(&self.idle).take()
+    }
+
+    /// Opens the lock file on the blocking pool; locks nothing.
+    pub(crate) async fn open_handle(&self) -> Result<Handle> {
+        self.open().await
     }
 
     async fn open(&self) -> Result<Handle> {
@@ -596,6 +651,7 @@ impl Contender for FileContender<'_> {
         let mut id = None;
         if let Some(h) = self.current.take() {
             id = Some(h.id);
+            self.engine.note_seen(h.id);
             self.withdraw(&h.file);
             self.engine.put_idle(h);
         }

@@ -290,13 +290,19 @@ impl Lock {
         timeout: std::time::Duration,
         fail_fast: bool,
     ) -> Result<LockGuard> {
+        let granted = self.engine.acquire(start, timeout, fail_fast).await?;
+        Ok(self.guard(granted))
+    }
+
+    /// The guard of a grant of this lock's engine.
+    pub(crate) fn guard(&self, granted: Granted) -> LockGuard {
         let Granted {
             file,
             id,
             pass,
             waited,
-        } = self.engine.acquire(start, timeout, fail_fast).await?;
-        Ok(LockGuard {
+        } = granted;
+        LockGuard {
             waited,
             file: Some(tokio::fs::File::from_std(file)),
             id,
@@ -304,7 +310,7 @@ impl Lock {
             keep: true,
             lock: self.engine.clone(),
             _pass: Some(pass),
-        })
+        }
     }
 }
 

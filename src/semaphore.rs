@@ -10,15 +10,19 @@ use std::time::Duration;
 use futures_util::stream::StreamExt;
 
 use crate::deadline::Schedule;
-use crate::engine::{self, Attempt, Contender, FileOptions};
+use crate::engine::{self, Attempt, Contender, FileOptions, SlotTry};
 use crate::error::{Error, Result};
+use crate::file_lock::{Handle, OpenMode};
 use crate::lock::{absolute, Lock, LockGuard};
 use crate::options::{acquire_variants, wait_setters, WaitOptions, Waiting};
 use crate::wake::Watch;
 
 const DEFAULT_NAME: &str = "bounded_semaphore";
 const DEFAULT_PATTERN: &str = "{name}.{number:02d}.lock";
-/// More slots than any real use needs; bounds memory and descriptors.
+/// More slots than any real use needs; bounds the memory a semaphore value
+/// takes (a path per slot) and the length of a sweep. Descriptors do not
+/// grow with it: an acquisition has at most 64 slot files open at once
+/// (two windows of 32 opened ahead), and only held slots stay open.
 pub const MAX_SLOTS: usize = 10_000;
 const OP: &str = "failed to acquire semaphore";
 
@@ -27,8 +31,11 @@ const OP: &str = "failed to acquire semaphore";
 ///
 /// Defaults: name `bounded_semaphore`, directory [`std::env::temp_dir`],
 /// pattern `{name}.{number:02d}.lock`, timeout 5 s, check interval 250 ms.
-/// Nothing is opened until [`acquire`](Self::acquire). Clones share the
-/// open slot descriptors; setters return a new value with its own.
+/// Nothing is opened until [`acquire`](Self::acquire), and only the slots
+/// a permit holds stay open: a sweep opens at most 64 slot files ahead and
+/// closes each slot it does not get, so a 10,000-slot semaphore works under
+/// the usual limit of 1,024 descriptors. Running out of descriptors is an
+/// [`ErrorKind::Io`](crate::ErrorKind::Io) error at once, never contention.
 ///
 /// # Differences from portalocker
 ///
@@ -44,7 +51,8 @@ const OP: &str = "failed to acquire semaphore";
 ///   the sweep, and waiters wake when a slot is released instead of at the
 ///   next interval.
 /// * A name or pattern that would put slot files outside the directory
-///   (`/`, `..`) is rejected, and at most [`MAX_SLOTS`] slots are allowed.
+///   (a path separator of the platform, `..`, a drive prefix) is
+///   rejected, and at most [`MAX_SLOTS`] slots are allowed.
 ///
 /// # Examples
 ///
@@ -236,9 +244,9 @@ impl BoundedSemaphore {
     /// This method is cancel safe. A slot is only ever taken by a
     /// non-blocking attempt immediately followed by the return of the
     /// permit, so dropping the future (mid-sweep or while waiting) holds no
-    /// slot. Slot files it opened stay open, unlocked, for the next
-    /// acquisition through this semaphore (and its clones); one still being
-    /// opened on the blocking pool is closed when that open finishes.
+    /// slot and keeps no descriptor: the slot files it had open are closed
+    /// with it, and one still being opened on the blocking pool is closed
+    /// when that open finishes.
     ///
     /// # Errors
     ///
@@ -359,19 +367,26 @@ fn describe_unusable(unusable: &[Option<Error>]) -> String {
     out
 }
 
-/// How many slot files one sweep opens concurrently ahead of the slot it
-/// is trying: enough to hide the latency of the opens, few enough that a
-/// large semaphore does not flood the blocking pool.
-const OPEN_AHEAD: usize = 16;
+/// How many slot files one call on the blocking pool opens: a sweep of a
+/// large semaphore costs one hop per window, not per slot.
+const WINDOW: usize = 32;
 
-/// One sweep, lowest slot first, as Python sweeps: the slots' files are
-/// opened concurrently (up to [`OPEN_AHEAD`] at a time, on the blocking
-/// pool; already open ones are ready at once), but the non-blocking lock
-/// attempts are made in ascending slot order, so the lowest free slot is
-/// granted. A slot that fails with anything but contention (a directory
-/// there, a file this user may not open) is recorded in `unusable` and
-/// skipped.
-/// The semaphore as a [`Contender`]: each attempt is one sweep.
+/// How many windows a sweep opens ahead of the slot it is trying: enough
+/// to hide the latency of the opens; with [`WINDOW`], the bound on the
+/// descriptors an acquisition has open at once (64).
+const WINDOWS_AHEAD: usize = 2;
+
+/// How many of the lowest slots a waiter watches for releases by other
+/// processes (inotify watches are limited per user); a release of a higher
+/// slot is found by the next scheduled sweep.
+const WATCHED: usize = 1024;
+
+/// The semaphore as a [`Contender`]: each attempt is one sweep, lowest
+/// slot first, as Python sweeps: the slots' files are opened ahead in
+/// windows on the blocking pool, but the non-blocking lock attempts are
+/// made in ascending slot order, so the lowest free slot is granted. A slot
+/// that fails with anything but contention (a directory there, a file this
+/// user may not open) is recorded in `unusable` and skipped.
 struct Sweep<'a> {
     sem: &'a BoundedSemaphore,
     slots: &'a [Lock],
@@ -388,7 +403,7 @@ impl Contender for Sweep<'_> {
     type Granted = BoundedSemaphorePermit;
 
     async fn attempt(&mut self) -> Result<Attempt<BoundedSemaphorePermit>> {
-        if let Some(permit) = sweep(self.slots, &mut self.unusable).await {
+        if let Some(permit) = sweep(self.slots, &mut self.unusable).await? {
             return Ok(Attempt::Granted(permit));
         }
         if self.unusable.iter().all(Option::is_some) {
@@ -398,13 +413,18 @@ impl Contender for Sweep<'_> {
     }
 
     /// At the first busy sweep: every slot's releases in this process, and
-    /// closes and handovers by other processes of the slots already open.
+    /// closes and handovers by other processes of the lowest
+    /// [`WATCHED`] slots found busy (the OS limits watches per user).
     fn register(&mut self) -> Option<Vec<std::sync::Arc<tokio::sync::Notify>>> {
         if self.watches.is_some() {
             return None;
         }
-        let (watches, notifiers): (Vec<_>, Vec<_>) =
-            self.slots.iter().map(|l| l.engine.wake_sources()).unzip();
+        let (watches, notifiers): (Vec<_>, Vec<_>) = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, l)| l.engine.wake_sources(i < WATCHED))
+            .unzip();
         let watches: Vec<Watch> = watches.into_iter().flatten().collect();
         let mut all: Vec<_> = watches.iter().map(Watch::notifier).collect();
         all.extend(notifiers);
@@ -417,25 +437,104 @@ impl Contender for Sweep<'_> {
     }
 }
 
-async fn sweep(slots: &[Lock], unusable: &mut [Option<Error>]) -> Option<BoundedSemaphorePermit> {
+/// Opens the slot files of `window` in one call on the blocking pool (one
+/// hop per window rather than per slot). If the sweep is dropped while it
+/// runs, the files are closed when it ends.
+async fn open_window(slots: &[Lock], window: Vec<usize>) -> Vec<(usize, Result<Handle>)> {
+    let jobs: Vec<(usize, PathBuf, OpenMode)> = window
+        .iter()
+        .map(|&i| {
+            (
+                i,
+                slots[i].path().to_path_buf(),
+                slots[i].engine.opts.open_mode(),
+            )
+        })
+        .collect();
+    let opened = crate::util::run_blocking(move || {
+        jobs.into_iter()
+            .map(|(i, path, mode)| (i, crate::file_lock::open_lock_file(&path, mode)))
+            .collect::<Vec<_>>()
+    })
+    .await;
+    let as_error = |i: usize, e| Error::io(engine::OP_OPEN, Some(slots[i].path()), e);
+    match opened {
+        Ok(v) => v
+            .into_iter()
+            .map(|(i, r)| (i, r.map_err(|e| as_error(i, e))))
+            .collect(),
+        // The blocking pool is gone (the runtime shuts down).
+        Err(e) => window
+            .into_iter()
+            .map(|i| {
+                (
+                    i,
+                    Err(as_error(i, std::io::Error::new(e.kind(), e.to_string()))),
+                )
+            })
+            .collect(),
+    }
+}
+
+/// One sweep. At most [`WINDOWS_AHEAD`] × [`WINDOW`] slot files are open
+/// at once (the windows being opened ahead, the one tried among them); a
+/// slot that is not granted
+/// is closed at once, so a semaphore keeps no descriptor for a slot it does
+/// not hold, whatever its size. Running out of descriptors (`EMFILE`,
+/// `ENFILE`) ends the acquisition with that error at once: it says nothing
+/// about the slot, and the slots not yet tried may be free.
+async fn sweep(
+    slots: &[Lock],
+    unusable: &mut [Option<Error>],
+) -> Result<Option<BoundedSemaphorePermit>> {
     let todo: Vec<usize> = (0..slots.len())
         .filter(|&i| unusable[i].is_none())
         .collect();
-    let mut opened = futures_util::stream::iter(todo)
-        .map(|i| async move { (i, slots[i].engine.preopen().await) })
-        .buffered(OPEN_AHEAD);
+    let windows: Vec<Vec<usize>> = todo.chunks(WINDOW).map(<[usize]>::to_vec).collect();
+    let mut opened = futures_util::stream::iter(windows)
+        .map(|window| open_window(slots, window))
+        .buffered(WINDOWS_AHEAD)
+        .flat_map(futures_util::stream::iter);
     while let Some((i, opened)) = opened.next().await {
-        let attempt = match opened {
-            Ok(()) => slots[i].try_acquire().await,
-            Err(e) => Err(e),
+        let engine = &slots[i].engine;
+        let mut handle = opened;
+        // A file replaced under us is opened afresh, a few times.
+        let mut tried = 0;
+        let outcome = loop {
+            let h = match handle {
+                Ok(h) => h,
+                Err(e) => break Err(e),
+            };
+            match engine.try_slot(h) {
+                Ok(SlotTry::Replaced) if tried < 3 => {
+                    tried += 1;
+                    handle = engine.open_handle().await;
+                }
+                Ok(SlotTry::Replaced) => break Ok(None),
+                Ok(SlotTry::Busy) => break Ok(None),
+                Ok(SlotTry::Granted(g)) => break Ok(Some(g)),
+                Err(e) => break Err(e),
+            }
         };
-        match attempt {
-            Ok(guard) => return Some(BoundedSemaphorePermit::new(i, guard)),
-            Err(e) if e.is_already_locked() => {}
+        match outcome {
+            Ok(Some(granted)) => {
+                return Ok(Some(BoundedSemaphorePermit::new(
+                    i,
+                    slots[i].guard(granted),
+                )));
+            }
+            Ok(None) => {}
+            Err(e) if e.io_error().is_some_and(crate::sys::out_of_descriptors) => {
+                let os = e.io_error().map_or_else(String::new, ToString::to_string);
+                return Err(e.with_reason(format!(
+                    "{os} while trying slot {i}; the slots after it were not tried \
+                     (raise the open-file limit)"
+                )));
+            }
             Err(e) => unusable[i] = Some(e),
         }
     }
-    None
+    Ok(None)
 }
 
 fn warn_default_name() {

@@ -28,6 +28,7 @@
 //! | `unlock(&File)` | unlock; `false` when the handle must be closed rather than kept (see `windows.rs`) |
 //! | `explain_open_error(path, err)` | an open error that says what is at the path (a directory) |
 //! | `is_symlink_refusal(&io::Error)` | the error of an open that refused a symlink |
+//! | `out_of_descriptors(&io::Error)` | the process or system has no file descriptor left |
 //! | `is_fsync_unsupported(&io::Error)` | a filesystem that cannot `fsync` |
 //! | `sync_dir(&Path)` | make a new directory entry durable |
 //! | `hard_links_unsupported(&io::Error)` | a filesystem without hard links |

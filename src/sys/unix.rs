@@ -61,6 +61,11 @@ pub(crate) fn explain_open_error(_path: &Path, e: io::Error) -> io::Error {
     e
 }
 
+/// The process or the system is out of file descriptors.
+pub(crate) fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
 pub(crate) fn is_symlink_refusal(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::ELOOP)
 }

@@ -108,6 +108,11 @@ pub(crate) fn explain_open_error(path: &Path, e: io::Error) -> io::Error {
     e
 }
 
+/// The process is out of handles (`ERROR_TOO_MANY_OPEN_FILES`).
+pub(crate) fn out_of_descriptors(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(4)
+}
+
 pub(crate) fn is_symlink_refusal(e: &io::Error) -> bool {
     e.raw_os_error() == Some(ERROR_CANT_RESOLVE_FILENAME)
 }

@@ -592,6 +592,23 @@ async fn run_role(role: &str, args: &[String]) {
             say("DONE", n);
         }
         // Hold one semaphore slot until the parent closes stdin.
+        // Lock the slot files FROM..TO of a semaphore (pattern
+        // "{name}.{number:02d}.lock") with plain std locks, until the
+        // parent closes stdin.
+        "slots-hold" => {
+            let (dir, name) = (Path::new(&args[0]), &args[1]);
+            let (from, to): (usize, usize) = (args[2].parse().unwrap(), args[3].parse().unwrap());
+            let held: Vec<std::fs::File> = (from..to)
+                .map(|n| {
+                    let f = std::fs::File::create(dir.join(format!("{name}.{n:02}.lock"))).unwrap();
+                    f.try_lock().unwrap();
+                    f
+                })
+                .collect();
+            say("HELD", held.len());
+            tokio::task::spawn_blocking(wait_for_parent).await.unwrap();
+            drop(held);
+        }
         "sem-hold" => {
             let sem = portalocker::BoundedSemaphore::new(args[2].parse().unwrap())
                 .name(&args[0])
