@@ -292,7 +292,8 @@ async fn bad_redis_inputs_are_typed_errors() {
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidInput, "{ch:?}");
     }
-    for bits in [0u8, 3, 4, 6, 8] {
+    // Invalid sets (NON_BLOCKING with a mode is valid: it is implied).
+    for bits in [0u8, 3, 4, 8, 9, 12] {
         let e = RedisLock::new("ok", client.clone())
             .flags(LockFlags::from_bits(bits).unwrap())
             .acquire()
