@@ -64,8 +64,11 @@ async fn contention_reports_the_holder_pid() {
     let err = lock.acquire().await.unwrap_err();
     assert!(err.is_already_locked(), "{err}");
     assert_eq!(err.holder_pid(), Some(child_pid));
-    assert!(
-        err.to_string().contains(&format!("holder pid {child_pid}")),
+    // Named once ("pid N (command)" from the lock table, or "holder pid
+    // N" from the pid file), never twice.
+    assert_eq!(
+        err.to_string().matches(&format!("pid {child_pid}")).count(),
+        1,
         "{err}"
     );
     // With fail_when_locked(false) it waits for the timeout, then fails the same way.
