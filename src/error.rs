@@ -50,7 +50,9 @@ pub enum ErrorKind {
     /// The lock is held by someone else: at the deadline, or at once with
     /// `fail_when_locked` or `try_acquire`.
     AlreadyLocked,
-    /// A held lock was revoked (a Redis lock whose subscription died).
+    /// A held lock was revoked: a Redis lock whose subscription died, or a
+    /// file lock whose file a third party removed or replaced while it was
+    /// held.
     LockLost,
     /// An operating-system error: opening, locking, unlocking, writing or
     /// removing a file.
@@ -203,7 +205,8 @@ impl Error {
         self.inner.kind == ErrorKind::AlreadyLocked
     }
 
-    /// Whether a held lock was revoked (Python's `LockLostError`).
+    /// Whether a held lock was revoked (Python's `LockLostError`): see
+    /// [`ErrorKind::LockLost`].
     pub fn is_lock_lost(&self) -> bool {
         self.inner.kind == ErrorKind::LockLost
     }

@@ -194,6 +194,7 @@ mod flags;
 mod gate;
 mod holder;
 mod lock;
+mod loss;
 mod options;
 mod pidfile;
 mod rlock;

@@ -4,7 +4,7 @@ use std::fmt;
 use std::io;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::file_lock::{FileId, Handle};
 use crate::flags::LockFlags;
 use crate::gate::Pass;
+use crate::loss::Loss;
 use crate::options::{acquire_variants, wait_setters, WaitOptions, Waiting};
 
 pub use crate::options::{DEFAULT_CHECK_INTERVAL, DEFAULT_TIMEOUT};
@@ -114,9 +115,13 @@ pub use crate::options::{DEFAULT_CHECK_INTERVAL, DEFAULT_TIMEOUT};
 /// `open` and a thread hop. Before a reused (or long-waited-on) descriptor
 /// is trusted, its device and inode are compared with the file now at the
 /// path: a lock on a file that was deleted or replaced in the meantime is
-/// dropped and the path opened afresh, so two holders can never each
-/// believe they hold the lock. Dropping every clone of the `Lock` and every
-/// guard closes the cached descriptor.
+/// dropped and the path opened afresh, so a waiter never locks a file that
+/// is gone. A third party that removes or replaces the file *while it is
+/// held* does make two owners (the holder keeps a lock on a file no path
+/// names); the guard then reports it: [`LockGuard::is_lost`],
+/// [`LockGuard::lost`], and `release()` returning
+/// [`ErrorKind::LockLost`](crate::ErrorKind::LockLost). Dropping every
+/// clone of the `Lock` and every guard closes the cached descriptor.
 ///
 /// [`spawn_blocking`]: tokio::task::spawn_blocking
 #[derive(Clone)]
@@ -310,6 +315,8 @@ impl Lock {
             keep: true,
             lock: self.engine.clone(),
             _pass: Some(pass),
+            loss: OnceLock::new(),
+            monitor: OnceLock::new(),
         }
     }
 }
@@ -362,6 +369,12 @@ pub struct LockGuard {
     /// This process's gate for the file, passed; released after the lock.
     _pass: Option<Pass>,
     waited: std::time::Duration,
+    /// Whether the lock was lost (the file removed or replaced from
+    /// outside), created on first use so an acquisition allocates nothing.
+    loss: OnceLock<Arc<Loss>>,
+    /// The task that watches for the loss, started by `lost()` or
+    /// `watch_lost()`; aborted with the guard.
+    monitor: OnceLock<tokio::task::AbortHandle>,
 }
 
 impl LockGuard {
@@ -431,7 +444,14 @@ impl LockGuard {
     /// guard.release().await?; // the write is on disk before the unlock
     /// # Ok(()) }
     /// ```
-    pub async fn release(mut self) -> Result<()> {
+    pub async fn release(self) -> Result<()> {
+        self.release_checked(true).await
+    }
+
+    /// [`release`](Self::release); `check`: report a lost lock (a guard
+    /// that removes its own file first checks for itself).
+    pub(crate) async fn release_checked(mut self, check: bool) -> Result<()> {
+        let lost = check && self.is_lost();
         let Some(mut file) = self.file.take() else {
             return Ok(());
         };
@@ -440,7 +460,138 @@ impl LockGuard {
         let unlocked = self.lock.release(std, self.id, self.touched, self.keep);
         let path = &self.lock.path;
         flushed.map_err(|e| Error::io("failed to write lock file", Some(path), e))?;
-        unlocked.map_err(|e| Error::io("failed to unlock", Some(path), e))
+        unlocked.map_err(|e| Error::io("failed to unlock", Some(path), e))?;
+        if lost {
+            return Err(self.lost_error());
+        }
+        Ok(())
+    }
+
+    fn loss(&self) -> &Arc<Loss> {
+        self.loss.get_or_init(|| Arc::new(Loss::new()))
+    }
+
+    /// Whether the lock was lost: a third party removed the lock file or
+    /// renamed another file over it while it was held. The lock then
+    /// protects a file no path names, and a process that opens the path
+    /// locks a new file at once, so two owners each believe they hold
+    /// "the" lock. `flock(2)` cannot prevent this (the lock is on the open
+    /// file, not on the name); this tells you it happened.
+    ///
+    /// Checks now (one `lstat` of the path, compared with the identity of
+    /// the locked file), and remembers a loss seen before. A loss is
+    /// final: a file put back at the path later is another file.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> portalocker::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("job.lock");
+    /// let guard = portalocker::Lock::new(&path).acquire().await?;
+    /// assert!(!guard.is_lost());
+    /// std::fs::remove_file(&path)?; // a careless cleanup script
+    /// assert!(guard.is_lost());
+    /// assert!(guard.release().await.unwrap_err().is_lock_lost());
+    /// # Ok(()) }
+    /// ```
+    pub fn is_lost(&self) -> bool {
+        if self.loss.get().is_some_and(|l| l.is_lost()) {
+            return true;
+        }
+        if matches!(self.is_at_path(), Ok(false)) {
+            self.loss().fail(format!(
+                "the lock file {} was removed or replaced while held, so another process can \
+                 lock the file now at that path",
+                self.lock.path.display()
+            ));
+            return true;
+        }
+        false
+    }
+
+    /// `Ok(())` while the lock is held; once it is lost (see
+    /// [`is_lost`](Self::is_lost)) an error of kind
+    /// [`ErrorKind::LockLost`](crate::ErrorKind::LockLost) naming the path
+    /// and why.
+    pub fn ensure_held(&self) -> Result<()> {
+        if self.is_lost() {
+            return Err(self.lost_error());
+        }
+        Ok(())
+    }
+
+    fn lost_error(&self) -> Error {
+        let why = self
+            .loss()
+            .reason()
+            .unwrap_or_else(|| "the lock file was removed or replaced while held".into());
+        Error::new(crate::ErrorKind::LockLost, "lock lost")
+            .with_path(&self.lock.path)
+            .with_reason(why)
+    }
+
+    /// Starts the task that watches for the loss, once per guard.
+    fn watch_for_loss(&self) {
+        self.monitor.get_or_init(|| {
+            crate::loss::monitor_file(self.lock.path.clone(), self.id, self.loss().clone())
+                .abort_handle()
+        });
+    }
+
+    /// Resolves when the lock is lost (see [`is_lost`](Self::is_lost)).
+    /// The first call starts a task owned by the guard that watches the
+    /// path: on Linux it is woken by inotify when the file is removed,
+    /// renamed or replaced (and checks every 250 ms as a safety net); on
+    /// other platforms it checks every 250 ms.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: dropping the future changes nothing;
+    /// the watching task lives as long as the guard.
+    ///
+    /// # Panics
+    ///
+    /// Panics outside a Tokio runtime (it spawns the watching task).
+    pub async fn lost(&self) {
+        self.watch_for_loss();
+        self.loss().lost().await;
+    }
+
+    /// A `watch` receiver that turns `true` when the lock is lost (see
+    /// [`lost`](Self::lost), which starts the same watching task): hand it
+    /// to tasks that must stop working then, without giving them the guard.
+    ///
+    /// # Panics
+    ///
+    /// Panics outside a Tokio runtime (it spawns the watching task).
+    pub fn watch_lost(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.watch_for_loss();
+        self.loss().subscribe()
+    }
+
+    /// Runs `work` only while the lock is held: its output, or an error of
+    /// kind [`ErrorKind::LockLost`](crate::ErrorKind::LockLost) as soon as
+    /// the lock is lost first (then `work` is dropped, i.e. cancelled, at
+    /// its current `.await`). As with `RedisLockGuard::run_while_held`, a
+    /// loss is noticed, not undone: effects `work` already had stay.
+    ///
+    /// # Cancel safety
+    ///
+    /// As cancel safe as `work`: dropping this future drops `work`.
+    ///
+    /// # Panics
+    ///
+    /// Panics outside a Tokio runtime (it spawns the watching task).
+    pub async fn run_while_held<F: std::future::Future>(&self, work: F) -> Result<F::Output> {
+        self.ensure_held()?;
+        // The loss is polled first.
+        let lost = std::pin::pin!(self.lost());
+        match futures_util::future::select(lost, std::pin::pin!(work)).await {
+            futures_util::future::Either::Left(((), _)) => Err(self.lost_error()),
+            futures_util::future::Either::Right((out, _)) => Ok(out),
+        }
     }
 }
 
@@ -465,6 +616,9 @@ impl DerefMut for LockGuard {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
+        if let Some(task) = self.monitor.get() {
+            task.abort();
+        }
         let Some(file) = self.file.take() else {
             return;
         };
@@ -505,3 +659,55 @@ impl fmt::Debug for LockGuard {
             .finish_non_exhaustive()
     }
 }
+
+/// The loss vocabulary of [`LockGuard`] (`is_lost`, `ensure_held`,
+/// `watch_lost`, `lost`) for a guard that holds one, reached through its
+/// `fn with_lock_guard<R>(&self, f: impl FnOnce(&LockGuard) -> R) -> Option<R>`
+/// (`None`: it holds none any more, which is not a loss).
+macro_rules! loss_vocabulary {
+    () => {
+        /// Whether the lock was lost: its file was removed or replaced by
+        /// a third party while held. See
+        /// [`LockGuard::is_lost`](crate::LockGuard::is_lost).
+        pub fn is_lost(&self) -> bool {
+            self.with_lock_guard(|g| g.is_lost()).unwrap_or(false)
+        }
+
+        /// `Ok(())` while held; an error of kind
+        /// [`ErrorKind::LockLost`](crate::ErrorKind::LockLost) once lost.
+        /// See [`LockGuard::ensure_held`](crate::LockGuard::ensure_held).
+        pub fn ensure_held(&self) -> $crate::Result<()> {
+            self.with_lock_guard(|g| g.ensure_held()).unwrap_or(Ok(()))
+        }
+
+        /// A receiver that turns `true` when the lock is lost. See
+        /// [`LockGuard::watch_lost`](crate::LockGuard::watch_lost).
+        ///
+        /// # Panics
+        ///
+        /// Panics outside a Tokio runtime (it starts the watching task).
+        pub fn watch_lost(&self) -> ::tokio::sync::watch::Receiver<bool> {
+            self.with_lock_guard(|g| g.watch_lost())
+                .unwrap_or_else(|| ::tokio::sync::watch::channel(false).1)
+        }
+
+        /// Resolves when the lock is lost. See
+        /// [`LockGuard::lost`](crate::LockGuard::lost).
+        ///
+        /// # Cancel safety
+        ///
+        /// This method is cancel safe: dropping the future changes nothing.
+        ///
+        /// # Panics
+        ///
+        /// Panics outside a Tokio runtime (it starts the watching task).
+        pub async fn lost(&self) {
+            let mut rx = self.watch_lost();
+            if rx.wait_for(|lost| *lost).await.is_err() {
+                // No lock is held through this guard any more.
+                ::std::future::pending::<()>().await;
+            }
+        }
+    };
+}
+pub(crate) use loss_vocabulary;

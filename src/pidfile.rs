@@ -231,6 +231,14 @@ pub struct PidFileLockGuard {
 }
 
 impl PidFileLockGuard {
+    crate::lock::loss_vocabulary!();
+
+    /// The guard of the sidecar lock (`<pid_path>.lock`), whose removal or
+    /// replacement is a loss.
+    fn with_lock_guard<R>(&self, f: impl FnOnce(&crate::LockGuard) -> R) -> Option<R> {
+        self.inner.lock_guard().map(f)
+    }
+
     /// The absolute path of the pid file.
     pub fn path(&self) -> &Path {
         &self.pid_path

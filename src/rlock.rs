@@ -228,6 +228,15 @@ pub struct RLockGuard {
 }
 
 impl RLockGuard {
+    crate::lock::loss_vocabulary!();
+
+    /// The file lock this owner holds (shared by its guards).
+    fn with_lock_guard<R>(&self, f: impl FnOnce(&LockGuard) -> R) -> Option<R> {
+        let shared = self.shared.as_ref()?;
+        let state = crate::util::lock(&shared.state);
+        state.guard.as_ref().map(f)
+    }
+
     /// The absolute path of the lock file.
     pub fn path(&self) -> &Path {
         match &self.shared {

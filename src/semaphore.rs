@@ -745,6 +745,12 @@ pub struct BoundedSemaphorePermit {
 pub type SemaphorePermit = BoundedSemaphorePermit;
 
 impl BoundedSemaphorePermit {
+    crate::lock::loss_vocabulary!();
+
+    fn with_lock_guard<R>(&self, f: impl FnOnce(&LockGuard) -> R) -> Option<R> {
+        Some(f(&self.guard))
+    }
+
     fn new(slot: usize, mut guard: LockGuard) -> Self {
         guard.close_on_release();
         Self {

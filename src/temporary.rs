@@ -144,6 +144,12 @@ pub struct TemporaryFileLockGuard {
 }
 
 impl TemporaryFileLockGuard {
+    crate::lock::loss_vocabulary!();
+
+    fn with_lock_guard<R>(&self, f: impl FnOnce(&LockGuard) -> R) -> Option<R> {
+        self.inner.lock_guard().map(f)
+    }
+
     /// The absolute path of the lock file.
     pub fn path(&self) -> &Path {
         self.inner.lock_path()
@@ -225,6 +231,10 @@ impl DeleteOnRelease {
         self.companion = Some(path);
     }
 
+    pub(crate) fn lock_guard(&self) -> Option<&LockGuard> {
+        self.guard.as_ref()
+    }
+
     fn guard(&self) -> &LockGuard {
         self.guard
             .as_ref()
@@ -283,7 +293,9 @@ impl DeleteOnRelease {
     pub(crate) async fn release(mut self) -> Result<()> {
         let removed = self.remove_files();
         let released = match self.guard.take() {
-            Some(g) => g.release().await,
+            // Checked by `remove_files` (before removing, which would
+            // look like a loss).
+            Some(g) => g.release_checked(false).await,
             None => Ok(()),
         };
         removed.and(released)

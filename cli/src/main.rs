@@ -20,7 +20,8 @@ use portalocker::{
 const EXIT_BUSY: u8 = 1;
 /// Exit code: a command-line error (clap's).
 const EXIT_USAGE: u8 = 2;
-/// Exit code: the Redis lock was lost while the command ran.
+/// Exit code: the lock was lost while the command ran, and it was stopped
+/// (a Redis lock, or a file lock with `--stop-on-loss`).
 const EXIT_LOST: u8 = 75;
 /// Exit code: an error of this program (I/O, an unreachable server).
 const EXIT_FAILED: u8 = 71;
@@ -48,7 +49,8 @@ Examples:
 
 Exit status: the command's own status (128 + N if it died of signal N);
 1 if the lock is busy (-E/--conflict-exit-code to change it); 2 for a
-usage error; 75 if a Redis lock was lost while the command ran; 71 for
+usage error; 75 if the lock was lost while the command ran (Redis, or
+lock --stop-on-loss: the lock file removed or replaced); 71 for
 other errors of this program; 126/127 if the command cannot be run.
 SIGINT and SIGTERM are passed on to the command, and the lock is released
 only once it has exited.";
@@ -107,6 +109,21 @@ struct LockArgs {
     /// open, even past this program's death.
     #[arg(long)]
     inherit: bool,
+    /// Stop COMMAND if the lock is lost while it runs: someone else
+    /// removed the lock file or renamed another over it, so another
+    /// process can take "the" lock. SIGTERM, then SIGKILL after --grace;
+    /// the exit status is then 75.
+    #[arg(long)]
+    stop_on_loss: bool,
+    /// With --stop-on-loss: SIGKILL this long after SIGTERM.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value = "10",
+        value_parser = parse_seconds,
+        requires = "stop_on_loss"
+    )]
+    grace: Duration,
     #[command(flatten)]
     wait: WaitArgs,
     /// The lock file (created if missing).
@@ -371,9 +388,21 @@ async fn lock(a: LockArgs, verbose: bool) -> Outcome {
             }
         }
     }
-    let code = run_plain(&a.command, &env).await;
+    let code = if a.stop_on_loss {
+        run(&a.command, &env, Some(guard.lost()), a.grace).await
+    } else {
+        run_plain(&a.command, &env).await
+    };
+    // A loss is reported whether or not the command was stopped for it.
+    let lost = guard.is_lost();
     if let Err(e) = guard.release().await {
         say(e);
+    }
+    if lost && a.stop_on_loss {
+        say(format!(
+            "{what} was lost while the command ran; it was stopped"
+        ));
+        return Outcome { code: EXIT_LOST };
     }
     if verbose {
         say(format!("released {what}"));

@@ -586,3 +586,39 @@ async fn a_command_that_ignores_sigterm_is_killed_after_the_grace() {
     );
     drop(seen);
 }
+
+/// `lock --stop-on-loss`: when someone removes the held lock file, the
+/// command is stopped (SIGTERM) and the status is 75; without the flag the
+/// loss is still reported when the command ends.
+#[test]
+fn a_removed_lock_file_stops_the_command_with_stop_on_loss() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("job.lock");
+    let p = path.to_str().unwrap();
+    let script = "trap 'echo GOT-TERM; exit 0' TERM; echo READY; while :; do sleep 0.05; done";
+    let mut r = Run::cli(&[
+        "lock",
+        "--stop-on-loss",
+        "--grace",
+        "5",
+        p,
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    r.expect("READY");
+    std::fs::remove_file(&path).unwrap();
+    r.expect("GOT-TERM");
+    let (code, _, err) = r.finish();
+    assert_eq!(code, 75, "{err}");
+    assert!(err.contains("lost"), "{err}");
+    // Without --stop-on-loss the command runs to its end; the loss is said.
+    let mut r = Run::cli(&["lock", p, "--", "sh", "-c", "echo READY; read line"]);
+    r.expect("READY");
+    std::fs::remove_file(&path).unwrap();
+    r.send("go");
+    let (code, _, err) = r.finish();
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("removed or replaced"), "{err}");
+}
