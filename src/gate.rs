@@ -40,7 +40,7 @@
 use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
@@ -92,7 +92,40 @@ pub(crate) struct Gate {
     /// Whether announcements are safe on the file's filesystem (0: not
     /// known yet, 1: yes, 2: no).
     capable: AtomicU8,
+    /// Whom releases handed over to, to stop honouring a waiter that does
+    /// not take what it is handed.
+    handovers: Mutex<Handovers>,
 }
+
+/// The memory of handovers that tells a waiter that cannot take the lock
+/// (stopped by `SIGSTOP` or a debugger, a frozen cgroup) from one that
+/// does. A waiter that takes the lock withdraws its announcement, and its
+/// next wait announces a new time; so an announcement still there at the
+/// next release, after this process handed over to it [`MISSES`] times in a
+/// row, was not taken. It is then left out for a back-off (doubling from
+/// [`IGNORE_MIN`] to [`IGNORE_MAX`] while it stays), during which other
+/// announced waiters are still handed the lock. Each miss costs the live
+/// processes one handoff window, so a stopped waiter costs them a few
+/// milliseconds per back-off instead of every release.
+#[derive(Debug, Default)]
+struct Handovers {
+    /// The announcement the last handover went to.
+    last: Option<u64>,
+    /// Handovers in a row that the announcement at `last` did not take.
+    misses: u32,
+    /// An announcement left out until `ignored_until` (µs since `base()`).
+    ignored: Option<u64>,
+    ignored_until: u64,
+    /// The current back-off for `ignored`, in µs.
+    backoff: u64,
+}
+
+/// Handovers in a row that an announcement may leave untaken before it is
+/// left out.
+const MISSES: u32 = 3;
+/// The first and the longest time an untaken announcement is left out.
+const IGNORE_MIN: Duration = Duration::from_secs(1);
+const IGNORE_MAX: Duration = Duration::from_secs(30);
 
 /// A passed gate, held for as long as the lock; giving it back notifies
 /// [`Gate::released_notifier`].
@@ -167,7 +200,7 @@ impl Gate {
         let hand_over = self.burst_done(now)
             && self.should_check(now)
             && self.capable(file)
-            && crate::sys::announced_before(file, u64::MAX);
+            && self.pick_waiter(file, now);
         let unlocked = crate::sys::unlock(file);
         if hand_over {
             self.owe_handoff();
@@ -176,6 +209,44 @@ impl Gate {
             unlocked,
             hand_over,
         }
+    }
+
+    /// Whether an announced waiter should be handed the lock (see
+    /// [`Handovers`]).
+    fn pick_waiter(&self, file: &File, now: u64) -> bool {
+        let mut h = crate::util::lock(&self.handovers);
+        let skip = h.ignored.filter(|_| now < h.ignored_until);
+        let Some(t) = crate::sys::announcement_except(file, skip) else {
+            return false;
+        };
+        if h.last != Some(t) {
+            h.last = Some(t);
+            h.misses = 0;
+            return true;
+        }
+        h.misses += 1;
+        if h.misses < MISSES {
+            return true;
+        }
+        // It did not take the lock the last times: leave it out for a
+        // while, and hand over to another announced waiter if there is one.
+        let min = u64::try_from(IGNORE_MIN.as_micros()).unwrap_or(u64::MAX);
+        let max = u64::try_from(IGNORE_MAX.as_micros()).unwrap_or(u64::MAX);
+        h.backoff = if h.ignored == Some(t) {
+            h.backoff.saturating_mul(2).clamp(min, max)
+        } else {
+            min
+        };
+        h.ignored = Some(t);
+        h.ignored_until = now.saturating_add(h.backoff);
+        h.misses = 0;
+        h.last = crate::sys::announcement_except(file, Some(t));
+        #[cfg(feature = "tracing")]
+        tracing::debug!(
+            backoff = ?Duration::from_micros(h.backoff),
+            "an announced waiter did not take {MISSES} handovers: left out for a while"
+        );
+        h.last.is_some()
     }
 
     /// Whether waiters may announce themselves on `file` (its filesystem,

@@ -211,3 +211,57 @@ async fn a_killed_announced_waiter_leaves_nothing_behind() {
         "modification time untouched"
     );
 }
+
+/// A waiter that cannot take what it is handed (SIGSTOPped while announced:
+/// a debugger, a frozen cgroup) stops being handed the lock after a few
+/// handovers: the holder's releases keep their descriptor again, instead
+/// of every one closing it and staying away for nothing. Resumed, the
+/// waiter is still served.
+#[tokio::test]
+async fn a_stopped_announced_waiter_is_left_out_after_a_few_handovers() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("stopped.lock");
+    std::fs::write(&path, b"").unwrap();
+    let ino = std::fs::metadata(&path).unwrap().ino();
+    let lock = Lock::new(&path).timeout(Duration::from_secs(60));
+    let guard = lock.acquire().await.unwrap();
+    let mut waiter = Proc::role("child_entry", "wait", &[path.to_str().unwrap()]);
+    waiter.expect("WAITING");
+    wait_for_announcement(ino, &mut waiter).await;
+    let signal = |sig: &str| {
+        let pid = waiter.pid().to_string();
+        assert!(std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    signal("-STOP");
+    drop(guard);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut handovers = 0;
+    loop {
+        let g = lock.acquire().await.unwrap();
+        // Past the holder's burst, so the release looks for announcements.
+        let held = std::time::Instant::now();
+        while held.elapsed() < Duration::from_millis(3) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        drop(g);
+        if support::open_count(&path) == 1 {
+            break; // kept its descriptor: no handover
+        }
+        handovers += 1;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after {handovers} releases every one still hands over to the stopped waiter"
+        );
+    }
+    assert!(
+        (1..=3).contains(&handovers),
+        "{handovers} handovers to the stopped waiter before it was left out"
+    );
+    signal("-CONT");
+    waiter.expect("ACQUIRED");
+    waiter.finish();
+}

@@ -91,3 +91,7 @@ pub(crate) fn withdraw(_file: &File) {}
 pub(crate) fn announced_before(_file: &File, _t: u64) -> bool {
     false
 }
+
+pub(crate) fn announcement_except(_file: &File, _skip: Option<u64>) -> Option<u64> {
+    None
+}

@@ -250,6 +250,25 @@ pub(crate) fn announced_before(file: &File, t: u64) -> bool {
         && l.l_type != libc::F_UNLCK as libc::c_short
 }
 
+/// The wait-start time of some waiter announced on `file` (other than
+/// through this descriptor), leaving out an announcement at `skip`; `None`
+/// when there is no other.
+pub(crate) fn announcement_except(file: &File, skip: Option<u64>) -> Option<u64> {
+    let find = |from: i64, len: i64| -> Option<u64> {
+        if len <= 0 {
+            return None;
+        }
+        let mut l = byte_lock(libc::F_WRLCK, ANNOUNCE_BASE + from, len);
+        let found = nix::fcntl::fcntl(file, nix::fcntl::FcntlArg::F_OFD_GETLK(&mut l)).is_ok()
+            && l.l_type != libc::F_UNLCK as libc::c_short;
+        found.then(|| u64::try_from(l.l_start - ANNOUNCE_BASE).unwrap_or(0))
+    };
+    match skip.map(|s| s.min(ANNOUNCE_SPAN as u64 - 1) as i64) {
+        None => find(0, ANNOUNCE_SPAN),
+        Some(s) => find(0, s).or_else(|| find(s + 1, ANNOUNCE_SPAN - s - 1)),
+    }
+}
+
 /// The `flock` holders of the file `id` listed in `/proc/locks`: (pid,
 /// shared). Lines look like
 /// `1: FLOCK  ADVISORY  WRITE 9643 fe:00:10010845 0 EOF` (device major and

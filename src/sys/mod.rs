@@ -35,7 +35,7 @@
 //! | `create_unnamed`, `link_unnamed` | unnamed temporary files, where they exist |
 //! | `rename_noreplace(from, to)` | an atomic no-clobber rename, where it exists (Linux `renameat2`, macOS `renameatx_np`) |
 //! | `WatchId`, `watch(path, fire)`, `unwatch(id)` | change notification on a lock file, where it exists |
-//! | `handoff_capable(&File)`, `wait_clock()`, `announce(&File, t)`, `withdraw(&File)`, `announced_before(&File, t)` | a waiter's announcement to a holder in another process (Linux: open-file-description byte locks), where it exists |
+//! | `handoff_capable(&File)`, `wait_clock()`, `announce(&File, t)`, `withdraw(&File)`, `announced_before(&File, t)`, `announcement_except(&File, skip)` | a waiter's announcement to a holder in another process (Linux: open-file-description byte locks), where it exists |
 //! | `lock_holders(id)`, `command_line(pid)` | who holds `flock` locks on a file (Linux: `/proc/locks`), and their command lines |
 //! | `connect_local(addr)` | (feature `redis`) a Redis address only this platform has: a Unix socket |
 
