@@ -30,7 +30,7 @@ async fn uncontended_acquire_names_the_connection_and_release_frees() {
                 .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
     );
     assert_eq!(g.channel(), "jobs");
-    assert_eq!(srv.numsub("jobs").await, 1);
+    assert_eq!(srv.numsub_settled("jobs", 1).await, 1);
     assert_eq!(srv.lock_clients("jobs").await, [format!("jobs-lock-{id}")]);
     assert!(!g.is_lost());
     g.ensure_held().unwrap();
@@ -227,7 +227,7 @@ async fn hostile_messages_never_crash_or_unlock_a_holder() {
     // Still held and still answering probes: a contender sees it busy.
     support::assert_busy(&RedisLock::new("h", srv.client())).await;
     assert!(!g.is_lost());
-    assert_eq!(srv.numsub("h").await, 1);
+    assert_eq!(srv.numsub_settled("h", 1).await, 1);
     g.release().await.unwrap();
 }
 
@@ -403,7 +403,7 @@ async fn readers_share_and_writers_exclude() {
     let reader = RedisLock::new("rw", srv.client()).flags(LockFlags::SHARED);
     let r1 = reader.acquire().await.unwrap();
     let r2 = reader.acquire().await.unwrap();
-    assert_eq!(srv.numsub("rw").await, 2);
+    assert_eq!(srv.numsub_settled("rw", 2).await, 2);
     let writer = RedisLock::new("rw", srv.client());
     let err = writer
         .clone()
@@ -474,7 +474,7 @@ async fn a_silent_holder_with_a_conforming_name_is_reaped() {
     let srv = RedisServer::start();
     let name = format!("rp-lock-{}", "0123456789abcdef0123456789abcdef");
     let fake = fake_holder(&srv, "rp", &name, None).await;
-    assert_eq!(srv.numsub("rp").await, 1);
+    assert_eq!(srv.numsub_settled("rp", 1).await, 1);
     let g = RedisLock::new("rp", srv.client())
         .timeout(Duration::from_secs(10))
         .unavailable_timeout(Duration::from_millis(300))
@@ -523,7 +523,11 @@ async fn silent_subscribers_with_other_names_are_never_reaped() {
     })
     .await;
     assert!(settled, "our subscription was never dropped");
-    assert_eq!(srv.numsub("nr").await, 2, "a foreign subscriber was killed");
+    assert_eq!(
+        srv.numsub_settled("nr", 2).await,
+        2,
+        "a foreign subscriber was killed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -642,7 +646,7 @@ async fn try_acquire_and_acquire_timeout_use_this_calls_budget() {
     assert!(e.to_string().contains("waited 300ms"), "{e}");
     assert!(started.elapsed() >= Duration::from_millis(300));
     held.release().await.unwrap();
-    assert_eq!(srv.numsub("uni").await, 0);
+    assert_eq!(srv.numsub_settled("uni", 0).await, 0);
     drop(lock.try_acquire().await.unwrap());
 }
 
@@ -761,7 +765,39 @@ async fn a_holder_survives_the_loss_of_its_command_connection() {
         support::assert_busy(&RedisLock::new("ck", srv.other_client())).await;
         assert!(!g.is_lost());
     }
-    assert_eq!(srv.numsub("ck").await, 1);
+    assert_eq!(srv.numsub_settled("ck", 1).await, 1);
+    g.release().await.unwrap();
+}
+
+/// A reconnect that hangs does not silence a holder whose connection
+/// still works: its command connection stalls past the response timeout
+/// (so the holder opens another), new connections hang, then the stall
+/// ends. Contenders that probe the holder get their answers through the
+/// old connection, and nobody reaps it. (Before, the late connection was
+/// dropped and every answer waited for a connect that could not finish:
+/// the first contender reaped the holder.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_reconnect_does_not_cost_the_holder_its_lock() {
+    let srv = RedisServer::start();
+    let proxy = support::StallProxy::start(srv.port).await;
+    let g = RedisLock::new("stall", proxy.client())
+        .acquire()
+        .await
+        .unwrap();
+    proxy.slow_new(true);
+    let before = proxy.accepted();
+    proxy.stall(true);
+    // The holder's keep-alive finds its command connection late and tries
+    // a new one (which hangs).
+    let tried = support::eventually(Duration::from_secs(60), || proxy.accepted() > before).await;
+    assert!(tried, "the holder never tried another connection");
+    proxy.stall(false);
+    for _ in 0..3 {
+        support::assert_busy(&RedisLock::new("stall", srv.client())).await;
+        assert!(!g.is_lost());
+    }
+    proxy.slow_new(false);
+    assert_eq!(srv.numsub_settled("stall", 1).await, 1);
     g.release().await.unwrap();
 }
 
@@ -944,7 +980,11 @@ async fn a_user_without_reaping_permissions_gets_a_clear_error() {
     assert_eq!(err.kind(), ErrorKind::Redis, "{err}");
     let msg = err.to_string();
     assert!(msg.contains("client|list") && msg.contains("reap"), "{msg}");
-    assert_eq!(srv.numsub("acl").await, 1, "only the silent holder stays");
+    assert_eq!(
+        srv.numsub_settled("acl", 1).await,
+        1,
+        "only the silent holder stays"
+    );
     fake.abort();
 }
 

@@ -128,8 +128,12 @@ impl<'a> Attempt<'a> {
             self.cfg().channel
         );
         self.abandon();
-        if e.is_connection_dropped() || e.is_io_error() || e.is_timeout() {
-            self.lock.forget_command().await;
+        if e.is_timeout() {
+            // Late, not gone: a holder of this lock value may still answer
+            // pings through it while its successor is opened.
+            self.lock.cmd.replace_current().await;
+        } else if e.is_connection_dropped() || e.is_io_error() {
+            self.lock.forget_command();
         }
         self.last_error = Some(e);
         Ok(None)

@@ -12,6 +12,15 @@ use redis::RedisError;
 use super::attempt::timeout_error;
 
 /// One shared command connection and how to make a new one.
+///
+/// Getting the connection never waits for another task's connect: the
+/// slot's state is behind a plain mutex that is never held across an
+/// `.await`, and connecting is serialised by a second, async one. A
+/// connection that merely answered late (a timeout) stays current, and so
+/// keeps answering pings, while [`replace`](CommandSlot::replace) opens its
+/// successor; only a connection that failed outright is
+/// [`forget`](CommandSlot::forget)-ten at once. So a slow or stalled
+/// reconnect never silences a holder whose old connection still works.
 pub(super) struct CommandSlot {
     client: redis::Client,
     /// Bounds opening a connection.
@@ -21,7 +30,9 @@ pub(super) struct CommandSlot {
     respond_within: Duration,
     /// The connection and its generation: a user that saw a connection
     /// fail forgets that generation only, never a newer replacement.
-    con: tokio::sync::Mutex<(u64, Option<MultiplexedConnection>)>,
+    state: std::sync::Mutex<(u64, Option<MultiplexedConnection>)>,
+    /// Held while connecting, so that one connect runs at a time.
+    connecting: tokio::sync::Mutex<()>,
 }
 
 /// A connection handed out by [`CommandSlot::get`], with its generation.
@@ -36,21 +47,46 @@ impl CommandSlot {
             client,
             connect_within: unavailable.max(Duration::from_secs(1)),
             respond_within: unavailable.max(Duration::from_millis(500)),
-            con: tokio::sync::Mutex::new((0, None)),
+            state: std::sync::Mutex::new((0, None)),
+            connecting: tokio::sync::Mutex::new(()),
         }
+    }
+
+    fn current(&self) -> Option<Command> {
+        let st = crate::util::lock(&self.state);
+        st.1.as_ref().map(|c| Command {
+            con: c.clone(),
+            generation: st.0,
+        })
     }
 
     /// The current connection, opened (within the connect bound) if there
     /// is none.
     pub(super) async fn get(&self) -> Result<Command, RedisError> {
-        let mut slot = self.con.lock().await;
-        if let Some(c) = slot.1.as_ref() {
-            return Ok(Command {
-                con: c.clone(),
-                generation: slot.0,
-            });
+        if let Some(c) = self.current() {
+            return Ok(c);
         }
-        let con = tokio::time::timeout(
+        let _turn = self.connecting.lock().await;
+        // Another task may have connected while this one waited its turn.
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        let con = self.connect().await?;
+        Ok(self.install(con))
+    }
+
+    fn install(&self, con: MultiplexedConnection) -> Command {
+        let mut st = crate::util::lock(&self.state);
+        st.0 += 1;
+        st.1 = Some(con.clone());
+        Command {
+            con,
+            generation: st.0,
+        }
+    }
+
+    async fn connect(&self) -> Result<MultiplexedConnection, RedisError> {
+        tokio::time::timeout(
             self.connect_within,
             self.client.get_multiplexed_async_connection_with_config(
                 &redis::AsyncConnectionConfig::new()
@@ -59,27 +95,61 @@ impl CommandSlot {
             ),
         )
         .await
-        .map_err(|_| timeout_error("connecting to Redis"))??;
-        slot.0 += 1;
-        slot.1 = Some(con.clone());
-        Ok(Command {
-            con,
-            generation: slot.0,
-        })
+        .map_err(|_| timeout_error("connecting to Redis"))?
     }
 
     /// Drops `broken`'s connection if it is still the current one, so the
-    /// next [`get`](Self::get) opens a new one.
-    pub(super) async fn forget(&self, broken: &Command) {
-        let mut slot = self.con.lock().await;
-        if slot.0 == broken.generation {
-            slot.1 = None;
+    /// next [`get`](Self::get) opens a new one. For connections that failed
+    /// outright (closed, reset, refused).
+    pub(super) fn forget(&self, broken: &Command) {
+        let mut st = crate::util::lock(&self.state);
+        if st.0 == broken.generation {
+            st.1 = None;
         }
     }
 
     /// Drops the current connection, whichever it is.
-    pub(super) async fn forget_any(&self) {
-        self.con.lock().await.1 = None;
+    pub(super) fn forget_any(&self) {
+        crate::util::lock(&self.state).1 = None;
+    }
+
+    /// Opens a successor to `slow` (a connection that answered late) and
+    /// makes it current once it is ready. Meanwhile `slow` stays current,
+    /// so users keep getting the connection that may still work; if the
+    /// new one cannot be opened, `slow` stays. Nothing happens if `slow`
+    /// was replaced already or another replacement is under way.
+    pub(super) async fn replace(&self, slow: &Command) {
+        let Ok(_turn) = self.connecting.try_lock() else {
+            return;
+        };
+        if crate::util::lock(&self.state).0 != slow.generation {
+            return;
+        }
+        if let Ok(con) = self.connect().await {
+            let mut st = crate::util::lock(&self.state);
+            if st.0 == slow.generation || st.1.is_none() {
+                st.0 += 1;
+                st.1 = Some(con);
+            }
+        }
+    }
+
+    /// [`replace`](Self::replace) whatever connection is current.
+    pub(super) async fn replace_current(&self) {
+        if let Some(c) = self.current() {
+            self.replace(&c).await;
+        }
+    }
+
+    /// After `e` on `c`: a timeout replaces the connection in the
+    /// background of the caller's wait ([`replace`](Self::replace)), any
+    /// other connection failure drops it ([`forget`](Self::forget)).
+    pub(super) async fn failed(&self, c: &Command, e: &RedisError) {
+        if e.is_timeout() {
+            self.replace(c).await;
+        } else if connection_failed(e) {
+            self.forget(c);
+        }
     }
 }
 

@@ -382,12 +382,11 @@ async fn answer(cmd: &CommandSlot, response: &str, reply: &str, within: Duration
         };
         match tokio::time::timeout(within, c.con.publish::<_, _, i64>(response, reply)).await {
             Ok(Ok(_)) => return true,
-            Ok(Err(e)) if connection_failed(&e) => cmd.forget(&c).await,
-            Ok(Err(_)) => return false,
-            Err(_) => {
-                cmd.forget(&c).await;
-                return false;
-            }
+            // Closed or reset: a new connection may still answer in time.
+            Ok(Err(e)) if connection_failed(&e) && !e.is_timeout() => cmd.forget(&c),
+            // Refused, or late: a late connection is kept (it may still
+            // work); the command check replaces it if it stays slow.
+            _ => return false,
         }
     }
     false
@@ -401,21 +400,30 @@ async fn check_command(cmd: Arc<CommandSlot>, within: Duration) {
     let Ok(Ok(mut c)) = tokio::time::timeout(within, cmd.get()).await else {
         return;
     };
-    let ok = matches!(
-        tokio::time::timeout(
-            within,
-            redis::cmd("PING").query_async::<redis::Value>(&mut c.con)
-        )
-        .await,
-        Ok(Ok(_))
-    );
-    if !ok {
-        diag!(
-            debug,
-            "portalocker: replacing a broken Redis command connection"
-        );
-        cmd.forget(&c).await;
-        let _ = tokio::time::timeout(within, cmd.get()).await;
+    let pinged = tokio::time::timeout(
+        within,
+        redis::cmd("PING").query_async::<redis::Value>(&mut c.con),
+    )
+    .await;
+    match pinged {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) if !e.is_timeout() => {
+            diag!(
+                debug,
+                "portalocker: replacing a broken Redis command connection ({e})"
+            );
+            cmd.forget(&c);
+            let _ = tokio::time::timeout(within, cmd.get()).await;
+        }
+        // Late: open a successor, keeping this one current meanwhile (a
+        // slow reconnect must not silence the holder).
+        _ => {
+            diag!(
+                debug,
+                "portalocker: the Redis command connection answered late; opening another"
+            );
+            cmd.replace(&c).await;
+        }
     }
 }
 

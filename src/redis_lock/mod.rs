@@ -494,8 +494,8 @@ impl RedisLock {
         self.cmd.get().await
     }
 
-    async fn forget_command(&self) {
-        self.cmd.forget_any().await;
+    fn forget_command(&self) {
+        self.cmd.forget_any();
     }
 }
 

@@ -417,7 +417,7 @@ impl Waiter {
             {
                 Ok((rank, subscribers)) => return Some(Poll { rank, subscribers }),
                 Err(e) if super::command::connection_failed(&e) => {
-                    self.cmd.forget(&c).await;
+                    self.cmd.failed(&c, &e).await;
                     return None;
                 }
                 // A passing state of the server, not a refusal of scripts.
@@ -440,9 +440,7 @@ impl Waiter {
         {
             Ok(v) => v,
             Err(e) => {
-                if super::command::connection_failed(&e) {
-                    self.cmd.forget(&c).await;
-                }
+                self.cmd.failed(&c, &e).await;
                 return None;
             }
         };

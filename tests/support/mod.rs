@@ -933,6 +933,21 @@ impl RedisServer {
         v[0].1
     }
 
+    /// The subscriber count of `channel` once it is `want` (or what it is
+    /// after 10 s): a contender that just gave up closes its subscription
+    /// without waiting for the server, which may count it a moment longer
+    /// on a busy machine.
+    pub async fn numsub_settled(&self, channel: &str, want: usize) -> usize {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let n = self.numsub(channel).await;
+            if n == want || std::time::Instant::now() > deadline {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// The `CLIENT LIST` id of the client named `name`.
     pub async fn client_id(&self, name: &str) -> String {
         let list: String = self.cmd(&["CLIENT", "LIST"]).await;
@@ -1106,6 +1121,123 @@ impl Drop for SmallFs {
     fn drop(&mut self) {
         if let Some(dir) = self.dir.take() {
             let _ = Command::new("umount").arg("-l").arg(dir.path()).status();
+        }
+    }
+}
+
+/// A TCP proxy on 127.0.0.1 in front of `upstream` (a Redis server of the
+/// test), for links that stall: [`stall`](Self::stall) holds every byte of
+/// the connections that are not pub/sub subscriptions (the command
+/// connections; a connection is a subscription once it sent `SUBSCRIBE`),
+/// and [`slow_new`](Self::slow_new) leaves new connections unanswered.
+/// Traffic only to loopback; the proxy ends with the value.
+#[cfg(all(feature = "redis", unix))]
+pub struct StallProxy {
+    pub port: u16,
+    ctl: std::sync::Arc<ProxyCtl>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[cfg(all(feature = "redis", unix))]
+#[derive(Default)]
+struct ProxyCtl {
+    stall: std::sync::atomic::AtomicBool,
+    slow_new: std::sync::atomic::AtomicBool,
+    /// Connections accepted so far.
+    accepted: std::sync::atomic::AtomicUsize,
+}
+
+#[cfg(all(feature = "redis", unix))]
+impl StallProxy {
+    pub async fn start(upstream: u16) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let ctl = std::sync::Arc::new(ProxyCtl::default());
+        let c = ctl.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                c.accepted.fetch_add(1, SeqCst);
+                let c = c.clone();
+                tokio::spawn(async move {
+                    while c.slow_new.load(SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    let Ok(outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        return;
+                    };
+                    let sub = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    let (ri, wi) = inbound.into_split();
+                    let (ro, wo) = outbound.into_split();
+                    let up = pump(ri, wo, c.clone(), sub.clone(), true);
+                    let down = pump(ro, wi, c, sub, false);
+                    let _ = tokio::join!(up, down);
+                });
+            }
+        });
+        Self { port, ctl, task }
+    }
+
+    pub fn client(&self) -> portalocker::redis::Client {
+        portalocker::redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)).unwrap()
+    }
+
+    /// Holds (or lets through again) the bytes of command connections.
+    pub fn stall(&self, on: bool) {
+        self.ctl
+            .stall
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Leaves new connections unanswered (or serves them again).
+    pub fn slow_new(&self, on: bool) {
+        self.ctl
+            .slow_new
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.ctl.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[cfg(all(feature = "redis", unix))]
+impl Drop for StallProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[cfg(all(feature = "redis", unix))]
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    ctl: std::sync::Arc<ProxyCtl>,
+    sub: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    upstream: bool,
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if upstream
+            && buf[..n]
+                .windows(9)
+                .any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE"))
+        {
+            sub.store(true, SeqCst);
+        }
+        while ctl.stall.load(SeqCst) && !sub.load(SeqCst) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
         }
     }
 }
