@@ -128,7 +128,7 @@ mod redis_faults {
             assert!(err.is_already_locked(), "{err}");
         }
         assert!(!g.is_lost());
-        assert_eq!(srv.numsub("dl").await, 1);
+        assert_eq!(srv.numsub_settled("dl", 1).await, 1);
     }
 
     /// A cut link: the holder notices at once and the lock is free.

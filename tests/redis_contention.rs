@@ -128,7 +128,7 @@ async fn hundreds_of_waiting_tasks_use_one_contender_and_few_connections() {
     assert!(ours <= 8, "{ours} connections of this process at once");
     // One subscription per grant, and a few to replace broken ones at most.
     assert!(opened <= n + 5, "{opened} new connections for {n} grants");
-    assert_eq!(srv.numsub("many").await, 0);
+    assert_eq!(srv.numsub_settled("many", 0).await, 0);
 }
 
 /// A waiter of another process that keeps losing does not resubscribe

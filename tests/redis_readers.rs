@@ -229,7 +229,7 @@ async fn one_process_holds_a_thousand_locks() {
         after.saturating_sub(before),
         after.saturating_sub(before) as f64 / 1000.0
     );
-    assert_eq!(srv.numsub("many-999").await, 1);
+    assert_eq!(srv.numsub_settled("many-999", 1).await, 1);
     assert!(guards.iter().all(|g| !g.is_lost()));
     for g in guards {
         g.release().await.unwrap();
