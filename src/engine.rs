@@ -205,30 +205,40 @@ impl Engine {
         }
     }
 
-    /// As [`new`](Self::new), for a semaphore slot: no descriptor is kept
-    /// while the slot is not held (a semaphore of thousands of slots would
-    /// otherwise keep thousands open), and contention errors do not look
-    /// up the holder.
-    pub(crate) fn slot(path: PathBuf, opts: FileOptions) -> Self {
+    /// As [`new`](Self::new), for a semaphore slot: `keep_open` says
+    /// whether its descriptor is kept for the next sweep while the slot is
+    /// not held (a semaphore keeps them for its lowest slots only, so its
+    /// descriptors are bounded whatever its size), and contention errors do
+    /// not look up the holder.
+    pub(crate) fn slot(path: PathBuf, opts: FileOptions, keep_open: bool) -> Self {
         Self {
             name_holders: false,
-            ..Self::new(path, opts, false)
+            ..Self::new(path, opts, keep_open)
         }
     }
 
+    /// The kept descriptor, if any (a semaphore's sweep tries it instead of
+    /// opening the file again).
+    pub(crate) fn take_idle_handle(&self) -> Option<Handle> {
+        self.take_idle()
+    }
+
     /// One non-blocking attempt on a semaphore slot with a descriptor the
-    /// caller opened ([`open_handle`](Self::open_handle)): the gate only if
-    /// nobody of this process holds or waits for it, then the OS lock. A
-    /// descriptor that does not get the lock is closed here; its file's
-    /// identity is remembered for the wake-ups.
+    /// caller opened ([`open_handle`](Self::open_handle)) or took from the
+    /// cache: the gate only if nobody of this process holds or waits for
+    /// it, then the OS lock. A descriptor that does not get the lock is
+    /// kept if the slot keeps one, else closed; its file's identity is
+    /// remembered for the wake-ups either way.
     pub(crate) fn try_slot(&self, handle: Handle) -> Result<SlotTry> {
         let gate = self.gate();
         if gate.handoff_owed() {
             self.note_seen(handle.id);
+            self.put_idle(handle);
             return Ok(SlotTry::Busy);
         }
         let Some(mut pass) = gate.try_pass(false) else {
             self.note_seen(handle.id);
+            self.put_idle(handle);
             return Ok(SlotTry::Busy);
         };
         let io_err = |e| Error::io(OP_LOCK, Some(&self.path), e);
@@ -239,6 +249,7 @@ impl Engine {
         }
         if !locked {
             self.note_seen(handle.id);
+            self.put_idle(handle);
             return Ok(SlotTry::Busy);
         }
         let Handle { file, id } = self.prepare(handle)?;

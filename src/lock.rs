@@ -151,11 +151,10 @@ impl Lock {
         }
     }
 
-    /// A semaphore slot: as `with_options(path, opts, true)`, but contention
-    /// errors do not look up the holder.
-    pub(crate) fn slot(path: PathBuf, opts: FileOptions) -> Self {
+    /// A semaphore slot (see [`Engine::slot`]).
+    pub(crate) fn slot(path: PathBuf, opts: FileOptions, keep_open: bool) -> Self {
         Self {
-            engine: Arc::new(Engine::slot(path, opts)),
+            engine: Arc::new(Engine::slot(path, opts, keep_open)),
         }
     }
 

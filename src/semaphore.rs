@@ -21,8 +21,10 @@ const DEFAULT_NAME: &str = "bounded_semaphore";
 const DEFAULT_PATTERN: &str = "{name}.{number:02d}.lock";
 /// More slots than any real use needs; bounds the memory a semaphore value
 /// takes (a path per slot) and the length of a sweep. Descriptors do not
-/// grow with it: an acquisition has at most 64 slot files open at once
-/// (two windows of 32 opened ahead), and only held slots stay open.
+/// grow with it: an acquisition tries at most 64 slot files at once (two
+/// windows of 32), and between acquisitions a semaphore value keeps the
+/// descriptors of its lowest 64 slots open for reuse, besides the slots its
+/// permits hold.
 pub const MAX_SLOTS: usize = 10_000;
 const OP: &str = "failed to acquire semaphore";
 
@@ -31,10 +33,12 @@ const OP: &str = "failed to acquire semaphore";
 ///
 /// Defaults: name `bounded_semaphore`, directory [`std::env::temp_dir`],
 /// pattern `{name}.{number:02d}.lock`, timeout 5 s, check interval 250 ms.
-/// Nothing is opened until [`acquire`](Self::acquire), and only the slots
-/// a permit holds stay open: a sweep opens at most 64 slot files ahead and
-/// closes each slot it does not get, so a 10,000-slot semaphore works under
-/// the usual limit of 1,024 descriptors. Running out of descriptors is an
+/// Nothing is opened until [`acquire`](Self::acquire). A sweep tries at
+/// most 64 slot files at once, and between acquisitions a value keeps at
+/// most 64 descriptors open for slots it does not hold (its lowest slots',
+/// for reuse: a sweep that opened and closed busy slots would wake every
+/// waiter by each close), so a 10,000-slot semaphore works under the usual
+/// limit of 1,024 descriptors. Running out of descriptors is an
 /// [`ErrorKind::Io`](crate::ErrorKind::Io) error at once, never contention.
 ///
 /// # Differences from portalocker
@@ -244,9 +248,9 @@ impl BoundedSemaphore {
     /// This method is cancel safe. A slot is only ever taken by a
     /// non-blocking attempt immediately followed by the return of the
     /// permit, so dropping the future (mid-sweep or while waiting) holds no
-    /// slot and keeps no descriptor: the slot files it had open are closed
-    /// with it, and one still being opened on the blocking pool is closed
-    /// when that open finishes.
+    /// slot: the slot files it had open are closed with it (or kept, for
+    /// the lowest 64 slots, as after any sweep), and one still being opened
+    /// on the blocking pool is closed when that open finishes.
     ///
     /// # Errors
     ///
@@ -376,6 +380,12 @@ const WINDOW: usize = 32;
 /// descriptors an acquisition has open at once (64).
 const WINDOWS_AHEAD: usize = 2;
 
+/// How many of the lowest slots keep their descriptor open between
+/// sweeps (busy or free; a held slot's descriptor closes on release, which
+/// is what wakes other processes' waiters): a semaphore value has at most
+/// this many descriptors open for slots it does not hold.
+const KEEP_OPEN: usize = 64;
+
 /// How many of the lowest slots a waiter watches for releases by other
 /// processes (inotify watches are limited per user); a release of a higher
 /// slot is found by the next scheduled sweep.
@@ -441,16 +451,25 @@ impl Contender for Sweep<'_> {
 /// hop per window rather than per slot). If the sweep is dropped while it
 /// runs, the files are closed when it ends.
 async fn open_window(slots: &[Lock], window: Vec<usize>) -> Vec<(usize, Result<Handle>)> {
-    let jobs: Vec<(usize, PathBuf, OpenMode)> = window
-        .iter()
-        .map(|&i| {
-            (
+    // Kept descriptors (of the lowest slots) are tried as they are: a
+    // sweep that opened and closed busy slots would, by each close, wake
+    // every waiter of every process (an inotify close event).
+    let mut kept: Vec<(usize, Result<Handle>)> = Vec::new();
+    let mut jobs: Vec<(usize, PathBuf, OpenMode)> = Vec::new();
+    for &i in &window {
+        match slots[i].engine.take_idle_handle() {
+            Some(h) => kept.push((i, Ok(h))),
+            None => jobs.push((
                 i,
                 slots[i].path().to_path_buf(),
                 slots[i].engine.opts.open_mode(),
-            )
-        })
-        .collect();
+            )),
+        }
+    }
+    if jobs.is_empty() {
+        return kept;
+    }
+    let to_open: Vec<usize> = jobs.iter().map(|(i, _, _)| *i).collect();
     let opened = crate::util::run_blocking(move || {
         jobs.into_iter()
             .map(|(i, path, mode)| (i, crate::file_lock::open_lock_file(&path, mode)))
@@ -459,28 +478,28 @@ async fn open_window(slots: &[Lock], window: Vec<usize>) -> Vec<(usize, Result<H
     .await;
     let as_error = |i: usize, e| Error::io(engine::OP_OPEN, Some(slots[i].path()), e);
     match opened {
-        Ok(v) => v
-            .into_iter()
-            .map(|(i, r)| (i, r.map_err(|e| as_error(i, e))))
-            .collect(),
+        Ok(v) => kept.extend(
+            v.into_iter()
+                .map(|(i, r)| (i, r.map_err(|e| as_error(i, e)))),
+        ),
         // The blocking pool is gone (the runtime shuts down).
-        Err(e) => window
-            .into_iter()
-            .map(|i| {
-                (
-                    i,
-                    Err(as_error(i, std::io::Error::new(e.kind(), e.to_string()))),
-                )
-            })
-            .collect(),
+        Err(e) => kept.extend(to_open.into_iter().map(|i| {
+            (
+                i,
+                Err(as_error(i, std::io::Error::new(e.kind(), e.to_string()))),
+            )
+        })),
     }
+    // In slot order: the lowest free slot is granted.
+    kept.sort_by_key(|(i, _)| *i);
+    kept
 }
 
 /// One sweep. At most [`WINDOWS_AHEAD`] × [`WINDOW`] slot files are open
 /// at once (the windows being opened ahead, the one tried among them); a
-/// slot that is not granted
-/// is closed at once, so a semaphore keeps no descriptor for a slot it does
-/// not hold, whatever its size. Running out of descriptors (`EMFILE`,
+/// slot that is not granted is closed at once unless it is one of the
+/// lowest [`KEEP_OPEN`], whose descriptor is kept for the next sweep, so a
+/// semaphore's descriptors are bounded whatever its size. Running out of descriptors (`EMFILE`,
 /// `ENFILE`) ends the acquisition with that error at once: it says nothing
 /// about the slot, and the slots not yet tried may be free.
 async fn sweep(
@@ -586,7 +605,7 @@ fn build_slots(c: &Options) -> std::result::Result<Vec<Lock>, String> {
                     "the pattern gives {file:?}, which is not a plain file name in the directory"
                 ));
             }
-            Ok(Lock::slot(c.directory.join(file), opts))
+            Ok(Lock::slot(c.directory.join(file), opts, n < KEEP_OPEN))
         })
         .collect()
 }
