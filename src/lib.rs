@@ -210,6 +210,7 @@ pub use file_lock::{lock, unlock};
 pub use flags::{LockFlags, LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN};
 pub use holder::Holder;
 pub use lock::{Lock, LockGuard, DEFAULT_CHECK_INTERVAL, DEFAULT_TIMEOUT};
+pub use loss::HeldLock;
 pub use pidfile::{PidFileLock, PidFileLockGuard};
 pub use rlock::{RLock, RLockGuard};
 #[allow(deprecated)]

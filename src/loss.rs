@@ -103,3 +103,146 @@ pub(crate) fn monitor_file(
         }
     })
 }
+
+/// What every guard that can lose its lock without being dropped can tell:
+/// the one loss vocabulary of this crate, so that code which must stop when
+/// its lock goes is written once for any backend.
+///
+/// A lock is *lost* when something outside the holder's control takes it
+/// away while the guard lives: for a file lock, a third party removing or
+/// replacing the lock file (see [`LockGuard::is_lost`](crate::LockGuard::is_lost));
+/// for a Redis lock, the subscription dying (see
+/// [`RedisLockGuard::is_lost`](crate::RedisLockGuard::is_lost)). A loss is
+/// final, and noticed rather than prevented: where a stale holder's writes
+/// must be refused, check [`fence_token`](Self::fence_token) at the
+/// resource.
+///
+/// Implemented by [`LockGuard`](crate::LockGuard),
+/// [`RLockGuard`](crate::RLockGuard),
+/// [`TemporaryFileLockGuard`](crate::TemporaryFileLockGuard),
+/// [`PidFileLockGuard`](crate::PidFileLockGuard),
+/// [`BoundedSemaphorePermit`](crate::BoundedSemaphorePermit) and
+/// `RedisLockGuard`, each of which also has these methods of its own (with
+/// the details of how it watches).
+///
+/// # Examples
+///
+/// ```
+/// use portalocker::HeldLock;
+///
+/// /// A job that stops when its lock goes, whatever kind of lock it is.
+/// async fn guarded_job(lock: &impl HeldLock) -> portalocker::Result<u32> {
+///     lock.run_while_held(async { /* the work */ 42 }).await
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> portalocker::Result<()> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let guard = portalocker::Lock::new(dir.path().join("job.lock")).acquire().await?;
+/// assert_eq!(guarded_job(&guard).await?, 42);
+/// assert_eq!(guard.fence_token(), None); // file locks have no fencing token
+/// # Ok(()) }
+/// ```
+pub trait HeldLock: Send + Sync {
+    /// Whether the lock was lost.
+    fn is_lost(&self) -> bool;
+
+    /// `Ok(())` while held; once lost, an error of kind
+    /// [`ErrorKind::LockLost`](crate::ErrorKind::LockLost) saying why.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::LockLost`](crate::ErrorKind::LockLost) once the lock is lost.
+    fn ensure_held(&self) -> crate::Result<()>;
+
+    /// A receiver that turns `true` when the lock is lost: hand it to tasks
+    /// that must stop then, without giving them the guard.
+    fn watch_lost(&self) -> watch::Receiver<bool>;
+
+    /// The fencing token of this grant, strictly greater than every token
+    /// of an earlier grant of the same lock, where the backend has one (a
+    /// Redis lock with fencing). `None` for file locks.
+    fn fence_token(&self) -> Option<u64> {
+        None
+    }
+
+    /// Resolves when the lock is lost; pending while it is held.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only watches.
+    fn lost(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
+        let mut rx = self.watch_lost();
+        async move {
+            if rx.wait_for(|lost| *lost).await.is_err() {
+                // Nothing can report a loss any more.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Runs `work` only while the lock is held: its output, or an error of
+    /// kind [`ErrorKind::LockLost`](crate::ErrorKind::LockLost) as soon as
+    /// the lock is lost first (then `work` is dropped at its current
+    /// `.await`). A loss is noticed, not undone: effects `work` already had
+    /// stay.
+    ///
+    /// # Cancel safety
+    ///
+    /// As cancel safe as `work`: dropping this future drops `work`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::LockLost`](crate::ErrorKind::LockLost) if the lock is
+    /// lost before `work` completes (or was lost already).
+    fn run_while_held<'a, F>(
+        &'a self,
+        work: F,
+    ) -> impl std::future::Future<Output = crate::Result<F::Output>> + Send + 'a
+    where
+        F: std::future::Future + Send + 'a,
+        F::Output: Send,
+    {
+        async move {
+            self.ensure_held()?;
+            let lost = std::pin::pin!(self.lost());
+            match futures_util::future::select(lost, std::pin::pin!(work)).await {
+                futures_util::future::Either::Left(((), _)) => Err(self
+                    .ensure_held()
+                    .err()
+                    .unwrap_or_else(|| crate::Error::new(crate::ErrorKind::LockLost, "lock lost"))),
+                futures_util::future::Either::Right((out, _)) => Ok(out),
+            }
+        }
+    }
+}
+
+/// `HeldLock` for a guard whose inherent methods say it all.
+macro_rules! impl_held_lock {
+    ($guard:ty $(, fence = $fence:ident)?) => {
+        impl $crate::HeldLock for $guard {
+            fn is_lost(&self) -> bool {
+                <$guard>::is_lost(self)
+            }
+            fn ensure_held(&self) -> $crate::Result<()> {
+                <$guard>::ensure_held(self)
+            }
+            fn watch_lost(&self) -> ::tokio::sync::watch::Receiver<bool> {
+                <$guard>::watch_lost(self)
+            }
+            $(
+                fn fence_token(&self) -> Option<u64> {
+                    <$guard>::$fence(self)
+                }
+            )?
+        }
+    };
+}
+
+impl_held_lock!(crate::LockGuard);
+impl_held_lock!(crate::RLockGuard);
+impl_held_lock!(crate::TemporaryFileLockGuard);
+impl_held_lock!(crate::PidFileLockGuard);
+impl_held_lock!(crate::BoundedSemaphorePermit);
+#[cfg(feature = "redis")]
+impl_held_lock!(crate::RedisLockGuard, fence = fence_token);

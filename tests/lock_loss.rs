@@ -154,3 +154,45 @@ async fn every_file_guard_reports_a_removed_file() {
     tokio::time::timeout(BOUND, permit.lost()).await.unwrap();
     assert!(permit.is_lost());
 }
+
+/// Through the `HeldLock` trait every file guard stops work the same way
+/// when its file is taken away; none has a fencing token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_file_guard_is_a_held_lock() {
+    use portalocker::{BoundedSemaphore, HeldLock, RLock};
+    async fn stops_when_lost(what: &str, g: &impl HeldLock, file: &Path) {
+        assert!(!g.is_lost(), "{what}");
+        assert_eq!(g.fence_token(), None, "{what}");
+        let mut work = std::pin::pin!(g.run_while_held(std::future::pending::<()>()));
+        assert!(
+            futures_util::FutureExt::now_or_never(work.as_mut()).is_none(),
+            "{what}"
+        );
+        std::fs::remove_file(file).unwrap();
+        let r = tokio::time::timeout(BOUND, work)
+            .await
+            .unwrap_or_else(|_| panic!("{what}: the work was not stopped"));
+        assert!(r.is_err_and(|e| e.is_lock_lost()), "{what}");
+        assert!(
+            *g.watch_lost().borrow() && g.ensure_held().is_err(),
+            "{what}"
+        );
+    }
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let g = Lock::new(dir.join("a.lock")).acquire().await.unwrap();
+    stops_when_lost("Lock", &g, &dir.join("a.lock")).await;
+    let g = RLock::new(dir.join("b.lock")).acquire().await.unwrap();
+    stops_when_lost("RLock", &g, &dir.join("b.lock")).await;
+    let g = TemporaryFileLock::new(dir.join("c.lock"))
+        .acquire()
+        .await
+        .unwrap();
+    stops_when_lost("TemporaryFileLock", &g, &dir.join("c.lock")).await;
+    let g = PidFileLock::new(dir.join("d.pid")).acquire().await.unwrap();
+    stops_when_lost("PidFileLock", &g, &dir.join("d.pid.lock")).await;
+    let sem = BoundedSemaphore::new(1).name("e").directory(dir);
+    let g = sem.acquire().await.unwrap();
+    let slot = g.path().to_path_buf();
+    stops_when_lost("BoundedSemaphore", &g, &slot).await;
+}

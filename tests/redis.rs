@@ -801,6 +801,31 @@ async fn a_hanging_reconnect_does_not_cost_the_holder_its_lock() {
     g.release().await.unwrap();
 }
 
+/// Through the `HeldLock` trait a Redis guard speaks as a file guard does:
+/// its fencing token, and work stopped when its subscription is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_guard_is_a_held_lock() {
+    use portalocker::HeldLock;
+    let srv = RedisServer::start();
+    let g = RedisLock::new("held", srv.client())
+        .fencing(true)
+        .acquire()
+        .await
+        .unwrap();
+    assert_eq!(HeldLock::fence_token(&g), Some(1));
+    assert!(!HeldLock::is_lost(&g));
+    let mut work = std::pin::pin!(HeldLock::run_while_held(&g, std::future::pending::<()>()));
+    assert!(futures_util::FutureExt::now_or_never(work.as_mut()).is_none());
+    let id = srv.client_id(&format!("held-lock-{}", g.holder_id())).await;
+    let killed: i64 = srv.cmd(&["CLIENT", "KILL", "ID", &id]).await;
+    assert_eq!(killed, 1);
+    let r = tokio::time::timeout(Duration::from_secs(60), work)
+        .await
+        .expect("the work was not stopped");
+    assert!(r.is_err_and(|e| e.is_lock_lost()));
+    assert!(HeldLock::ensure_held(&g).is_err() && *HeldLock::watch_lost(&g).borrow());
+}
+
 /// With `timeout 1` the server closes clients idle for over a second, but
 /// never subscribed ones: a holder idle for several seconds still answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
