@@ -34,6 +34,7 @@
 //! | `Io` | the kind of the underlying OS error |
 //! | `InvalidInput` | `InvalidInput` |
 //! | `Redis` | `Other` |
+//! | `Unsupported` | `Unsupported` |
 
 use std::borrow::Cow;
 use std::fmt;
@@ -59,6 +60,11 @@ pub enum ErrorKind {
     Io,
     /// A Redis command or connection failed.
     Redis,
+    /// The setup is one this lock cannot be safe on, so nothing was
+    /// granted: a Redis replica (a lock there is not seen by holders on
+    /// the primary) or a Redis Cluster node (a subscriber count covers one
+    /// node). The message says what to use instead.
+    Unsupported,
     /// The arguments cannot work: invalid flags, an empty path, a path
     /// with a NUL byte, a zero-slot semaphore, a symlink where a lock file
     /// should be, misuse of an API.
@@ -72,6 +78,7 @@ impl fmt::Display for ErrorKind {
             Self::LockLost => "lock lost",
             Self::Io => "I/O error",
             Self::Redis => "Redis error",
+            Self::Unsupported => "unsupported setup",
             Self::InvalidInput => "invalid input",
         })
     }
@@ -392,6 +399,7 @@ impl From<Error> for io::Error {
             ErrorKind::InvalidInput => io::ErrorKind::InvalidInput,
             ErrorKind::Io => err.io_error().map_or(io::ErrorKind::Other, Self::kind),
             ErrorKind::Redis => io::ErrorKind::Other,
+            ErrorKind::Unsupported => io::ErrorKind::Unsupported,
         };
         Self::new(kind, err)
     }

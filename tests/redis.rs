@@ -826,6 +826,51 @@ async fn a_redis_guard_is_a_held_lock() {
     assert!(HeldLock::ensure_held(&g).is_err() && *HeldLock::watch_lost(&g).borrow());
 }
 
+/// A lock pointed at a replica, or at a Redis Cluster node, is refused
+/// with a typed error that says what to use instead, before anything is
+/// subscribed or granted. (Before, the replica granted the lock while a
+/// holder on the primary held it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_and_cluster_nodes_are_refused() {
+    let primary = RedisServer::start();
+    let port = primary.port.to_string();
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
+    let holder = RedisLock::new("topo", primary.client())
+        .acquire()
+        .await
+        .unwrap();
+    let e = RedisLock::new("topo", replica.client())
+        .timeout(Duration::from_secs(1))
+        .acquire()
+        .await
+        .expect_err("a replica granted a lock its primary's holder holds");
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("replica") && msg.contains(&format!("127.0.0.1:{port}")),
+        "{msg}"
+    );
+    assert_eq!(
+        replica.numsub("topo").await,
+        0,
+        "something subscribed on the replica"
+    );
+    holder.release().await.unwrap();
+    let node = RedisServer::start_with(&[
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+    ]);
+    let e = RedisLock::new("topo", node.client())
+        .acquire()
+        .await
+        .expect_err("a cluster node granted a lock");
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    assert!(e.to_string().contains("Cluster"), "{e}");
+    assert_eq!(node.numsub("topo").await, 0);
+}
+
 /// With `timeout 1` the server closes clients idle for over a second, but
 /// never subscribed ones: a holder idle for several seconds still answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

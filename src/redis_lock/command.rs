@@ -33,6 +33,9 @@ pub(super) struct CommandSlot {
     state: std::sync::Mutex<(u64, Option<MultiplexedConnection>)>,
     /// Held while connecting, so that one connect runs at a time.
     connecting: tokio::sync::Mutex<()>,
+    /// The connection generation whose server passed the topology check
+    /// ([`CommandSlot::check_topology`]); 0: none yet.
+    checked: std::sync::atomic::AtomicU64,
 }
 
 /// A connection handed out by [`CommandSlot::get`], with its generation.
@@ -49,7 +52,87 @@ impl CommandSlot {
             respond_within: unavailable.max(Duration::from_millis(500)),
             state: std::sync::Mutex::new((0, None)),
             connecting: tokio::sync::Mutex::new(()),
+            checked: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Refuses a server this lock cannot be safe on, once per command
+    /// connection (so again after a reconnect, e.g. after a failover): one
+    /// round trip with `ROLE` and `INFO cluster`.
+    ///
+    /// * A **replica** is refused: pub/sub works there, so a lock taken
+    ///   through it would be granted while a holder on the primary holds
+    ///   it (the two servers count their subscribers apart).
+    /// * A **Redis Cluster** node is refused: `PUBSUB NUMSUB` counts the
+    ///   subscribers of one node only, so clients on two nodes would both
+    ///   be granted the lock.
+    ///
+    /// A user that may run neither command is warned once and not refused
+    /// (nothing can be told); connection errors are left to the attempt,
+    /// which reports them.
+    pub(super) async fn check_topology(&self) -> Result<(), crate::Error> {
+        use std::sync::atomic::Ordering;
+        let Ok(mut c) = self.get().await else {
+            return Ok(());
+        };
+        if self.checked.load(Ordering::Relaxed) == c.generation {
+            return Ok(());
+        }
+        let role = redis::cmd("ROLE")
+            .query_async::<redis::Value>(&mut c.con)
+            .await;
+        let info = redis::cmd("INFO")
+            .arg("cluster")
+            .query_async::<String>(&mut c.con)
+            .await;
+        let denied = |e: Option<&RedisError>| e.and_then(RedisError::code) == Some("NOPERM");
+        let (role_denied, info_denied) = (denied(role.as_ref().err()), denied(info.as_ref().err()));
+        if (role.is_err() && !role_denied) || (info.is_err() && !info_denied) {
+            // A connection problem: the attempt will meet and report it.
+            return Ok(());
+        }
+        let addr = self.client.get_connection_info().addr().to_string();
+        match role.as_ref().map(super::protocol::role) {
+            Ok(super::protocol::Role::Replica(primary)) => {
+                let of = primary.map(|p| format!(" of {p}")).unwrap_or_default();
+                return Err(unsupported(format!(
+                    "the server {addr} is a replica{of}: a lock taken there is not seen by \
+                     holders on the primary, so two clients could both hold it. Point the lock \
+                     at the primary"
+                )));
+            }
+            Ok(super::protocol::Role::Sentinel) => {
+                return Err(unsupported(format!(
+                    "the server {addr} is a Redis Sentinel, not a data server: point the lock \
+                     at the primary it monitors"
+                )));
+            }
+            _ => {}
+        }
+        if let Ok(text) = &info {
+            if text.lines().any(|l| l.trim() == "cluster_enabled:1") {
+                return Err(unsupported(format!(
+                    "the server {addr} is a Redis Cluster node (cluster_enabled:1): a lock \
+                     counts the subscribers of one node only, so clients on different nodes \
+                     could both hold it. This lock needs a standalone server (or a primary \
+                     with replicas)"
+                )));
+            }
+        }
+        if role_denied || info_denied {
+            static WARNED: std::sync::atomic::AtomicBool =
+                std::sync::atomic::AtomicBool::new(false);
+            if !WARNED.swap(true, Ordering::Relaxed) {
+                diag!(
+                    warn,
+                    "portalocker: this Redis user may not run ROLE and INFO, so the lock cannot \
+                     tell whether {addr} is a replica or a Cluster node (where it would not be \
+                     safe); grant +role and +info to have it checked"
+                );
+            }
+        }
+        self.checked.store(c.generation, Ordering::Relaxed);
+        Ok(())
     }
 
     fn current(&self) -> Option<Command> {
@@ -151,6 +234,14 @@ impl CommandSlot {
             self.forget(c);
         }
     }
+}
+
+fn unsupported(why: String) -> crate::Error {
+    crate::Error::new(
+        crate::ErrorKind::Unsupported,
+        "refusing to lock on this Redis server",
+    )
+    .with_reason(why)
 }
 
 /// Whether a command failed because its connection did (so a new

@@ -358,6 +358,7 @@ impl RedisLock {
 
     async fn acquire_untraced(&self, w: WaitOptions) -> Result<RedisLockGuard> {
         self.validate()?;
+        self.cmd.check_topology().await?;
         let start = tokio::time::Instant::now();
         let writer = matches!(
             self.cfg.flags.operation(),

@@ -46,6 +46,43 @@ pub(crate) struct Holder {
     pub(crate) elected: Option<bool>,
 }
 
+/// What a server said it is (the reply to `ROLE`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    Primary,
+    /// A replica, with its primary's address when the reply gave it.
+    Replica(Option<String>),
+    Sentinel,
+    Unknown,
+}
+
+/// Reads a `ROLE` reply: `["master", offset, replicas]`,
+/// `["slave", host, port, state, offset]` or `["sentinel", names]`.
+pub(crate) fn role(v: &redis::Value) -> Role {
+    use redis::Value;
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    };
+    let Value::Array(items) = v else {
+        return Role::Unknown;
+    };
+    match items.first().and_then(text).as_deref() {
+        Some("master") => Role::Primary,
+        Some("slave" | "replica") => {
+            let primary = match (items.get(1).and_then(text), items.get(2).and_then(text)) {
+                (Some(host), Some(port)) => Some(format!("{host}:{port}")),
+                _ => None,
+            };
+            Role::Replica(primary)
+        }
+        Some("sentinel") => Role::Sentinel,
+        _ => Role::Unknown,
+    }
+}
+
 /// The `addr=` of the client named `name` in a `CLIENT LIST` reply.
 pub(crate) fn client_addr(client_list: &str, name: &str) -> Option<String> {
     client_list.lines().find_map(|line| {
@@ -340,6 +377,37 @@ pub(crate) fn is_holder_id(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn role_replies_are_read() {
+        use redis::Value;
+        let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        assert_eq!(
+            role(&Value::Array(vec![
+                b("master"),
+                Value::Int(0),
+                Value::Array(vec![])
+            ])),
+            Role::Primary
+        );
+        assert_eq!(
+            role(&Value::Array(vec![
+                b("slave"),
+                b("10.0.0.1"),
+                Value::Int(6379),
+                b("connected"),
+                Value::Int(5)
+            ])),
+            Role::Replica(Some("10.0.0.1:6379".into()))
+        );
+        assert_eq!(role(&Value::Array(vec![b("slave")])), Role::Replica(None));
+        assert_eq!(
+            role(&Value::Array(vec![b("sentinel"), Value::Array(vec![])])),
+            Role::Sentinel
+        );
+        assert_eq!(role(&Value::Nil), Role::Unknown);
+        assert_eq!(role(&Value::Array(vec![b("what")])), Role::Unknown);
+    }
+
     #[test]
     fn a_client_address_is_found_by_connection_name() {
         let list = "id=1 addr=127.0.0.1:5000 laddr=127.0.0.1:6379 fd=8 name=jobs-lock-ab sub=1\n\

@@ -806,11 +806,19 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// Arguments given to the server besides the defaults.
+    extra: Vec<String>,
 }
 
 #[cfg(all(feature = "redis", unix))]
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A server started with `extra` arguments besides the defaults (e.g.
+    /// `--replicaof 127.0.0.1 PORT`).
+    pub fn start_with(extra: &[&str]) -> Self {
         for _ in 0..20 {
             // The port may be taken between this probe and the server's
             // bind: then the server exits and another port is tried.
@@ -823,6 +831,7 @@ impl RedisServer {
                 child: None,
                 port,
                 dir: tempfile::tempdir().unwrap(),
+                extra: extra.iter().map(ToString::to_string).collect(),
             };
             s.spawn();
             if s.wait_ready() {
@@ -849,6 +858,7 @@ impl RedisServer {
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
