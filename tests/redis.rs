@@ -871,6 +871,77 @@ async fn replicas_and_cluster_nodes_are_refused() {
     assert_eq!(node.numsub("topo").await, 0);
 }
 
+/// Fencing tokens of this crate never repeat or go back across database
+/// numbers: a channel is the same for every database, so holders on
+/// databases 0, 5 and 3 take turns on one lock. A peer that increments
+/// database 5's own counter (as Python portalocker on that database does)
+/// draws a token above every one drawn there, and the next holder on
+/// database 5 draws one above the peer's. (Before, a db 5 holder got token
+/// 1 again after a db 0 holder's token 1.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_tokens_never_repeat_across_databases() {
+    let srv = RedisServer::start();
+    let on = |db: u8| {
+        portalocker::redis::Client::open(format!("redis://127.0.0.1:{}/{db}", srv.port)).unwrap()
+    };
+    let (mut last, mut peer) = (0, 0);
+    for round in 0..4 {
+        for db in [0u8, 5, 3] {
+            let g = RedisLock::new("fdb", on(db))
+                .fencing(true)
+                .acquire()
+                .await
+                .unwrap();
+            let t = g.fence_token().unwrap();
+            assert!(t > last, "round {round}, db {db}: token {t} after {last}");
+            if db == 5 {
+                assert!(
+                    t > peer,
+                    "round {round}: token {t} after the db 5 peer's {peer}"
+                );
+            }
+            last = t;
+            g.release().await.unwrap();
+        }
+        // A peer on database 5 that increments only that database's
+        // counter: its token is above every one drawn there before.
+        let mut db5 = on(5).get_multiplexed_async_connection().await.unwrap();
+        peer = portalocker::redis::cmd("INCRBY")
+            .arg("fdb-fence")
+            .arg(10)
+            .query_async(&mut db5)
+            .await
+            .unwrap();
+        assert!(peer > last, "round {round}: the db 5 counter was behind");
+    }
+    // Without script permission, fencing off database 0 is refused rather
+    // than drawn from a counter that could repeat.
+    let _: () = srv
+        .cmd(&[
+            "ACL",
+            "SETUSER",
+            "noscript",
+            "on",
+            ">pw",
+            "~*",
+            "&*",
+            "+@all",
+            "-@scripting",
+        ])
+        .await;
+    let client =
+        portalocker::redis::Client::open(format!("redis://noscript:pw@127.0.0.1:{}/5", srv.port))
+            .unwrap();
+    let e = RedisLock::new("fdb", client)
+        .fencing(true)
+        .acquire()
+        .await
+        .expect_err("a token was drawn that could repeat");
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    assert!(e.to_string().contains("database 5"), "{e}");
+    assert_eq!(srv.numsub_settled("fdb", 0).await, 0);
+}
+
 /// With `timeout 1` the server closes clients idle for over a second, but
 /// never subscribed ones: a holder idle for several seconds still answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

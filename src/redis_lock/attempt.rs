@@ -279,7 +279,17 @@ impl<'a> Attempt<'a> {
         // E. Fencing token, writers only.
         let fence = if self.writer && self.cfg().fencing {
             let key = format!("{channel}-fence");
-            let t: u64 = cmd.incr(&key, 1u64).await.map_err(AttemptError::classify)?;
+            let db = self
+                .cfg()
+                .client
+                .get_connection_info()
+                .redis_settings()
+                .db();
+            let t: u64 = if db == 0 {
+                cmd.incr(&key, 1u64).await.map_err(AttemptError::classify)?
+            } else {
+                fence_elsewhere(&mut cmd, &key, db).await?
+            };
             Some(t)
         } else {
             None
@@ -573,6 +583,53 @@ impl AttemptError {
         } else {
             Self::Fatal(redis_error_any(e))
         }
+    }
+}
+
+/// Draws a fencing token for a client on database `db` (not 0). A lock
+/// channel is the same for every database of a server, but a key is not:
+/// an `INCR` in the client's own database would repeat the tokens drawn on
+/// another. So database 0's `<channel>-fence` is the counter every
+/// database shares, and the token is also raised above this database's
+/// own `<channel>-fence` (the counter Python peers on it increment); both
+/// counters end at the token. One script, atomic; it ends on the caller's
+/// database (Redis before 7.0 kept a script's `SELECT`).
+const FENCE_ELSEWHERE: &str = r"
+local db = ARGV[1]
+redis.call('SELECT', 0)
+local shared = redis.call('INCR', KEYS[1])
+redis.call('SELECT', db)
+local here = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+local token = shared
+if here >= token then token = here + 1 end
+redis.call('SET', KEYS[1], token)
+if token > shared then
+  redis.call('SELECT', 0)
+  redis.call('SET', KEYS[1], token)
+  redis.call('SELECT', db)
+end
+return token
+";
+
+async fn fence_elsewhere(
+    cmd: &mut MultiplexedConnection,
+    key: &str,
+    db: i64,
+) -> std::result::Result<u64, AttemptError> {
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    let script = SCRIPT.get_or_init(|| redis::Script::new(FENCE_ELSEWHERE));
+    match script.key(key).arg(db).invoke_async::<u64>(cmd).await {
+        Ok(t) => Ok(t),
+        Err(e) if e.code() == Some("NOPERM") => Err(AttemptError::Fatal(
+            Error::new(ErrorKind::Unsupported, OP)
+                .with_reason(format!(
+                    "fencing on database {db} draws its token with a script (so that tokens \
+                         never repeat across databases), which this Redis user may not run ({e}); \
+                         allow scripts, or lock through database 0"
+                ))
+                .with_source(e),
+        )),
+        Err(e) => Err(AttemptError::classify(e)),
     }
 }
 

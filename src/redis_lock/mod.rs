@@ -256,6 +256,17 @@ impl RedisLock {
 
     /// Draw a fencing token with `INCR <channel>-fence` on every exclusive
     /// grant (default false). See [`RedisLockGuard::fence_token`].
+    ///
+    /// The channel is the same for every database of a server, a key is
+    /// not: tokens of this crate are drawn from database 0's
+    /// `<channel>-fence` (the plain `INCR` of Python portalocker on
+    /// database 0), and a client on another database also raises the token
+    /// above that database's own counter and sets both to it (one script;
+    /// without script permission there, fencing is refused with
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported)). So tokens
+    /// of this crate never repeat across databases, and a Python peer's
+    /// token is above every token drawn on its database; Python peers on
+    /// different non-zero databases can still repeat each other's tokens.
     pub fn fencing(self, yes: bool) -> Self {
         self.map(|c| c.fencing = yes)
     }
