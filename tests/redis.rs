@@ -942,6 +942,76 @@ async fn fencing_tokens_never_repeat_across_databases() {
     assert_eq!(srv.numsub_settled("fdb", 0).await, 0);
 }
 
+/// A failover's answers are passing states. A fencing waiter whose server
+/// is demoted to a replica meets `READONLY` on its token's `INCR` when the
+/// lock frees; it keeps trying, and once the server is a primary again it
+/// gets the lock and a token within its timeout, and its wait queue was
+/// not switched off. (Before, `READONLY` failed the acquisition with time
+/// left, and one `READONLY` answer to the queue script turned the queue
+/// off for good.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_server_is_waited_out_not_fatal() {
+    let a = RedisServer::start();
+    let b = RedisServer::start();
+    let holder = RedisLock::new("fo", a.other_client())
+        .acquire()
+        .await
+        .unwrap();
+    let waiter = tokio::spawn({
+        let l = RedisLock::new("fo", a.client())
+            .fencing(true)
+            .timeout(Duration::from_secs(60))
+            .check_interval(Duration::from_millis(20));
+        async move { l.acquire().await }
+    });
+    let queued = support::eventually_async(Duration::from_secs(30), || async {
+        let n: u64 = a.cmd(&["ZCARD", "fo portalocker-queue"]).await;
+        n == 1
+    })
+    .await;
+    assert!(queued, "the waiter did not queue");
+    // Demote A: every write is refused with READONLY from now on.
+    let _: () = a
+        .cmd(&["REPLICAOF", "127.0.0.1", &b.port.to_string()])
+        .await;
+    let _ = holder.release().await;
+    let rejected = || async {
+        let info: String = a.cmd(&["INFO", "commandstats"]).await;
+        info.lines()
+            .find(|l| l.starts_with("cmdstat_incr:"))
+            .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("rejected_calls=")))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let met =
+        support::eventually_async(Duration::from_secs(30), || async { rejected().await >= 1 })
+            .await;
+    assert!(met, "the waiter never drew a token from the demoted server");
+    let _: () = a.cmd(&["REPLICAOF", "NO", "ONE"]).await;
+    let g = tokio::time::timeout(Duration::from_secs(60), waiter)
+        .await
+        .expect("the waiter hung")
+        .unwrap()
+        .expect("READONLY ended the acquisition with time left");
+    assert!(g.fence_token().is_some());
+    g.release().await.unwrap();
+    // The queue is still used: a second waiter behind a new holder queues.
+    let holder = RedisLock::new("fo", a.other_client())
+        .acquire()
+        .await
+        .unwrap();
+    let lock = RedisLock::new("fo", a.client()).timeout(Duration::from_secs(60));
+    let second = tokio::spawn(async move { lock.acquire().await });
+    let queued = support::eventually_async(Duration::from_secs(30), || async {
+        let n: u64 = a.cmd(&["ZCARD", "fo portalocker-queue"]).await;
+        n == 1
+    })
+    .await;
+    assert!(queued, "the queue was switched off");
+    holder.release().await.unwrap();
+    second.await.unwrap().unwrap().release().await.unwrap();
+}
+
 /// With `timeout 1` the server closes clients idle for over a second, but
 /// never subscribed ones: a holder idle for several seconds still answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

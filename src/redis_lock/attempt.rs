@@ -511,8 +511,6 @@ pub(super) fn refusal(e: &RedisError) -> Option<&'static str> {
     match e.code() {
         Some("NOPERM") => Some("the Redis user lacks a permission the lock needs"),
         Some("BUSY") => Some("the server is busy running a script or function (BUSY)"),
-        Some("LOADING") => Some("the server is loading its dataset (LOADING)"),
-        Some("MASTERDOWN") => Some("the replica has lost its primary (MASTERDOWN)"),
         _ => refusal_in(&e.to_string()),
     }
 }
@@ -526,7 +524,6 @@ pub(super) fn refusal_in(text: &str) -> Option<&'static str> {
     match code {
         "NOPERM" => Some("the Redis user lacks a permission the lock needs"),
         "BUSY" => Some("the server is busy running a script or function (BUSY)"),
-        "LOADING" => Some("the server is loading its dataset (LOADING)"),
         _ => None,
     }
 }
@@ -562,6 +559,13 @@ pub(super) async fn diagnose_refused(info: &redis::ConnectionInfo) -> Option<Err
 
 impl AttemptError {
     pub(super) fn classify(e: RedisError) -> Self {
+        // A failover or restart in progress: the server was demoted
+        // (READONLY), a replica lost its primary (MASTERDOWN), or the server
+        // is loading its dataset (LOADING). Later attempts may meet a
+        // primary again, so this costs the attempt, not the acquisition.
+        if matches!(e.code(), Some("READONLY" | "MASTERDOWN" | "LOADING")) {
+            return Self::Transient(e);
+        }
         if let Some(why) = refusal(&e) {
             return Self::Fatal(
                 Error::new(ErrorKind::Redis, OP)

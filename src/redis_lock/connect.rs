@@ -263,6 +263,19 @@ async fn handshake(
         }
     }
     if let Some((what, e)) = failure {
+        // A server restarting or failing over: worth another attempt.
+        let code = e
+            .trim_start_matches('-')
+            .split([' ', ':'])
+            .next()
+            .unwrap_or("");
+        if matches!(code, "LOADING" | "MASTERDOWN") {
+            return Err(AttemptError::Transient(redis::RedisError::from(
+                std::io::Error::other(format!(
+                    "{what} the subscription connection {name:?} failed: {e}"
+                )),
+            )));
+        }
         let why = match super::attempt::refusal_in(&e) {
             Some(why) => format!("{why}: "),
             None => String::new(),

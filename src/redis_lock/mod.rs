@@ -324,8 +324,12 @@ impl RedisLock {
     /// connects; [`ErrorKind::Redis`](crate::ErrorKind::Redis) when the server cannot be reached, and
     /// at once, naming the cause, when it refuses in a way no retry fixes:
     /// its `maxclients` limit, a permission the user lacks (e.g.
-    /// `CLIENT LIST`/`CLIENT KILL`, needed to reap a silent holder), `BUSY`
-    /// or `LOADING`. Nothing is left on the channel after an error.
+    /// `CLIENT LIST`/`CLIENT KILL`, needed to reap a silent holder) or
+    /// `BUSY`; [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) for a
+    /// replica, a Sentinel or a Cluster node. The answers of a failover or
+    /// restart (`READONLY`, `MASTERDOWN`, `LOADING`) cost an attempt, not the
+    /// acquisition: it goes on until its deadline. Nothing is left on the
+    /// channel after an error.
     ///
     /// # Panics
     ///

@@ -420,8 +420,10 @@ impl Waiter {
                     self.cmd.failed(&c, &e).await;
                     return None;
                 }
-                // A passing state of the server, not a refusal of scripts.
-                Err(e) if matches!(e.code(), Some("BUSY" | "LOADING" | "OOM")) => return None,
+                // Only a refusal of scripts turns the queue off; anything
+                // else (a failover's READONLY or MASTERDOWN, BUSY, LOADING,
+                // OOM) is a passing state of the server.
+                Err(e) if !scripts_refused(&e) => return None,
                 Err(e) => {
                     diag!(
                         debug,
@@ -478,6 +480,13 @@ impl Drop for Waiter {
             }
         });
     }
+}
+
+/// Whether the server refused to run the queue script as such (an ACL
+/// without `@scripting`, a renamed or disabled `EVALSHA`/`EVAL`), rather
+/// than being in a passing state.
+fn scripts_refused(e: &redis::RedisError) -> bool {
+    e.code() == Some("NOPERM") || e.to_string().contains("unknown command")
 }
 
 /// Unsubscribes the side connection (bounded); a connection that does not
