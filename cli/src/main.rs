@@ -32,8 +32,8 @@ const EXIT_NOT_EXECUTABLE: u8 = 126;
 
 const EXAMPLES: &str = "\
 Examples:
-  # cron: run the backup only once at a time; skip this run if one is going
-  portalocker lock --nonblock /var/lock/backup.lock -- /usr/local/bin/backup
+  # cron: run the backup only once at a time; skip this run (quietly) if one is going
+  portalocker -q lock --nonblock /var/lock/backup.lock -- /usr/local/bin/backup
   # CI: at most 4 of these jobs in parallel on this machine
   portalocker semaphore --max 4 --name e2e -- ./run-e2e.sh
   # one GPU per job: the slot number is in $PORTALOCKER_SLOT
@@ -48,8 +48,8 @@ Examples:
   render-config | portalocker write --replace /etc/app/config.toml
 
 Exit status: the command's own status (128 + N if it died of signal N);
-1 if the lock is busy (-E/--conflict-exit-code to change it); 2 for a
-usage error; 75 if the lock was lost while the command ran (Redis, or
+1 if the lock is busy (-E/--conflict-exit-code to change it; -q to say
+nothing then); 2 for a usage error; 75 if the lock was lost while the command ran (Redis, or
 lock --stop-on-loss: the lock file removed or replaced); 71 for
 other errors of this program; 126/127 if the command cannot be run.
 SIGINT and SIGTERM are passed on to the command, and the lock is released
@@ -64,8 +64,12 @@ only once it has exited.";
 )]
 struct Cli {
     /// Say what happens: waits, the holder, when the lock is taken and released.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, conflicts_with = "quiet")]
     verbose: bool,
+    /// Say nothing on standard error when the lock is busy (for cron: the
+    /// exit status tells). Errors are still reported.
+    #[arg(short, long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -253,6 +257,7 @@ fn main() -> ExitCode {
         }
     };
     let verbose = cli.verbose;
+    QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
     let out = rt.block_on(async move {
         match cli.cmd {
             Cmd::Lock(a) => lock(a, verbose).await,
@@ -341,10 +346,19 @@ async fn file_holder(path: &std::path::Path) -> Option<String> {
 }
 
 /// The message and exit code for a failed acquisition.
+/// `-q`: nothing on standard error when the lock is busy.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn failed(what: &str, e: &Error, busy_code: u8, hint: &str) -> Outcome {
     if e.is_already_locked() {
-        say(format!("{e}\n  {what} is busy; {hint}"));
+        if !QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+            say(format!("{e}\n  {what} is busy; {hint}"));
+        }
         Outcome { code: busy_code }
+    } else if e.kind() == portalocker::ErrorKind::InvalidInput {
+        // Arguments that can never work: a usage error, as clap's.
+        say(e);
+        Outcome { code: EXIT_USAGE }
     } else {
         say(e);
         Outcome { code: EXIT_FAILED }
@@ -520,6 +534,16 @@ async fn redis_lock(a: RedisArgs, verbose: bool) -> Outcome {
     } else {
         LockFlags::EXCLUSIVE
     };
+    // A server that cannot be reached is an error now, not a wait: only a
+    // busy lock is waited for.
+    if let Err(why) = reachable(&client).await {
+        say(format!(
+            "cannot reach Redis at {}: {why}\n  check that the server runs and the URL (host, \
+             port, password, rediss:// for TLS)",
+            a.url
+        ));
+        return Outcome { code: EXIT_FAILED };
+    }
     let lock = RedisLock::new(a.channel.clone(), client)
         .flags(flags)
         .fencing(a.fencing);
@@ -571,6 +595,26 @@ async fn redis_lock(a: RedisArgs, verbose: bool) -> Outcome {
     Outcome { code }
 }
 
+/// One `PING` within 2 s.
+async fn reachable(client: &portalocker::redis::Client) -> Result<(), String> {
+    let within = Duration::from_secs(2);
+    let ping = async {
+        let mut c = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| e.to_string())?;
+        portalocker::redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(within, ping).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(format!("no answer within {within:?}")),
+    }
+}
+
 async fn who(a: WhoArgs) -> Outcome {
     match a.redis {
         Some(url) => {
@@ -594,6 +638,20 @@ async fn who(a: WhoArgs) -> Outcome {
         }
         None => {
             let path = PathBuf::from(&a.target);
+            match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.is_dir() => {
+                    say(format!(
+                        "{} is a directory, not a lock file: name the file that is locked",
+                        path.display()
+                    ));
+                    return Outcome { code: EXIT_USAGE };
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    println!("nobody holds {}: there is no such file", path.display());
+                    return Outcome { code: 1 };
+                }
+                _ => {}
+            }
             let holders = Lock::new(&path).holders().await;
             if holders.is_empty() {
                 println!(

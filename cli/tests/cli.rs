@@ -622,3 +622,74 @@ fn a_removed_lock_file_stops_the_command_with_stop_on_loss() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("removed or replaced"), "{err}");
 }
+
+/// Scripts and cron: `-q` says nothing when the lock is busy (the status
+/// tells); arguments that can never work are usage errors (2); `who` on a
+/// directory or a missing file says so.
+#[test]
+fn quiet_busy_usage_errors_and_who_on_what_is_no_lock_file() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("cron.lock");
+    let ps = p.to_str().unwrap();
+    let holder = holding(&[], &p);
+    let (code, out, err) = cli(&["-q", "lock", "-n", ps, "--", "true"]);
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (1, "", ""),
+        "-q on a busy lock"
+    );
+    let (code, _, err) = cli(&["lock", "-n", "--quiet", ps, "--", "true"]);
+    assert_eq!(
+        (code, err.as_str()),
+        (1, ""),
+        "--quiet after the subcommand"
+    );
+    let (code, _, _) = holder.finish();
+    assert_eq!(code, 0);
+    let dir = d.path().to_str().unwrap();
+    for args in [
+        vec!["semaphore", "--max", "0", "--dir", dir, "--", "true"],
+        vec![
+            "semaphore",
+            "--max",
+            "2",
+            "--name",
+            "../x",
+            "--dir",
+            dir,
+            "--",
+            "true",
+        ],
+    ] {
+        let (code, _, err) = cli(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+    }
+    let (code, _, err) = cli(&["who", dir]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is a directory"), "{err}");
+    let missing = d.path().join("missing.lock");
+    let (code, out, _) = cli(&["who", missing.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("no such file"), "{out}");
+}
+
+/// A Redis server that cannot be reached is an error at once (71, the
+/// cause, what to check), not a wait as if the lock were busy. (Before,
+/// the default timeout made it wait forever without a word; here the
+/// watchdog would fail the test.)
+#[test]
+fn an_unreachable_redis_is_an_error_not_a_wait() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let r = Run::cli(&["redis", "--url", &url, "job", "--", "true"]);
+    let (code, _, err) = r.finish();
+    assert_eq!(code, 71, "{err}");
+    assert!(
+        err.contains("cannot reach Redis") && err.contains("check"),
+        "{err}"
+    );
+}
