@@ -71,6 +71,9 @@ if ! has_portalocker; then
   has_portalocker || die "portalocker 4.4.2 is not importable from $venv"
 fi
 export PORTALOCKER_PYTHON="$venv/bin/python"
+# Root-only tests (tmpfs mounts, processes as nobody) skip themselves under
+# a plain `cargo test` by an unprivileged user; here a skip is a failure.
+export PORTALOCKER_ROOT_TESTS=required
 export PORTALOCKER_REDIS_SERVER="${PORTALOCKER_REDIS_SERVER:-$(command -v redis-server)}"
 
 # --- checks -----------------------------------------------------------------

@@ -18,6 +18,9 @@ use tokio::io::AsyncWriteExt;
 
 /// Runs `test` on its own runtime while no other test of this binary runs.
 fn one_at_a_time<F: Future<Output = ()>>(test: F) {
+    if !support::needs_root("a small-mount test", "it mounts a tmpfs") {
+        return;
+    }
     static ONE: Mutex<()> = Mutex::new(());
     let _one = ONE.lock().unwrap_or_else(PoisonError::into_inner);
     tokio::runtime::Builder::new_current_thread()

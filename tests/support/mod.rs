@@ -338,6 +338,27 @@ fn has_portalocker(py: &Path) -> bool {
 
 /// Whether this process runs as root (permission checks do not apply).
 #[cfg(unix)]
+/// Whether a test that needs root (to mount a tmpfs, to run a process as
+/// `nobody`) can run. As root: yes. Otherwise it says on this process's
+/// standard error (not captured by the test harness, so `cargo test` shows
+/// it) that `what` was skipped and why, and the test returns early, unless
+/// `PORTALOCKER_ROOT_TESTS=required` (set by `scripts/test.sh`, which runs
+/// as root): then a skip is a failure.
+pub fn needs_root(what: &str, why: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("PORTALOCKER_ROOT_TESTS").as_deref() != Ok("required"),
+        "{what} needs root ({why}), and PORTALOCKER_ROOT_TESTS=required"
+    );
+    let _ = writeln!(
+        std::io::stderr(),
+        "portalocker tests: skipped {what}: it needs root ({why}); scripts/test.sh runs it"
+    );
+    false
+}
+
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .unwrap()
