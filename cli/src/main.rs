@@ -108,11 +108,17 @@ struct LockArgs {
     /// Take a shared lock (many shared holders, no exclusive one).
     #[arg(short, long)]
     shared: bool,
-    /// Let COMMAND inherit the locked descriptor ($PORTALOCKER_LOCK_FD):
-    /// the lock then lasts as long as COMMAND or its children keep it
-    /// open, even past this program's death.
-    #[arg(long)]
+    /// COMMAND inherits the locked descriptor ($PORTALOCKER_LOCK_FD); the
+    /// default on Unix, as with flock(1). The lock lasts as long as COMMAND
+    /// or anything it left running keeps the descriptor open, also if this
+    /// program is killed; this program never unlocks what they still hold.
+    #[arg(long, conflicts_with = "no_inherit")]
     inherit: bool,
+    /// COMMAND does not inherit the lock: it is released when this program
+    /// ends, also if it is killed while COMMAND still runs (which then runs
+    /// on without the lock). Background children cannot keep the lock.
+    #[arg(long)]
+    no_inherit: bool,
     /// Stop COMMAND if the lock is lost while it runs: someone else
     /// removed the lock file or renamed another over it, so another
     /// process can take "the" lock. SIGTERM, then SIGKILL after --grace;
@@ -393,7 +399,8 @@ async fn lock(a: LockArgs, verbose: bool) -> Outcome {
         say(format!("locked {what} after {:?}", guard.waited()));
     }
     let mut env = Vec::new();
-    if a.inherit {
+    let inherited = a.inherit || (cfg!(unix) && !a.no_inherit);
+    if inherited {
         match inherit(&guard) {
             Ok(fd) => env.push(("PORTALOCKER_LOCK_FD".to_string(), fd.to_string())),
             Err(e) => {
@@ -409,7 +416,18 @@ async fn lock(a: LockArgs, verbose: bool) -> Outcome {
     };
     // A loss is reported whether or not the command was stopped for it.
     let lost = guard.is_lost();
-    if let Err(e) = guard.release().await {
+    if inherited {
+        // Something the command left running may hold the lock through the
+        // inherited descriptor, and an unlock would release it for them too
+        // (it is one open file description): only close ours, at exit.
+        if lost {
+            say(format!(
+                "{what} was removed or replaced while the command ran: another process could \
+                 take the lock meanwhile"
+            ));
+        }
+        std::mem::forget(guard);
+    } else if let Err(e) = guard.release().await {
         say(e);
     }
     if lost && a.stop_on_loss {

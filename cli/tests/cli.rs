@@ -280,12 +280,12 @@ fn fds_on(pid: &str, path: &Path) -> usize {
 
 #[cfg(target_os = "linux")]
 #[test]
-fn the_command_inherits_the_lock_only_with_inherit() {
+fn the_command_inherits_the_lock_unless_no_inherit() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("fd.lock");
     let ps = p.to_str().unwrap();
     let script = "echo $$; echo fd=${PORTALOCKER_LOCK_FD:-none}; echo READY; read line";
-    for (flag, want) in [(None, 0), (Some("--inherit"), 1)] {
+    for (flag, want) in [(Some("--no-inherit"), 0), (None, 1), (Some("--inherit"), 1)] {
         let mut args = vec!["lock"];
         args.extend(flag);
         args.extend_from_slice(&[ps, "--", "sh", "-c", script]);
@@ -692,4 +692,76 @@ fn an_unreachable_redis_is_an_error_not_a_wait() {
         err.contains("cannot reach Redis") && err.contains("check"),
         "{err}"
     );
+}
+
+/// The lock's lifetime is the command's. SIGKILL of `portalocker` (the OOM
+/// killer, a CI runner) leaves the command holding the lock through the
+/// descriptor it inherited, so a second `lock -n` is busy until the command
+/// ends; and a background child the command left running keeps the lock
+/// after the command and `portalocker` exit (the wrapper never unlocks
+/// what they share). Before, the second `lock -n` got the lock while the
+/// first command still ran.
+#[test]
+fn the_lock_lives_as_long_as_the_command_whatever_happens_to_the_wrapper() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("life.lock");
+    let ps = p.to_str().unwrap();
+    let mut r = Run::cli(&[
+        "lock",
+        ps,
+        "--",
+        "sh",
+        "-c",
+        "echo $$; echo READY; read line",
+    ]);
+    let seen = r.expect("READY");
+    let command = seen[0].clone();
+    signal("KILL", r.pid());
+    // Dead (a zombie until reaped): its descriptors are closed.
+    let dead = (0..1000).any(|_| {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", r.pid())).unwrap_or_default();
+        let state = stat.rsplit(") ").next().and_then(|f| f.chars().next());
+        if matches!(state, Some('Z') | None) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        false
+    });
+    assert!(dead, "the wrapper did not die");
+    let (code, _, err) = cli(&["lock", "-n", ps, "--", "true"]);
+    assert_eq!(code, 1, "the command ran on without the lock: {err}");
+    // The command ends: the lock is free once the kernel closed its files.
+    signal("KILL", command.parse().unwrap());
+    let _ = r.finish();
+    assert!(free_soon(ps), "the lock outlived the command");
+    // A background child keeps the lock after the command and the wrapper.
+    let (code, out, err) = cli(&[
+        "lock",
+        ps,
+        "--",
+        "sh",
+        "-c",
+        "sleep 600 </dev/null >/dev/null 2>&1 & echo $!",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let child: u32 = out.trim().parse().unwrap();
+    let (code, _, err) = cli(&["lock", "-n", ps, "--", "true"]);
+    assert_eq!(
+        code, 1,
+        "the wrapper unlocked what the background child holds: {err}"
+    );
+    signal("KILL", child);
+    assert!(free_soon(ps), "the lock outlived the background child");
+}
+
+/// Whether `lock -n` gets `path` within 10 s (a killed holder's files are
+/// closed by the kernel a moment after the signal).
+fn free_soon(path: &str) -> bool {
+    (0..1000).any(|_| {
+        if cli(&["lock", "-n", path, "--", "true"]).0 == 0 {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        false
+    })
 }
