@@ -266,6 +266,41 @@ impl PidFileLockGuard {
         self.inner.lock_path()
     }
 
+    /// Replaces the pid in the pid file with `pid`, atomically (a new
+    /// temporary file, `fsync`, `rename`), e.g. with the pid of a child
+    /// that does the work, which is what operators will signal. The lock
+    /// stays with this guard.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: the rewrite runs on the blocking pool
+    /// and ends either way; the file holds the old or the new pid, never a
+    /// mix.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Io`](crate::ErrorKind::Io) if the file cannot be
+    /// written; it then still holds the old pid.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> portalocker::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let lock = portalocker::PidFileLock::new(dir.path().join("daemon.pid"));
+    /// let guard = lock.acquire().await?;
+    /// guard.set_pid(4242).await?; // the worker this process supervises
+    /// assert_eq!(lock.read_pid().await, Some(4242));
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_pid(&self, pid: u32) -> Result<()> {
+        let path = self.pid_path.clone();
+        util::blocking(move || publish_pid(&path, pid))
+            .await
+            .map_err(|e| Error::io("failed to publish pid", Some(&self.pid_path), e))
+    }
+
     /// Removes the pid file and the sidecar while still locked, then
     /// unlocks.
     ///

@@ -52,8 +52,9 @@ Exit status: the command's own status (128 + N if it died of signal N);
 nothing then); 2 for a usage error; 75 if the lock was lost while the command ran (Redis, or
 lock --stop-on-loss: the lock file removed or replaced); 71 for
 other errors of this program; 126/127 if the command cannot be run.
-SIGINT and SIGTERM are passed on to the command, and the lock is released
-only once it has exited.";
+Off a terminal the command runs in its own process group and HUP, INT,
+QUIT, TERM, USR1, USR2, WINCH and CONT are passed on to it; the lock is
+released only once it has exited. `pidfile` writes the command's pid.";
 
 #[derive(Parser)]
 #[command(
@@ -80,7 +81,7 @@ enum Cmd {
     Lock(LockArgs),
     /// Hold one of --max lock-file slots while COMMAND runs ($PORTALOCKER_SLOT).
     Semaphore(SemaphoreArgs),
-    /// Run COMMAND as the single instance of a pid file (the pid is this program's).
+    /// Run COMMAND as the single instance of a pid file (holding the command's pid).
     Pidfile(PidfileArgs),
     /// Hold a Redis lock (Python portalocker's protocol) while COMMAND runs.
     Redis(RedisArgs),
@@ -410,7 +411,7 @@ async fn lock(a: LockArgs, verbose: bool) -> Outcome {
         }
     }
     let code = if a.stop_on_loss {
-        run(&a.command, &env, Some(guard.lost()), a.grace).await
+        run(&a.command, &env, Some(guard.lost()), a.grace, None).await
     } else {
         run_plain(&a.command, &env).await
     };
@@ -526,13 +527,17 @@ async fn pidfile(a: PidfileArgs, verbose: bool) -> Outcome {
             return failed(&what, &e, a.conflict_exit_code, &hint);
         }
     };
+    let code = run(
+        &a.command,
+        &[],
+        None::<std::future::Pending<()>>,
+        Duration::ZERO,
+        Some(&guard),
+    )
+    .await;
     if verbose {
-        say(format!(
-            "single instance: {what} holds pid {}",
-            std::process::id()
-        ));
+        say(format!("single instance: {what} ended"));
     }
-    let code = run_plain(&a.command, &[]).await;
     if let Err(e) = guard.release().await {
         say(e);
     }
@@ -597,7 +602,7 @@ async fn redis_lock(a: RedisArgs, verbose: bool) -> Outcome {
     if let Some(t) = guard.fence_token() {
         env.push(("PORTALOCKER_FENCING_TOKEN".to_string(), t.to_string()));
     }
-    let code = run(&a.command, &env, Some(guard.lost()), a.grace).await;
+    let code = run(&a.command, &env, Some(guard.lost()), a.grace, None).await;
     let lost = guard.is_lost();
     if let Err(e) = guard.release().await {
         if !lost {
@@ -768,28 +773,45 @@ async fn run_plain(command: &[OsString], env: &[(String, String)]) -> u8 {
         env,
         None::<std::future::Pending<()>>,
         Duration::ZERO,
+        None,
     )
     .await
 }
 
-/// Runs the command, passing SIGINT and SIGTERM on; when `lost` completes
-/// first, sends SIGTERM and, `grace` later, SIGKILL. Returns the exit code
-/// to report: the command's, or 128 + the signal that killed it.
+/// Runs the command under supervision; returns the exit code to report:
+/// the command's, or 128 + the signal that killed it.
+///
+/// * Off a terminal (cron, CI, containers) the command runs in a process
+///   group of its own, and every signal a supervisor sends this program
+///   (HUP, INT, TERM, QUIT, USR1, USR2, WINCH, CONT) is passed on to that
+///   whole group, once; so are the SIGTERM and, `grace` later, SIGKILL
+///   that stop it when `lost` completes first.
+/// * On a terminal (standard input is one) the command stays in this
+///   program's foreground group, so it can read the terminal; the terminal
+///   itself delivers Ctrl-C, Ctrl-\ and window changes to both, so only
+///   the signals it does not send (TERM, HUP, USR1, USR2) are passed on,
+///   and a lost lock stops the command's own process.
+///
+/// `pid_file`: a pid file to write the command's pid into once it runs.
 async fn run<L: Future<Output = ()>>(
     command: &[OsString],
     env: &[(String, String)],
     lost: Option<L>,
     grace: Duration,
+    pid_file: Option<&portalocker::PidFileLockGuard>,
 ) -> u8 {
     let Some((program, args)) = command.split_first() else {
         return EXIT_USAGE;
     };
+    let interactive = std::io::IsTerminal::is_terminal(&std::io::stdin());
     let mut signals = Signals::new();
-    let mut child = match tokio::process::Command::new(program)
-        .args(args)
-        .envs(env.iter().cloned())
-        .spawn()
-    {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args).envs(env.iter().cloned());
+    #[cfg(unix)]
+    if !interactive {
+        cmd.process_group(0);
+    }
+    let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
             say(format!("cannot run {}: {e}", program.to_string_lossy()));
@@ -799,7 +821,15 @@ async fn run<L: Future<Output = ()>>(
             };
         }
     };
-    let pid = child.id();
+    let target = child.id().map(|pid| Target {
+        pid,
+        group: !interactive,
+    });
+    if let (Some(g), Some(t)) = (pid_file, target) {
+        if let Err(e) = g.set_pid(t.pid).await {
+            say(format!("cannot write the command's pid: {e}"));
+        }
+    }
     let mut lost = std::pin::pin!(async move {
         match lost {
             Some(l) => l.await,
@@ -825,38 +855,101 @@ async fn run<L: Future<Output = ()>>(
                 };
             }
             sig = signals.next() => {
-                if let Some(pid) = pid {
-                    forward(pid, sig);
+                if let Some(t) = target {
+                    if t.group || !sig.terminal_sends() {
+                        t.send(sig);
+                    }
                 }
             }
             () = lost.as_mut(), if kill_at.is_none() => {
                 say("the lock was lost: stopping the command (SIGTERM)");
-                if let Some(pid) = pid {
-                    forward(pid, Sig::Term);
+                if let Some(t) = target {
+                    t.send(Sig::Term);
                 }
                 kill_at = Some(tokio::time::Instant::now() + grace);
             }
             () = kill => {
                 say("the command outlived its grace period: SIGKILL");
-                let _ = child.start_kill();
+                match target {
+                    Some(t) => t.send(Sig::Kill),
+                    None => {
+                        let _ = child.start_kill();
+                    }
+                }
                 kill_at = Some(tokio::time::Instant::now() + Duration::from_secs(3600));
             }
         }
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+/// The signals this program passes on (and KILL, which it only sends).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(not(unix), allow(dead_code))]
 enum Sig {
+    Hup,
     Int,
+    Quit,
     Term,
+    Usr1,
+    Usr2,
+    Winch,
+    Cont,
+    Kill,
 }
 
-/// SIGINT and SIGTERM received by this program, listened for from the
-/// moment the command starts.
+impl Sig {
+    /// Whether a terminal sends it to its whole foreground group itself
+    /// (Ctrl-C, Ctrl-\\, a window change, a job-control resume).
+    fn terminal_sends(self) -> bool {
+        matches!(self, Self::Int | Self::Quit | Self::Winch | Self::Cont)
+    }
+}
+
+/// Whom the signals go to: the command's process, or its process group.
+#[derive(Clone, Copy, Debug)]
+#[cfg_attr(not(unix), allow(dead_code))]
+struct Target {
+    pid: u32,
+    group: bool,
+}
+
+impl Target {
+    #[cfg(unix)]
+    fn send(self, sig: Sig) {
+        use rustix::process::Signal;
+        let Some(pid) = i32::try_from(self.pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        else {
+            return;
+        };
+        let s = match sig {
+            Sig::Hup => Signal::HUP,
+            Sig::Int => Signal::INT,
+            Sig::Quit => Signal::QUIT,
+            Sig::Term => Signal::TERM,
+            Sig::Usr1 => Signal::USR1,
+            Sig::Usr2 => Signal::USR2,
+            Sig::Winch => Signal::WINCH,
+            Sig::Cont => Signal::CONT,
+            Sig::Kill => Signal::KILL,
+        };
+        let _ = if self.group {
+            rustix::process::kill_process_group(pid, s)
+        } else {
+            rustix::process::kill_process(pid, s)
+        };
+    }
+
+    #[cfg(not(unix))]
+    fn send(self, _sig: Sig) {}
+}
+
+/// The signals received by this program that it passes on, listened for
+/// from the moment the command starts.
 struct Signals {
     #[cfg(unix)]
-    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+    streams: Vec<(Sig, tokio::signal::unix::Signal)>,
 }
 
 impl Signals {
@@ -864,50 +957,63 @@ impl Signals {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};
-            let streams = match (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) {
-                (Ok(i), Ok(t)) => Some((i, t)),
-                _ => None,
-            };
+            let wanted = [
+                (Sig::Hup, SignalKind::hangup()),
+                (Sig::Int, SignalKind::interrupt()),
+                (Sig::Quit, SignalKind::quit()),
+                (Sig::Term, SignalKind::terminate()),
+                (Sig::Usr1, SignalKind::user_defined1()),
+                (Sig::Usr2, SignalKind::user_defined2()),
+                (Sig::Winch, SignalKind::window_change()),
+                (
+                    Sig::Cont,
+                    SignalKind::from_raw(rustix::process::Signal::CONT.as_raw()),
+                ),
+            ];
+            let streams = wanted
+                .into_iter()
+                .filter_map(|(sig, kind)| signal(kind).ok().map(|s| (sig, s)))
+                .collect();
             Self { streams }
         }
         #[cfg(not(unix))]
         Self {}
     }
 
-    /// The next SIGINT or SIGTERM (never, where there are none to catch:
+    /// The next signal to pass on (never, where there are none to catch:
     /// on Windows the console delivers Ctrl-C to the command itself).
     async fn next(&mut self) -> Sig {
         #[cfg(unix)]
-        if let Some((int, term)) = &mut self.streams {
-            tokio::select! {
-                _ = int.recv() => return Sig::Int,
-                _ = term.recv() => return Sig::Term,
-            }
+        if !self.streams.is_empty() {
+            let polls = self.streams.iter_mut().map(|(sig, s)| {
+                let sig = *sig;
+                Box::pin(async move {
+                    s.recv().await;
+                    sig
+                })
+            });
+            return futures_select_all(polls).await;
         }
         std::future::pending().await
     }
 }
 
+/// The first of `futures` to finish.
 #[cfg(unix)]
-fn forward(pid: u32, sig: Sig) {
-    let Some(pid) = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    else {
-        return;
-    };
-    let s = match sig {
-        Sig::Int => rustix::process::Signal::INT,
-        Sig::Term => rustix::process::Signal::TERM,
-    };
-    let _ = rustix::process::kill_process(pid, s);
+async fn futures_select_all<F: Future<Output = Sig> + Unpin>(
+    futures: impl Iterator<Item = F>,
+) -> Sig {
+    let mut futures: Vec<F> = futures.collect();
+    std::future::poll_fn(move |cx| {
+        for f in &mut futures {
+            if let std::task::Poll::Ready(sig) = std::pin::Pin::new(f).poll(cx) {
+                return std::task::Poll::Ready(sig);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
-
-#[cfg(not(unix))]
-fn forward(_pid: u32, _sig: Sig) {}
 
 fn exit_code(s: std::process::ExitStatus) -> u8 {
     if let Some(c) = s.code() {

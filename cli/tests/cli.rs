@@ -342,19 +342,38 @@ fn a_pid_file_admits_one_instance_and_names_it() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("daemon.pid");
     let ps = p.to_str().unwrap();
-    let mut first = Run::cli(&["pidfile", ps, "--", "sh", "-c", "echo READY; read line"]);
-    first.expect("READY");
-    assert_eq!(
-        std::fs::read_to_string(&p).unwrap().trim(),
-        first.pid().to_string()
+    // The command reloads on SIGHUP, as daemons do.
+    // (It waits for a stop file: dash's `read` ends on a trapped signal.)
+    let stop = d.path().join("stop");
+    let script = format!(
+        "trap 'echo GOT-HUP' HUP; echo $$; echo READY; \
+         while [ ! -e {} ]; do sleep 0.02; done",
+        stop.display()
     );
+    let mut first = Run::cli(&["pidfile", ps, "--", "sh", "-c", &script]);
+    let seen = first.expect("READY");
+    let command = seen[0].clone();
+    // The pid file names the command (what operators signal), written
+    // once it runs.
+    let named = (0..1000).any(|_| {
+        if std::fs::read_to_string(&p).is_ok_and(|s| s.trim() == command) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        false
+    });
+    assert!(named, "the pid file never named the command {command}");
+    // `kill -HUP $(cat app.pid)` reaches the command; the instance stays.
+    let pid = std::fs::read_to_string(&p).unwrap();
+    signal("HUP", pid.trim().parse().unwrap());
+    first.expect("GOT-HUP");
     let (code, _, err) = cli(&["pidfile", ps, "--", "true"]);
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains(&format!("another instance runs as pid {}", first.pid())),
+        err.contains(&format!("another instance runs as pid {command}")),
         "{err}"
     );
-    first.send("");
+    std::fs::write(&stop, b"").unwrap();
     assert_eq!(first.finish().0, 0);
     assert!(!p.exists(), "the pid file goes with the instance");
     assert_eq!(cli(&["pidfile", ps, "--", "true"]).0, 0);
@@ -764,4 +783,42 @@ fn free_soon(path: &str) -> bool {
         std::thread::sleep(Duration::from_millis(10));
         false
     })
+}
+
+/// Off a terminal the command runs in its own process group, and every
+/// signal a supervisor sends the wrapper reaches the command once: HUP,
+/// INT, QUIT, USR1, USR2, WINCH, then TERM; a child the command started
+/// gets TERM too (the whole group).
+#[test]
+fn supervisor_signals_reach_the_command_group_once() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("sig.lock");
+    let script = "for s in HUP INT QUIT USR1 USR2 WINCH; do trap \"echo GOT-$s\" $s; done; \
+                  trap 'echo GOT-TERM; exit 0' TERM; sleep 600 & echo $!; echo READY; \
+                  while :; do sleep 0.05; done";
+    let mut r = Run::cli(&["lock", p.to_str().unwrap(), "--", "sh", "-c", script]);
+    let seen = r.expect("READY");
+    let grandchild: u32 = seen[0].parse().unwrap();
+    for s in ["HUP", "INT", "QUIT", "USR1", "USR2", "WINCH"] {
+        signal(s, r.pid());
+        let between = r.expect(&format!("GOT-{s}"));
+        assert!(between.is_empty(), "{s}: {between:?}");
+    }
+    signal("TERM", r.pid());
+    r.expect("GOT-TERM");
+    let (code, rest, err) = r.finish();
+    assert_eq!(code, 0, "{err}");
+    assert!(!rest.contains("GOT-"), "a signal arrived twice: {rest}");
+    let gone = (0..1000).any(|_| {
+        let stat = std::fs::read_to_string(format!("/proc/{grandchild}/stat")).unwrap_or_default();
+        if matches!(
+            stat.rsplit(") ").next().and_then(|f| f.chars().next()),
+            Some('Z') | None
+        ) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        false
+    });
+    assert!(gone, "the command's child did not get the TERM");
 }
