@@ -245,6 +245,11 @@ struct Outcome {
 }
 
 fn main() -> ExitCode {
+    // The re-executed intermediate of a command tied to this program's life.
+    let raw: Vec<OsString> = std::env::args_os().collect();
+    if raw.get(1).is_some_and(|a| a == SUPERVISED) {
+        return supervised(&raw[2..]);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -411,9 +416,17 @@ async fn lock(a: LockArgs, verbose: bool) -> Outcome {
         }
     }
     let code = if a.stop_on_loss {
-        run(&a.command, &env, Some(guard.lost()), a.grace, None).await
+        run(
+            &a.command,
+            &env,
+            Some(guard.lost()),
+            a.grace,
+            None,
+            !inherited,
+        )
+        .await
     } else {
-        run_plain(&a.command, &env).await
+        run_plain(&a.command, &env, !inherited).await
     };
     // A loss is reported whether or not the command was stopped for it.
     let lost = guard.is_lost();
@@ -494,7 +507,7 @@ async fn semaphore(a: SemaphoreArgs, verbose: bool) -> Outcome {
         ));
     }
     let env = [("PORTALOCKER_SLOT".to_string(), permit.slot().to_string())];
-    let code = run_plain(&a.command, &env).await;
+    let code = run_plain(&a.command, &env, true).await;
     if let Err(e) = permit.release().await {
         say(e);
     }
@@ -533,6 +546,7 @@ async fn pidfile(a: PidfileArgs, verbose: bool) -> Outcome {
         None::<std::future::Pending<()>>,
         Duration::ZERO,
         Some(&guard),
+        true,
     )
     .await;
     if verbose {
@@ -602,7 +616,7 @@ async fn redis_lock(a: RedisArgs, verbose: bool) -> Outcome {
     if let Some(t) = guard.fence_token() {
         env.push(("PORTALOCKER_FENCING_TOKEN".to_string(), t.to_string()));
     }
-    let code = run(&a.command, &env, Some(guard.lost()), a.grace, None).await;
+    let code = run(&a.command, &env, Some(guard.lost()), a.grace, None, true).await;
     let lost = guard.is_lost();
     if let Err(e) = guard.release().await {
         if !lost {
@@ -767,16 +781,66 @@ async fn write(a: WriteArgs) -> Outcome {
 }
 
 /// [`run`] without a lock that can be lost.
-async fn run_plain(command: &[OsString], env: &[(String, String)]) -> u8 {
+async fn run_plain(command: &[OsString], env: &[(String, String)], tie: bool) -> u8 {
     run(
         command,
         env,
         None::<std::future::Pending<()>>,
         Duration::ZERO,
         None,
+        tie,
     )
     .await
 }
+
+/// The hidden first argument of the intermediate that ties a command's
+/// life to this program's (see [`supervised`]).
+const SUPERVISED: &str = "__supervised";
+
+/// `__supervised PARENT PROGRAM ARGS…`: asks the kernel to SIGKILL this
+/// process when its parent (`portalocker`, pid PARENT) dies, makes sure
+/// the parent did not die already, then becomes PROGRAM (`exec`: the same
+/// pid, process group, descriptors and environment, and the death signal
+/// stays). So a command whose lock cannot outlive `portalocker` (Redis,
+/// semaphore, pid file, `lock --no-inherit`) never runs on without it, even
+/// if `portalocker` is SIGKILLed. Linux and FreeBSD; elsewhere the command
+/// is started directly.
+#[cfg(any(target_os = "linux", target_os = "freebsd"))]
+fn supervised(args: &[OsString]) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let parent = args.first().and_then(|p| p.to_str()?.parse::<i32>().ok());
+    let (Some(parent), Some(program)) = (parent, args.get(1)) else {
+        say("usage: portalocker __supervised PARENT PROGRAM [ARGS...] (internal)");
+        return ExitCode::from(EXIT_USAGE);
+    };
+    if let Err(e) =
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+    {
+        say(format!(
+            "cannot tie the command to this program's life: {e}"
+        ));
+        return ExitCode::from(EXIT_FAILED);
+    }
+    // Died before the line above: nothing would ever stop the command.
+    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(parent) {
+        return ExitCode::from(EXIT_LOST);
+    }
+    let e = std::process::Command::new(program).args(&args[2..]).exec();
+    say(format!("cannot run {}: {e}", program.to_string_lossy()));
+    ExitCode::from(match e.kind() {
+        std::io::ErrorKind::NotFound => EXIT_NOT_FOUND,
+        _ => EXIT_NOT_EXECUTABLE,
+    })
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "freebsd")))]
+fn supervised(_args: &[OsString]) -> ExitCode {
+    say("__supervised is not available on this platform (internal)");
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// Whether commands can be tied to this program's life here.
+const CAN_TIE: bool = cfg!(any(target_os = "linux", target_os = "freebsd"));
 
 /// Runs the command under supervision; returns the exit code to report:
 /// the command's, or 128 + the signal that killed it.
@@ -793,19 +857,35 @@ async fn run_plain(command: &[OsString], env: &[(String, String)]) -> u8 {
 ///   and a lost lock stops the command's own process.
 ///
 /// `pid_file`: a pid file to write the command's pid into once it runs.
+/// `tie`: the command must not outlive this program (its lock cannot):
+/// it is started through [`supervised`].
 async fn run<L: Future<Output = ()>>(
     command: &[OsString],
     env: &[(String, String)],
     lost: Option<L>,
     grace: Duration,
     pid_file: Option<&portalocker::PidFileLockGuard>,
+    tie: bool,
 ) -> u8 {
     let Some((program, args)) = command.split_first() else {
         return EXIT_USAGE;
     };
     let interactive = std::io::IsTerminal::is_terminal(&std::io::stdin());
     let mut signals = Signals::new();
-    let mut cmd = tokio::process::Command::new(program);
+    let via = match std::env::current_exe() {
+        Ok(me) if tie && CAN_TIE => Some(me),
+        _ => None,
+    };
+    let mut cmd = match &via {
+        Some(me) => {
+            let mut c = tokio::process::Command::new(me);
+            c.arg(SUPERVISED)
+                .arg(std::process::id().to_string())
+                .arg(program);
+            c
+        }
+        None => tokio::process::Command::new(program),
+    };
     cmd.args(args).envs(env.iter().cloned());
     #[cfg(unix)]
     if !interactive {

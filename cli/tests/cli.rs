@@ -822,3 +822,49 @@ fn supervisor_signals_reach_the_command_group_once() {
     });
     assert!(gone, "the command's child did not get the TERM");
 }
+
+/// Where the command cannot keep the lock itself (a Redis lock, a
+/// semaphore slot), it never outlives `portalocker`: SIGKILL of the
+/// wrapper kills the command too (the kernel's parent-death signal).
+/// Before, the command ran on without the lock.
+#[test]
+fn a_command_whose_lock_cannot_outlive_the_wrapper_dies_with_it() {
+    let srv = Redis::start();
+    let url = srv.url();
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().to_str().unwrap();
+    let script = "echo $$; echo READY; while :; do sleep 0.05; done";
+    let cases: [Vec<&str>; 2] = [
+        vec!["redis", "--url", &url, "tied", "--", "sh", "-c", script],
+        vec![
+            "semaphore",
+            "--max",
+            "1",
+            "--dir",
+            dir,
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+    ];
+    for args in cases {
+        let mut r = Run::cli(&args);
+        let seen = r.expect("READY");
+        let command: u32 = seen[0].parse().unwrap();
+        signal("KILL", r.pid());
+        let gone = (0..1000).any(|_| {
+            let stat = std::fs::read_to_string(format!("/proc/{command}/stat")).unwrap_or_default();
+            if matches!(
+                stat.rsplit(") ").next().and_then(|f| f.chars().next()),
+                Some('Z') | None
+            ) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            false
+        });
+        assert!(gone, "{}: the command outlived the wrapper", args[0]);
+        let _ = r.finish();
+    }
+}
