@@ -135,12 +135,31 @@ struct LockArgs {
         requires = "stop_on_loss"
     )]
     grace: Duration,
+    /// An exclusive lock (the default; flock(1)'s -x).
+    #[arg(short = 'x', long, conflicts_with = "shared")]
+    exclusive: bool,
+    /// flock(1)'s -o: the command does not inherit the lock (as --no-inherit).
+    #[arg(short = 'o', long = "close", conflicts_with = "inherit")]
+    close: bool,
+    /// Run STRING with `sh -c` instead of COMMAND (flock(1)'s -c).
+    #[arg(
+        short = 'c',
+        long = "command",
+        value_name = "STRING",
+        conflicts_with = "command"
+    )]
+    shell: Option<OsString>,
     #[command(flatten)]
     wait: WaitArgs,
     /// The lock file (created if missing).
     path: PathBuf,
-    /// The command and its arguments, after `--`.
-    #[arg(last = true, required = true, value_name = "COMMAND")]
+    /// The command and its arguments (`--` before them is optional).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        required_unless_present = "shell",
+        value_name = "COMMAND"
+    )]
     command: Vec<OsString>,
 }
 
@@ -405,7 +424,11 @@ async fn lock(a: LockArgs, verbose: bool) -> Outcome {
         say(format!("locked {what} after {:?}", guard.waited()));
     }
     let mut env = Vec::new();
-    let inherited = a.inherit || (cfg!(unix) && !a.no_inherit);
+    let inherited = a.inherit || (cfg!(unix) && !a.no_inherit && !a.close);
+    let command = match a.shell {
+        Some(line) => vec!["sh".into(), "-c".into(), line],
+        None => a.command,
+    };
     if inherited {
         match inherit(&guard) {
             Ok(fd) => env.push(("PORTALOCKER_LOCK_FD".to_string(), fd.to_string())),
@@ -417,7 +440,7 @@ async fn lock(a: LockArgs, verbose: bool) -> Outcome {
     }
     let code = if a.stop_on_loss {
         run(
-            &a.command,
+            &command,
             &env,
             Some(guard.lost()),
             a.grace,
@@ -426,7 +449,7 @@ async fn lock(a: LockArgs, verbose: bool) -> Outcome {
         )
         .await
     } else {
-        run_plain(&a.command, &env, !inherited).await
+        run_plain(&command, &env, !inherited).await
     };
     // A loss is reported whether or not the command was stopped for it.
     let lost = guard.is_lost();

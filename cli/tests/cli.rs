@@ -868,3 +868,26 @@ fn a_command_whose_lock_cannot_outlive_the_wrapper_dies_with_it() {
         let _ = r.finish();
     }
 }
+
+/// flock(1)'s habits: the command without `--`, `-c STRING`, `-x`, and
+/// `-o` (the command does not inherit the lock).
+#[test]
+fn flock_forms_work() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("forms.lock");
+    let ps = p.to_str().unwrap();
+    let (code, out, err) = cli(&["lock", ps, "sh", "-c", "echo no-dashes"]);
+    assert_eq!((code, out.as_str()), (0, "no-dashes\n"), "{err}");
+    let (code, out, err) = cli(&["lock", "-x", "-c", "echo via-c; exit 3", ps]);
+    assert_eq!((code, out.as_str()), (3, "via-c\n"), "{err}");
+    let script = "echo $$; echo READY; read line";
+    for (flag, want) in [("-o", 0), ("-x", 1)] {
+        let mut r = Run::cli(&["lock", flag, ps, "sh", "-c", script]);
+        let seen = r.expect("READY");
+        assert_eq!(fds_on(&seen[0], &p), want, "{flag}: {seen:?}");
+        r.send("");
+        assert_eq!(r.finish().0, 0);
+    }
+    let (code, _, err) = cli(&["lock", "-x", "--shared", ps, "true"]);
+    assert_eq!(code, 2, "-x and --shared conflict: {err}");
+}
