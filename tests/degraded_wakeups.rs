@@ -8,6 +8,7 @@
 //! Linux only: the other platforms have no wake-ups to lose (they poll, as
 //! documented).
 #![cfg(all(target_os = "linux", not(portalocker_portable)))]
+mod support;
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -61,16 +62,7 @@ fn polling_for_want_of_inotify_is_said_once() {
             .status()
             .expect("prlimit (util-linux) is needed");
         assert!(limited.success());
-        let mut hoard = Vec::new();
-        loop {
-            match std::fs::File::open("/dev/null") {
-                Ok(f) => hoard.push(f),
-                Err(e) => {
-                    assert_eq!(e.raw_os_error(), Some(24), "{e}"); // EMFILE
-                    break;
-                }
-            }
-        }
+        let hoard = support::use_up_descriptors();
         assert!(warnings().is_empty(), "{:?}", warnings());
         for _ in 0..2 {
             let e = lock.acquire().await.unwrap_err();

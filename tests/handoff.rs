@@ -229,15 +229,8 @@ async fn a_stopped_announced_waiter_is_left_out_after_a_few_handovers() {
     let mut waiter = Proc::role("child_entry", "wait", &[path.to_str().unwrap()]);
     waiter.expect("WAITING");
     wait_for_announcement(ino, &mut waiter).await;
-    let signal = |sig: &str| {
-        let pid = waiter.pid().to_string();
-        assert!(std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap()
-            .success());
-    };
-    signal("-STOP");
+    let waiter_pid = waiter.pid();
+    support::kill("-STOP", waiter_pid);
     drop(guard);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let mut handovers = 0;
@@ -262,7 +255,7 @@ async fn a_stopped_announced_waiter_is_left_out_after_a_few_handovers() {
         (1..=3).contains(&handovers),
         "{handovers} handovers to the stopped waiter before it was left out"
     );
-    signal("-CONT");
+    support::kill("-CONT", waiter_pid);
     waiter.expect("ACQUIRED");
     waiter.finish();
 }

@@ -637,11 +637,7 @@ fn a_shared_lock_needs_only_read_access() {
 /// its next scheduled attempt, here an hour away).
 #[test]
 fn a_guard_dropped_during_a_write_hands_the_lock_to_the_next_owner() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .max_blocking_threads(1)
-        .build()
-        .unwrap();
+    let rt = one_blocking_thread();
     rt.block_on(async {
         let d = dir();
         let path = d.path().join("w.lock");
@@ -678,11 +674,7 @@ fn a_guard_dropped_during_a_write_hands_the_lock_to_the_next_owner() {
 /// `try_acquire` waits for it instead of reading files inline.
 #[test]
 fn a_failed_attempt_looks_up_the_holder_on_the_blocking_pool() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .max_blocking_threads(1)
-        .build()
-        .unwrap();
+    let rt = one_blocking_thread();
     rt.block_on(async {
         let d = dir();
         let path = d.path().join("h.lock");
@@ -704,4 +696,14 @@ fn a_failed_attempt_looks_up_the_holder_on_the_blocking_pool() {
         let e = attempt.await.unwrap_err();
         assert!(e.is_already_locked(), "{e}");
     });
+}
+
+/// A current-thread runtime whose blocking pool has one thread, which a
+/// test can keep busy to hold back blocking-pool work deterministically.
+fn one_blocking_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(1)
+        .build()
+        .unwrap()
 }

@@ -726,19 +726,12 @@ async fn release_returns_once_the_server_no_longer_counts_the_holder() {
     // A stopped server cannot confirm: release waits for it (a release
     // that only closed the socket would return at once).
     let g = lock.acquire().await.unwrap();
-    let pid = srv.pid().to_string();
-    let signal = |sig: &str| {
-        assert!(std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap()
-            .success());
-    };
-    signal("-STOP");
+    let pid = srv.pid();
+    support::kill("-STOP", pid);
     let release = tokio::spawn(g.release());
     tokio::time::sleep(Duration::from_millis(300)).await;
     let early = release.is_finished();
-    signal("-CONT");
+    support::kill("-CONT", pid);
     assert!(
         !early,
         "release returned while the server could not have let go"
@@ -916,22 +909,7 @@ async fn fencing_tokens_never_repeat_across_databases() {
     }
     // Without script permission, fencing off database 0 is refused rather
     // than drawn from a counter that could repeat.
-    let _: () = srv
-        .cmd(&[
-            "ACL",
-            "SETUSER",
-            "noscript",
-            "on",
-            ">pw",
-            "~*",
-            "&*",
-            "+@all",
-            "-@scripting",
-        ])
-        .await;
-    let client =
-        portalocker::redis::Client::open(format!("redis://noscript:pw@127.0.0.1:{}/5", srv.port))
-            .unwrap();
+    let client = srv.client_without_scripts(5).await;
     let e = RedisLock::new("fdb", client)
         .fencing(true)
         .acquire()

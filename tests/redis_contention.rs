@@ -208,22 +208,7 @@ async fn a_cancelled_waiter_leaves_the_queue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_without_script_permission_still_get_the_lock() {
     let srv = RedisServer::start();
-    let _: () = srv
-        .cmd(&[
-            "ACL",
-            "SETUSER",
-            "noscript",
-            "on",
-            ">pw",
-            "~*",
-            "&*",
-            "+@all",
-            "-@scripting",
-        ])
-        .await;
-    let client =
-        portalocker::redis::Client::open(format!("redis://noscript:pw@127.0.0.1:{}/", srv.port))
-            .unwrap();
+    let client = srv.client_without_scripts(0).await;
     let holder = RedisLock::new("ns", srv.other_client())
         .acquire()
         .await

@@ -86,16 +86,7 @@ async fn the_free_slot_of_a_huge_semaphore_is_found_under_a_small_descriptor_lim
 
     // Out of descriptors: an I/O error at once, not contention. Two are
     // left, so the sweep opens some slots (busy) before the others fail.
-    let mut hoard = Vec::new();
-    loop {
-        match std::fs::File::open("/dev/null") {
-            Ok(f) => hoard.push(f),
-            Err(e) => {
-                assert_eq!(e.raw_os_error(), Some(24), "{e}"); // EMFILE
-                break;
-            }
-        }
-    }
+    let mut hoard = support::use_up_descriptors();
     hoard.truncate(hoard.len() - 2);
     let e = sem.acquire().await.unwrap_err();
     drop(hoard);

@@ -737,16 +737,7 @@ fn the_lock_lives_as_long_as_the_command_whatever_happens_to_the_wrapper() {
     let command = seen[0].clone();
     signal("KILL", r.pid());
     // Dead (a zombie until reaped): its descriptors are closed.
-    let dead = (0..1000).any(|_| {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", r.pid())).unwrap_or_default();
-        let state = stat.rsplit(") ").next().and_then(|f| f.chars().next());
-        if matches!(state, Some('Z') | None) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-        false
-    });
-    assert!(dead, "the wrapper did not die");
+    assert!(dead_soon(r.pid()), "the wrapper did not die");
     let (code, _, err) = cli(&["lock", "-n", ps, "--", "true"]);
     assert_eq!(code, 1, "the command ran on without the lock: {err}");
     // The command ends: the lock is free once the kernel closed its files.
@@ -809,18 +800,10 @@ fn supervisor_signals_reach_the_command_group_once() {
     let (code, rest, err) = r.finish();
     assert_eq!(code, 0, "{err}");
     assert!(!rest.contains("GOT-"), "a signal arrived twice: {rest}");
-    let gone = (0..1000).any(|_| {
-        let stat = std::fs::read_to_string(format!("/proc/{grandchild}/stat")).unwrap_or_default();
-        if matches!(
-            stat.rsplit(") ").next().and_then(|f| f.chars().next()),
-            Some('Z') | None
-        ) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-        false
-    });
-    assert!(gone, "the command's child did not get the TERM");
+    assert!(
+        dead_soon(grandchild),
+        "the command's child did not get the TERM"
+    );
 }
 
 /// Where the command cannot keep the lock itself (a Redis lock, a
@@ -853,18 +836,11 @@ fn a_command_whose_lock_cannot_outlive_the_wrapper_dies_with_it() {
         let seen = r.expect("READY");
         let command: u32 = seen[0].parse().unwrap();
         signal("KILL", r.pid());
-        let gone = (0..1000).any(|_| {
-            let stat = std::fs::read_to_string(format!("/proc/{command}/stat")).unwrap_or_default();
-            if matches!(
-                stat.rsplit(") ").next().and_then(|f| f.chars().next()),
-                Some('Z') | None
-            ) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-            false
-        });
-        assert!(gone, "{}: the command outlived the wrapper", args[0]);
+        assert!(
+            dead_soon(command),
+            "{}: the command outlived the wrapper",
+            args[0]
+        );
         let _ = r.finish();
     }
 }
@@ -890,4 +866,18 @@ fn flock_forms_work() {
     }
     let (code, _, err) = cli(&["lock", "-x", "--shared", ps, "true"]);
     assert_eq!(code, 2, "-x and --shared conflict: {err}");
+}
+
+/// Whether process `pid` is dead (gone, or a zombie until reaped: its
+/// descriptors are closed) within 10 s.
+fn dead_soon(pid: u32) -> bool {
+    (0..1000).any(|_| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit(") ").next().and_then(|f| f.chars().next());
+        if matches!(state, Some('Z') | None) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        false
+    })
 }

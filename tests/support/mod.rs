@@ -964,6 +964,29 @@ impl RedisServer {
         v[0].1
     }
 
+    /// A client of a user that may run everything but scripts (`-@scripting`),
+    /// on database `db`.
+    pub async fn client_without_scripts(&self, db: u8) -> portalocker::redis::Client {
+        let _: () = self
+            .cmd(&[
+                "ACL",
+                "SETUSER",
+                "noscript",
+                "on",
+                ">pw",
+                "~*",
+                "&*",
+                "+@all",
+                "-@scripting",
+            ])
+            .await;
+        portalocker::redis::Client::open(format!(
+            "redis://noscript:pw@127.0.0.1:{}/{db}",
+            self.port
+        ))
+        .unwrap()
+    }
+
     /// The subscriber count of `channel` once it is `want` (or what it is
     /// after 10 s): a contender that just gave up closes its subscription
     /// without waiting for the server, which may count it a moment longer
@@ -1271,4 +1294,31 @@ async fn pump(
             return;
         }
     }
+}
+
+/// Opens `/dev/null` until this process has no descriptor left (`EMFILE`),
+/// and returns them: dropping them gives the descriptors back.
+#[cfg(unix)]
+pub fn use_up_descriptors() -> Vec<std::fs::File> {
+    let mut hoard = Vec::new();
+    loop {
+        match std::fs::File::open("/dev/null") {
+            Ok(f) => hoard.push(f),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(24), "{e}"); // EMFILE
+                return hoard;
+            }
+        }
+    }
+}
+
+/// Sends `sig` (as `kill` takes it: `-STOP`, `-CONT`, …) to process `pid`.
+#[cfg(unix)]
+pub fn kill(sig: &str, pid: u32) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
 }
