@@ -174,6 +174,8 @@ impl PidFileLock {
         let mut held = PidFileLockGuard {
             inner: DeleteOnRelease::new(guard),
             pid_path: self.pid_path.clone(),
+            tickets: std::sync::atomic::AtomicU64::new(0),
+            published: std::sync::Arc::default(),
         };
         // The guard travels through the blocking task: if this future is
         // dropped meanwhile, the task's output (the guard) is dropped when
@@ -228,6 +230,12 @@ impl PidFileLock {
 pub struct PidFileLockGuard {
     inner: DeleteOnRelease,
     pid_path: PathBuf,
+    /// [`set_pid`](Self::set_pid) calls, in call order.
+    tickets: std::sync::atomic::AtomicU64,
+    /// The newest ticket whose pid was published; held while publishing,
+    /// so a publication that outlives its dropped call never overwrites a
+    /// newer one.
+    published: std::sync::Arc<std::sync::Mutex<u64>>,
 }
 
 impl PidFileLockGuard {
@@ -275,7 +283,9 @@ impl PidFileLockGuard {
     ///
     /// This method is cancel safe: the rewrite runs on the blocking pool
     /// and ends either way; the file holds the old or the new pid, never a
-    /// mix.
+    /// mix, and a rewrite whose call was dropped never overwrites the pid
+    /// of a later call (rewrites run one at a time, and one older than the
+    /// last published is skipped).
     ///
     /// # Errors
     ///
@@ -295,10 +305,22 @@ impl PidFileLockGuard {
     /// # Ok(()) }
     /// ```
     pub async fn set_pid(&self, pid: u32) -> Result<()> {
-        let path = self.pid_path.clone();
-        util::blocking(move || publish_pid(&path, pid))
-            .await
-            .map_err(|e| Error::io("failed to publish pid", Some(&self.pid_path), e))
+        let ticket = 1 + self
+            .tickets
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (path, published) = (self.pid_path.clone(), self.published.clone());
+        util::blocking(move || {
+            let mut last = util::lock(&published);
+            if *last > ticket {
+                // A later call published already: this pid is stale.
+                return Ok(());
+            }
+            publish_pid(&path, pid)?;
+            *last = ticket;
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::io("failed to publish pid", Some(&self.pid_path), e))
     }
 
     /// Removes the pid file and the sidecar while still locked, then

@@ -313,3 +313,49 @@ async fn killed_publishers_leave_no_temporaries() {
     assert!(litter.is_empty(), "{litter:?}");
     guard.release().await.unwrap();
 }
+
+/// `set_pid` is cancel safe: dropped at any point, the pid file holds one
+/// whole pid, the one before or the new one, never a mix or nothing; no
+/// temporary file is left; and the lock stays held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_pid_is_cancel_safe() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("worker.pid");
+    let lock = PidFileLock::new(&path);
+    let guard = lock.acquire().await.unwrap();
+    // Call i sets 1_000_000 + i. A dropped call's rewrite may still land
+    // later, but the file only ever holds a whole pid of a call made so
+    // far, and never goes back to an older call's.
+    let mut newest_seen: Option<u32> = None;
+    for i in 0..300u32 {
+        let budget = Duration::from_micros(u64::from(i * 7 % 400));
+        let _ = tokio::time::timeout(budget, guard.set_pid(1_000_000 + i)).await;
+        let now = lock
+            .read_pid()
+            .await
+            .expect("the pid file holds a whole pid");
+        if now == std::process::id() {
+            assert_eq!(newest_seen, None, "{i}: back to the first pid");
+            continue;
+        }
+        let call = now.checked_sub(1_000_000).filter(|c| *c <= i);
+        let call = call.unwrap_or_else(|| panic!("{i}: the pid file holds {now}"));
+        assert!(
+            newest_seen.is_none_or(|n| call >= n),
+            "{i}: the file went back from call {newest_seen:?} to call {call}"
+        );
+        newest_seen = Some(call);
+    }
+    // Once a call has returned, no older rewrite overwrites it.
+    guard.set_pid(42).await.unwrap();
+    assert_eq!(lock.read_pid().await, Some(42));
+    assert!(guard.ensure_held().is_ok());
+    // A publication still running when its future was dropped ends on the
+    // blocking pool: only the pid file and the sidecar remain.
+    let only_ours = support::eventually(Duration::from_secs(10), || {
+        support::entries(d.path()) == ["worker.pid", "worker.pid.lock"]
+    })
+    .await;
+    assert!(only_ours, "{:?}", support::entries(d.path()));
+    guard.release().await.unwrap();
+}
