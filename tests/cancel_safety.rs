@@ -103,6 +103,25 @@ fn dropped_acquires_leave_no_lock_and_no_descriptor() {
                 .unwrap_err();
             assert!(err.is_already_locked());
         }
+        // So do a semaphore's first wait (Linux: this process's doorbell,
+        // a socket and its reader thread) and its first release (the
+        // socket that rings other waiters' doorbells).
+        {
+            let sem = portalocker::BoundedSemaphore::new(1)
+                .name("warm-up")
+                .directory(d.path());
+            let held = std::fs::File::create(d.path().join("warm-up.00.lock")).unwrap();
+            held.lock().unwrap();
+            let err = sem
+                .clone()
+                .timeout(Duration::from_millis(5))
+                .acquire()
+                .await
+                .unwrap_err();
+            assert!(err.is_already_locked());
+            drop(held);
+            drop(sem.acquire().await.unwrap());
+        }
         let baseline = support::fd_count();
         let thread_baseline = threads();
 

@@ -95,3 +95,30 @@ pub(crate) fn announced_before(_file: &File, _t: u64) -> bool {
 pub(crate) fn announcement_except(_file: &File, _skip: Option<u64>) -> Option<u64> {
     None
 }
+
+/// No semaphore queue here: a semaphore's waiters are woken as every
+/// lock's are (see `wake`).
+#[derive(Debug)]
+pub(crate) struct QueuePlace(std::convert::Infallible);
+
+impl QueuePlace {
+    pub(crate) fn join(_file: File, _queue: super::FileId) -> Option<Self> {
+        None
+    }
+
+    pub(crate) fn notifier(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        match self.0 {}
+    }
+
+    pub(crate) fn is_first(&self) -> bool {
+        match self.0 {}
+    }
+}
+
+pub(crate) fn open_queue(_path: &Path) -> Option<(File, super::FileId)> {
+    None
+}
+
+pub(crate) fn queue_ring(_file: &File, _queue: super::FileId, _n: usize) -> usize {
+    0
+}

@@ -411,3 +411,223 @@ mod tests {
         assert!(super::parse_locks("garbage\n\n1: FLOCK", 8, 1, 77).is_empty());
     }
 }
+
+// --- a semaphore's wait queue and its waiters' doorbells -----------------
+//
+// A semaphore waiter of this crate joins its semaphore's queue by holding a
+// shared open-file-description lock on one byte of the lowest slot's file,
+// in a region of its own (after the handoff's, so a slot's holder never
+// mistakes it for a waiter of that slot). The byte is the waiter's *key*:
+// the monotonic clock in units of 64 µs, shifted left by 16 bits, plus this
+// process's *tag*, the name of its doorbell: an abstract Unix datagram
+// socket, `portalocker.bell.<tag>`, read by one helper thread per process.
+// The kernel keeps an inode's byte locks in the order they were taken, so
+// `F_OFD_GETLK` over the region finds the oldest waiter, and a process that
+// frees a slot rings that one waiter's doorbell instead of waking every
+// waiter of every process by closing a watched file.
+
+/// The semaphore queue's region: after the handoff's, to the largest
+/// offset.
+const QUEUE_BASE: i64 = ANNOUNCE_BASE + ANNOUNCE_SPAN;
+const QUEUE_SPAN: i64 = i64::MAX - QUEUE_BASE;
+
+/// A ring's datagram: the queue file's identity and the waiter's key.
+const RING_LEN: usize = 24;
+
+/// This process's doorbell: its tag, and the process it was bound in (a
+/// child after `fork` has no reader thread, so it binds none and its
+/// waiters are woken as if there were no doorbells).
+struct Doorbell {
+    tag: u16,
+    pid: u32,
+}
+
+type BellKey = (super::FileId, u64);
+
+fn bell_waiters() -> std::sync::MutexGuard<
+    'static,
+    std::collections::HashMap<BellKey, std::sync::Arc<tokio::sync::Notify>>,
+> {
+    static WAITERS: OnceLock<
+        std::sync::Mutex<std::collections::HashMap<BellKey, std::sync::Arc<tokio::sync::Notify>>>,
+    > = OnceLock::new();
+    crate::util::lock(WAITERS.get_or_init(Default::default))
+}
+
+fn bell_name(tag: u16) -> io::Result<std::os::unix::net::SocketAddr> {
+    use std::os::linux::net::SocketAddrExt;
+    std::os::unix::net::SocketAddr::from_abstract_name(format!("portalocker.bell.{tag:04x}"))
+}
+
+/// This process's doorbell tag, binding the socket and starting its reader
+/// on first use; `None` if that failed (every name taken, no sockets, no
+/// threads) or in a child forked after it was bound.
+fn doorbell() -> Option<u16> {
+    static BELL: OnceLock<Option<Doorbell>> = OnceLock::new();
+    let bell = BELL
+        .get_or_init(|| {
+            let (tag, socket) = (0..16).find_map(|_| {
+                let tag = (crate::util::unguessable_u64() as u16).max(1);
+                let addr = bell_name(tag).ok()?;
+                Some((
+                    tag,
+                    std::os::unix::net::UnixDatagram::bind_addr(&addr).ok()?,
+                ))
+            })?;
+            std::thread::Builder::new()
+                .name("portalocker-bell".into())
+                .spawn(move || {
+                    let mut buf = [0u8; RING_LEN];
+                    while let Ok(n) = socket.recv(&mut buf) {
+                        if n != RING_LEN {
+                            continue;
+                        }
+                        let word = |i: usize| {
+                            u64::from_le_bytes(buf[i * 8..i * 8 + 8].try_into().unwrap_or_default())
+                        };
+                        let key = (
+                            super::FileId {
+                                volume: word(0),
+                                index: word(1),
+                            },
+                            word(2),
+                        );
+                        if let Some(n) = bell_waiters().get(&key) {
+                            n.notify_one();
+                        }
+                    }
+                })
+                .ok()?;
+            Some(Doorbell {
+                tag,
+                pid: std::process::id(),
+            })
+        })
+        .as_ref()?;
+    (bell.pid == std::process::id()).then_some(bell.tag)
+}
+
+/// Opens the queue file at `path` (the lowest slot's) for reading, with its
+/// identity: `None` unless it is a regular file on a filesystem whose
+/// byte locks are kept apart from `flock` (see [`handoff_capable`]).
+pub(crate) fn open_queue(path: &Path) -> Option<(File, super::FileId)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let id = super::regular_file_id(&file).ok()??;
+    handoff_capable(&file).then_some((file, id))
+}
+
+/// A waiter's place in a semaphore's queue: the byte lock on its own
+/// descriptor of the queue file, and its doorbell registration. Dropping
+/// it closes the descriptor, which leaves the queue.
+#[derive(Debug)]
+pub(crate) struct QueuePlace {
+    file: File,
+    queue: super::FileId,
+    key: u64,
+    notify: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl QueuePlace {
+    /// Joins the queue of the file `queue`, through `file`: a descriptor of
+    /// it opened for this waiter alone. `None` where there are no
+    /// doorbells or no byte locks.
+    pub(crate) fn join(file: File, queue: super::FileId) -> Option<Self> {
+        static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let tag = doorbell()?;
+        // Keys are unique in this process: a later waiter of the same
+        // 64 µs gets the next unit.
+        let now = wait_clock() >> 6;
+        let next = |last: u64| Some(now.max(last + 1));
+        let unit = LAST
+            .fetch_update(
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+                next,
+            )
+            .map_or(now, |last| now.max(last + 1));
+        let key = (unit << 16 | u64::from(tag)) % QUEUE_SPAN as u64;
+        let l = byte_lock(libc::F_RDLCK, QUEUE_BASE + key as i64, 1);
+        nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_OFD_SETLK(&l)).ok()?;
+        let notify = std::sync::Arc::new(tokio::sync::Notify::new());
+        bell_waiters().insert((queue, key), notify.clone());
+        Some(Self {
+            file,
+            queue,
+            key,
+            notify,
+        })
+    }
+
+    /// Fired (`notify_one`) when this waiter's doorbell rings.
+    pub(crate) fn notifier(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.notify.clone()
+    }
+
+    /// Whether no waiter that joined earlier is still in the queue.
+    pub(crate) fn is_first(&self) -> bool {
+        queue_find(&self.file, 0, self.key).is_none()
+    }
+}
+
+impl Drop for QueuePlace {
+    fn drop(&mut self) {
+        bell_waiters().remove(&(self.queue, self.key));
+    }
+}
+
+/// The key of some waiter in the queue on `file` (other than through this
+/// descriptor) in `[from, to)`; the kernel lists byte locks in the order
+/// they were taken, so over the whole queue it is the oldest.
+fn queue_find(file: &File, from: u64, to: u64) -> Option<u64> {
+    let to = to.min(QUEUE_SPAN as u64);
+    if from >= to {
+        return None;
+    }
+    let mut l = byte_lock(libc::F_WRLCK, QUEUE_BASE + from as i64, (to - from) as i64);
+    let found = nix::fcntl::fcntl(file, nix::fcntl::FcntlArg::F_OFD_GETLK(&mut l)).is_ok()
+        && l.l_type != libc::F_UNLCK as libc::c_short;
+    found.then(|| u64::try_from(l.l_start - QUEUE_BASE).unwrap_or(0))
+}
+
+/// Rings the doorbells of the `n` oldest waiters in the queue of the file
+/// `queue`, looked up through `file` (a descriptor that is in no queue). A
+/// waiter whose doorbell cannot be rung (its process is gone, in another
+/// network namespace, or stopped with a full socket buffer) is passed over
+/// for the next, a few times. Returns how many were rung.
+pub(crate) fn queue_ring(file: &File, queue: super::FileId, n: usize) -> usize {
+    static SENDER: OnceLock<Option<std::os::unix::net::UnixDatagram>> = OnceLock::new();
+    let Some(sender) = SENDER
+        .get_or_init(|| {
+            let s = std::os::unix::net::UnixDatagram::unbound().ok()?;
+            s.set_nonblocking(true).ok()?;
+            Some(s)
+        })
+        .as_ref()
+    else {
+        return 0;
+    };
+    let (mut after, mut rung) = (0, 0);
+    for _ in 0..n + 3 {
+        let Some(key) = queue_find(file, after, u64::MAX) else {
+            break;
+        };
+        let mut msg = [0u8; RING_LEN];
+        msg[..8].copy_from_slice(&queue.volume.to_le_bytes());
+        msg[8..16].copy_from_slice(&queue.index.to_le_bytes());
+        msg[16..].copy_from_slice(&key.to_le_bytes());
+        let tag = (key & 0xFFFF) as u16;
+        if bell_name(tag).is_ok_and(|addr| sender.send_to_addr(&msg, &addr).is_ok()) {
+            rung += 1;
+            if rung == n {
+                break;
+            }
+        }
+        after = key + 1;
+    }
+    rung
+}

@@ -36,6 +36,7 @@
 //! | `rename_noreplace(from, to)` | an atomic no-clobber rename, where it exists (Linux `renameat2`, macOS `renameatx_np`) |
 //! | `WatchId`, `watch(path, fire)`, `unwatch(id)` | change notification on a lock file, where it exists |
 //! | `handoff_capable(&File)`, `wait_clock()`, `announce(&File, t)`, `withdraw(&File)`, `announced_before(&File, t)`, `announcement_except(&File, skip)` | a waiter's announcement to a holder in another process (Linux: open-file-description byte locks), where it exists |
+//! | `open_queue(path)`, `QueuePlace` (`join`, `is_first`, `notifier`), `queue_ring(&File, id, n)` | a semaphore's wait queue across processes and its waiters' doorbells (Linux: open-file-description byte locks and abstract Unix sockets), where they exist |
 //! | `lock_holders(id)`, `command_line(pid)` | who holds `flock` locks on a file (Linux: `/proc/locks`), and their command lines |
 //! | `connect_local(addr)` | (feature `redis`) a Redis address only this platform has: a Unix socket |
 

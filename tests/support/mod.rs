@@ -241,6 +241,9 @@ impl Proc {
             .unwrap()
             .success();
         assert!(ok, "kill -{name} failed");
+        if name == "STOP" {
+            wait_stopped(self.child.id());
+        }
     }
 
     /// Closes stdin and waits for a successful exit.
@@ -1321,4 +1324,37 @@ pub fn kill(sig: &str, pid: u32) {
         .unwrap()
         .success();
     assert!(ok, "kill {sig} {pid}");
+    if sig == "-STOP" {
+        wait_stopped(pid);
+    }
+}
+
+/// Waits until every thread of `pid` is stopped (Linux; elsewhere returns
+/// at once). `kill -STOP` returns before its target's threads have all
+/// stopped: one still running could take a lock it is about to be handed,
+/// and then stop holding it.
+pub fn wait_stopped(pid: u32) {
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    let stopped = |task: std::fs::DirEntry| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // The state follows the command name, which is in parentheses.
+        stat.rsplit_once(") ")
+            .is_none_or(|(_, rest)| rest.starts_with(['T', 't', 'Z', 'X']))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return; // gone
+        };
+        if tasks.filter_map(Result::ok).all(stopped) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process {pid} did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
