@@ -426,7 +426,7 @@ impl Engine {
         if fail_fast || timeout.is_zero() {
             e.with_reason(who)
         } else {
-            e.with_reason(format!("{who} (waited {timeout:?})"))
+            e.with_reason(format!("{who} (waited {})", util::Rounded(timeout)))
         }
     }
 

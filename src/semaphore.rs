@@ -399,7 +399,7 @@ impl BoundedSemaphore {
             )
         };
         if waited && !timeout.is_zero() {
-            reason.push_str(&format!(" (waited {timeout:?})"));
+            reason.push_str(&format!(" (waited {})", crate::util::Rounded(timeout)));
         }
         e.with_reason(reason)
     }

@@ -26,6 +26,51 @@ pub(crate) const PID_FILE_MODE: u32 = 0o644;
 /// `Duration::MAX` overflows an `Instant`.
 pub(crate) const NEVER: Duration = Duration::from_secs(86_400 * 365 * 30);
 
+/// A duration as a person reads it in a message: two significant figures
+/// at most, in the largest unit that fits (`435 µs`, `2.5 ms`, `1.2 s`,
+/// `42 s`, `3 min 5 s`, `2 h 10 min`, `3 d 4 h`); `Duration::MAX` (and
+/// anything from [`NEVER`] up) is "forever".
+pub(crate) struct Rounded(pub(crate) Duration);
+
+impl std::fmt::Display for Rounded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = self.0;
+        let secs = d.as_secs();
+        let frac = |v: f64, unit: &str| {
+            if v < 9.95 {
+                format!("{v:.1} {unit}").replace(".0 ", " ")
+            } else {
+                format!("{v:.0} {unit}")
+            }
+        };
+        let both = |a: u64, ua: &str, b: u64, ub: &str| {
+            if b == 0 {
+                format!("{a} {ua}")
+            } else {
+                format!("{a} {ua} {b} {ub}")
+            }
+        };
+        let text = if d >= NEVER {
+            "forever".to_string()
+        } else if d.is_zero() {
+            "0 s".to_string()
+        } else if d < Duration::from_millis(1) {
+            format!("{} µs", d.as_micros().max(1))
+        } else if d < Duration::from_secs(1) {
+            frac(d.as_secs_f64() * 1e3, "ms")
+        } else if secs < 60 {
+            frac(d.as_secs_f64(), "s")
+        } else if secs < 3_600 {
+            both(secs / 60, "min", secs % 60, "s")
+        } else if secs < 86_400 {
+            both(secs / 3_600, "h", secs % 3_600 / 60, "min")
+        } else {
+            both(secs / 86_400, "d", secs % 86_400 / 3_600, "h")
+        };
+        f.write_str(&text)
+    }
+}
+
 /// Locks `m`, using the data even if a thread panicked while holding it.
 ///
 /// The policy for every `std` mutex in this crate: each guards a map or a
@@ -193,6 +238,31 @@ pub(crate) fn proptest_cases() -> u32 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn durations_are_rounded_for_people() {
+        use super::Rounded;
+        use std::time::Duration as D;
+        for (d, want) in [
+            (D::ZERO, "0 s"),
+            (D::from_nanos(1), "1 µs"),
+            (D::from_nanos(435_066), "435 µs"),
+            (D::from_micros(2_500), "2.5 ms"),
+            (D::from_millis(2), "2 ms"),
+            (D::from_micros(12_345), "12 ms"),
+            (D::from_millis(999), "999 ms"),
+            (D::from_millis(1_234), "1.2 s"),
+            (D::from_millis(9_990), "10 s"),
+            (D::from_secs(42), "42 s"),
+            (D::from_secs(60), "1 min"),
+            (D::from_secs(185), "3 min 5 s"),
+            (D::from_secs(7_800), "2 h 10 min"),
+            (D::from_secs(86_400 * 3 + 3_600 * 4 + 5), "3 d 4 h"),
+            (D::MAX, "forever"),
+        ] {
+            assert_eq!(Rounded(d).to_string(), want, "{d:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -109,7 +109,7 @@ async fn acquire_waits_for_the_timeout_then_reports_contention() {
         .await
         .unwrap_err();
     assert!(err.is_already_locked());
-    assert!(err.to_string().contains("waited 300ms"), "{err}");
+    assert!(err.to_string().contains("waited 300 ms"), "{err}");
     assert!(start.elapsed() >= Duration::from_millis(300));
 }
 

@@ -76,7 +76,7 @@ async fn contention_fails_fast_or_after_the_timeout() {
     assert!(err.is_already_locked(), "{err}");
     assert!(t.elapsed() >= Duration::from_millis(400));
     assert_eq!(err.holder_id(), Some(holder.holder_id()), "{err}");
-    assert!(err.to_string().contains("(waited 400ms)"), "{err}");
+    assert!(err.to_string().contains("(waited 400 ms)"), "{err}");
     // Waiters left nothing on the channel.
     let settled = support::eventually_async(Duration::from_secs(5), || async {
         srv.numsub("c").await == 1
@@ -643,7 +643,7 @@ async fn try_acquire_and_acquire_timeout_use_this_calls_budget() {
     .expect("acquire_timeout used the configured hour")
     .unwrap_err();
     assert!(e.is_already_locked(), "{e}");
-    assert!(e.to_string().contains("waited 300ms"), "{e}");
+    assert!(e.to_string().contains("waited 300 ms"), "{e}");
     assert!(started.elapsed() >= Duration::from_millis(300));
     held.release().await.unwrap();
     assert_eq!(srv.numsub_settled("uni", 0).await, 0);

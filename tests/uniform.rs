@@ -44,7 +44,7 @@ where
         .err()
         .unwrap_or_else(|| panic!("{what}: acquire_timeout got it"));
     assert!(e.is_already_locked(), "{what}: {e}");
-    assert!(e.to_string().contains("waited 50ms"), "{what}: {e}");
+    assert!(e.to_string().contains("waited 50 ms"), "{what}: {e}");
     assert!(
         started.elapsed() < Duration::from_secs(60),
         "{what}: the configured hour-long timeout was used"

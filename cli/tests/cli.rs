@@ -150,7 +150,9 @@ fn two_clis_exclude_each_other_and_exit_codes_pass_through() {
     assert_eq!(code, 42, "-E sets the busy code");
     let (code, _, err) = cli(&["lock", "--timeout", "0.2", ps, "--", "true"]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("waited 200ms"), "{err}");
+    assert!(err.contains("(waited 200 ms)"), "durations are rounded: {err}");
+    let (_, _, err) = cli(&["lock", "--timeout", "0.000435066", ps, "--", "true"]);
+    assert!(err.contains("(waited 435 µs)"), "durations are rounded: {err}");
     let (code, _, _) = cli(&["lock", "--shared", "-n", ps, "--", "true"]);
     assert_eq!(code, 1, "a shared lock is excluded by the exclusive holder");
     let (code, _, err) = holder.finish();
@@ -533,21 +535,34 @@ async fn a_lost_redis_lock_stops_the_command() {
 #[test]
 fn a_terminal_shows_a_spinner_with_the_holder_and_a_pipe_shows_nothing() {
     let d = tempfile::tempdir().unwrap();
-    let p = d.path().join("spin.lock");
+    let p = d.path().join("a-lock-file-with-a-long-name.lock");
     let ps = p.to_str().unwrap();
     let holder = holding(&[], &p);
     let held_by = format!("held by pid {}", holder.pid());
-    // util-linux script(1) gives the CLI a terminal.
-    let line = format!("{BIN} lock --timeout 0.6 {ps} -- true");
+    // util-linux script(1) gives the CLI a terminal, here 60 columns wide:
+    // the message (path and holder: over 60 characters) is cut to fit and
+    // redrawn in place, never wrapped, and the elapsed time stays in view.
+    let line = format!("stty cols 60 rows 24; {BIN} lock --timeout 1.5 {ps} -- true");
     let out = Command::new("script")
         .args(["-qec", &line, "/dev/null"])
         .output()
         .expect("script(1) (util-linux, Debian's bsdutils) is needed for this test");
     let tty = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        tty.contains("waiting for") && tty.contains(&held_by),
-        "{tty}"
-    );
+    assert!(tty.contains(&format!("waiting: {held_by}")), "{tty}");
+    assert!(format!("waiting: {held_by}: {ps}").chars().count() > 60);
+    let frames: Vec<String> = tty
+        .split(['\r', '\n'])
+        .map(strip_escapes)
+        .filter(|f| f.contains("waiting"))
+        .collect();
+    assert!(!frames.is_empty(), "{tty:?}");
+    for f in &frames {
+        assert!(
+            f.chars().count() <= 60,
+            "a frame wider than the terminal: {f:?}"
+        );
+        assert!(f.contains(" s "), "no elapsed time in {f:?}");
+    }
     let (code, _, err) = cli(&["lock", "--timeout", "0.6", ps, "--", "true"]);
     assert_eq!(code, 1);
     assert!(!err.contains("waiting for"), "no progress on a pipe: {err}");
@@ -557,6 +572,26 @@ fn a_terminal_shows_a_spinner_with_the_holder_and_a_pipe_shows_nothing() {
         "{err}"
     );
     holder.finish();
+}
+
+/// `s` without terminal escape sequences (`ESC [ … letter`).
+fn strip_escapes(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The holder's connection to `channel` on `url`, killed (the lock is lost).

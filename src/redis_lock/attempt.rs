@@ -196,7 +196,7 @@ impl<'a> Attempt<'a> {
             };
         }
         if let Some(t) = waited {
-            who.push_str(&format!(" (waited {t:?})"));
+            who.push_str(&format!(" (waited {})", crate::util::Rounded(t)));
         }
         self.busy().with_reason(who).with_holder_id(id)
     }

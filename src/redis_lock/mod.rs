@@ -453,7 +453,7 @@ impl RedisLock {
             None => "another task of this process is acquiring the lock".to_string(),
         };
         if let Some(t) = waited {
-            why.push_str(&format!(" (waited {t:?})"));
+            why.push_str(&format!(" (waited {})", crate::util::Rounded(t)));
         }
         Error::already_locked(OP, None)
             .with_reason(why)

@@ -1,0 +1,237 @@
+//! The command line: subcommands, their arguments, and the help text.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::exit::EXIT_BUSY;
+
+pub(crate) const EXAMPLES: &str = "\
+Examples:
+  # cron: run the backup only once at a time; skip this run (quietly) if one is going
+  portalocker -q lock --nonblock /var/lock/backup.lock -- /usr/local/bin/backup
+  # CI: at most 4 of these jobs in parallel on this machine
+  portalocker semaphore --max 4 --name e2e -- ./run-e2e.sh
+  # one GPU per job: the slot number is in $PORTALOCKER_SLOT
+  portalocker semaphore --max 2 --name gpu -- sh -c 'CUDA_VISIBLE_DEVICES=$PORTALOCKER_SLOT ./train'
+  # a container entrypoint: one instance of the daemon
+  portalocker pidfile /run/worker.pid -- worker --foreground
+  # one of these across all hosts, stopped if the lock is lost
+  portalocker redis --url redis://redis:6379/ --fencing nightly-report -- ./report.sh
+  # who holds it?
+  portalocker who /var/lock/backup.lock
+  # replace a config file atomically
+  render-config | portalocker write --replace /etc/app/config.toml
+
+Exit status: the command's own status (128 + N if it died of signal N);
+1 if the lock is busy (-E/--conflict-exit-code to change it; -q to say
+nothing then); 2 for a usage error; 75 if the lock was lost while the command ran (Redis, or
+lock --stop-on-loss: the lock file removed or replaced); 71 for
+other errors of this program; 126/127 if the command cannot be run.
+Off a terminal the command runs in its own process group and HUP, INT,
+QUIT, TERM, USR1, USR2, WINCH and CONT are passed on to it; the lock is
+released only once it has exited. `pidfile` writes the command's pid.";
+
+#[derive(Parser)]
+#[command(
+    name = "portalocker",
+    version,
+    about = "Run a command while holding a lock: files, semaphores, pid files, Redis",
+    after_help = EXAMPLES
+)]
+pub(crate) struct Cli {
+    /// Say what happens: waits, the holder, when the lock is taken and released.
+    #[arg(short, long, global = true, conflicts_with = "quiet")]
+    pub(crate) verbose: bool,
+    /// Say nothing on standard error when the lock is busy (for cron: the
+    /// exit status tells). Errors are still reported.
+    #[arg(short, long, global = true)]
+    pub(crate) quiet: bool,
+    #[command(subcommand)]
+    pub(crate) cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Cmd {
+    /// Hold a file lock (flock) while COMMAND runs.
+    Lock(LockArgs),
+    /// Hold one of --max lock-file slots while COMMAND runs ($PORTALOCKER_SLOT).
+    Semaphore(SemaphoreArgs),
+    /// Run COMMAND as the single instance of a pid file (holding the command's pid).
+    Pidfile(PidfileArgs),
+    /// Hold a Redis lock (Python portalocker's protocol) while COMMAND runs.
+    Redis(RedisArgs),
+    /// Say who holds a file lock, or a Redis lock with --redis.
+    Who(WhoArgs),
+    /// Write standard input to PATH atomically: all of it or nothing.
+    Write(WriteArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct WaitArgs {
+    /// Give up after SECONDS (fractions allowed). Default: wait as long as it takes.
+    #[arg(short = 'w', long, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub(crate) timeout: Option<Duration>,
+    /// Do not wait: fail at once if the lock is busy.
+    #[arg(short = 'n', long, conflicts_with = "timeout")]
+    pub(crate) nonblock: bool,
+    /// Exit code when the lock is busy.
+    #[arg(short = 'E', long, value_name = "CODE", default_value_t = EXIT_BUSY)]
+    pub(crate) conflict_exit_code: u8,
+}
+
+#[derive(Args)]
+pub(crate) struct LockArgs {
+    /// Take a shared lock (many shared holders, no exclusive one).
+    #[arg(short, long)]
+    pub(crate) shared: bool,
+    /// COMMAND inherits the locked descriptor ($PORTALOCKER_LOCK_FD); the
+    /// default on Unix, as with flock(1). The lock lasts as long as COMMAND
+    /// or anything it left running keeps the descriptor open, also if this
+    /// program is killed; this program never unlocks what they still hold.
+    #[arg(long, conflicts_with = "no_inherit")]
+    pub(crate) inherit: bool,
+    /// COMMAND does not inherit the lock: it is released when this program
+    /// ends, also if it is killed while COMMAND still runs (which then runs
+    /// on without the lock). Background children cannot keep the lock.
+    #[arg(long)]
+    pub(crate) no_inherit: bool,
+    /// Stop COMMAND if the lock is lost while it runs: someone else
+    /// removed the lock file or renamed another over it, so another
+    /// process can take "the" lock. SIGTERM, then SIGKILL after --grace;
+    /// the exit status is then 75.
+    #[arg(long)]
+    pub(crate) stop_on_loss: bool,
+    /// With --stop-on-loss: SIGKILL this long after SIGTERM.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value = "10",
+        value_parser = parse_seconds,
+        requires = "stop_on_loss"
+    )]
+    pub(crate) grace: Duration,
+    /// An exclusive lock (the default; flock(1)'s -x).
+    #[arg(short = 'x', long, conflicts_with = "shared")]
+    pub(crate) exclusive: bool,
+    /// flock(1)'s -o: the command does not inherit the lock (as --no-inherit).
+    #[arg(short = 'o', long = "close", conflicts_with = "inherit")]
+    pub(crate) close: bool,
+    /// Run STRING with `sh -c` instead of COMMAND (flock(1)'s -c).
+    #[arg(
+        short = 'c',
+        long = "command",
+        value_name = "STRING",
+        conflicts_with = "command"
+    )]
+    pub(crate) shell: Option<OsString>,
+    #[command(flatten)]
+    pub(crate) wait: WaitArgs,
+    /// The lock file (created if missing).
+    pub(crate) path: PathBuf,
+    /// The command and its arguments (`--` before them is optional).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        required_unless_present = "shell",
+        value_name = "COMMAND"
+    )]
+    pub(crate) command: Vec<OsString>,
+}
+
+#[derive(Args)]
+pub(crate) struct SemaphoreArgs {
+    /// How many may hold a slot at once.
+    #[arg(long, value_name = "N")]
+    pub(crate) max: usize,
+    /// The semaphore's name: every program using the same name and
+    /// directory shares it.
+    #[arg(long, default_value = "portalocker")]
+    pub(crate) name: String,
+    /// Where the slot files live.
+    #[arg(long, value_name = "DIR", default_value_os_t = std::env::temp_dir())]
+    pub(crate) dir: PathBuf,
+    #[command(flatten)]
+    pub(crate) wait: WaitArgs,
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub(crate) command: Vec<OsString>,
+}
+
+#[derive(Args)]
+pub(crate) struct PidfileArgs {
+    /// Wait up to SECONDS for the other instance to end (default: fail at once).
+    #[arg(short = 'w', long, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub(crate) timeout: Option<Duration>,
+    /// Exit code when another instance runs.
+    #[arg(short = 'E', long, value_name = "CODE", default_value_t = EXIT_BUSY)]
+    pub(crate) conflict_exit_code: u8,
+    /// The pid file (its lock file is PATH.lock).
+    pub(crate) path: PathBuf,
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub(crate) command: Vec<OsString>,
+}
+
+#[derive(Args)]
+pub(crate) struct RedisArgs {
+    /// The Redis server, e.g. redis://host:6379/0 or unix:///run/redis.sock.
+    #[arg(long, value_name = "URL")]
+    pub(crate) url: String,
+    /// Take a fencing token ($PORTALOCKER_FENCING_TOKEN for COMMAND).
+    #[arg(long)]
+    pub(crate) fencing: bool,
+    /// Take a shared (reader) lock.
+    #[arg(short, long)]
+    pub(crate) shared: bool,
+    /// When the lock is lost: SIGTERM, then SIGKILL after SECONDS.
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+    pub(crate) grace: Duration,
+    #[command(flatten)]
+    pub(crate) wait: WaitArgs,
+    /// The lock's channel name (the same as Python portalocker's).
+    pub(crate) channel: String,
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub(crate) command: Vec<OsString>,
+}
+
+#[derive(Args)]
+pub(crate) struct WhoArgs {
+    /// Look up a Redis lock on this server; the argument is then its channel.
+    #[arg(long, value_name = "URL")]
+    pub(crate) redis: Option<String>,
+    /// The lock file (or, with --redis, the channel).
+    pub(crate) target: OsString,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum DurabilityArg {
+    /// fsync the file and its directory.
+    Full,
+    /// fsync the file.
+    File,
+    /// No fsync.
+    None,
+}
+
+#[derive(Args)]
+pub(crate) struct WriteArgs {
+    /// Replace PATH if it exists (default: refuse).
+    #[arg(long)]
+    pub(crate) replace: bool,
+    /// How durable the write is once this program exits.
+    #[arg(long, value_enum, default_value = "full")]
+    pub(crate) durability: DurabilityArg,
+    /// The destination.
+    pub(crate) path: PathBuf,
+}
+
+pub(crate) fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if v.is_nan() || v < 0.0 {
+        return Err(format!("{s:?}: seconds must be zero or more"));
+    }
+    Ok(Duration::try_from_secs_f64(v).unwrap_or(Duration::MAX))
+}

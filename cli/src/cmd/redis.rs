@@ -1,0 +1,137 @@
+//! `portalocker redis`: a Redis lock.
+
+use std::time::Duration;
+
+use portalocker::{LockFlags, RedisLock};
+
+use crate::args::RedisArgs;
+use crate::exit::{failed, say, Outcome, EXIT_FAILED, EXIT_LOST, EXIT_USAGE};
+use crate::progress::{human, waiting};
+use crate::supervise::run;
+use crate::timeout_of;
+
+pub(crate) async fn redis_lock(a: RedisArgs, verbose: bool) -> Outcome {
+    let client = match portalocker::redis::Client::open(a.url.as_str()) {
+        Ok(c) => c,
+        Err(e) => {
+            say(format!("bad Redis URL {:?}: {e}", a.url));
+            return Outcome { code: EXIT_USAGE };
+        }
+    };
+    let flags = if a.shared {
+        LockFlags::SHARED
+    } else {
+        LockFlags::EXCLUSIVE
+    };
+    // A server that cannot be reached is an error now, not a wait: only a
+    // busy lock is waited for.
+    if let Err(why) = reachable(&client).await {
+        say(format!(
+            "cannot reach Redis at {}: {why}\n  check that the server runs and the URL (host, \
+             port, password, rediss:// for TLS)",
+            a.url
+        ));
+        return Outcome { code: EXIT_FAILED };
+    }
+    let lock = RedisLock::new(a.channel.clone(), client)
+        .flags(flags)
+        .fencing(a.fencing);
+    let what = format!("Redis lock {:?}", a.channel);
+    let r = waiting(
+        &what,
+        verbose,
+        lock.acquire_timeout(timeout_of(&a.wait)),
+        || async { None },
+    )
+    .await;
+    let guard = match r {
+        Ok(g) => g,
+        Err(e) => {
+            let hint = format!(
+                "wait with --timeout SECONDS, or see who holds it: portalocker who --redis {} {}",
+                a.url, a.channel
+            );
+            return failed(&what, &e, a.wait.conflict_exit_code, &hint);
+        }
+    };
+    if verbose {
+        say(format!(
+            "locked {what} as holder {} after {}",
+            guard.holder_id(),
+            human(guard.waited())
+        ));
+    }
+    let mut env = vec![(
+        "PORTALOCKER_HOLDER_ID".to_string(),
+        guard.holder_id().to_string(),
+    )];
+    if let Some(t) = guard.fence_token() {
+        env.push(("PORTALOCKER_FENCING_TOKEN".to_string(), t.to_string()));
+    }
+    let code = run(&a.command, &env, Some(guard.lost()), a.grace, None, true).await;
+    let lost = guard.is_lost();
+    if let Err(e) = guard.release().await {
+        if !lost {
+            say(e);
+        }
+    }
+    if lost {
+        say(format!(
+            "{what} was lost while the command ran; it was stopped"
+        ));
+        return Outcome { code: EXIT_LOST };
+    }
+    Outcome { code }
+}
+
+/// One `PING` within 2 s.
+pub(crate) async fn reachable(client: &portalocker::redis::Client) -> Result<(), String> {
+    let within = Duration::from_secs(2);
+    let ping = async {
+        let mut c = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| e.to_string())?;
+        portalocker::redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(within, ping).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(format!("no answer within {}", human(within))),
+    }
+}
+
+/// The subscribers of `channel` whose connection names say they hold it
+/// (`<channel>-lock-<id>`), as `holder <id> client <addr>` — a passive
+/// look (`CLIENT LIST`), which pings nobody.
+pub(crate) async fn redis_holders(
+    url: &str,
+    channel: &str,
+) -> Result<Vec<String>, portalocker::redis::RedisError> {
+    let client = portalocker::redis::Client::open(url)?;
+    let mut con = client.get_multiplexed_async_connection().await?;
+    let list: String = portalocker::redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut con)
+        .await?;
+    let prefix = format!("name={channel}-lock-");
+    let mut out = Vec::new();
+    for line in list.lines() {
+        let mut id = None;
+        let mut addr = "?";
+        for f in line.split(' ') {
+            if let Some(rest) = f.strip_prefix(&prefix) {
+                id = Some(rest);
+            } else if let Some(a) = f.strip_prefix("addr=") {
+                addr = a;
+            }
+        }
+        if let Some(id) = id.filter(|i| i.len() == 32 && i.bytes().all(|b| b.is_ascii_hexdigit())) {
+            out.push(format!("holder {id} client {addr}"));
+        }
+    }
+    Ok(out)
+}
