@@ -12,6 +12,8 @@ pub(crate) const EXAMPLES: &str = "\
 Examples:
   # cron: run the backup only once at a time; skip this run (quietly) if one is going
   portalocker -q lock --nonblock /var/lock/backup.lock -- /usr/local/bin/backup
+  # a block of a shell script under one lock (flock(1)'s descriptor form; -u unlocks)
+  ( portalocker lock -w 30 9 || exit 1; ./step-one; ./step-two ) 9>/var/lock/steps.lock
   # CI: at most 4 of these jobs in parallel on this machine
   portalocker semaphore --max 4 --name e2e -- ./run-e2e.sh
   # one GPU per job: the slot number is in $PORTALOCKER_SLOT
@@ -127,18 +129,74 @@ pub(crate) struct LockArgs {
         conflicts_with = "command"
     )]
     pub(crate) shell: Option<OsString>,
+    /// Lock the open file description of descriptor N, which this program
+    /// inherited, and exit, leaving the lock with whoever keeps N open:
+    /// flock(1)'s `( flock 9; … ) 9>FILE`. A bare number with no COMMAND
+    /// (`lock 9`) means the same. Unix only.
+    #[arg(
+        long,
+        value_name = "N",
+        conflicts_with_all = ["path", "command", "shell", "inherit", "no_inherit", "close", "stop_on_loss"]
+    )]
+    pub(crate) fd: Option<u32>,
+    /// With a descriptor (`--fd N` or a bare number): unlock it instead
+    /// (flock(1)'s -u).
+    #[arg(short = 'u', long)]
+    pub(crate) unlock: bool,
     #[command(flatten)]
     pub(crate) wait: WaitArgs,
-    /// The lock file (created if missing).
-    pub(crate) path: PathBuf,
+    /// The lock file (created if missing); a bare number with no COMMAND is
+    /// an inherited descriptor (see --fd).
+    #[arg(required_unless_present = "fd", value_name = "FILE")]
+    pub(crate) path: Option<PathBuf>,
     /// The command and its arguments (`--` before them is optional).
     #[arg(
         trailing_var_arg = true,
         allow_hyphen_values = true,
-        required_unless_present = "shell",
         value_name = "COMMAND"
     )]
     pub(crate) command: Vec<OsString>,
+}
+
+/// What `lock` was asked to lock.
+pub(crate) enum LockTarget {
+    /// A file, and the command to run holding it.
+    File(PathBuf, Vec<OsString>),
+    /// An inherited descriptor (flock(1)'s third form).
+    Descriptor(u32),
+}
+
+impl LockArgs {
+    /// Sorts out the forms flock(1) users write: `FILE COMMAND…`,
+    /// `FILE -c STRING`, `--fd N`, and a bare `N` with no command.
+    pub(crate) fn target(&mut self) -> Result<LockTarget, String> {
+        if let Some(fd) = self.fd {
+            return Ok(LockTarget::Descriptor(fd));
+        }
+        let Some(path) = self.path.take() else {
+            return Err("a FILE (or --fd N) is required".into());
+        };
+        let number = path.to_str().and_then(|s| s.parse::<u32>().ok());
+        let command = match self.shell.take() {
+            Some(line) => vec!["sh".into(), "-c".into(), line],
+            None => std::mem::take(&mut self.command),
+        };
+        match (number, command.is_empty()) {
+            (Some(fd), true) => Ok(LockTarget::Descriptor(fd)),
+            (None, true) => Err(format!(
+                "no COMMAND to run while holding {}; give one (or -c STRING)",
+                path.display()
+            )),
+            (_, false) if self.unlock => {
+                Err("-u unlocks a descriptor (--fd N, or a bare N): it takes no COMMAND".into())
+            }
+            (Some(fd), false) if !path.exists() => Err(format!(
+                "{fd} is a descriptor number only without a COMMAND; to lock a file named \
+                 {fd} write ./{fd}, to lock descriptor {fd} use --fd {fd} (then no COMMAND)"
+            )),
+            (_, false) => Ok(LockTarget::File(path, command)),
+        }
+    }
 }
 
 #[derive(Args)]

@@ -16,9 +16,14 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::args::{Cli, Cmd, WaitArgs};
+use crate::args::{Cli, Cmd, LockTarget, WaitArgs};
 use crate::cmd::{
-    lock::lock, pidfile::pidfile, redis::redis_lock, semaphore::semaphore, who::who, write::write,
+    lock::{lock, lock_descriptor},
+    pidfile::pidfile,
+    redis::redis_lock,
+    semaphore::semaphore,
+    who::who,
+    write::write,
 };
 use crate::exit::{EXIT_FAILED, EXIT_USAGE, QUIET};
 use crate::supervise::{supervised, SUPERVISED};
@@ -37,6 +42,23 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    let mut cli = cli;
+    QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
+    // The forms of `lock` are sorted out here: a descriptor is locked
+    // before the runtime opens descriptors of its own.
+    let mut file_lock = None;
+    if let Cmd::Lock(a) = &mut cli.cmd {
+        match a.target() {
+            Ok(LockTarget::Descriptor(fd)) => {
+                return ExitCode::from(lock_descriptor(a, fd, cli.verbose).code);
+            }
+            Ok(LockTarget::File(path, command)) => file_lock = Some((path, command)),
+            Err(e) => {
+                eprintln!("portalocker: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -48,10 +70,13 @@ fn main() -> ExitCode {
         }
     };
     let verbose = cli.verbose;
-    QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
     let out = rt.block_on(async move {
         match cli.cmd {
-            Cmd::Lock(a) => lock(a, verbose).await,
+            Cmd::Lock(a) => match file_lock {
+                Some((path, command)) => lock(a, path, command, verbose).await,
+                // Sorted out above: every other form has returned.
+                None => exit::Outcome { code: EXIT_USAGE },
+            },
             Cmd::Semaphore(a) => semaphore(a, verbose).await,
             Cmd::Pidfile(a) => pidfile(a, verbose).await,
             Cmd::Redis(a) => redis_lock(a, verbose).await,

@@ -150,9 +150,15 @@ fn two_clis_exclude_each_other_and_exit_codes_pass_through() {
     assert_eq!(code, 42, "-E sets the busy code");
     let (code, _, err) = cli(&["lock", "--timeout", "0.2", ps, "--", "true"]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("(waited 200 ms)"), "durations are rounded: {err}");
+    assert!(
+        err.contains("(waited 200 ms)"),
+        "durations are rounded: {err}"
+    );
     let (_, _, err) = cli(&["lock", "--timeout", "0.000435066", ps, "--", "true"]);
-    assert!(err.contains("(waited 435 µs)"), "durations are rounded: {err}");
+    assert!(
+        err.contains("(waited 435 µs)"),
+        "durations are rounded: {err}"
+    );
     let (code, _, _) = cli(&["lock", "--shared", "-n", ps, "--", "true"]);
     assert_eq!(code, 1, "a shared lock is excluded by the exclusive holder");
     let (code, _, err) = holder.finish();
@@ -901,6 +907,58 @@ fn flock_forms_work() {
     }
     let (code, _, err) = cli(&["lock", "-x", "--shared", ps, "true"]);
     assert_eq!(code, 2, "-x and --shared conflict: {err}");
+}
+
+/// flock(1)'s third form: `( portalocker lock 9; … ) 9>FILE` locks the
+/// shell's open file description and returns; the lock lasts as long as
+/// the shell keeps descriptor 9 open. `--fd N` says the same, `-u`
+/// unlocks, `-s` is shared, `-w` waits; a number with a COMMAND is refused
+/// unless a file of that name exists (it was silently a file `./9`).
+#[cfg(unix)]
+#[test]
+fn flock_descriptor_forms_work() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("fd.lock");
+    let ps = p.to_str().unwrap();
+    // $0 is this program, $1 the lock file.
+    let sh = |script: &str| {
+        let out = Command::new("sh")
+            .args(["-c", script, BIN, ps])
+            .output()
+            .unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (out, err) = sh(
+        r#"( "$0" lock 9 && echo locked; "$0" lock -n "$1" -- true; echo busy=$? ) 9>"$1"
+        "$0" lock -n "$1" -- true; echo after=$?"#,
+    );
+    assert_eq!(out, "locked\nbusy=1\nafter=0\n", "{err}");
+    let (out, err) = sh(
+        r#"( "$0" lock --fd 9; "$0" lock -u 9; "$0" lock -n "$1" -- true; echo unlocked=$? ) 9>"$1""#,
+    );
+    assert_eq!(out, "unlocked=0\n", "{err}");
+    let (out, err) = sh(
+        r#"( "$0" lock -s 9; "$0" lock -s -n "$1" -- true; echo shared=$?
+        "$0" lock -n "$1" -- true; echo exclusive=$? ) 9>"$1""#,
+    );
+    assert_eq!(out, "shared=0\nexclusive=1\n", "{err}");
+    // Descriptors 8 and 9 are two open file descriptions: they contend.
+    let (out, err) =
+        sh(r#"( "$0" lock 9; ( "$0" lock -w 0.2 8; echo timeout=$? ) 8>"$1" ) 9>"$1""#);
+    assert_eq!(out, "timeout=1\n", "{err}");
+    let (code, _, err) = cli(&["lock", "--fd", "97"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("descriptor 97 is not open"), "{err}");
+    let (code, _, err) = cli(&["lock", "97", "--", "true"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("write ./97"), "{err}");
+    let (code, _, err) = cli(&["lock", ps]);
+    assert_eq!(code, 2, "a file and no command: {err}");
+    let (code, _, err) = cli(&["lock", "-u", ps, "--", "true"]);
+    assert_eq!(code, 2, "-u takes no command: {err}");
 }
 
 /// Whether process `pid` is dead (gone, or a zombie until reaped: its
