@@ -847,6 +847,44 @@ fn supervisor_signals_reach_the_command_group_once() {
     );
 }
 
+/// On a terminal the command stays in the terminal's foreground group, so
+/// a Ctrl-C reaches it from the terminal itself; the wrapper must not pass
+/// it on as well (it did: the command got SIGINT twice).
+#[test]
+fn ctrl_c_on_a_terminal_reaches_the_command_once() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("tty.lock");
+    let ps = p.to_str().unwrap();
+    // util-linux script(1) runs the line on a pty; our stdin is its
+    // keyboard. Each SIGINT prints GOT-INT; "go" ends the command. The
+    // trap is slow (not a synchronisation: a second SIGINT sent while it
+    // runs stays pending and runs it again, instead of merging with the
+    // first).
+    let command = "trap \"echo GOT-INT; sleep 0.3\" INT; echo READY; \
+                   until read line; do :; done; echo DONE";
+    let line = format!("stty -echo; exec {BIN} lock {ps} -- sh -c '{command}'");
+    let mut c = Command::new("script");
+    c.args(["-qec", &line, "/dev/null"]);
+    let mut r = Run::start(c);
+    r.expect("READY");
+    {
+        let stdin = r.child.stdin.as_mut().unwrap();
+        stdin.write_all(b"\x03").unwrap();
+        stdin.flush().unwrap();
+    }
+    let between = r.expect("GOT-INT");
+    assert!(between.is_empty(), "{between:?}");
+    r.send("go");
+    let between = r.expect("DONE");
+    assert!(
+        !between.iter().any(|l| l.contains("GOT-INT")),
+        "SIGINT arrived twice: {between:?}"
+    );
+    let (code, rest, err) = r.finish();
+    assert_eq!(code, 0, "{rest} {err}");
+    assert!(!rest.contains("GOT-INT"), "SIGINT arrived twice: {rest}");
+}
+
 /// Where the command cannot keep the lock itself (a Redis lock, a
 /// semaphore slot), it never outlives `portalocker`: SIGKILL of the
 /// wrapper kills the command too (the kernel's parent-death signal).
