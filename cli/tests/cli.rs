@@ -1012,3 +1012,153 @@ fn dead_soon(pid: u32) -> bool {
         false
     })
 }
+
+/// Whether this process runs as root; if not, says on stderr what was
+/// skipped (a failure under `PORTALOCKER_ROOT_TESTS=required`, which
+/// `scripts/test.sh` sets).
+fn needs_root(what: &str, why: &str) -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        == Some("0");
+    if !root {
+        assert!(
+            std::env::var("PORTALOCKER_ROOT_TESTS").as_deref() != Ok("required"),
+            "{what} needs root ({why}), and PORTALOCKER_ROOT_TESTS=required"
+        );
+        eprintln!(
+            "portalocker tests: skipped {what}: it needs root ({why}); scripts/test.sh runs it"
+        );
+    }
+    root
+}
+
+/// The command lines of the README's `portalocker` section run as
+/// written: each one, in a private mount namespace with a fresh tmpfs on
+/// `/run/lock` (`/var/lock`), from a directory holding the scripts the
+/// lines name (each records that it ran), with `render-config` and this
+/// `portalocker` on `PATH` and `$REDIS_URL` naming a server of this test.
+#[test]
+fn the_readme_command_lines_run_as_written() {
+    if !needs_root(
+        "the README's command lines",
+        "a tmpfs on /run/lock in a mount namespace",
+    ) {
+        return;
+    }
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let section = readme.split("## The `portalocker` command").nth(1).unwrap();
+    let block = section
+        .split("```sh")
+        .nth(2)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    let lines: Vec<&str> = block
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert!(lines.len() >= 10, "{lines:?}");
+    let d = tempfile::tempdir().unwrap();
+    let work = d.path();
+    let ran = work.join("ran");
+    let stub = |name: &str, extra: &str| {
+        let path = work.join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\necho \"$(basename \"$0\") $*\" >> '{}'\n{extra}",
+                ran.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    };
+    for name in [
+        "backup.sh",
+        "deploy.sh",
+        "build.sh",
+        "publish.sh",
+        "step-one",
+        "step-two",
+        "sync.sh",
+        "run-e2e.sh",
+        "train",
+        "worker",
+        "report.sh",
+    ] {
+        stub(name, "");
+    }
+    let bin_dir = work.join("bin");
+    std::fs::create_dir(&bin_dir).unwrap();
+    std::fs::write(bin_dir.join("render-config"), "#!/bin/sh\necho 'key = 1'\n").unwrap();
+    std::fs::set_permissions(
+        bin_dir.join("render-config"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::copy(BIN, bin_dir.join("portalocker")).unwrap();
+    let redis = Redis::start();
+    let mut script =
+        String::from("mount --make-rprivate / && mount -t tmpfs tmpfs /run/lock || exit 99\n");
+    for (i, line) in lines.iter().enumerate() {
+        script.push_str(&format!(
+            "( {line} ) > out.{i} 2>&1; echo \"$?\" > rc.{i}\n"
+        ));
+    }
+    let out = Command::new("unshare")
+        .args(["--mount", "sh", "-c", &script])
+        .current_dir(work)
+        .env(
+            "PATH",
+            format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("REDIS_URL", redis.url())
+        .env("TMPDIR", work)
+        .output()
+        .expect("unshare(1) (util-linux) is needed for this test");
+    assert!(out.status.success(), "{out:?}");
+    for (i, line) in lines.iter().enumerate() {
+        let rc = std::fs::read_to_string(work.join(format!("rc.{i}"))).unwrap();
+        let said = std::fs::read_to_string(work.join(format!("out.{i}"))).unwrap();
+        // `who` exits 1 when nobody holds the lock, as it does here.
+        let ok = if line.contains(" who ") {
+            rc.trim() == "1" && said.contains("nobody holds")
+        } else {
+            rc.trim() == "0"
+        };
+        assert!(ok, "{line}: exit {} and: {said}", rc.trim());
+    }
+    let ran = std::fs::read_to_string(&ran).unwrap();
+    for name in [
+        "backup.sh",
+        "deploy.sh",
+        "build.sh",
+        "publish.sh",
+        "step-one",
+        "step-two",
+        "sync.sh",
+        "run-e2e.sh",
+        "train",
+        "worker --foreground",
+        "report.sh",
+    ] {
+        assert!(
+            ran.lines().any(|l| l.starts_with(name)),
+            "{name} did not run: {ran}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(work.join("config.toml")).unwrap(),
+        "key = 1\n"
+    );
+    // The tmpfs went with the namespace: nothing was left in /var/lock.
+    assert!(!Path::new("/var/lock/backup.lock").exists());
+}
