@@ -502,8 +502,10 @@ impl Drop for Redis {
 async fn a_lost_redis_lock_stops_the_command() {
     let srv = Redis::start();
     let url = srv.url();
-    let script = "trap 'echo GOT-TERM; exit 0' TERM; echo token=$PORTALOCKER_FENCING_TOKEN; \
-                  echo READY; while :; do sleep 0.05; done";
+    // The command leaves a child of its own running: the whole group is
+    // stopped, not only the command.
+    let script = "trap 'echo GOT-TERM; exit 0' TERM; sleep 600 & echo $!; \
+                  echo token=$PORTALOCKER_FENCING_TOKEN; echo READY; while :; do sleep 0.05; done";
     let mut r = Run::cli(&[
         "redis",
         "--url",
@@ -518,7 +520,8 @@ async fn a_lost_redis_lock_stops_the_command() {
         script,
     ]);
     let seen = r.expect("READY");
-    assert_eq!(seen, ["token=1"], "the fencing token is passed on");
+    assert_eq!(seen[1..], ["token=1"], "the fencing token is passed on");
+    let grandchild: u32 = seen[0].parse().unwrap();
     let (code, out, _) = cli(&["who", "--redis", &url, "nightly"]);
     assert_eq!(code, 0, "{out}");
     assert!(
@@ -531,6 +534,10 @@ async fn a_lost_redis_lock_stops_the_command() {
     let (code, _, err) = r.finish();
     assert_eq!(code, 75, "lost: {err}");
     assert!(err.contains("lost"), "{err}");
+    assert!(
+        dead_soon(grandchild),
+        "the command's own child ran on after the lock was lost"
+    );
     let (code, out, _) = cli(&["who", "--redis", &url, "nightly"]);
     assert_eq!(
         (code, out.trim()),
@@ -745,8 +752,26 @@ fn an_unreachable_redis_is_an_error_not_a_wait() {
         .unwrap()
         .port();
     let url = format!("redis://127.0.0.1:{port}/");
-    let r = Run::cli(&["redis", "--url", &url, "job", "--", "true"]);
+    // However long it would wait for a busy lock, an unreachable server is
+    // an error at once: the bound is only far below the timeout, so that
+    // a busy machine cannot fail it.
+    let started = std::time::Instant::now();
+    let r = Run::cli(&[
+        "redis",
+        "--url",
+        &url,
+        "--timeout",
+        "600",
+        "job",
+        "--",
+        "true",
+    ]);
     let (code, _, err) = r.finish();
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(code, 71, "{err}");
     assert!(
         err.contains("cannot reach Redis") && err.contains("check"),
