@@ -224,7 +224,9 @@ pub use temporary::{TemporaryFileLock, TemporaryFileLockGuard};
 mod redis_lock;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use redis_lock::{RedisLock, RedisLockGuard, DEFAULT_UNAVAILABLE_TIMEOUT, MAX_CHANNEL_LEN};
+pub use redis_lock::{
+    FenceReplicas, RedisLock, RedisLockGuard, DEFAULT_UNAVAILABLE_TIMEOUT, MAX_CHANNEL_LEN,
+};
 
 /// redis-rs, re-exported so that users name the same `redis::Client`.
 #[cfg(feature = "redis")]

@@ -1247,3 +1247,80 @@ async fn a_busy_server_is_a_clear_error_at_once() {
     assert!(err.to_string().contains("BUSY"), "{err}");
     assert_eq!(looping.await.unwrap().unwrap(), 1);
 }
+
+/// Waits (bounded) until `primary` lists `n` replicas online.
+async fn replicas_online(primary: &RedisServer, n: usize) {
+    for _ in 0..3000 {
+        let info: String = primary.cmd(&["INFO", "replication"]).await;
+        let up = info
+            .lines()
+            .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+            .count();
+        if up >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{n} replicas never came online");
+}
+
+/// A fencing token is granted only once the primary's replicas have it
+/// (`WAIT`), so a failover to one of them cannot hand it out again. With
+/// the only replica stopped, a fenced grant is let go and fails saying
+/// how many replicas acknowledged; `FenceReplicas::AtLeast(0)` grants
+/// without waiting. (Before, nothing waited: a grant could return with
+/// the token on the primary alone.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_tokens_wait_for_the_replicas() {
+    use portalocker::FenceReplicas;
+    let primary = RedisServer::start();
+    let port = primary.port.to_string();
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
+    replicas_online(&primary, 1).await;
+    let lock = RedisLock::new("waited", primary.client())
+        .fencing(true)
+        .timeout(Duration::from_secs(5));
+    for _ in 0..20 {
+        let guard = lock.acquire().await.unwrap();
+        let token = guard.fence_token().unwrap();
+        // Read at once, on the replica: the draw is already there.
+        let seen: u64 = replica.cmd(&["GET", "waited-fence"]).await;
+        assert_eq!(
+            seen, token,
+            "the grant returned before the replica had the token"
+        );
+        guard.release().await.unwrap();
+    }
+    support::kill("-STOP", replica.pid());
+    let started = Instant::now();
+    let e = lock
+        .clone()
+        .timeout(Duration::from_millis(300))
+        .acquire()
+        .await
+        .expect_err("granted with the only replica stopped");
+    support::kill("-CONT", replica.pid());
+    assert_eq!(e.kind(), ErrorKind::Redis, "{e}");
+    assert!(
+        e.to_string()
+            .contains("acknowledged by 0 of the 1 replicas"),
+        "{e}"
+    );
+    // The replicas got at least unavailable_timeout (1 s), however short
+    // the timeout.
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(primary.numsub("waited").await, 0, "the lock was not let go");
+    support::kill("-STOP", replica.pid());
+    let guard = lock
+        .clone()
+        .fence_replicas(FenceReplicas::AtLeast(0))
+        .acquire()
+        .await
+        .unwrap();
+    support::kill("-CONT", replica.pid());
+    guard.release().await.unwrap();
+}

@@ -24,6 +24,8 @@ pub(super) const POLL: Duration = Duration::from_millis(100);
 /// The longest pause between two confirm rounds (20 ms; Python uses
 /// 100 ms).
 const CONFIRM_STEP: Duration = Duration::from_millis(20);
+/// The longest one `WAIT` for replicas blocks the command connection.
+const WAIT_SLICE: Duration = Duration::from_millis(100);
 /// The probe's grace read for replies still in flight (5 ms).
 const GRACE: Duration = Duration::from_millis(5);
 
@@ -45,6 +47,9 @@ pub(super) struct Attempt<'a> {
     seen_holder: Option<String>,
     /// This call's waiting options.
     wait: WaitOptions,
+    /// This call's deadline (bounds the wait for replicas to acknowledge
+    /// a fencing token).
+    deadline: Instant,
 }
 
 impl<'a> Attempt<'a> {
@@ -53,10 +58,12 @@ impl<'a> Attempt<'a> {
         state: Arc<HolderState>,
         writer: bool,
         wait: WaitOptions,
+        deadline: Instant,
     ) -> Self {
         Self {
             lock,
             wait,
+            deadline,
             state,
             writer,
             sub: None,
@@ -285,11 +292,67 @@ impl<'a> Attempt<'a> {
                 .get_connection_info()
                 .redis_settings()
                 .db();
-            let t: u64 = if db == 0 {
-                cmd.incr(&key, 1u64).await.map_err(AttemptError::classify)?
+            let want = self.cfg().fence_replicas;
+            let (t, replicas): (u64, Option<usize>) = if db == 0 {
+                if want == super::FenceReplicas::Connected {
+                    // `ROLE` rides with the `INCR`: no extra round trip.
+                    let (t, role): (u64, redis::Value) = redis::pipe()
+                        .incr(&key, 1u64)
+                        .cmd("ROLE")
+                        .query_async(&mut cmd)
+                        .await
+                        .or_else(|e| match e.code() {
+                            // ROLE refused: draw alone, wait for nobody.
+                            Some("NOPERM") => Ok((u64::MAX, redis::Value::Nil)),
+                            _ => Err(e),
+                        })
+                        .map_err(AttemptError::classify)?;
+                    if t == u64::MAX {
+                        let t = cmd.incr(&key, 1u64).await.map_err(AttemptError::classify)?;
+                        (t, None)
+                    } else {
+                        (t, Some(replicas_of(&role)))
+                    }
+                } else {
+                    (
+                        cmd.incr(&key, 1u64).await.map_err(AttemptError::classify)?,
+                        None,
+                    )
+                }
             } else {
-                fence_elsewhere(&mut cmd, &key, db).await?
+                let t = fence_elsewhere(&mut cmd, &key, db).await?;
+                let role = match want {
+                    super::FenceReplicas::Connected => redis::cmd("ROLE")
+                        .query_async::<redis::Value>(&mut cmd)
+                        .await
+                        .ok(),
+                    super::FenceReplicas::AtLeast(_) => None,
+                };
+                (t, role.as_ref().map(replicas_of))
             };
+            let need = match want {
+                super::FenceReplicas::AtLeast(n) => n as usize,
+                super::FenceReplicas::Connected => replicas.unwrap_or_else(|| {
+                    role_refused_warning();
+                    0
+                }),
+            };
+            if need > 0 {
+                let acked = self.wait_replicas(&mut cmd, need).await?;
+                if acked < need {
+                    self.abandon();
+                    return Err(AttemptError::Fatal(
+                        Error::new(ErrorKind::Redis, OP)
+                            .with_channel(channel.to_string())
+                            .with_reason(format!(
+                                "fencing token {t} was acknowledged by {acked} of the {need} \
+                                 replicas required before the deadline, so a failover now could \
+                                 hand it out again; the lock was let go (check the replicas, or \
+                                 lower fence_replicas)"
+                            )),
+                    ));
+                }
+            }
             Some(t)
         } else {
             None
@@ -308,6 +371,38 @@ impl<'a> Attempt<'a> {
             fence,
             self.lock.cmd.clone(),
         )))
+    }
+
+    /// `WAIT`s until `need` replicas have acknowledged this connection's
+    /// writes or the deadline passes (at the earliest `unavailable_timeout`
+    /// from now); returns how many did. In slices of
+    /// at most [`WAIT_SLICE`]: the connection is shared with holders'
+    /// replies to pings, which must not wait behind it long.
+    async fn wait_replicas(
+        &self,
+        cmd: &mut MultiplexedConnection,
+        need: usize,
+    ) -> std::result::Result<usize, AttemptError> {
+        // However short the acquisition's timeout, the replicas get at
+        // least `unavailable_timeout` (a zero timeout would otherwise fail
+        // every fenced grant on a server with replicas).
+        let floor = self.cfg().unavailable_timeout.max(WAIT_SLICE);
+        let until = Instant::now()
+            .checked_add(floor)
+            .map_or(self.deadline, |t| t.max(self.deadline));
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let slice = left.min(WAIT_SLICE).max(Duration::from_millis(1));
+            let acked: usize = redis::cmd("WAIT")
+                .arg(need)
+                .arg(slice.as_millis() as u64)
+                .query_async(cmd)
+                .await
+                .map_err(AttemptError::classify)?;
+            if acked >= need || Instant::now() >= until {
+                return Ok(acked);
+            }
+        }
     }
 
     async fn subscribe(&mut self) -> std::result::Result<keep_alive::Subscription, AttemptError> {
@@ -587,6 +682,28 @@ impl AttemptError {
         } else {
             Self::Fatal(redis_error_any(e))
         }
+    }
+}
+
+/// How many replicas a `ROLE` reply lists (0 if it is not a primary's).
+fn replicas_of(role: &redis::Value) -> usize {
+    match protocol::role(role) {
+        protocol::Role::Primary { replicas } => replicas,
+        _ => 0,
+    }
+}
+
+/// Says once that fencing tokens wait for no replica because `ROLE` is
+/// refused to this user.
+fn role_refused_warning() {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        diag!(
+            warn,
+            "portalocker: this Redis user may not run ROLE, so fencing tokens wait for no \
+             replica (a failover could repeat one); grant +role, or set fence_replicas to a \
+             number"
+        );
     }
 }
 

@@ -180,8 +180,26 @@ struct Options {
     unavailable_timeout: Duration,
     flags: LockFlags,
     fencing: bool,
+    fence_replicas: FenceReplicas,
     self_check: Option<Duration>,
     on_lost: Option<LossCallback>,
+}
+
+/// How many replicas must have a fencing token before an exclusive grant
+/// returns ([`RedisLock::fence_replicas`]).
+///
+/// A token is drawn on the primary; if the primary fails before a replica
+/// has it, the promoted replica hands out the same token again. Waiting
+/// (`WAIT`) for the replicas to acknowledge the draw closes that window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FenceReplicas {
+    /// Every replica the primary lists when the token is drawn (the
+    /// default; nothing to wait for on a server without replicas).
+    #[default]
+    Connected,
+    /// At least this many (0: do not wait).
+    AtLeast(u32),
 }
 
 /// The margin a self-check must keep below `unavailable_timeout`.
@@ -209,6 +227,7 @@ impl RedisLock {
             unavailable_timeout: DEFAULT_UNAVAILABLE_TIMEOUT,
             flags: LockFlags::EXCLUSIVE,
             fencing: false,
+            fence_replicas: FenceReplicas::default(),
             self_check: None,
             on_lost: None,
         })
@@ -269,6 +288,42 @@ impl RedisLock {
     /// different non-zero databases can still repeat each other's tokens.
     pub fn fencing(self, yes: bool) -> Self {
         self.map(|c| c.fencing = yes)
+    }
+
+    /// With [`fencing`](Self::fencing): how many replicas must acknowledge
+    /// the token's draw before the grant returns (default
+    /// [`FenceReplicas::Connected`]: all the primary lists).
+    ///
+    /// So a failover to a replica never hands out a token again. The cost,
+    /// on a primary with replicas: one more round trip per exclusive grant
+    /// (`ROLE` goes with the `INCR`), plus the time the replicas take to
+    /// acknowledge it. `WAIT` is sent in slices of at most 100 ms, so the
+    /// connection this lock shares with its holders' replies is never held
+    /// up longer. If the replicas have not acknowledged the draw by the
+    /// acquisition's deadline (at the earliest `unavailable_timeout` after
+    /// the draw, so that a zero timeout still gives them that long), the
+    /// lock is let go and `acquire` fails with
+    /// [`ErrorKind::Redis`](crate::ErrorKind::Redis), saying how many did;
+    /// [`FenceReplicas::AtLeast(0)`](FenceReplicas::AtLeast) turns the wait
+    /// off. A user that may not run `ROLE` waits for nobody under
+    /// `Connected` (and is warned once).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f() -> portalocker::Result<()> {
+    /// use portalocker::{FenceReplicas, RedisLock};
+    /// let client = portalocker::redis::Client::open("redis://127.0.0.1/").unwrap();
+    /// // Grant only once at least one replica has the token.
+    /// let lock = RedisLock::new("nightly", client)
+    ///     .fencing(true)
+    ///     .fence_replicas(FenceReplicas::AtLeast(1));
+    /// let guard = lock.acquire().await?;
+    /// println!("token {:?}", guard.fence_token());
+    /// # Ok(()) }
+    /// ```
+    pub fn fence_replicas(self, replicas: FenceReplicas) -> Self {
+        self.map(|c| c.fence_replicas = replicas)
     }
 
     /// Opt in to an end-to-end self-check every `interval` while held: the
@@ -419,7 +474,7 @@ impl RedisLock {
             w.check_interval
         };
         let mut waiter = Waiter::new(self, &state.id, writer && !w.fail_when_locked, interval);
-        let mut attempt = Attempt::new(self, state, writer, w);
+        let mut attempt = Attempt::new(self, state, writer, w, deadline);
         // A writer that would only queue up behind others (or meet a
         // holder) waits instead of subscribing; a reader may share.
         let mut go = w.fail_when_locked || !writer || waiter.free_now().await;

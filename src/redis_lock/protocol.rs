@@ -49,7 +49,10 @@ pub(crate) struct Holder {
 /// What a server said it is (the reply to `ROLE`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Role {
-    Primary,
+    /// A primary, with how many replicas it lists.
+    Primary {
+        replicas: usize,
+    },
     /// A replica, with its primary's address when the reply gave it.
     Replica(Option<String>),
     Sentinel,
@@ -70,7 +73,12 @@ pub(crate) fn role(v: &redis::Value) -> Role {
         return Role::Unknown;
     };
     match items.first().and_then(text).as_deref() {
-        Some("master") => Role::Primary,
+        Some("master") => Role::Primary {
+            replicas: match items.get(2) {
+                Some(Value::Array(r)) => r.len(),
+                _ => 0,
+            },
+        },
         Some("slave" | "replica") => {
             let primary = match (items.get(1).and_then(text), items.get(2).and_then(text)) {
                 (Some(host), Some(port)) => Some(format!("{host}:{port}")),
@@ -387,7 +395,16 @@ mod tests {
                 Value::Int(0),
                 Value::Array(vec![])
             ])),
-            Role::Primary
+            Role::Primary { replicas: 0 }
+        );
+        let replica = |port: &str| Value::Array(vec![b("127.0.0.1"), b(port), b("42")]);
+        assert_eq!(
+            role(&Value::Array(vec![
+                b("master"),
+                Value::Int(42),
+                Value::Array(vec![replica("6380"), replica("6381")])
+            ])),
+            Role::Primary { replicas: 2 }
         );
         assert_eq!(
             role(&Value::Array(vec![
