@@ -311,7 +311,8 @@ impl RedisLock {
     /// # Examples
     ///
     /// ```no_run
-    /// # async fn f() -> portalocker::Result<()> {
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> portalocker::Result<()> {
     /// use portalocker::{FenceReplicas, RedisLock};
     /// let client = portalocker::redis::Client::open("redis://127.0.0.1/").unwrap();
     /// // Grant only once at least one replica has the token.
