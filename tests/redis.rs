@@ -1324,3 +1324,97 @@ async fn fencing_tokens_wait_for_the_replicas() {
     support::kill("-CONT", replica.pid());
     guard.release().await.unwrap();
 }
+
+/// The ACL line in `docs/redis.md` (channels `jobs`, `jobs-*` and the side
+/// channel; keys `jobs-fence` and the queue's; the commands listed) is all
+/// a contended, fenced, queued lock needs: two users of it take turns,
+/// the waiter queued server-side and listening on the side channel, with
+/// tokens 1 and 2. A user allowed only the lock channel fails under
+/// contention with an error naming the reply channel it may not use and
+/// the rule that allows it (before: Redis's message, naming no channel).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_acl_is_enough_and_a_missing_channel_is_named() {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/redis.md"),
+    )
+    .unwrap();
+    let line = doc
+        .lines()
+        .find(|l| l.starts_with("ACL SETUSER locker "))
+        .expect("docs/redis.md has the ACL line");
+    // Shell-like words: a quoted rule is one argument.
+    let mut words: Vec<String> = Vec::new();
+    for (i, part) in line.split('"').enumerate() {
+        if i % 2 == 1 {
+            words.push(part.to_string());
+        } else {
+            words.extend(part.split_whitespace().map(str::to_string));
+        }
+    }
+    let srv = RedisServer::start();
+    let args: Vec<&str> = words.iter().map(String::as_str).collect();
+    let ok: String = srv.cmd(&args).await;
+    assert_eq!(ok, "OK");
+    // Two addresses of one server: two clients, so the two locks contend
+    // on the server rather than in this process.
+    let client = |host: &str| {
+        portalocker::redis::Client::open(format!("redis://locker:secret@{host}:{}/", srv.port))
+            .unwrap()
+    };
+    let holder = RedisLock::new("jobs", client("127.0.0.1"))
+        .fencing(true)
+        .acquire()
+        .await
+        .unwrap();
+    assert_eq!(holder.fence_token(), Some(1));
+    let second = RedisLock::new("jobs", client("127.0.0.2"))
+        .fencing(true)
+        .timeout(Duration::from_secs(30));
+    let waiter = tokio::spawn(async move { second.acquire().await });
+    // Waiting as designed: in the server-side queue, on the side channel.
+    let mut seen = (0, 0);
+    for _ in 0..2000 {
+        let q: u64 = srv.cmd(&["ZCARD", "jobs portalocker-queue"]).await;
+        let side = srv.numsub("jobs portalocker-released").await;
+        seen = (q, side);
+        if q >= 1 && side >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(seen, (1, 1), "(queued, side-channel subscribers)");
+    holder.release().await.unwrap();
+    let second = waiter.await.unwrap().unwrap();
+    assert_eq!(second.fence_token(), Some(2));
+
+    // Only the lock channel: refused under contention, naming the channel.
+    let narrow: String = srv
+        .cmd(&[
+            "ACL",
+            "SETUSER",
+            "narrow",
+            "on",
+            ">secret",
+            "~*",
+            "+@all",
+            "resetchannels",
+            "&jobs",
+        ])
+        .await;
+    assert_eq!(narrow, "OK");
+    let e = RedisLock::new(
+        "jobs",
+        portalocker::redis::Client::open(format!("redis://narrow:secret@127.0.0.1:{}/", srv.port))
+            .unwrap(),
+    )
+    .timeout(Duration::from_secs(2))
+    .acquire()
+    .await
+    .expect_err("granted while held");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("may not use the channel \"jobs-") && msg.contains("allow &jobs-*"),
+        "{msg}"
+    );
+    second.release().await.unwrap();
+}

@@ -415,7 +415,13 @@ impl<'a> Attempt<'a> {
             .map_err(|_| AttemptError::Transient(timeout_error("connecting the subscription")))??;
         match tokio::time::timeout(wait, pubsub.subscribe(&cfg.channel)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(AttemptError::classify(e)),
+            Ok(Err(e)) => {
+                return Err(AttemptError::on_channel(
+                    e,
+                    &cfg.channel,
+                    &format!("the lock channel: allow &{}", cfg.channel),
+                ))
+            }
             // A slow confirmation costs this attempt only: the connection
             // is dropped here, so the subscription cannot linger.
             Err(_) => {
@@ -462,7 +468,16 @@ impl<'a> Attempt<'a> {
         // Without a confirmation we carry on: missing replies then make the
         // probe inconclusive.
         match tokio::time::timeout(setup, ps.subscribe(&response)).await {
-            Ok(r) => r.map_err(AttemptError::classify)?,
+            Ok(r) => r.map_err(|e| {
+                AttemptError::on_channel(
+                    e,
+                    &response,
+                    &format!(
+                        "the reply channel of a ping to the holders: allow &{}-*",
+                        cfg.channel
+                    ),
+                )
+            })?,
             Err(_) => return Ok(None),
         }
         let mut stream = ps.into_on_message();
@@ -472,7 +487,13 @@ impl<'a> Attempt<'a> {
         let _: i64 = cmd
             .publish(&cfg.channel, protocol::ping(&response))
             .await
-            .map_err(AttemptError::classify)?;
+            .map_err(|e| {
+                AttemptError::on_channel(
+                    e,
+                    &cfg.channel,
+                    &format!("the lock channel: allow &{}", cfg.channel),
+                )
+            })?;
         let deadline = crate::deadline::deadline_after(Instant::now(), budget);
         let mut replies = Replies::default();
         loop {
@@ -583,6 +604,16 @@ pub(super) enum AttemptError {
     Fatal(Error),
 }
 
+/// A refused channel permission, naming the channel and what it is for.
+pub(super) fn channel_refused(e: RedisError, channel: &str, what: &str) -> Error {
+    Error::new(ErrorKind::Redis, OP)
+        .with_reason(format!(
+            "the Redis user may not use the channel {channel:?}, {what} (the README lists \
+             every channel, key and command the lock needs): {e}"
+        ))
+        .with_source(e)
+}
+
 /// An error of `CLIENT LIST`/`CLIENT KILL` while reaping; a refused
 /// permission says what the lock needs them for.
 fn reap_refused(e: RedisError) -> AttemptError {
@@ -653,6 +684,16 @@ pub(super) async fn diagnose_refused(info: &redis::ConnectionInfo) -> Option<Err
 }
 
 impl AttemptError {
+    /// [`classify`](Self::classify) for a command on `channel`: a refused
+    /// channel permission names the channel and what it is for (`what`,
+    /// with the ACL rule that allows it); Redis's own message names none.
+    pub(super) fn on_channel(e: RedisError, channel: &str, what: &str) -> Self {
+        if e.code() == Some("NOPERM") {
+            return Self::Fatal(channel_refused(e, channel, what));
+        }
+        Self::classify(e)
+    }
+
     pub(super) fn classify(e: RedisError) -> Self {
         // A failover or restart in progress: the server was demoted
         // (READONLY), a replica lost its primary (MASTERDOWN), or the server

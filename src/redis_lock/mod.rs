@@ -138,8 +138,17 @@ pub(crate) const OP: &str = "failed to acquire Redis lock";
 ///   acts after its lock is gone.
 /// * **Fencing is monotonic only while the counter is durable**: a Redis
 ///   restart without persistence starts `<channel>-fence` again at 1.
-/// * **One standalone server.** Redis Cluster and replicas are not
-///   supported: `PUBSUB NUMSUB` only counts the local node.
+/// * **One primary.** The lock talks to a standalone server or the primary
+///   of a replicated set; a replica, a Sentinel or a Redis Cluster node is
+///   refused with [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported)
+///   (`PUBSUB NUMSUB` counts one node's subscribers only). Fencing tokens
+///   wait for the primary's replicas ([`fence_replicas`](Self::fence_replicas)).
+///
+/// # Permissions
+///
+/// The channels, keys and commands the lock uses, and an ACL user with
+/// exactly those, are listed in the crate's `docs/redis.md` ("What the
+/// lock needs from Redis"). A refused channel is named in the error.
 ///
 /// # Examples
 ///

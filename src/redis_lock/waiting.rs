@@ -374,18 +374,22 @@ impl Waiter {
             if s.subscribed {
                 return;
             }
-            if matches!(
-                tokio::time::timeout(within, s.sink.subscribe(&channel)).await,
-                Ok(Ok(()))
-            ) {
-                s.subscribed = true;
-                return;
+            match tokio::time::timeout(within, s.sink.subscribe(&channel)).await {
+                Ok(Ok(())) => {
+                    s.subscribed = true;
+                    return;
+                }
+                Ok(Err(e)) => side_refused(&channel, &e),
+                Err(_) => {}
             }
             *side = None;
         }
         let open = async {
             let mut ps = self.client.get_async_pubsub().await.ok()?;
-            ps.subscribe(&channel).await.ok()?;
+            if let Err(e) = ps.subscribe(&channel).await {
+                side_refused(&channel, &e);
+                return None;
+            }
             let (sink, stream) = ps.split();
             Some(Side {
                 sink,
@@ -425,11 +429,22 @@ impl Waiter {
                 // OOM) is a passing state of the server.
                 Err(e) if !scripts_refused(&e) => return None,
                 Err(e) => {
-                    diag!(
-                        debug,
-                        "portalocker: the server refused the Redis lock queue script ({e}); \
-                         waiting without a queue"
-                    );
+                    static SAID: AtomicBool = AtomicBool::new(false);
+                    if !SAID.swap(true, Ordering::Relaxed) {
+                        let keys = [
+                            queue_key(&self.channel),
+                            seen_key(&self.channel),
+                            seq_key(&self.channel),
+                        ];
+                        diag!(
+                            warn,
+                            "portalocker: the server refused the Redis lock's queue script \
+                             ({e}), so this process's waiters wait without a queue (the first \
+                             to come is no longer the first served); it needs EVALSHA/EVAL and \
+                             the keys {keys:?} (allow ~{}*)",
+                            self.channel
+                        );
+                    }
                     self.local.no_script.store(true, Ordering::Relaxed);
                 }
             }
@@ -479,6 +494,20 @@ impl Drop for Waiter {
                 unsubscribe_side(&side, &channel).await;
             }
         });
+    }
+}
+
+/// Says once if the side channel is refused to this Redis user: waiters
+/// then poll instead of being told of releases.
+fn side_refused(channel: &str, e: &redis::RedisError) {
+    static SAID: AtomicBool = AtomicBool::new(false);
+    if e.code() == Some("NOPERM") && !SAID.swap(true, Ordering::Relaxed) {
+        diag!(
+            warn,
+            "portalocker: the Redis user may not subscribe to the channel {channel:?} ({e}), so \
+             waiters poll every check_interval instead of being told of releases (allow \
+             &{channel})"
+        );
     }
 }
 
