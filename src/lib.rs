@@ -225,7 +225,8 @@ mod redis_lock;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis_lock::{
-    FenceReplicas, RedisLock, RedisLockGuard, DEFAULT_UNAVAILABLE_TIMEOUT, MAX_CHANNEL_LEN,
+    FenceReplicas, RedisHolder, RedisLock, RedisLockGuard, DEFAULT_UNAVAILABLE_TIMEOUT,
+    MAX_CHANNEL_LEN,
 };
 
 /// redis-rs, re-exported so that users name the same `redis::Client`.

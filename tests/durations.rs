@@ -138,6 +138,24 @@ async fn redis_durations_saturate_against_another_process() {
                 .timeout(timeout)
                 .check_interval(interval)
                 .unavailable_timeout(unavailable);
+            if unavailable < Duration::from_secs(1) {
+                // A holder must answer a ping within unavailable_timeout or
+                // be reaped: with zero (or 30 ms), a busy machine makes a
+                // holder late, and the contender may reap it and take the
+                // lock.
+                // That is the setting's meaning; it must still end at once.
+                match tokio::time::timeout(Duration::from_secs(10), lock.acquire()).await {
+                    Ok(Ok(guard)) => {
+                        guard.release().await.unwrap();
+                        holder.kill();
+                        holder = Proc::role("child_entry", "redis-hold", &[&url, "dur-held"]);
+                        holder.expect("LOCKED");
+                    }
+                    Ok(Err(e)) => assert!(e.is_already_locked(), "{case}: {e}"),
+                    Err(_) => panic!("{case}: did not finish"),
+                }
+                continue;
+            }
             busy_or_waiting(&case, lock.acquire()).await;
         }
         // The holder's own timers (keep-alive pings, self-checks) use these

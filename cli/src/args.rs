@@ -233,7 +233,9 @@ pub(crate) struct PidfileArgs {
 
 #[derive(Args)]
 pub(crate) struct RedisArgs {
-    /// The Redis server, e.g. redis://host:6379/0 or unix:///run/redis.sock.
+    /// The Redis server, e.g. redis://host:6379/0 or unix:///run/redis.sock;
+    /// or the primary that Redis Sentinel names, followed across failovers:
+    /// redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE[/DB].
     #[arg(long, value_name = "URL")]
     pub(crate) url: String,
     /// Take a fencing token ($PORTALOCKER_FENCING_TOKEN for COMMAND).
@@ -255,7 +257,8 @@ pub(crate) struct RedisArgs {
 
 #[derive(Args)]
 pub(crate) struct WhoArgs {
-    /// Look up a Redis lock on this server; the argument is then its channel.
+    /// Look up a Redis lock on this server (any URL `redis --url` takes);
+    /// the argument is then its channel.
     #[arg(long, value_name = "URL")]
     pub(crate) redis: Option<String>,
     /// The lock file (or, with --redis, the channel).

@@ -1187,3 +1187,89 @@ fn the_readme_command_lines_run_as_written() {
     // The tmpfs went with the namespace: nothing was left in /var/lock.
     assert!(!Path::new("/var/lock/backup.lock").exists());
 }
+
+/// `redis --url redis+sentinel://…` locks on the primary a sentinel names,
+/// and `who --redis` with the same URL finds the holder there; sentinels
+/// that do not know the service are an error at once (exit 71), a URL
+/// without a service a usage error (exit 2).
+#[test]
+fn redis_through_sentinel() {
+    let primary = Redis::start();
+    let d = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = d.path().join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor svc 127.0.0.1 {} 1\n",
+            d.path().display(),
+            primary.port
+        ),
+    )
+    .unwrap();
+    let server =
+        std::env::var("PORTALOCKER_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+    let mut sentinel = Command::new(server)
+        .arg(&conf)
+        .arg("--sentinel")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let up = (0..1000).any(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(up, "the sentinel did not start");
+    let url = format!("redis+sentinel://127.0.0.1:{port}/svc");
+    let script = "echo token=$PORTALOCKER_FENCING_TOKEN; echo READY; read line";
+    let mut r = Run::cli(&[
+        "redis",
+        "--url",
+        &url,
+        "--fencing",
+        "jobs",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let seen = r.expect("READY");
+    assert_eq!(seen, ["token=1"]);
+    let (code, out, err) = cli(&["who", "--redis", &url, "jobs"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("holder ") && out.contains("client 127.0.0.1:"),
+        "{out}"
+    );
+    r.send("");
+    assert_eq!(r.finish().0, 0);
+    let wrong = format!("redis+sentinel://127.0.0.1:{port}/nosuch");
+    let (code, _, err) = cli(&[
+        "redis",
+        "--url",
+        &wrong,
+        "--timeout",
+        "600",
+        "jobs",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code, 71, "{err}");
+    assert!(err.contains("could not name a primary"), "{err}");
+    let (code, _, err) = cli(&[
+        "redis",
+        "--url",
+        &format!("redis+sentinel://127.0.0.1:{port}"),
+        "jobs",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    let _ = sentinel.kill();
+    let _ = sentinel.wait();
+}

@@ -112,14 +112,24 @@ impl<'a> Attempt<'a> {
             Ok(Some(g)) => Ok(Some(g)),
             Ok(None) => Ok(None),
             Err(AttemptError::Transient(e)) if e.is_io_error() || e.is_connection_dropped() => {
-                if let Some(limit) = diagnose_refused(self.cfg().client.get_connection_info()).await
-                {
-                    self.abandon();
-                    return Err(limit.with_channel(self.cfg().channel.clone()));
+                self.cfg().endpoint.moved();
+                if let Some(client) = self.cfg().endpoint.current() {
+                    if let Some(limit) = diagnose_refused(client.get_connection_info()).await {
+                        self.abandon();
+                        return Err(limit.with_channel(self.cfg().channel.clone()));
+                    }
                 }
                 self.transient(e).await
             }
-            Err(AttemptError::Transient(e)) => self.transient(e).await,
+            Err(AttemptError::Transient(e)) => {
+                if matches!(e.code(), Some("READONLY" | "MASTERDOWN")) {
+                    // Demoted under us: check the server again, and
+                    // through Sentinel ask where the primary went.
+                    self.cfg().endpoint.moved();
+                    self.lock.cmd.recheck();
+                }
+                self.transient(e).await
+            }
             Err(AttemptError::Fatal(e)) => {
                 self.abandon();
                 Err(e)
@@ -209,6 +219,17 @@ impl<'a> Attempt<'a> {
     }
 
     async fn try_once(&mut self) -> std::result::Result<Option<RedisLockGuard>, AttemptError> {
+        // A server demoted since the last check (a failover) is waited
+        // out: nothing is granted through a replica.
+        if !self
+            .lock
+            .cmd
+            .check_topology(false)
+            .await
+            .map_err(AttemptError::Fatal)?
+        {
+            return Ok(None);
+        }
         // A. A subscription that died while we waited is abandoned.
         if self.sub.as_ref().is_some_and(|s| !s.alive()) {
             self.abandon();
@@ -288,10 +309,9 @@ impl<'a> Attempt<'a> {
             let key = format!("{channel}-fence");
             let db = self
                 .cfg()
-                .client
-                .get_connection_info()
-                .redis_settings()
-                .db();
+                .endpoint
+                .current()
+                .map_or(0, |c| c.get_connection_info().redis_settings().db());
             let want = self.cfg().fence_replicas;
             let (t, replicas): (u64, Option<usize>) = if db == 0 {
                 if want == super::FenceReplicas::Connected {
@@ -408,7 +428,12 @@ impl<'a> Attempt<'a> {
     async fn subscribe(&mut self) -> std::result::Result<keep_alive::Subscription, AttemptError> {
         let cfg = self.cfg();
         let name = protocol::client_name(&cfg.channel, &self.state.id);
-        let info = cfg.client.get_connection_info();
+        let client = cfg
+            .endpoint
+            .resolve()
+            .await
+            .map_err(AttemptError::classify)?;
+        let info = client.get_connection_info();
         let wait = cfg.unavailable_timeout.max(Duration::from_millis(100));
         let mut pubsub = tokio::time::timeout(wait, connect::named_subscription(info, &name))
             .await
@@ -435,7 +460,7 @@ impl<'a> Attempt<'a> {
             pubsub,
             keep_alive::Options {
                 cmd: self.lock.cmd.clone(),
-                client: cfg.client.clone(),
+                client: client.clone(),
                 unavailable: cfg.unavailable_timeout,
                 self_check: cfg.self_check,
             },
@@ -461,7 +486,12 @@ impl<'a> Attempt<'a> {
         // connection; only the wait for replies is `unavailable_timeout`
         // (which may be zero).
         let setup = budget.max(Duration::from_secs(1));
-        let mut ps = tokio::time::timeout(setup, cfg.client.get_async_pubsub())
+        let client = cfg
+            .endpoint
+            .resolve()
+            .await
+            .map_err(AttemptError::classify)?;
+        let mut ps = tokio::time::timeout(setup, client.get_async_pubsub())
             .await
             .map_err(|_| AttemptError::Transient(timeout_error("opening the probe connection")))?
             .map_err(AttemptError::classify)?;

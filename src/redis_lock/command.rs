@@ -22,7 +22,7 @@ use super::attempt::timeout_error;
 /// [`forget`](CommandSlot::forget)-ten at once. So a slow or stalled
 /// reconnect never silences a holder whose old connection still works.
 pub(super) struct CommandSlot {
-    client: redis::Client,
+    endpoint: std::sync::Arc<super::endpoint::Endpoint>,
     /// Bounds opening a connection.
     connect_within: Duration,
     /// Bounds each round trip: `max(unavailable_timeout, 500 ms)`, so that
@@ -45,9 +45,12 @@ pub(super) struct Command {
 }
 
 impl CommandSlot {
-    pub(super) fn new(client: redis::Client, unavailable: Duration) -> Self {
+    pub(super) fn new(
+        endpoint: std::sync::Arc<super::endpoint::Endpoint>,
+        unavailable: Duration,
+    ) -> Self {
         Self {
-            client,
+            endpoint,
             connect_within: unavailable.max(Duration::from_secs(1)),
             respond_within: unavailable.max(Duration::from_millis(500)),
             state: std::sync::Mutex::new((0, None)),
@@ -70,13 +73,41 @@ impl CommandSlot {
     /// A user that may run neither command is warned once and not refused
     /// (nothing can be told); connection errors are left to the attempt,
     /// which reports them.
-    pub(super) async fn check_topology(&self) -> Result<(), crate::Error> {
+    ///
+    /// `at_start`: the acquisition's first check, where a fixed server that
+    /// is a replica is a mistake to report. Later (an attempt after a
+    /// reconnect or a `READONLY` answer) it is a passing state, a server
+    /// demoted by a failover: `Ok(false)`, and the attempt waits it out.
+    pub(super) async fn check_topology(&self, at_start: bool) -> Result<bool, crate::Error> {
+        // Through Sentinel, a replica where the primary was means the
+        // primary moved (a failover): ask again, a few times.
+        for _ in 0..3 {
+            match self.check_once(at_start).await {
+                Err(Moved) => {
+                    self.endpoint.moved();
+                    self.forget_any();
+                }
+                Ok(r) => return r,
+            }
+        }
+        Err(
+            crate::Error::new(crate::ErrorKind::Redis, "failed to acquire Redis lock").with_reason(
+                format!(
+                    "{}: the server named as the primary is a replica, three times (a failover in \
+                 progress?)",
+                    self.endpoint.name()
+                ),
+            ),
+        )
+    }
+
+    async fn check_once(&self, at_start: bool) -> Result<Result<bool, crate::Error>, Moved> {
         use std::sync::atomic::Ordering;
         let Ok(mut c) = self.get().await else {
-            return Ok(());
+            return Ok(Ok(true));
         };
         if self.checked.load(Ordering::Relaxed) == c.generation {
-            return Ok(());
+            return Ok(Ok(true));
         }
         let role = redis::cmd("ROLE")
             .query_async::<redis::Value>(&mut c.con)
@@ -89,34 +120,42 @@ impl CommandSlot {
         let (role_denied, info_denied) = (denied(role.as_ref().err()), denied(info.as_ref().err()));
         if (role.is_err() && !role_denied) || (info.is_err() && !info_denied) {
             // A connection problem: the attempt will meet and report it.
-            return Ok(());
+            return Ok(Ok(true));
         }
-        let addr = self.client.get_connection_info().addr().to_string();
+        let addr = self.endpoint.current().map_or_else(
+            || self.endpoint.name().to_string(),
+            |c| c.get_connection_info().addr().to_string(),
+        );
         match role.as_ref().map(super::protocol::role) {
+            Ok(super::protocol::Role::Replica(_)) if self.endpoint.is_sentinel() => {
+                return Err(Moved);
+            }
+            Ok(super::protocol::Role::Replica(_)) if !at_start => return Ok(Ok(false)),
             Ok(super::protocol::Role::Replica(primary)) => {
                 let of = primary.map(|p| format!(" of {p}")).unwrap_or_default();
-                return Err(unsupported(format!(
+                return Ok(Err(unsupported(format!(
                     "the server {addr} is a replica{of}: a lock taken there is not seen by \
                      holders on the primary, so two clients could both hold it. Point the lock \
-                     at the primary"
-                )));
+                     at the primary (or at the sentinels: redis+sentinel://)"
+                ))));
             }
             Ok(super::protocol::Role::Sentinel) => {
-                return Err(unsupported(format!(
-                    "the server {addr} is a Redis Sentinel, not a data server: point the lock \
-                     at the primary it monitors"
-                )));
+                return Ok(Err(unsupported(format!(
+                    "the server {addr} is a Redis Sentinel, not a data server: use a \
+                     redis+sentinel:// URL (RedisLock::from_url) to lock on the primary it \
+                     monitors"
+                ))));
             }
             _ => {}
         }
         if let Ok(text) = &info {
             if text.lines().any(|l| l.trim() == "cluster_enabled:1") {
-                return Err(unsupported(format!(
+                return Ok(Err(unsupported(format!(
                     "the server {addr} is a Redis Cluster node (cluster_enabled:1): a lock \
                      counts the subscribers of one node only, so clients on different nodes \
                      could both hold it. This lock needs a standalone server (or a primary \
                      with replicas)"
-                )));
+                ))));
             }
         }
         if role_denied || info_denied {
@@ -132,7 +171,13 @@ impl CommandSlot {
             }
         }
         self.checked.store(c.generation, Ordering::Relaxed);
-        Ok(())
+        Ok(Ok(true))
+    }
+
+    /// Forgets the topology check, so that the next attempt checks again
+    /// (after `READONLY`: the server may have been demoted under us).
+    pub(super) fn recheck(&self) {
+        self.checked.store(0, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn current(&self) -> Option<Command> {
@@ -169,16 +214,23 @@ impl CommandSlot {
     }
 
     async fn connect(&self) -> Result<MultiplexedConnection, RedisError> {
-        tokio::time::timeout(
-            self.connect_within,
-            self.client.get_multiplexed_async_connection_with_config(
-                &redis::AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(self.connect_within))
-                    .set_response_timeout(Some(self.respond_within)),
-            ),
-        )
+        let r = tokio::time::timeout(self.connect_within, async {
+            let client = self.endpoint.resolve().await?;
+            client
+                .get_multiplexed_async_connection_with_config(
+                    &redis::AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(self.connect_within))
+                        .set_response_timeout(Some(self.respond_within)),
+                )
+                .await
+        })
         .await
-        .map_err(|_| timeout_error("connecting to Redis"))?
+        .map_err(|_| timeout_error("connecting to Redis"))
+        .and_then(|r| r);
+        if r.is_err() {
+            self.endpoint.moved();
+        }
+        r
     }
 
     /// Drops `broken`'s connection if it is still the current one, so the
@@ -231,10 +283,14 @@ impl CommandSlot {
         if e.is_timeout() {
             self.replace(c).await;
         } else if connection_failed(e) {
+            self.endpoint.moved();
             self.forget(c);
         }
     }
 }
+
+/// A check found a replica where a Sentinel named the primary.
+struct Moved;
 
 fn unsupported(why: String) -> crate::Error {
     crate::Error::new(

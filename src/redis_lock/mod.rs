@@ -15,6 +15,7 @@
 mod attempt;
 mod command;
 mod connect;
+mod endpoint;
 mod guard;
 mod keep_alive;
 mod protocol;
@@ -184,7 +185,7 @@ pub struct RedisLock {
 #[derive(Clone)]
 struct Options {
     channel: String,
-    client: redis::Client,
+    endpoint: Arc<endpoint::Endpoint>,
     wait: WaitOptions,
     unavailable_timeout: Duration,
     flags: LockFlags,
@@ -192,6 +193,23 @@ struct Options {
     fence_replicas: FenceReplicas,
     self_check: Option<Duration>,
     on_lost: Option<LossCallback>,
+}
+
+/// A holder of a Redis lock as the server lists it
+/// ([`RedisLock::holders`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisHolder {
+    /// The holder id (32 hex digits; [`RedisLockGuard::holder_id`]).
+    pub id: String,
+    /// The client address of its subscription connection (`host:port`).
+    pub addr: String,
+}
+
+impl std::fmt::Display for RedisHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "holder {} client {}", self.id, self.addr)
+    }
 }
 
 /// How many replicas must have a fencing token before an exclusive grant
@@ -229,9 +247,135 @@ impl RedisLock {
     /// timeout 5 s, check interval 250 ms, `fail_when_locked` false,
     /// `unavailable_timeout` 1 s, exclusive, no fencing. No I/O here.
     pub fn new(channel: impl Into<String>, client: redis::Client) -> Self {
+        Self::with_endpoint(channel.into(), endpoint::Endpoint::fixed(client))
+    }
+
+    /// A lock on `channel` on the primary that Redis Sentinel names, asked
+    /// again whenever the primary may have moved, so the lock follows a
+    /// failover: waiters carry on against the promoted replica, and
+    /// holders on the old primary learn that they lost the lock (their
+    /// subscription dies with it). Otherwise as [`new`](Self::new).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use portalocker::redis::sentinel::{SentinelClient, SentinelServerType};
+    /// use portalocker::RedisLock;
+    /// let sentinels = SentinelClient::build(
+    ///     vec!["redis://10.0.0.1:26379/", "redis://10.0.0.2:26379/"],
+    ///     "mymaster".to_string(),
+    ///     None,
+    ///     SentinelServerType::Master,
+    /// )
+    /// .unwrap();
+    /// let lock = RedisLock::with_sentinel("nightly", sentinels);
+    /// ```
+    pub fn with_sentinel(
+        channel: impl Into<String>,
+        sentinel: redis::sentinel::SentinelClient,
+    ) -> Self {
+        Self::with_endpoint(
+            channel.into(),
+            // Each such value is its own server name: two of them for one
+            // service contend on the server, as two processes do.
+            endpoint::Endpoint::sentinel(sentinel, None, {
+                static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                format!("Redis Sentinel client #{n}")
+            }),
+        )
+    }
+
+    /// A lock on `channel` through `url`: `redis://`, `rediss://` and
+    /// `unix://` as [`redis::Client::open`] reads them, or
+    /// `redis+sentinel://[USER:PASSWORD@]HOST:PORT[,HOST:PORT…]/SERVICE[/DB]`
+    /// (`rediss+sentinel://` with TLS) for the primary of SERVICE that the
+    /// sentinels name ([`with_sentinel`](Self::with_sentinel)). USER,
+    /// PASSWORD and DB are for the data servers; the sentinels are asked
+    /// without credentials.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for a URL
+    /// that does not parse, naming it and what is wrong;
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) for TLS in
+    /// a build without the `redis-tls` feature.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use portalocker::RedisLock;
+    /// let direct = RedisLock::from_url("jobs", "redis://127.0.0.1:6379/").unwrap();
+    /// let followed = RedisLock::from_url(
+    ///     "jobs",
+    ///     "redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/mymaster",
+    /// )
+    /// .unwrap();
+    /// assert!(RedisLock::from_url("jobs", "redis+sentinel://10.0.0.1:26379").is_err());
+    /// ```
+    pub fn from_url(channel: impl Into<String>, url: &str) -> Result<Self> {
+        if url.starts_with("redis+sentinel://") || url.starts_with("rediss+sentinel://") {
+            let (client, service, name) = endpoint::parse_sentinel_url(url)?;
+            return Ok(Self::with_endpoint(
+                channel.into(),
+                endpoint::Endpoint::sentinel(client, Some(service), name),
+            ));
+        }
+        let client = redis::Client::open(url).map_err(|e| {
+            Error::invalid("invalid Redis URL", format!("{url:?}: {e}")).with_source(e)
+        })?;
+        Ok(Self::new(channel, client))
+    }
+
+    /// Who holds the lock now, as the server lists its clients (`CLIENT
+    /// LIST`, by the names holders give their subscription connections):
+    /// a passive look that pings nobody, so a holder that stopped answering
+    /// is still listed until it is reaped. Python portalocker's holders are
+    /// listed too (same names).
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: it only reads.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Redis`](crate::ErrorKind::Redis) if the server cannot
+    /// be reached or refuses `CLIENT LIST`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> portalocker::Result<()> {
+    /// let lock = portalocker::RedisLock::from_url("nightly", "redis://127.0.0.1/")?;
+    /// for h in lock.holders().await? {
+    ///     println!("{h}"); // holder 5e5e… client 10.0.0.7:51234
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn holders(&self) -> Result<Vec<RedisHolder>> {
+        let fail = |e: redis::RedisError| {
+            Error::new(crate::ErrorKind::Redis, "failed to list Redis lock holders")
+                .with_channel(self.cfg.channel.clone())
+                .with_reason(e.to_string())
+                .with_source(e)
+        };
+        let mut c = self.cmd.get().await.map_err(fail)?;
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut c.con)
+            .await
+            .map_err(fail)?;
+        Ok(protocol::named_holders(&self.cfg.channel, &list)
+            .into_iter()
+            .map(|(id, addr)| RedisHolder { id, addr })
+            .collect())
+    }
+
+    fn with_endpoint(channel: String, endpoint: endpoint::Endpoint) -> Self {
         Self::from_config(Options {
-            channel: channel.into(),
-            client,
+            channel,
+            endpoint: Arc::new(endpoint),
             wait: WaitOptions::default(),
             unavailable_timeout: DEFAULT_UNAVAILABLE_TIMEOUT,
             flags: LockFlags::EXCLUSIVE,
@@ -244,10 +388,10 @@ impl RedisLock {
 
     fn from_config(cfg: Options) -> Self {
         let cmd = Arc::new(CommandSlot::new(
-            cfg.client.clone(),
+            cfg.endpoint.clone(),
             cfg.unavailable_timeout,
         ));
-        let local = LocalQueue::of(&cfg.client, &cfg.channel);
+        let local = LocalQueue::of(cfg.endpoint.name(), &cfg.channel);
         Self {
             cfg: Arc::new(cfg),
             cmd,
@@ -438,7 +582,26 @@ impl RedisLock {
 
     async fn acquire_untraced(&self, w: WaitOptions) -> Result<RedisLockGuard> {
         self.validate()?;
-        self.cmd.check_topology().await?;
+        if self.cfg.endpoint.is_sentinel() {
+            // Errors before waits: sentinels that cannot be reached, or do
+            // not know the service. A known service without a primary
+            // right now (a failover) is waited out like any passing state.
+            let mut resolved = self.cfg.endpoint.resolve().await.map(drop);
+            if resolved.is_err() && self.cfg.endpoint.knows_service().await == Some(true) {
+                resolved = Ok(());
+            }
+            if let Err(e) = resolved {
+                return Err(Error::new(crate::ErrorKind::Redis, OP)
+                    .with_channel(self.cfg.channel.clone())
+                    .with_reason(format!(
+                        "{} could not name a primary: {e} (check the sentinels' addresses \
+                         and the service name)",
+                        self.cfg.endpoint.name()
+                    ))
+                    .with_source(e));
+            }
+        }
+        self.cmd.check_topology(true).await?;
         let start = tokio::time::Instant::now();
         let writer = matches!(
             self.cfg.flags.operation(),
@@ -544,8 +707,10 @@ impl RedisLock {
                     .into(),
             );
         }
-        if let Some(why) = connect::unsupported(self.cfg.client.get_connection_info().addr()) {
-            return bad(why);
+        if let Some(client) = self.cfg.endpoint.current() {
+            if let Some(why) = connect::unsupported(client.get_connection_info().addr()) {
+                return bad(why);
+            }
         }
         if let Some(interval) = self.cfg.self_check {
             let u = self.cfg.unavailable_timeout;

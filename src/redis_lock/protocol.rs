@@ -107,6 +107,32 @@ pub(crate) fn client_addr(client_list: &str, name: &str) -> Option<String> {
     })
 }
 
+/// The holders of `channel` in a `CLIENT LIST` reply, by the names of
+/// their subscription connections (`<channel>-lock-<holder id>`): (holder
+/// id, client address).
+pub(crate) fn named_holders(channel: &str, client_list: &str) -> Vec<(String, String)> {
+    let prefix = format!("{channel}-lock-");
+    client_list
+        .lines()
+        .filter_map(|line| {
+            let mut id = None;
+            let mut addr = "?";
+            for field in line.split(' ') {
+                if let Some(rest) = field
+                    .strip_prefix("name=")
+                    .and_then(|n| n.strip_prefix(&prefix))
+                {
+                    id = Some(rest);
+                } else if let Some(a) = field.strip_prefix("addr=") {
+                    addr = a;
+                }
+            }
+            let id = id.filter(|i| is_holder_id(i))?;
+            Some((id.to_string(), addr.to_string()))
+        })
+        .collect()
+}
+
 /// The subscription connection's name: `<channel>-lock-<holder_id>`.
 pub(crate) fn client_name(channel: &str, id: &str) -> String {
     format!("{channel}-lock-{id}")
@@ -385,6 +411,21 @@ pub(crate) fn is_holder_id(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn holders_are_read_from_client_list() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let list = format!(
+            "id=3 addr=127.0.0.1:5000 laddr=x name=jobs-lock-{id} db=0\n\
+             id=4 addr=127.0.0.1:5001 name=jobs-lock-notanid db=0\n\
+             id=5 addr=127.0.0.1:5002 name=other-lock-{id} db=0\n\
+             id=6 addr=127.0.0.1:5003 name= db=0\n"
+        );
+        assert_eq!(
+            super::named_holders("jobs", &list),
+            vec![(id.to_string(), "127.0.0.1:5000".to_string())]
+        );
+    }
+
     #[test]
     fn role_replies_are_read() {
         use redis::Value;

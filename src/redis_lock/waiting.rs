@@ -144,10 +144,11 @@ impl LocalQueue {
     /// The queue of `channel` on the server `client` talks to. Keyed by
     /// the server's address and the channel only: pub/sub channels are
     /// the same for every database and user of a server.
-    pub(super) fn of(client: &redis::Client, channel: &str) -> Arc<Self> {
+    pub(super) fn of(server: &str, channel: &str) -> Arc<Self> {
         static QUEUES: PerKey<String, LocalQueue> = PerKey::new();
-        // Display: host and port (or path), without TLS parameters.
-        let key = format!("{}\u{0}{channel}", client.get_connection_info().addr());
+        // The server's name: host and port (or path, or the sentinels),
+        // without TLS parameters.
+        let key = format!("{server}\u{0}{channel}");
         QUEUES.get(key.as_str())
     }
 
@@ -182,7 +183,7 @@ impl LocalQueue {
 /// One acquisition waiting between attempts.
 pub(super) struct Waiter {
     cmd: Arc<CommandSlot>,
-    client: redis::Client,
+    endpoint: Arc<super::endpoint::Endpoint>,
     channel: String,
     id: String,
     local: Arc<LocalQueue>,
@@ -226,7 +227,7 @@ impl Waiter {
         let idle_step = (interval / 5).clamp(Duration::from_millis(10), Duration::from_millis(50));
         Self {
             cmd: lock.cmd.clone(),
-            client: lock.cfg.client.clone(),
+            endpoint: lock.cfg.endpoint.clone(),
             channel: lock.cfg.channel.clone(),
             id: id.to_string(),
             local: lock.local.clone(),
@@ -385,7 +386,8 @@ impl Waiter {
             *side = None;
         }
         let open = async {
-            let mut ps = self.client.get_async_pubsub().await.ok()?;
+            let client = self.endpoint.resolve().await.ok()?;
+            let mut ps = client.get_async_pubsub().await.ok()?;
             if let Err(e) = ps.subscribe(&channel).await {
                 side_refused(&channel, &e);
                 return None;

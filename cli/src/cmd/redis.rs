@@ -11,10 +11,10 @@ use crate::supervise::run;
 use crate::timeout_of;
 
 pub(crate) async fn redis_lock(a: RedisArgs, verbose: bool) -> Outcome {
-    let client = match portalocker::redis::Client::open(a.url.as_str()) {
-        Ok(c) => c,
+    let lock = match RedisLock::from_url(a.channel.clone(), &a.url) {
+        Ok(l) => l,
         Err(e) => {
-            say(format!("bad Redis URL {:?}: {e}", a.url));
+            say(e);
             return Outcome { code: EXIT_USAGE };
         }
     };
@@ -24,18 +24,23 @@ pub(crate) async fn redis_lock(a: RedisArgs, verbose: bool) -> Outcome {
         LockFlags::EXCLUSIVE
     };
     // A server that cannot be reached is an error now, not a wait: only a
-    // busy lock is waited for.
-    if let Err(why) = reachable(&client).await {
-        say(format!(
-            "cannot reach Redis at {}: {why}\n  check that the server runs and the URL (host, \
-             port, password, rediss:// for TLS)",
-            a.url
-        ));
-        return Outcome { code: EXIT_FAILED };
+    // busy lock is waited for. (Through Sentinel the library says so at
+    // once itself: sentinels that cannot name a primary.)
+    if !a.url.contains("+sentinel://") {
+        let client = portalocker::redis::Client::open(a.url.as_str());
+        if let Err(why) = match &client {
+            Ok(c) => reachable(c).await,
+            Err(e) => Err(e.to_string()),
+        } {
+            say(format!(
+                "cannot reach Redis at {}: {why}\n  check that the server runs and the URL (host, \
+                 port, password, rediss:// for TLS)",
+                a.url
+            ));
+            return Outcome { code: EXIT_FAILED };
+        }
     }
-    let lock = RedisLock::new(a.channel.clone(), client)
-        .flags(flags)
-        .fencing(a.fencing);
+    let lock = lock.flags(flags).fencing(a.fencing);
     let what = format!("Redis lock {:?}", a.channel);
     let r = waiting(
         &what,
@@ -102,36 +107,4 @@ pub(crate) async fn reachable(client: &portalocker::redis::Client) -> Result<(),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(format!("no answer within {}", human(within))),
     }
-}
-
-/// The subscribers of `channel` whose connection names say they hold it
-/// (`<channel>-lock-<id>`), as `holder <id> client <addr>` — a passive
-/// look (`CLIENT LIST`), which pings nobody.
-pub(crate) async fn redis_holders(
-    url: &str,
-    channel: &str,
-) -> Result<Vec<String>, portalocker::redis::RedisError> {
-    let client = portalocker::redis::Client::open(url)?;
-    let mut con = client.get_multiplexed_async_connection().await?;
-    let list: String = portalocker::redis::cmd("CLIENT")
-        .arg("LIST")
-        .query_async(&mut con)
-        .await?;
-    let prefix = format!("name={channel}-lock-");
-    let mut out = Vec::new();
-    for line in list.lines() {
-        let mut id = None;
-        let mut addr = "?";
-        for f in line.split(' ') {
-            if let Some(rest) = f.strip_prefix(&prefix) {
-                id = Some(rest);
-            } else if let Some(a) = f.strip_prefix("addr=") {
-                addr = a;
-            }
-        }
-        if let Some(id) = id.filter(|i| i.len() == 32 && i.bytes().all(|b| b.is_ascii_hexdigit())) {
-            out.push(format!("holder {id} client {addr}"));
-        }
-    }
-    Ok(out)
 }

@@ -1,9 +1,8 @@
 //! `portalocker who`: who holds a lock.
 
-use portalocker::Lock;
+use portalocker::{Lock, RedisLock};
 
 use crate::args::WhoArgs;
-use crate::cmd::redis::redis_holders;
 use crate::exit::{say, Outcome, EXIT_FAILED, EXIT_USAGE};
 use std::path::PathBuf;
 
@@ -11,7 +10,14 @@ pub(crate) async fn who(a: WhoArgs) -> Outcome {
     match a.redis {
         Some(url) => {
             let channel = a.target.to_string_lossy().into_owned();
-            match redis_holders(&url, &channel).await {
+            let lock = match RedisLock::from_url(channel.clone(), &url) {
+                Ok(l) => l,
+                Err(e) => {
+                    say(e);
+                    return Outcome { code: EXIT_USAGE };
+                }
+            };
+            match lock.holders().await {
                 Ok(list) if list.is_empty() => {
                     println!("nobody holds Redis lock {channel:?}");
                     Outcome { code: 1 }
