@@ -1418,3 +1418,72 @@ async fn the_documented_acl_is_enough_and_a_missing_channel_is_named() {
     );
     second.release().await.unwrap();
 }
+
+/// A lock built on a client factory asks it for the server when it first
+/// needs one and again when the server went away: with the first server
+/// SIGKILLed while a waiter waits, the factory (now naming the second
+/// server) is asked again and the waiter is granted there. A factory that
+/// fails at the start is the acquisition's error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_factory_is_asked_again_when_the_server_goes() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let mut first = RedisServer::start();
+    let second = RedisServer::start();
+    let urls = Arc::new(std::sync::Mutex::new(first.url()));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let factory = {
+        let (urls, calls) = (urls.clone(), calls.clone());
+        move || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let url = urls.lock().unwrap().clone();
+            Box::pin(async move { portalocker::redis::Client::open(url) })
+                as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
+        }
+    };
+    let holder = RedisLock::new("fac", first.client())
+        .acquire()
+        .await
+        .unwrap();
+    let lock = RedisLock::with_client_factory("fac", factory).timeout(Duration::from_secs(30));
+    let waiter = tokio::spawn(async move { lock.acquire().await });
+    let mut waiting = false;
+    for _ in 0..2000 {
+        if first.numsub("fac portalocker-released").await >= 1 {
+            waiting = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(waiting, "the waiter never waited on the first server");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "asked once while the server stayed"
+    );
+    *urls.lock().unwrap() = second.url();
+    first.kill();
+    let guard = waiter.await.unwrap().unwrap();
+    assert!(calls.load(Ordering::SeqCst) >= 2);
+    assert_eq!(
+        second.numsub("fac").await,
+        1,
+        "granted on the second server"
+    );
+    guard.release().await.unwrap();
+    drop(holder);
+
+    let failing = RedisLock::with_client_factory("fac", || {
+        Box::pin(async {
+            Err(portalocker::redis::RedisError::from((
+                portalocker::redis::ErrorKind::InvalidClientConfig,
+                "no server registered",
+            )))
+        })
+    });
+    let e = failing
+        .acquire()
+        .await
+        .expect_err("granted without a server");
+    assert!(e.to_string().contains("no server registered"), "{e}");
+}

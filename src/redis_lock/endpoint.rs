@@ -26,8 +26,21 @@ pub(super) struct Endpoint {
     name: String,
 }
 
+/// A caller's way to find the server ([`super::RedisLock::with_client_factory`]).
+pub(super) type ClientFactory = std::sync::Arc<
+    dyn Fn() -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = redis::RedisResult<redis::Client>> + Send>,
+        > + Send
+        + Sync,
+>;
+
+enum Source {
+    Sentinel(tokio::sync::Mutex<SentinelClient>),
+    Factory(ClientFactory, tokio::sync::Mutex<()>),
+}
+
 struct Sentinel {
-    client: tokio::sync::Mutex<SentinelClient>,
+    client: Source,
     /// The service whose primary is asked for, where known (from a URL).
     service: Option<String>,
     /// Set when the primary may have moved: the next connection asks.
@@ -44,15 +57,37 @@ impl Endpoint {
         }
     }
 
+    /// A server found by calling `factory`, again whenever it may have
+    /// moved, as the sentinels are asked.
+    pub(super) fn factory(factory: ClientFactory, name: String) -> Self {
+        Self {
+            current: Mutex::new(None),
+            sentinel: Some(Sentinel {
+                client: Source::Factory(factory, tokio::sync::Mutex::new(())),
+                service: None,
+                stale: AtomicBool::new(true),
+            }),
+            name,
+        }
+    }
+
     pub(super) fn sentinel(client: SentinelClient, service: Option<String>, name: String) -> Self {
         Self {
             current: Mutex::new(None),
             sentinel: Some(Sentinel {
-                client: tokio::sync::Mutex::new(client),
+                client: Source::Sentinel(tokio::sync::Mutex::new(client)),
                 service,
                 stale: AtomicBool::new(true),
             }),
             name,
+        }
+    }
+
+    /// What to check when no primary could be named at the start.
+    pub(super) fn hint(&self) -> &'static str {
+        match self.sentinel.as_ref().map(|s| &s.client) {
+            Some(Source::Sentinel(_)) => " (check the sentinels' addresses and the service name)",
+            _ => "",
         }
     }
 
@@ -89,18 +124,32 @@ impl Endpoint {
                 return Ok(c);
             }
         }
-        let mut sentinel = s.client.lock().await;
-        // Someone else may have asked while this task waited.
-        if !s.stale.load(Ordering::Acquire) {
-            if let Some(c) = self.current() {
-                return Ok(c);
+        let asked = match &s.client {
+            Source::Sentinel(sentinel) => {
+                let mut sentinel = sentinel.lock().await;
+                // Someone else may have asked while this task waited.
+                if !s.stale.load(Ordering::Acquire) {
+                    if let Some(c) = self.current() {
+                        return Ok(c);
+                    }
+                }
+                sentinel.async_get_client().await
             }
-        }
+            Source::Factory(factory, one_at_a_time) => {
+                let _turn = one_at_a_time.lock().await;
+                if !s.stale.load(Ordering::Acquire) {
+                    if let Some(c) = self.current() {
+                        return Ok(c);
+                    }
+                }
+                factory().await
+            }
+        };
         // No primary named now is a passing state as far as a wait is
         // concerned (a failover in progress, sentinels restarting): an
         // I/O error, which costs an attempt. `knows_service` tells a wrong
         // name apart at the start.
-        let client = sentinel.async_get_client().await.map_err(|e| {
+        let client = asked.map_err(|e| {
             RedisError::from(std::io::Error::new(
                 std::io::ErrorKind::NotConnected,
                 format!("{}: no primary named now ({e})", self.name),
@@ -120,7 +169,10 @@ impl Endpoint {
             return Some(true);
         };
         let service = s.service.as_deref()?;
-        let mut sentinel = s.client.lock().await;
+        let Source::Sentinel(sentinel) = &s.client else {
+            return None;
+        };
+        let mut sentinel = sentinel.lock().await;
         let client = sentinel.async_get_sentinel_client().await.ok()?;
         let mut con = client.get_multiplexed_async_connection().await.ok()?;
         let addr: Option<Vec<String>> = redis::cmd("SENTINEL")

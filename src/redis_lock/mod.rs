@@ -286,6 +286,46 @@ impl RedisLock {
         )
     }
 
+    /// A lock on `channel` on whatever server `factory` returns a client
+    /// for: called when the lock first needs a server, and again whenever
+    /// the server may have moved (a connection failed, it answered
+    /// `READONLY`, it turned out to be a replica) — for setups that neither
+    /// a URL nor Sentinel describes (a service registry, a managed Redis
+    /// with its own endpoint discovery). Python portalocker 4.2+ offers
+    /// the like as `subscription_connection_factory`. Otherwise as
+    /// [`new`](Self::new); the lock still refuses a replica or a Cluster
+    /// node at the start of an acquisition.
+    ///
+    /// An error from `factory` costs an attempt, as a failed connection
+    /// does; at the start of an acquisition it is the error.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use portalocker::RedisLock;
+    /// let lock = RedisLock::with_client_factory("nightly", || {
+    ///     Box::pin(async {
+    ///         // e.g. look the primary up in a registry
+    ///         portalocker::redis::Client::open("redis://10.0.0.1:6379/")
+    ///     })
+    /// });
+    /// ```
+    pub fn with_client_factory<F>(channel: impl Into<String>, factory: F) -> Self
+    where
+        F: Fn() -> std::pin::Pin<
+                Box<dyn std::future::Future<Output = redis::RedisResult<redis::Client>> + Send>,
+            > + Send
+            + Sync
+            + 'static,
+    {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self::with_endpoint(
+            channel.into(),
+            endpoint::Endpoint::factory(Arc::new(factory), format!("client factory #{n}")),
+        )
+    }
+
     /// A lock on `channel` through `url`: `redis://`, `rediss://` and
     /// `unix://` as [`redis::Client::open`] reads them, or
     /// `redis+sentinel://[USER:PASSWORD@]HOST:PORT[,HOST:PORT…]/SERVICE[/DB]`
@@ -584,8 +624,9 @@ impl RedisLock {
         self.validate()?;
         if self.cfg.endpoint.is_sentinel() {
             // Errors before waits: sentinels that cannot be reached, or do
-            // not know the service. A known service without a primary
-            // right now (a failover) is waited out like any passing state.
+            // not know the service (or a client factory that fails). A
+            // known service without a primary right now (a failover) is
+            // waited out like any passing state.
             let mut resolved = self.cfg.endpoint.resolve().await.map(drop);
             if resolved.is_err() && self.cfg.endpoint.knows_service().await == Some(true) {
                 resolved = Ok(());
@@ -594,9 +635,9 @@ impl RedisLock {
                 return Err(Error::new(crate::ErrorKind::Redis, OP)
                     .with_channel(self.cfg.channel.clone())
                     .with_reason(format!(
-                        "{} could not name a primary: {e} (check the sentinels' addresses \
-                         and the service name)",
-                        self.cfg.endpoint.name()
+                        "{} could not name a primary: {e}{}",
+                        self.cfg.endpoint.name(),
+                        self.cfg.endpoint.hint()
                     ))
                     .with_source(e));
             }
