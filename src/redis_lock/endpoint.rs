@@ -35,7 +35,7 @@ pub(super) type ClientFactory = std::sync::Arc<
 >;
 
 enum Source {
-    Sentinel(tokio::sync::Mutex<SentinelClient>),
+    Sentinel(Box<tokio::sync::Mutex<SentinelClient>>),
     Factory(ClientFactory, tokio::sync::Mutex<()>),
 }
 
@@ -75,7 +75,7 @@ impl Endpoint {
         Self {
             current: Mutex::new(None),
             sentinel: Some(Sentinel {
-                client: Source::Sentinel(tokio::sync::Mutex::new(client)),
+                client: Source::Sentinel(Box::new(tokio::sync::Mutex::new(client))),
                 service,
                 stale: AtomicBool::new(true),
             }),
