@@ -72,7 +72,7 @@ impl Watch {
         let notify = Arc::new(Notify::new());
         let watch = sys::watch(path, fire);
         if let Some(w) = &watch {
-            reg.by_watch.insert(w.clone(), id);
+            reg.by_watch.insert(*w, id);
         }
         reg.entries.insert(
             id,

@@ -52,7 +52,7 @@ pub(crate) fn rename_noreplace(_from: &Path, _to: &Path) -> Option<io::Result<()
 
 /// A watch's name; none is ever made here (there is no watcher).
 #[allow(dead_code)]
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct WatchId(());
 
 pub(crate) fn watch(_path: &Path, _fire: fn(&WatchId)) -> Option<WatchId> {

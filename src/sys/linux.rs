@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use inotify::{Inotify, WatchDescriptor, WatchMask, Watches};
+use rustix::fs::inotify;
 
 /// An unnamed temporary file in `dir` (`O_TMPFILE`), or `None` where the
 /// filesystem or kernel lacks it (or `/proc`, needed to give it a name).
@@ -61,8 +61,8 @@ pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> Option<io::Result<()>>
     }
 }
 
-/// A registered inotify watch.
-pub(crate) type WatchId = WatchDescriptor;
+/// A registered inotify watch (its watch descriptor).
+pub(crate) type WatchId = i32;
 
 /// Watches `path` (not following a symlink) for the events that can mean
 /// "the lock may be free": a close (a holder that releases by closing, as
@@ -76,13 +76,13 @@ pub(crate) type WatchId = WatchDescriptor;
 /// file through its descriptor, however often, wakes nobody. An open and
 /// close by a reader does; the gap bounds what that costs a waiter.
 pub(crate) fn watch(path: &Path, fire: fn(&WatchId)) -> Option<WatchId> {
-    let mask = WatchMask::CLOSE_WRITE
-        | WatchMask::CLOSE_NOWRITE
-        | WatchMask::ATTRIB
-        | WatchMask::DELETE_SELF
-        | WatchMask::MOVE_SELF
-        | WatchMask::DONT_FOLLOW;
-    match watches(fire)?.add(path, mask) {
+    let mask = inotify::WatchFlags::CLOSE_WRITE
+        | inotify::WatchFlags::CLOSE_NOWRITE
+        | inotify::WatchFlags::ATTRIB
+        | inotify::WatchFlags::DELETE_SELF
+        | inotify::WatchFlags::MOVE_SELF
+        | inotify::WatchFlags::DONT_FOLLOW;
+    match inotify::add_watch(&*watches(fire)?, path, mask) {
         Ok(id) => Some(id),
         Err(e) => {
             degraded(&format!(
@@ -119,46 +119,55 @@ fn degraded(why: &str) {
 pub(crate) const WATCH_GAP: Duration = Duration::from_millis(1);
 
 pub(crate) fn unwatch(id: WatchId) {
-    if let Some(Some(mut w)) = WATCHES.get().cloned() {
-        let _ = w.remove(id);
+    if let Some(Some(fd)) = WATCHES.get() {
+        let _ = inotify::remove_watch(&**fd, id);
     }
 }
 
-/// The process-wide watch list and its reader thread, started on first use.
-static WATCHES: OnceLock<Option<Watches>> = OnceLock::new();
+/// The process-wide inotify instance and its reader thread, started on
+/// first use.
+static WATCHES: OnceLock<Option<std::sync::Arc<std::os::fd::OwnedFd>>> = OnceLock::new();
 
-fn watches(fire: fn(&WatchId)) -> Option<Watches> {
+fn watches(fire: fn(&WatchId)) -> Option<std::sync::Arc<std::os::fd::OwnedFd>> {
     WATCHES
         .get_or_init(|| {
-            let mut inotify = match Inotify::init() {
-                Ok(i) => i,
+            let fd = match inotify::init(inotify::CreateFlags::CLOEXEC) {
+                Ok(fd) => std::sync::Arc::new(fd),
                 Err(e) => {
                     degraded(&format!("inotify is unavailable ({e})"));
                     return None;
                 }
             };
-            let watches = inotify.watches();
+            let reader_fd = fd.clone();
             std::thread::Builder::new()
                 .name("portalocker-inotify".into())
                 .spawn(move || {
-                    let mut buf = [0u8; 4096];
-                    let mut batch: Vec<WatchDescriptor> = Vec::new();
-                    while let Ok(events) = inotify.read_events_blocking(&mut buf) {
-                        batch.clear();
-                        for ev in events {
-                            if !batch.contains(&ev.wd) {
-                                batch.push(ev.wd);
+                    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+                    let mut events = inotify::Reader::new(&*reader_fd, &mut buf);
+                    let mut batch: Vec<WatchId> = Vec::new();
+                    loop {
+                        match events.next() {
+                            Ok(ev) => {
+                                if !batch.contains(&ev.wd()) {
+                                    batch.push(ev.wd());
+                                }
                             }
+                            Err(rustix::io::Errno::INTR) => continue,
+                            Err(_) => break,
                         }
-                        for wd in &batch {
-                            fire(wd);
+                        // One read's events are one batch.
+                        if events.is_buffer_empty() {
+                            for wd in &batch {
+                                fire(wd);
+                            }
+                            batch.clear();
+                            std::thread::sleep(WATCH_GAP);
                         }
-                        std::thread::sleep(WATCH_GAP);
                     }
                 })
                 .map_err(|e| degraded(&format!("the inotify thread could not start ({e})")))
                 .ok()?;
-            Some(watches)
+            Some(fd)
         })
         .clone()
 }
