@@ -213,7 +213,6 @@ pub use lock::{Lock, LockGuard, DEFAULT_CHECK_INTERVAL, DEFAULT_TIMEOUT};
 pub use loss::HeldLock;
 pub use pidfile::{PidFileLock, PidFileLockGuard};
 pub use rlock::{RLock, RLockGuard};
-#[allow(deprecated)]
 pub use semaphore::{
     BoundedSemaphore, BoundedSemaphorePermit, NamedBoundedSemaphore, SemaphorePermit, MAX_SLOTS,
 };

@@ -894,8 +894,8 @@ impl fmt::Debug for BoundedSemaphore {
 /// A held slot of a [`BoundedSemaphore`]; dropping it frees the slot.
 ///
 /// Named so that it does not clash with [`tokio::sync::SemaphorePermit`]
-/// in a file that uses both (it was `SemaphorePermit`, which remains as a
-/// deprecated alias).
+/// in a file that uses both; [`SemaphorePermit`] is the same type under
+/// the name of the API contract.
 #[must_use = "if unused the slot is freed at once"]
 #[clippy::has_significant_drop]
 pub struct BoundedSemaphorePermit {
@@ -906,11 +906,9 @@ pub struct BoundedSemaphorePermit {
     _ring: RingOnDrop,
 }
 
-/// The former name of [`BoundedSemaphorePermit`].
-#[deprecated(
-    since = "0.1.0",
-    note = "renamed `BoundedSemaphorePermit`, which does not clash with `tokio::sync::SemaphorePermit`"
-)]
+/// [`BoundedSemaphorePermit`] under the name of the API contract (and of
+/// the porting notes). Prefer `BoundedSemaphorePermit` in code that also
+/// uses [`tokio::sync::SemaphorePermit`].
 pub type SemaphorePermit = BoundedSemaphorePermit;
 
 impl BoundedSemaphorePermit {
