@@ -163,6 +163,10 @@ pub(crate) struct Engine {
     name_holders: bool,
     /// This process's FIFO gate for the file.
     gate: OnceLock<Arc<Gate>>,
+    /// The same file in the other mode (shared for an exclusive lock, and
+    /// the reverse), built on the first `Lock::read`/`write` that needs it
+    /// and kept, so that it keeps its own descriptor.
+    pub(crate) other_mode: OnceLock<Arc<Self>>,
     /// The identity of the file last found busy at the path, for a
     /// semaphore slot, which keeps no descriptor it does not hold: its
     /// wake-ups are registered by identity.
@@ -201,6 +205,7 @@ impl Engine {
             reuse,
             name_holders: true,
             gate: OnceLock::new(),
+            other_mode: OnceLock::new(),
             seen: Mutex::new(None),
         }
     }

@@ -279,6 +279,112 @@ impl Lock {
 
     acquire_variants!(LockGuard);
 
+    /// Takes the lock **shared**, as a reader, whatever the configured
+    /// [`flags`](Self::flags): many readers hold it at once, and no writer
+    /// while they do (the vocabulary of [`tokio::sync::RwLock`] and
+    /// `fd-lock`). Waits as [`acquire`](Self::acquire) does.
+    ///
+    /// A `Lock` configured exclusive keeps a second, shared view of its
+    /// file for this (built on first use, with its own kept descriptor),
+    /// so alternating `read` and `write` reuses descriptors too. A reader
+    /// and a writer of this process queue in one FIFO, in arrival order.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe, as `acquire`.
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](Self::acquire).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> portalocker::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let lock = portalocker::Lock::new(dir.path().join("config.lock"));
+    /// let a = lock.read().await?;
+    /// let b = lock.read().await?; // readers share
+    /// assert!(lock.try_write().await.unwrap_err().is_already_locked());
+    /// drop((a, b));
+    /// let w = lock.write().await?;
+    /// # drop(w); Ok(()) }
+    /// ```
+    pub async fn read(&self) -> Result<LockGuard> {
+        self.in_mode(LockFlags::SHARED).acquire().await
+    }
+
+    /// Takes the lock **exclusive**, as a writer, whatever the configured
+    /// [`flags`](Self::flags). Waits as [`acquire`](Self::acquire) does;
+    /// see [`read`](Self::read).
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe, as `acquire`.
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](Self::acquire).
+    pub async fn write(&self) -> Result<LockGuard> {
+        self.in_mode(LockFlags::EXCLUSIVE).acquire().await
+    }
+
+    /// [`read`](Self::read) with one attempt and no waiting, as
+    /// [`try_acquire`](Self::try_acquire).
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe, as `acquire`.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_acquire`](Self::try_acquire).
+    pub async fn try_read(&self) -> Result<LockGuard> {
+        self.in_mode(LockFlags::SHARED).try_acquire().await
+    }
+
+    /// [`write`](Self::write) with one attempt and no waiting, as
+    /// [`try_acquire`](Self::try_acquire).
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe, as `acquire`.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_acquire`](Self::try_acquire).
+    pub async fn try_write(&self) -> Result<LockGuard> {
+        self.in_mode(LockFlags::EXCLUSIVE).try_acquire().await
+    }
+
+    /// This lock in `mode`: itself if that is its configured mode, else
+    /// its kept view of the file in the other mode.
+    fn in_mode(&self, mode: LockFlags) -> std::borrow::Cow<'_, Self> {
+        // Invalid configured flags are `acquire`'s error to report.
+        let wanted_shared = mode == LockFlags::SHARED;
+        match self.engine.opts.mode() {
+            Ok(crate::flags::Mode::Shared) if wanted_shared => {
+                return std::borrow::Cow::Borrowed(self)
+            }
+            Ok(crate::flags::Mode::Exclusive) if !wanted_shared => {
+                return std::borrow::Cow::Borrowed(self)
+            }
+            Err(_) => return std::borrow::Cow::Borrowed(self),
+            Ok(_) => {}
+        }
+        let engine = self
+            .engine
+            .other_mode
+            .get_or_init(|| {
+                let mut opts = self.engine.opts;
+                opts.flags = mode | LockFlags::NON_BLOCKING;
+                Arc::new(Engine::new(self.engine.path.clone(), opts, self.engine.reuse()))
+            })
+            .clone();
+        std::borrow::Cow::Owned(Self { engine })
+    }
+
     /// `acquire` with the given waiting options.
     pub(crate) async fn acquire_with(&self, w: WaitOptions) -> Result<LockGuard> {
         self.acquire_since(None, w.timeout, w.fail_when_locked)

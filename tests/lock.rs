@@ -707,3 +707,52 @@ fn one_blocking_thread() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// `read()` and `write()` take one lock file shared or exclusive whatever
+/// the `Lock`'s configured flags: readers share (with a shared holder in
+/// another process too), a writer excludes them and is excluded by them,
+/// a dropped `read()` future holds nothing, and alternating modes keeps
+/// one descriptor per mode, not one per call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_and_write_share_and_exclude() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("rw.lock");
+    let lock = Lock::new(&path).timeout(Duration::from_millis(200));
+    let (a, b) = (lock.read().await.unwrap(), lock.read().await.unwrap());
+    assert!(lock.try_write().await.unwrap_err().is_already_locked());
+    assert!(lock.try_acquire().await.unwrap_err().is_already_locked());
+    drop((a, b));
+    let w = lock.write().await.unwrap();
+    assert!(lock.try_read().await.unwrap_err().is_already_locked());
+    drop(w);
+    for _ in 0..100 {
+        drop(lock.read().await.unwrap());
+        drop(lock.write().await.unwrap());
+    }
+    #[cfg(target_os = "linux")]
+    assert!(support::open_count(&path) <= 2, "{}", support::open_count(&path));
+
+    // Another process's shared holder shares with read(), not write().
+    let p = path.to_str().unwrap();
+    let mut reader = Proc::role("child_entry", "hold", &[p, "sh"]);
+    reader.expect("LOCKED");
+    let r = lock.try_read().await.unwrap();
+    assert!(lock.try_write().await.unwrap_err().is_already_locked());
+    drop(r);
+    reader.finish();
+
+    // Another process's exclusive holder: a read() dropped while waiting
+    // leaves nothing held once the holder is gone.
+    let mut writer = Proc::role("child_entry", "hold", &[p]);
+    writer.expect("LOCKED");
+    let waited = tokio::time::timeout(Duration::from_millis(50), lock.read()).await;
+    assert!(waited.is_err() || waited.unwrap().unwrap_err().is_already_locked());
+    writer.finish();
+    drop(lock.try_write().await.unwrap());
+
+    // A shared-configured lock writes through write() too.
+    let shared = Lock::new(&path).flags(LockFlags::SHARED);
+    let w = shared.write().await.unwrap();
+    assert!(shared.try_read().await.unwrap_err().is_already_locked());
+    drop(w);
+}
