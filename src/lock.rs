@@ -379,7 +379,11 @@ impl Lock {
             .get_or_init(|| {
                 let mut opts = self.engine.opts;
                 opts.flags = mode | LockFlags::NON_BLOCKING;
-                Arc::new(Engine::new(self.engine.path.clone(), opts, self.engine.reuse()))
+                Arc::new(Engine::new(
+                    self.engine.path.clone(),
+                    opts,
+                    self.engine.reuse(),
+                ))
             })
             .clone();
         std::borrow::Cow::Owned(Self { engine })

@@ -730,7 +730,11 @@ async fn read_and_write_share_and_exclude() {
         drop(lock.write().await.unwrap());
     }
     #[cfg(target_os = "linux")]
-    assert!(support::open_count(&path) <= 2, "{}", support::open_count(&path));
+    assert!(
+        support::open_count(&path) <= 2,
+        "{}",
+        support::open_count(&path)
+    );
 
     // Another process's shared holder shares with read(), not write().
     let p = path.to_str().unwrap();

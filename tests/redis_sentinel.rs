@@ -142,15 +142,11 @@ async fn a_lock_through_sentinel_survives_the_primary_s_death() {
         (Instant::now(), g)
     });
     // The waiter waits on the primary (subscribed to the side channel).
-    let mut waiting = false;
-    for _ in 0..2000 {
-        if primary.numsub("fo portalocker-released").await >= 1 {
-            waiting = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(waiting, "the waiter never waited");
+    assert_eq!(
+        primary.numsub_settled("fo portalocker-released", 1).await,
+        1,
+        "the waiter never waited"
+    );
 
     primary.kill();
     let lost = tokio::time::timeout(Duration::from_secs(30), holder.lost()).await;

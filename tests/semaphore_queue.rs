@@ -160,17 +160,22 @@ fn assert_queue_order(log: &Path, n: usize) {
     assert!(waiting.is_empty(), "never granted: {waiting:?}");
 }
 
+/// A runtime, and the one slot of the test's semaphore held through it.
+fn held_slot(dir: &Path) -> (tokio::runtime::Runtime, portalocker::BoundedSemaphorePermit) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let held = rt.block_on(semaphore(dir).acquire()).unwrap();
+    (rt, held)
+}
+
 #[test]
 fn waiters_of_other_processes_are_woken_a_few_at_a_time_in_the_order_they_came() {
     const N: usize = 16;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("sections");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let sem = semaphore(dir.path());
-    let held = rt.block_on(sem.acquire()).unwrap();
+    let (rt, held) = held_slot(dir.path());
     let waiters = start_waiters(dir.path(), &log, N);
     let places: Vec<&str> = waiters.iter().map(|(_, p)| p.as_str()).collect();
     assert_eq!(places[0], "first");
@@ -195,12 +200,7 @@ fn waiters_of_other_processes_are_woken_a_few_at_a_time_in_the_order_they_came()
 fn a_stopped_first_waiter_does_not_hold_up_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("sections");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let sem = semaphore(dir.path());
-    let held = rt.block_on(sem.acquire()).unwrap();
+    let (rt, held) = held_slot(dir.path());
     let mut waiters = start_waiters(dir.path(), &log, 2);
     waiters[0].0.signal("STOP");
     rt.block_on(held.release()).unwrap();
