@@ -1325,7 +1325,7 @@ async fn fencing_tokens_wait_for_the_replicas() {
     guard.release().await.unwrap();
 }
 
-/// The ACL line in `docs/redis.md` (channels `jobs`, `jobs-*` and the side
+/// The ACL line in `docs/redis-permissions.md` (channels `jobs`, `jobs-*` and the side
 /// channel; keys `jobs-fence` and the queue's; the commands listed) is all
 /// a contended, fenced, queued lock needs: two users of it take turns,
 /// the waiter queued server-side and listening on the side channel, with
@@ -1335,13 +1335,13 @@ async fn fencing_tokens_wait_for_the_replicas() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_documented_acl_is_enough_and_a_missing_channel_is_named() {
     let doc = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/redis.md"),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/redis-permissions.md"),
     )
     .unwrap();
     let line = doc
         .lines()
         .find(|l| l.starts_with("ACL SETUSER locker "))
-        .expect("docs/redis.md has the ACL line");
+        .expect("docs/redis-permissions.md has the ACL line");
     // Shell-like words: a quoted rule is one argument.
     let mut words: Vec<String> = Vec::new();
     for (i, part) in line.split('"').enumerate() {

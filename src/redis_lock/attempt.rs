@@ -638,8 +638,8 @@ pub(super) enum AttemptError {
 pub(super) fn channel_refused(e: RedisError, channel: &str, what: &str) -> Error {
     Error::new(ErrorKind::Redis, OP)
         .with_reason(format!(
-            "the Redis user may not use the channel {channel:?}, {what} (the README lists \
-             every channel, key and command the lock needs): {e}"
+            "the Redis user may not use the channel {channel:?}, {what} (docs/redis-permissions.md \
+             lists every channel, key and command the lock needs): {e}"
         ))
         .with_source(e)
 }

@@ -148,8 +148,8 @@ pub(crate) const OP: &str = "failed to acquire Redis lock";
 /// # Permissions
 ///
 /// The channels, keys and commands the lock uses, and an ACL user with
-/// exactly those, are listed in the crate's `docs/redis.md` ("What the
-/// lock needs from Redis"). A refused channel is named in the error.
+/// exactly those, are listed in the crate's `docs/redis-permissions.md`.
+/// A refused channel is named in the error.
 ///
 /// # Examples
 ///
