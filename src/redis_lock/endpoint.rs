@@ -51,7 +51,7 @@ impl Endpoint {
     pub(super) fn fixed(client: redis::Client) -> Self {
         let name = client.get_connection_info().addr().to_string();
         Self {
-            current: Mutex::new(Some(client)),
+            current: Mutex::new(Some(nodelay(client))),
             sentinel: None,
             name,
         }
@@ -149,7 +149,7 @@ impl Endpoint {
         // concerned (a failover in progress, sentinels restarting): an
         // I/O error, which costs an attempt. `knows_service` tells a wrong
         // name apart at the start.
-        let client = asked.map_err(|e| {
+        let client = asked.map(nodelay).map_err(|e| {
             RedisError::from(std::io::Error::new(
                 std::io::ErrorKind::NotConnected,
                 format!("{}: no primary named now ({e})", self.name),
@@ -192,6 +192,18 @@ impl Endpoint {
             s.stale.store(true, Ordering::Release);
         }
     }
+}
+
+/// `client` with `TCP_NODELAY` on the connections it opens (redis-rs's
+/// default is off). The lock writes small commands back to back on one
+/// connection; with Nagle's algorithm a second one waits for the
+/// acknowledgement of the first, which the server delays (up to 40 ms)
+/// when it has nothing to send yet: behind a 1 ms link that made an
+/// uncontended acquire + release take 42 ms instead of a few.
+fn nodelay(client: redis::Client) -> redis::Client {
+    let info = client.get_connection_info().clone();
+    let tcp = info.tcp_settings().clone().set_nodelay(true);
+    redis::Client::open(info.set_tcp_settings(tcp)).unwrap_or(client)
 }
 
 /// Parses `redis+sentinel://[USER:PASSWORD@]HOST:PORT[,HOST:PORT…]/SERVICE[/DB]`

@@ -1050,6 +1050,16 @@ pub struct Proxy {
 #[cfg(all(feature = "redis", unix))]
 impl Proxy {
     pub async fn start(target: u16) -> Self {
+        Self::start_with(target, true).await
+    }
+
+    /// A proxy that passes a close on, as a router does (for benches that
+    /// measure a slow link, where half-open leftovers would be ghosts).
+    pub async fn start_relay(target: u16) -> Self {
+        Self::start_with(target, false).await
+    }
+
+    async fn start_with(target: u16, half_open: bool) -> Self {
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
         use std::sync::{Arc, Mutex};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1064,6 +1074,10 @@ impl Proxy {
                 let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
                     continue;
                 };
+                // As a router would: no Nagle delay of its own (it would
+                // meet the peers' delayed ACKs and add 40 ms stalls).
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
                 for (mut r, mut w) in [
@@ -1088,8 +1102,11 @@ impl Proxy {
                                 break;
                             }
                         }
-                        // Keep the other half open: half-open, not closed.
-                        std::future::pending::<()>().await;
+                        if half_open {
+                            // Keep the other half open: half-open, not closed.
+                            std::future::pending::<()>().await;
+                        }
+                        let _ = w.shutdown().await;
                     }));
                 }
             }
