@@ -107,7 +107,19 @@ pub struct Proc {
 impl Proc {
     fn start(mut cmd: Command) -> Self {
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
+        // A binary just copied (`role_as_nobody`) can be "busy" for a
+        // moment: a child another test thread forked meanwhile holds the
+        // copy's write descriptor until it execs. That passes; retry.
+        let mut tries = 0;
+        let mut child = loop {
+            match cmd.spawn() {
+                Err(e) if e.raw_os_error() == Some(26) && tries < 200 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                r => break r.unwrap(),
+            }
+        };
         let stdout = BufReader::new(child.stdout.take().unwrap());
         let stdin = child.stdin.take();
         Self {
