@@ -142,3 +142,6 @@ RUSTFLAGS="--cfg portalocker_portable" cargo test --all-features --target-dir ta
 say "cargo test --target x86_64-pc-windows-gnu (under Wine)"
 CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER="$PWD/scripts/wine/run.sh" \
   cargo test --target x86_64-pc-windows-gnu --lib --tests
+say "cargo test -p portalocker-cli --target x86_64-pc-windows-gnu (under Wine: the job-object tie)"
+CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER="$PWD/scripts/wine/run.sh" \
+  cargo test -p portalocker-cli --target x86_64-pc-windows-gnu --test windows

@@ -68,8 +68,51 @@ pub(crate) fn supervised(_args: &[OsString]) -> ExitCode {
     ExitCode::from(EXIT_USAGE)
 }
 
-/// Whether commands can be tied to this program's life here.
+/// Whether commands can be tied to this program's life here through the
+/// re-executed intermediate (Windows ties them with a job object instead:
+/// [`kill_with_me`]).
 pub(crate) const CAN_TIE: bool = cfg!(any(target_os = "linux", target_os = "freebsd"));
+
+/// Windows: puts this process in a job that kills every process in it
+/// when its last handle closes — this process's, when it ends however it
+/// ends (`TerminateProcess`, a crash). Processes started afterwards join
+/// the job, so a command whose lock cannot outlive this program (on
+/// Windows no lock passes to the command) never runs on without it. The
+/// handle is kept open for this process's life on purpose.
+#[cfg(windows)]
+fn kill_with_me() -> std::io::Result<()> {
+    use windows_sys::Win32::System::JobObjects::{
+        AssignProcessToJobObject, CreateJobObjectW, JobObjectExtendedLimitInformation,
+        SetInformationJobObject, JOBOBJECT_EXTENDED_LIMIT_INFORMATION,
+        JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE,
+    };
+    use windows_sys::Win32::System::Threading::GetCurrentProcess;
+    static DONE: std::sync::OnceLock<Result<(), std::io::ErrorKind>> = std::sync::OnceLock::new();
+    let r = DONE.get_or_init(|| {
+        // SAFETY: plain Win32 calls on a handle this function creates and
+        // never closes, with a zeroed structure of the documented type and
+        // its exact size; every result is checked.
+        unsafe {
+            let job = CreateJobObjectW(std::ptr::null(), std::ptr::null());
+            if job.is_null() {
+                return Err(std::io::Error::last_os_error().kind());
+            }
+            let mut info: JOBOBJECT_EXTENDED_LIMIT_INFORMATION = std::mem::zeroed();
+            info.BasicLimitInformation.LimitFlags = JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE;
+            let set = SetInformationJobObject(
+                job,
+                JobObjectExtendedLimitInformation,
+                std::ptr::addr_of!(info).cast(),
+                std::mem::size_of::<JOBOBJECT_EXTENDED_LIMIT_INFORMATION>() as u32,
+            );
+            if set == 0 || AssignProcessToJobObject(job, GetCurrentProcess()) == 0 {
+                return Err(std::io::Error::last_os_error().kind());
+            }
+        }
+        Ok(())
+    });
+    r.map_err(std::io::Error::from)
+}
 
 /// Runs the command under supervision; returns the exit code to report:
 /// the command's, or 128 + the signal that killed it.
@@ -119,6 +162,15 @@ pub(crate) async fn run<L: Future<Output = ()>>(
     #[cfg(unix)]
     if !interactive {
         cmd.process_group(0);
+    }
+    #[cfg(windows)]
+    if tie {
+        if let Err(e) = kill_with_me() {
+            say(format!(
+                "cannot tie the command to this program (a job object: {e}); if this program is \
+                 killed, the command runs on without the lock"
+            ));
+        }
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
