@@ -269,6 +269,7 @@ impl RedisLock {
     /// )
     /// .unwrap();
     /// let lock = RedisLock::with_sentinel("nightly", sentinels);
+    /// # drop(lock);
     /// ```
     pub fn with_sentinel(
         channel: impl Into<String>,
@@ -309,6 +310,7 @@ impl RedisLock {
     ///         portalocker::redis::Client::open("redis://10.0.0.1:6379/")
     ///     })
     /// });
+    /// # drop(lock);
     /// ```
     pub fn with_client_factory<F>(channel: impl Into<String>, factory: F) -> Self
     where
@@ -352,6 +354,7 @@ impl RedisLock {
     /// )
     /// .unwrap();
     /// assert!(RedisLock::from_url("jobs", "redis+sentinel://10.0.0.1:26379").is_err());
+    /// # drop((direct, followed));
     /// ```
     pub fn from_url(channel: impl Into<String>, url: &str) -> Result<Self> {
         if url.starts_with("redis+sentinel://") || url.starts_with("rediss+sentinel://") {
