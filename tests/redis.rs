@@ -1483,3 +1483,30 @@ async fn a_client_factory_is_asked_again_when_the_server_goes() {
         .expect_err("granted without a server");
     assert!(e.to_string().contains("no server registered"), "{e}");
 }
+
+/// `holders()` names the holder as the server lists it (its id and client
+/// address), and nobody once it released; futures of it dropped at any
+/// point leave nothing behind (the next call answers the same).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holders_are_listed_and_dropped_calls_leave_nothing() {
+    let srv = RedisServer::start();
+    let lock = RedisLock::new("who", srv.client());
+    assert!(lock.holders().await.unwrap().is_empty());
+    let guard = RedisLock::new("who", srv.other_client())
+        .acquire()
+        .await
+        .unwrap();
+    for i in 0..50u64 {
+        let _ = tokio::time::timeout(Duration::from_micros(i * 20), lock.holders()).await;
+    }
+    let holders = lock.holders().await.unwrap();
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    assert_eq!(holders[0].id, guard.holder_id());
+    assert!(holders[0].addr.starts_with("127.0.0."), "{holders:?}");
+    assert_eq!(
+        holders[0].to_string(),
+        format!("holder {} client {}", holders[0].id, holders[0].addr)
+    );
+    guard.release().await.unwrap();
+    assert!(lock.holders().await.unwrap().is_empty());
+}
