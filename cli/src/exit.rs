@@ -29,6 +29,22 @@ pub(crate) fn say(msg: impl std::fmt::Display) {
 /// `-q`: nothing on standard error when the lock is busy.
 pub(crate) static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// What to do about a busy lock: wait (longer, if a timeout was given),
+/// or see who holds it (`who`: the command that tells).
+pub(crate) fn busy_hint(wait: &crate::args::WaitArgs, who: Option<String>) -> String {
+    let wait = match wait.timeout {
+        Some(t) if !wait.nonblock => format!(
+            "it stayed busy for {}; give a longer --timeout",
+            crate::progress::human(t)
+        ),
+        _ => "wait for it with --timeout SECONDS".to_string(),
+    };
+    match who {
+        Some(cmd) => format!("{wait}, or see who holds it: {cmd}"),
+        None => wait,
+    }
+}
+
 pub(crate) fn failed(what: &str, e: &Error, busy_code: u8, hint: &str) -> Outcome {
     if e.is_already_locked() {
         if !QUIET.load(std::sync::atomic::Ordering::Relaxed) {

@@ -146,6 +146,7 @@ fn two_clis_exclude_each_other_and_exit_codes_pass_through() {
         "names the holder: {err}"
     );
     assert!(err.contains("portalocker who"), "says what to do: {err}");
+    assert!(err.contains("--timeout SECONDS"), "no timeout given: {err}");
     let (code, _, _) = cli(&["lock", "-n", "-E", "42", ps, "--", "true"]);
     assert_eq!(code, 42, "-E sets the busy code");
     let (code, _, err) = cli(&["lock", "--timeout", "0.2", ps, "--", "true"]);
@@ -153,6 +154,10 @@ fn two_clis_exclude_each_other_and_exit_codes_pass_through() {
     assert!(
         err.contains("(waited 200 ms)"),
         "durations are rounded: {err}"
+    );
+    assert!(
+        err.contains("give a longer --timeout") && !err.contains("--timeout SECONDS"),
+        "a timeout was given: do not suggest one: {err}"
     );
     let (_, _, err) = cli(&["lock", "--timeout", "0.000435066", ps, "--", "true"]);
     assert!(

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use portalocker::{Lock, LockFlags};
 
 use crate::args::LockArgs;
-use crate::exit::{failed, say, Outcome, EXIT_FAILED, EXIT_LOST, EXIT_USAGE};
+use crate::exit::{busy_hint, failed, say, Outcome, EXIT_FAILED, EXIT_LOST, EXIT_USAGE};
 use crate::progress::{file_holder, human, waiting};
 use crate::supervise::{run, run_plain};
 use crate::timeout_of;
@@ -34,9 +34,7 @@ pub(crate) async fn lock(
     let guard = match r {
         Ok(g) => g,
         Err(e) => {
-            let hint = format!(
-                "wait for it with --timeout SECONDS, or see who holds it: portalocker who {what}"
-            );
+            let hint = busy_hint(&a.wait, Some(format!("portalocker who {what}")));
             return failed(&what, &e, a.wait.conflict_exit_code, &hint);
         }
     };
@@ -177,8 +175,8 @@ pub(crate) fn lock_descriptor(a: &LockArgs, fd: u32, verbose: bool) -> Outcome {
                 pause = (pause * 2).min(Duration::from_millis(100));
             }
             Err(e) => {
-                let hint = "wait for it with --timeout SECONDS";
-                return failed(&what, &e, a.wait.conflict_exit_code, hint);
+                let hint = busy_hint(&a.wait, None);
+                return failed(&what, &e, a.wait.conflict_exit_code, &hint);
             }
         }
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use portalocker::{LockFlags, RedisLock};
 
 use crate::args::RedisArgs;
-use crate::exit::{failed, say, Outcome, EXIT_FAILED, EXIT_LOST, EXIT_USAGE};
+use crate::exit::{busy_hint, failed, say, Outcome, EXIT_FAILED, EXIT_LOST, EXIT_USAGE};
 use crate::progress::{human, waiting};
 use crate::supervise::run;
 use crate::timeout_of;
@@ -52,10 +52,8 @@ pub(crate) async fn redis_lock(a: RedisArgs, verbose: bool) -> Outcome {
     let guard = match r {
         Ok(g) => g,
         Err(e) => {
-            let hint = format!(
-                "wait with --timeout SECONDS, or see who holds it: portalocker who --redis {} {}",
-                a.url, a.channel
-            );
+            let who = format!("portalocker who --redis {} {}", a.url, a.channel);
+            let hint = busy_hint(&a.wait, Some(who));
             return failed(&what, &e, a.wait.conflict_exit_code, &hint);
         }
     };

@@ -3,7 +3,7 @@
 use portalocker::BoundedSemaphore;
 
 use crate::args::SemaphoreArgs;
-use crate::exit::{failed, say, Outcome};
+use crate::exit::{busy_hint, failed, say, Outcome};
 use crate::progress::{human, waiting};
 use crate::supervise::run_plain;
 use crate::timeout_of;
@@ -30,7 +30,7 @@ pub(crate) async fn semaphore(a: SemaphoreArgs, verbose: bool) -> Outcome {
                 &what,
                 &e,
                 a.wait.conflict_exit_code,
-                "wait with --timeout SECONDS",
+                &busy_hint(&a.wait, None),
             );
         }
     };
