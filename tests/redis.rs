@@ -1371,18 +1371,26 @@ async fn the_documented_acl_is_enough_and_a_missing_channel_is_named() {
         .fencing(true)
         .timeout(Duration::from_secs(30));
     let waiter = tokio::spawn(async move { second.acquire().await });
-    // Waiting as designed: in the server-side queue, on the side channel.
-    let mut seen = (0, 0);
+    // Waiting as designed: in the server-side queue (kept by the whole
+    // script: its last steps set the expiry), on the side channel, and
+    // watching the replies to pings (a pattern subscription).
+    let mut seen = (0, 0, false, 0);
     for _ in 0..2000 {
         let q: u64 = srv.cmd(&["ZCARD", "jobs portalocker-queue"]).await;
         let side = srv.numsub("jobs portalocker-released").await;
-        seen = (q, side);
-        if q >= 1 && side >= 1 {
+        let ttl: i64 = srv.cmd(&["PTTL", "jobs portalocker-queue"]).await;
+        let patterns: u64 = srv.cmd(&["PUBSUB", "NUMPAT"]).await;
+        seen = (q, side, ttl > 0, patterns);
+        if seen == (1, 1, true, 1) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(seen, (1, 1), "(queued, side-channel subscribers)");
+    assert_eq!(
+        seen,
+        (1, 1, true, 1),
+        "(queued, side-channel subscribers, queue kept, patterns watched)"
+    );
     holder.release().await.unwrap();
     let second = waiter.await.unwrap().unwrap();
     assert_eq!(second.fence_token(), Some(2));

@@ -126,3 +126,79 @@ async fn mixed_rust_and_python_workers_never_lose_an_update() {
         "every exclusive grant, Rust or Python, drew one token"
     );
 }
+
+/// Python waits for the lock (its default check interval), then holds it
+/// for 50 ms. Prints `@@WAITING`, then `@@GOT <ns since the epoch>`.
+fn py_wait() -> String {
+    format!(
+        "{PY_COMMON}
+lock = portalocker.RedisLock(channel, connection=conn, timeout=30, interrupt_on_lost=False)
+print('@@WAITING', flush=True)
+lock.acquire()
+print('@@GOT', time.time_ns(), flush=True)
+time.sleep(0.05)
+lock.release()
+"
+    )
+}
+
+/// The members of the channel's server-side queue, first first.
+async fn queue(srv: &RedisServer, channel: &str) -> Vec<String> {
+    srv.cmd(&["ZRANGE", &format!("{channel} portalocker-queue"), "0", "-1"])
+        .await
+}
+
+/// A Python writer that waits is seen (its replies to the holder's pings
+/// are watched) and given a place in the queue; a writer of this crate that
+/// comes later waits behind it, though it would otherwise move the moment
+/// the lock is free and take it long before Python's next poll. (Before,
+/// Python peers had no place and were served only when no writer of this
+/// crate waited.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_python_writer_keeps_its_place_ahead_of_later_rust_writers() {
+    let srv = RedisServer::start();
+    let url = srv.url();
+    let holder = RedisLock::new("order", srv.client())
+        .acquire()
+        .await
+        .unwrap();
+    let mut py = Proc::python(&py_wait(), &[&url, "order"]);
+    py.expect("WAITING");
+    let mut q = Vec::new();
+    for _ in 0..3000 {
+        q = queue(&srv, "order").await;
+        if q.iter().any(|m| m.starts_with("foreign:")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        q.len() == 1 && q[0].starts_with("foreign:"),
+        "the Python waiter has no place: {q:?}"
+    );
+    // Another client address: another process as far as the lock knows.
+    let later = RedisLock::new("order", srv.other_client()).timeout(Duration::from_secs(30));
+    let rust = tokio::spawn(async move {
+        let g = later.acquire().await.unwrap();
+        let at = support::epoch_ns();
+        g.release().await.unwrap();
+        at
+    });
+    for _ in 0..3000 {
+        q = queue(&srv, "order").await;
+        if q.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(q.len() == 2 && q[0].starts_with("foreign:"), "{q:?}");
+    holder.release().await.unwrap();
+    let python_at: u128 = py.expect("GOT").parse().unwrap();
+    let rust_at = rust.await.unwrap();
+    assert!(
+        python_at < rust_at,
+        "the later Rust writer was served first ({} ms before Python)",
+        (python_at - rust_at) / 1_000_000
+    );
+    py.finish();
+}

@@ -50,6 +50,10 @@ pub(super) struct Attempt<'a> {
     /// This call's deadline (bounds the wait for replicas to acknowledge
     /// a fencing token).
     deadline: Instant,
+    /// Whether this acquisition keeps a place in the server-side queue (a
+    /// writer that may wait): then, when it finds a foreign holder, it
+    /// stands (below) instead of leaving.
+    queued: bool,
 }
 
 impl<'a> Attempt<'a> {
@@ -72,12 +76,14 @@ impl<'a> Attempt<'a> {
             last_error: None,
             crowd: 1,
             seen_holder: None,
+            queued: writer && !wait.fail_when_locked,
         }
     }
 
     /// Subscribers of the channel that are this acquisition's: 1 while it
     /// keeps a live subscription between attempts (an elected writer
-    /// waiting for readers to leave), else 0.
+    /// waiting for readers to leave, or first in the queue standing behind
+    /// a foreign holder), else 0.
     pub(super) fn own_subscribers(&self) -> usize {
         usize::from(
             self.sub
@@ -249,6 +255,9 @@ impl<'a> Attempt<'a> {
         // C. Count, then probe and decide.
         let n = numsub(&mut cmd, &channel).await?;
         self.crowd = n.saturating_sub(1).max(1);
+        // A foreign exclusive holder (one that does not queue: a Python
+        // peer) seen by this attempt's probe.
+        let mut foreign_holder = false;
         let resolution = if n == 1 {
             self.reached_server = true;
             if self.writer {
@@ -263,6 +272,10 @@ impl<'a> Attempt<'a> {
             if let Some(p) = &probe {
                 let other = p.holders.iter().find(|h| h.id != id && !h.id.is_empty());
                 self.seen_holder = other.map(|h| h.id.clone());
+                foreign_holder = p
+                    .holders
+                    .iter()
+                    .any(|h| h.id != id && h.mode == HolderMode::Exclusive && !h.queues);
             }
             let me = Me {
                 id: &id,
@@ -290,6 +303,19 @@ impl<'a> Attempt<'a> {
                 if elect {
                     self.state.set_mode(HolderMode::Pending, true);
                 }
+                return Ok(None);
+            }
+            Resolution::GiveUp { conclusive: true }
+                if foreign_holder && self.queued && self.lock.local.queues() =>
+            {
+                // Stand: stay subscribed as a writer that won an election
+                // (Python's record for one waiting for readers to leave),
+                // so that a foreign holder that releases and at once asks
+                // again (Python asks again without a pause) defers to this
+                // waiter, which is first in the queue, instead of taking
+                // the lock back; Python peers that poll defer too. This
+                // waiter takes the lock the moment the channel frees.
+                self.state.set_mode(HolderMode::Pending, true);
                 return Ok(None);
             }
             Resolution::GiveUp { conclusive } => {
@@ -463,6 +489,7 @@ impl<'a> Attempt<'a> {
                 client: client.clone(),
                 unavailable: cfg.unavailable_timeout,
                 self_check: cfg.self_check,
+                local: self.lock.local.clone(),
             },
         ))
     }

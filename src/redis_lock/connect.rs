@@ -48,7 +48,8 @@ pub(super) enum SubSink {
     Resp3(MultiplexedConnection),
 }
 
-/// The receiving half: the messages of the subscribed channel.
+/// The receiving half: the messages of the subscribed channel and of the
+/// subscribed patterns.
 pub(super) enum SubStream {
     Resp2(PubSubStream),
     Resp3(UnboundedReceiver<PushInfo>),
@@ -82,6 +83,14 @@ impl SubSink {
         }
     }
 
+    /// Subscribes to a pattern, returning once the server confirmed.
+    pub(super) async fn psubscribe(&mut self, pattern: &str) -> RedisResult<()> {
+        match self {
+            Self::Resp2(sink) => sink.psubscribe(pattern).await,
+            Self::Resp3(con) => con.psubscribe(pattern).await,
+        }
+    }
+
     /// Unsubscribes, returning once the server confirmed.
     pub(super) async fn unsubscribe(&mut self, channel: &str) -> RedisResult<()> {
         match self {
@@ -109,6 +118,16 @@ impl SubStream {
                 match push.kind {
                     PushKind::Message => {
                         if let [Value::BulkString(ch), Value::BulkString(payload)] =
+                            push.data.as_slice()
+                        {
+                            return Some((
+                                String::from_utf8_lossy(ch).into_owned(),
+                                payload.clone(),
+                            ));
+                        }
+                    }
+                    PushKind::PMessage => {
+                        if let [_, Value::BulkString(ch), Value::BulkString(payload)] =
                             push.data.as_slice()
                         {
                             return Some((

@@ -168,6 +168,9 @@ pub(super) struct Options {
     pub(super) client: redis::Client,
     pub(super) unavailable: Duration,
     pub(super) self_check: Option<Duration>,
+    /// This process's queue for the channel: foreign contenders seen in
+    /// the replies to pings are told to the server-side queue through it.
+    pub(super) local: Arc<super::waiting::LocalQueue>,
 }
 
 /// How long a holder keeps waiting for its server's answer to a ping when
@@ -291,11 +294,28 @@ async fn run(
     let mut cmd_check: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
     let mut self_check: Option<Check> = None;
     let mut unsubscribe: Option<Check> = None;
+    // The replies to pings of the channel, for foreign contenders (as the
+    // waiters of this crate watch them): a holder that is about to acquire
+    // again must not jump ahead of a Python peer that waits.
+    let mut watch: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = {
+        let mut sink = sink.clone();
+        let channel = shared.channel.clone();
+        let within = every;
+        Some(Box::pin(async move {
+            let _ =
+                tokio::time::timeout(within, super::waiting::watch_replies(&mut sink, &channel))
+                    .await;
+        }))
+    };
     let why = loop {
         tokio::select! {
+            () = async { watch.as_mut().expect("guarded").await }, if watch.is_some() => {
+                watch = None;
+            }
             msg = stream.next() => match msg {
                 Some((channel, payload)) => {
                     if channel != shared.channel {
+                        let _ = s.local.note_reply(&s.cmd, &shared.channel, &channel, &payload);
                         continue;
                     }
                     let Some(response) = protocol::ping_response_channel(&payload) else {

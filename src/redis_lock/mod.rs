@@ -29,7 +29,7 @@ use self::attempt::Attempt;
 use self::command::CommandSlot;
 use self::keep_alive::{HolderState, LossCallback};
 use self::protocol::HolderMode;
-use self::waiting::{LocalQueue, Waiter};
+use self::waiting::{LocalQueue, Next, Waiter};
 use crate::error::{Error, Result};
 use crate::flags::{LockFlags, Mode, Operation};
 use crate::options::{acquire_variants, wait_setters, WaitOptions, Waiting};
@@ -89,11 +89,23 @@ pub(crate) const OP: &str = "failed to acquire Redis lock";
 ///   crate says so on the side channel `"<channel> portalocker-released"`,
 ///   so the first waiter moves at once. Both names contain a space and so
 ///   can never be a lock channel: nothing but pings and replies is ever
-///   published on one. Python peers do not queue; to meet them, and to reap
-///   a holder that went silent, the first waiter also attempts after
-///   `check_interval × U[0.5, 1.5)` while the channel stays busy, the pause
-///   doubling after each busy attempt up to 1 s (or `check_interval`, if
-///   longer).
+///   published on one. To reap a holder that went silent, the first
+///   waiter also attempts after `check_interval × U[0.5, 1.5)` while the
+///   channel stays busy, the pause doubling after each busy attempt up to
+///   1 s (or `check_interval`, if longer).
+/// * **Places for Python peers.** Python writers poll and do not queue.
+///   Waiters and holders of this crate watch the replies to pings (the
+///   pattern `<channel>-*`); a waiting writer whose reply does not say
+///   `"queues": true` (this crate's replies do; Python ignores the key) gets
+///   a place in the queue, kept while it is seen waiting at least every 2 s,
+///   and gives it up when it is seen holding. This crate's waiters behind
+///   such a place leave the channel free for it. The first of them, when it
+///   meets a Python holder, stays subscribed as an elected writer (its
+///   holder id begins with `fff`, so a holder that is still confirming its
+///   promotion ignores it): the Python holder, which asks again the moment
+///   it releases, then defers to it instead of taking the lock back. Python
+///   peers do not queue among themselves: whichever polls first when a
+///   Python place comes up takes it (and hands its own place on).
 /// * A server that refuses scripts (an ACL without `@scripting`): there is
 ///   no queue, and every waiter watches the count and, when the channel is
 ///   free, attempts after a random delay that widens while it keeps losing.
@@ -193,6 +205,23 @@ struct Options {
     fence_replicas: FenceReplicas,
     self_check: Option<Duration>,
     on_lost: Option<LossCallback>,
+}
+
+/// A fresh holder id: 32 lowercase hex digits, unguessable. A writer's
+/// begins with `fff`, so that it sorts after (nearly) every Python id
+/// (uuid4 hex): a writer of this crate that stands first in the queue
+/// behind a Python holder is then a pending record with a higher id, which
+/// the holder's confirmation ignores, while its election (which Python
+/// writers defer to) keeps the others out. In an election between a fresh
+/// writer of this crate and a Python writer the lower id wins, so Python's
+/// writer; the queue gives this crate's writers their turns instead.
+fn holder_id(writer: bool) -> String {
+    let id = crate::util::unguessable_hex32();
+    if writer {
+        format!("fff{}", &id[3..])
+    } else {
+        id
+    }
 }
 
 /// A holder of a Redis lock as the server lists it
@@ -654,7 +683,7 @@ impl RedisLock {
                 ..
             })
         );
-        let id = crate::util::unguessable_hex32();
+        let id = holder_id(writer);
         let state = Arc::new(HolderState::new(
             self.cfg.channel.clone(),
             id,
@@ -698,7 +727,7 @@ impl RedisLock {
         loop {
             if go {
                 if let Some(mut guard) = attempt.run().await? {
-                    waiter.leave().await;
+                    waiter.leave(true).await;
                     guard.set_waited(start.elapsed());
                     if writer {
                         turn.held_by(guard.holder_id());
@@ -708,12 +737,15 @@ impl RedisLock {
                 }
                 waiter.lost_attempt();
             }
-            if once || !waiter.next(deadline, attempt.own_subscribers()).await {
+            if once {
                 break;
             }
-            go = true;
+            match waiter.next(deadline, attempt.own_subscribers()).await {
+                Next::Attempt => go = true,
+                Next::Deadline => break,
+            }
         }
-        waiter.leave().await;
+        waiter.leave(false).await;
         Err(attempt.timed_out().await)
     }
 

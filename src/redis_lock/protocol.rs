@@ -44,6 +44,8 @@ pub(crate) struct Holder {
     pub(crate) legacy: bool,
     /// `None` for pre-4.2 peers (and legacy holders).
     pub(crate) elected: Option<bool>,
+    /// A contender of this crate, which keeps its own place in the queue.
+    pub(crate) queues: bool,
 }
 
 /// What a server said it is (the reply to `ROLE`).
@@ -146,13 +148,66 @@ pub(crate) fn ping(response_channel: &str) -> String {
     )
 }
 
-/// A reply record, byte for byte as Python writes it.
+/// A reply record: Python's keys, in Python's order and spacing, and then
+/// `"queues": true`, which tells this crate's waiters that the replying
+/// contender keeps its own place in the server-side queue (Python ignores
+/// keys it does not know).
 pub(crate) fn reply(id: &str, mode: HolderMode, elected: bool) -> String {
     format!(
-        "{{\"holder_id\": {}, \"mode\": \"{}\", \"protocol\": {PROTOCOL}, \"elected\": {elected}}}",
+        "{{\"holder_id\": {}, \"mode\": \"{}\", \"protocol\": {PROTOCOL}, \"elected\": {elected}, \"{QUEUES}\": true}}",
         Value::from(id),
         mode.as_str()
     )
+}
+
+/// The key by which a reply says that its contender queues itself.
+const QUEUES: &str = "queues";
+
+/// What a reply says about a contender that does not queue itself (a
+/// Python peer, or any other implementation of the protocol): its id and
+/// whether it is waiting for the lock as a writer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Foreign {
+    pub(crate) id: String,
+    /// `pending`: a writer that wants the lock. Otherwise it holds
+    /// (`exclusive`) or reads (`shared`), and has no place to keep.
+    pub(crate) waiting: bool,
+}
+
+/// The foreign contender a reply describes, if the reply is a protocol
+/// record of one that does not queue itself. Legacy replies name nobody.
+pub(crate) fn foreign(payload: &[u8]) -> Option<Foreign> {
+    let holder = parse_record(payload)?;
+    if holder.queues || !is_holder_id(&holder.id) {
+        return None;
+    }
+    Some(Foreign {
+        id: holder.id,
+        waiting: holder.mode == HolderMode::Pending,
+    })
+}
+
+/// The pattern that matches every reply channel of `channel`'s pings
+/// (`<channel>-*`, the channel's own glob characters escaped); a matched
+/// name is a reply channel only if [`is_reply_channel`] says so.
+pub(crate) fn reply_pattern(channel: &str) -> String {
+    let mut p = String::with_capacity(channel.len() + 2);
+    for c in channel.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push_str("-*");
+    p
+}
+
+/// Whether `name` is a reply channel of `channel`: `<channel>-` and 32
+/// lowercase hex digits, as a probe names it.
+pub(crate) fn is_reply_channel(channel: &str, name: &str) -> bool {
+    name.strip_prefix(channel)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(is_holder_id)
 }
 
 /// The response channel of a message on the lock channel, if it is a
@@ -188,6 +243,7 @@ impl Replies {
                     mode: HolderMode::Exclusive,
                     legacy: true,
                     elected: None,
+                    queues: false,
                 };
                 self.legacy += 1;
                 h
@@ -229,6 +285,7 @@ fn parse_record(payload: &[u8]) -> Option<Holder> {
         mode,
         legacy: false,
         elected,
+        queues: obj.get(QUEUES) == Some(&Value::Bool(true)),
     })
 }
 
@@ -491,6 +548,7 @@ mod tests {
             mode,
             legacy: false,
             elected,
+            queues: false,
         }
     }
     fn legacy(n: usize) -> Holder {
@@ -499,6 +557,7 @@ mod tests {
             mode: HolderMode::Exclusive,
             legacy: true,
             elected: None,
+            queues: false,
         }
     }
     const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -506,7 +565,7 @@ mod tests {
     const C: &str = "cccccccccccccccccccccccccccccccc";
 
     #[test]
-    fn payloads_match_python_byte_for_byte() {
+    fn payloads_are_python_s_plus_one_key() {
         assert_eq!(
             ping("jobs-5e5e"),
             r#"{"message": "ping", "response_channel": "jobs-5e5e"}"#
@@ -514,7 +573,7 @@ mod tests {
         assert_eq!(
             reply(A, HolderMode::Exclusive, false),
             format!(
-                r#"{{"holder_id": "{A}", "mode": "exclusive", "protocol": 1, "elected": false}}"#
+                r#"{{"holder_id": "{A}", "mode": "exclusive", "protocol": 1, "elected": false, "queues": true}}"#
             )
         );
         assert_eq!(
@@ -524,6 +583,40 @@ mod tests {
             1
         );
         assert_eq!(client_name("jobs", A), format!("jobs-lock-{A}"));
+    }
+
+    #[test]
+    fn foreign_contenders_are_told_from_this_crate_s() {
+        let python = format!(
+            r#"{{"holder_id": "{A}", "mode": "pending", "protocol": 1, "elected": false}}"#
+        );
+        assert_eq!(
+            foreign(python.as_bytes()),
+            Some(Foreign {
+                id: A.into(),
+                waiting: true
+            })
+        );
+        let held = format!(r#"{{"holder_id": "{B}", "mode": "exclusive", "protocol": 1}}"#);
+        assert_eq!(foreign(held.as_bytes()).map(|f| f.waiting), Some(false));
+        // Ours, legacy and malformed replies name no foreign contender.
+        assert_eq!(
+            foreign(reply(C, HolderMode::Pending, false).as_bytes()),
+            None
+        );
+        assert_eq!(foreign(b"1716112345.123456"), None);
+        let odd = r#"{"holder_id": "x", "mode": "pending", "protocol": 1}"#;
+        assert_eq!(foreign(odd.as_bytes()), None);
+    }
+
+    #[test]
+    fn reply_channels_are_matched_exactly() {
+        assert_eq!(reply_pattern("jobs"), "jobs-*");
+        assert_eq!(reply_pattern(r"a*b?[c]\d"), r"a\*b\?\[c\]\\d-*");
+        assert!(is_reply_channel("jobs", &format!("jobs-{A}")));
+        assert!(!is_reply_channel("jobs", "jobs-fence"));
+        assert!(!is_reply_channel("jobs", &format!("jobs-x-{A}")));
+        assert!(!is_reply_channel("jobs", &format!("jobsx{A}")));
     }
 
     #[test]
@@ -577,7 +670,14 @@ mod tests {
         r.add(br#"{"holder_id": "x", "mode": "writer", "protocol": 1}"#);
         r.add(br#"{"holder_id": "x", "mode": "shared", "protocol": true}"#);
         let hs = &r.holders;
-        assert_eq!(hs[0], h(A, HolderMode::Exclusive, Some(false)));
+        assert_eq!(
+            hs[0],
+            Holder {
+                queues: true,
+                ..h(A, HolderMode::Exclusive, Some(false))
+            },
+            "this crate's record says it queues"
+        );
         assert_eq!(
             hs[1],
             h(B, HolderMode::Pending, None),

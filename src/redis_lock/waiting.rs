@@ -18,6 +18,11 @@
 //!   they can never be a lock channel or a fencing key (a lock channel
 //!   cannot contain spaces): nothing foreign is ever published on a lock
 //!   channel.
+//! * **Foreign contenders** (Python peers) poll and do not queue. Their
+//!   replies to pings, watched with a pattern subscription, give each
+//!   waiting one a place in the queue ([`LocalQueue::note_reply`]); this
+//!   crate's waiters behind it leave the channel free for it, and the
+//!   first of ours stands behind a foreign holder (see `attempt.rs`).
 //! * Where the server refuses scripts (an ACL without `@scripting`), the
 //!   queue is skipped: every waiter watches the count and, when the channel
 //!   is free, subscribes after a random delay that grows while it keeps
@@ -33,6 +38,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::command::CommandSlot;
+use super::protocol;
 use crate::deadline::{around, deadline_after, scale};
 use crate::util::{lock, unit, PerKey};
 
@@ -56,6 +62,29 @@ fn seq_key(channel: &str) -> String {
     format!("{channel} portalocker-seq")
 }
 
+/// The foreign contenders in the queue, scored by when their place lapses.
+fn foreign_key(channel: &str) -> String {
+    format!("{channel} portalocker-foreign")
+}
+
+/// The last foreign contender seen holding, until one of this crate's
+/// waiters is granted.
+fn served_key(channel: &str) -> String {
+    format!("{channel} portalocker-served")
+}
+
+/// How queue members that stand for foreign contenders begin (this
+/// crate's own members are 32 hex digits).
+const FOREIGN: &str = "foreign:";
+
+/// How long a foreign contender keeps its place in the queue after it was
+/// last seen waiting. It is seen at each attempt it makes on a busy
+/// channel (its own reply to its own ping), so this covers a Python peer
+/// whose `check_interval` is up to 1.3 s (its pause is at most 1.5 times
+/// that). A peer that pauses longer drops out between attempts and joins
+/// again at the back.
+pub(super) const FOREIGN_TTL: Duration = Duration::from_secs(2);
+
 /// The longest pause between two attempts on a channel that stays busy
 /// (unless `check_interval` is longer): a silent holder is reaped within
 /// `1.5 × max(MAX_BACKOFF, check_interval) + unavailable_timeout`.
@@ -64,8 +93,10 @@ pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Joins (or stays in) the queue — in arrival order: the score is a counter,
 /// so two waiters that join in the same millisecond are never tied —
 /// refreshes this waiter's heartbeat, drops
-/// waiters whose heartbeat is stale, and answers this waiter's rank and the
-/// channel's subscriber count, atomically and in one round trip.
+/// waiters whose heartbeat is stale and foreign contenders whose place
+/// lapsed, and answers this waiter's rank, the channel's subscriber count
+/// and how many of the waiters ahead are this crate's (not foreign),
+/// atomically and in one round trip.
 const POLL_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -79,12 +110,67 @@ for _, id in ipairs(dead) do
   redis.call('ZREM', KEYS[1], id)
   redis.call('ZREM', KEYS[2], id)
 end
-redis.call('PEXPIRE', KEYS[1], stale * 4)
-redis.call('PEXPIRE', KEYS[2], stale * 4)
-redis.call('PEXPIRE', KEYS[3], stale * 4)
+local lapsed = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now)
+for _, id in ipairs(lapsed) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZREM', KEYS[4], id)
+end
+for i = 1, 4 do
+  if redis.call('PTTL', KEYS[i]) < stale * 4 then
+    redis.call('PEXPIRE', KEYS[i], stale * 4)
+  end
+end
 local rank = redis.call('ZRANK', KEYS[1], ARGV[1]) or 0
 local n = redis.call('PUBSUB', 'NUMSUB', ARGV[3])[2]
-return {rank, n}
+local ours = 0
+if rank > 0 then
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, rank - 1)) do
+    if string.sub(id, 1, 8) ~= 'foreign:' then
+      ours = ours + 1
+    end
+  end
+end
+return {rank, n, ours}
+";
+
+/// Gives a foreign contender seen waiting a place at the back of the queue
+/// (or keeps the one it has for another `FOREIGN_TTL`), or settles the
+/// turn of one seen holding (once per grant: the served key names the last
+/// foreign holder, until one of this crate's waiters is granted). A
+/// foreign holder leaves the queue; if it took the turn of another foreign
+/// contender at the head (Python peers do not queue among themselves), it
+/// hands that one its own later place, so that foreign contenders as a
+/// whole get one turn per place and this crate's waiters theirs. KEYS:
+/// queue, foreign, seq, served. ARGV: member, `1` (waiting) or `0`, the
+/// TTL in ms.
+const FOREIGN_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[3])
+if ARGV[2] ~= '1' then
+  if redis.call('GET', KEYS[4]) == ARGV[1] then
+    return 0
+  end
+  redis.call('SET', KEYS[4], ARGV[1], 'PX', ttl)
+  local mine = redis.call('ZSCORE', KEYS[1], ARGV[1])
+  local head = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
+  if mine and head and head ~= ARGV[1] and string.sub(head, 1, 8) == 'foreign:' then
+    redis.call('ZADD', KEYS[1], mine, head)
+  end
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 0
+end
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], redis.call('INCR', KEYS[3]), ARGV[1])
+end
+redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
+for i = 1, 3 do
+  if redis.call('PTTL', KEYS[i]) < ttl * 4 then
+    redis.call('PEXPIRE', KEYS[i], ttl * 4)
+  end
+end
+return 1
 ";
 
 /// The tasks of this process that want one channel of one server.
@@ -100,6 +186,9 @@ pub(super) struct LocalQueue {
     side: Arc<tokio::sync::Mutex<Option<Side>>>,
     /// Set once the server refused the queue script.
     no_script: AtomicBool,
+    /// The foreign contenders this process last told the queue about, and
+    /// when (so that a burst of replies costs one script call).
+    foreign: Mutex<std::collections::HashMap<String, (Instant, bool)>>,
 }
 
 impl Default for LocalQueue {
@@ -109,11 +198,13 @@ impl Default for LocalQueue {
             holder: Mutex::new(None),
             side: Arc::default(),
             no_script: AtomicBool::new(false),
+            foreign: Mutex::default(),
         }
     }
 }
 
-/// The side-channel connection of a [`LocalQueue`].
+/// The side-channel connection of a [`LocalQueue`]: subscribed to the side
+/// channel and to the pattern of the lock's reply channels.
 struct Side {
     sink: PubSubSink,
     stream: PubSubStream,
@@ -174,9 +265,76 @@ impl LocalQueue {
         })
     }
 
+    /// Whether waiters of this process keep places in the server-side
+    /// queue (the server runs its script).
+    pub(super) fn queues(&self) -> bool {
+        !self.no_script.load(Ordering::Relaxed)
+    }
+
     /// The holder id of the task of this process that holds the lock.
     pub(super) fn holder(&self) -> Option<String> {
         lock(&self.holder).clone()
+    }
+
+    /// Reads a reply seen on one of `channel`'s reply channels (`name`):
+    /// a foreign contender that waits gets (or keeps) a place in the
+    /// server-side queue, and one that holds leaves it. Python peers poll
+    /// and do not queue, so without a place of their own this crate's
+    /// waiters, which move the moment the lock is free, would leave them
+    /// only the rare instants when nobody of ours waits. Runs in the
+    /// background; repeated news of one contender within a fraction of
+    /// [`FOREIGN_TTL`] is sent once.
+    ///
+    /// Returns the foreign contender the reply names, if any.
+    pub(super) fn note_reply(
+        &self,
+        cmd: &Arc<CommandSlot>,
+        channel: &str,
+        name: &str,
+        payload: &[u8],
+    ) -> Option<protocol::Foreign> {
+        if self.no_script.load(Ordering::Relaxed) || !protocol::is_reply_channel(channel, name) {
+            return None;
+        }
+        let f = protocol::foreign(payload)?;
+        let named = f.clone();
+        let now = Instant::now();
+        {
+            let mut seen = lock(&self.foreign);
+            if let Some((at, waiting)) = seen.get(&f.id) {
+                if *waiting == f.waiting && now.duration_since(*at) < FOREIGN_TTL / 8 {
+                    return Some(named);
+                }
+            }
+            if seen.len() >= 256 {
+                seen.retain(|_, (at, _)| now.duration_since(*at) < FOREIGN_TTL);
+            }
+            seen.insert(f.id.clone(), (now, f.waiting));
+        }
+        let (cmd, channel) = (cmd.clone(), channel.to_string());
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return Some(named);
+        };
+        rt.spawn(async move {
+            static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+            let s = SCRIPT.get_or_init(|| redis::Script::new(FOREIGN_SCRIPT));
+            let ttl = u64::try_from(FOREIGN_TTL.as_millis()).unwrap_or(u64::MAX);
+            let run = async {
+                let mut c = cmd.get().await.ok()?;
+                s.key(queue_key(&channel))
+                    .key(foreign_key(&channel))
+                    .key(seq_key(&channel))
+                    .key(served_key(&channel))
+                    .arg(format!("{FOREIGN}{}", f.id))
+                    .arg(if f.waiting { "1" } else { "0" })
+                    .arg(ttl)
+                    .invoke_async::<i64>(&mut c.con)
+                    .await
+                    .ok()
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), run).await;
+        });
+        Some(named)
     }
 }
 
@@ -209,6 +367,20 @@ pub(super) struct Waiter {
     lost: u32,
     /// Whether this waiter subscribed the side connection.
     used_side: bool,
+    /// A reply named a foreign holder: when first, attempt at once (and
+    /// stand behind it).
+    foreign_turn: bool,
+    /// This waiter asked who holds since it last saw the channel free.
+    looked: bool,
+}
+
+/// What a waiter does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Next {
+    /// Attempt now.
+    Attempt,
+    /// The deadline passed.
+    Deadline,
 }
 
 /// What the count poll found.
@@ -216,6 +388,9 @@ struct Poll {
     /// This waiter's place: 0 is first (always 0 without the queue).
     rank: u64,
     subscribers: usize,
+    /// How many of the waiters ahead are this crate's: 0 when only
+    /// foreign contenders (or nobody) are ahead.
+    ours_ahead: u64,
 }
 
 impl Waiter {
@@ -248,6 +423,8 @@ impl Waiter {
                 .clamp(Duration::from_secs(1), Duration::from_secs(3600)),
             lost: 0,
             used_side: false,
+            foreign_turn: false,
+            looked: false,
         }
     }
 
@@ -278,18 +455,21 @@ impl Waiter {
         self.lost = self.lost.saturating_add(1);
     }
 
-    /// Waits until the next attempt is due: `true` to attempt, `false` at
-    /// the deadline. `own`: subscribers of the channel that are this
-    /// acquisition's (1 while an elected writer stays subscribed).
-    pub(super) async fn next(&mut self, deadline: Instant, own: usize) -> bool {
+    /// Waits until the next attempt is due, or the deadline. `own`:
+    /// subscribers of the channel that are this acquisition's (1 while it
+    /// stays subscribed between attempts).
+    pub(super) async fn next(&mut self, deadline: Instant, own: usize) -> Next {
         let local = self.local.clone();
         let mut side = local.side.lock().await;
         self.used_side = true;
         self.subscribe_side(&mut side).await;
-        // Notices from before this wait are stale.
+        // Notices from before this wait are stale; replies seen meanwhile
+        // (those of this waiter's own last attempt among them) are read.
         while let Some(s) = side.as_mut() {
             match s.stream.next().now_or_never() {
-                Some(Some(_)) => {}
+                Some(Some(m)) => {
+                    self.read(&m);
+                }
                 Some(None) => *side = None,
                 None => break,
             }
@@ -297,16 +477,34 @@ impl Waiter {
         loop {
             let now = Instant::now();
             if now >= deadline {
-                return false;
+                return Next::Deadline;
             }
             let poll = self.poll().await;
             let free = poll.as_ref().is_some_and(|p| p.subscribers <= own);
             let first = poll.as_ref().is_none_or(|p| p.rank == 0);
+            // The first of this crate's waiters: only foreign contenders
+            // (or nobody) ahead. It attempts on a busy channel now and then
+            // (to reap a holder that went silent, and to see who holds).
+            let ours_first = poll.as_ref().is_none_or(|p| p.ours_ahead == 0);
             if free {
                 self.backoff = self.interval;
             }
-            if first && (free || now >= self.next_try) {
+            // Busy attempts now and then when first of ours (to reap a
+            // holder that went silent, and to stand behind a foreign one).
+            let busy_try = first && !free && (now >= self.next_try || self.foreign_turn);
+            if free {
+                self.looked = false;
+            } else if ours_first && !first && !self.looked && self.watching() {
+                // Someone took the channel while a foreign contender was
+                // ahead: ask who holds (a ping, answered on a reply channel
+                // this waiter's pattern subscription reads), so that the
+                // queue settles that contender's turn.
+                self.looked = true;
+                self.look().await;
+            }
+            if (first && free) || busy_try {
                 if !free {
+                    self.foreign_turn = false;
                     self.next_try = deadline_after(now, around(self.backoff));
                     self.backoff = self
                         .backoff
@@ -319,42 +517,95 @@ impl Waiter {
                     let spread = scale(self.head_step * widen, unit());
                     tokio::time::sleep_until((now + spread).min(deadline)).await;
                 }
-                return true;
+                return Next::Attempt;
             }
-            let step = if first {
+            let step = if ours_first {
                 self.head_step
             } else {
                 self.idle_step
             };
             let mut until = (now + step).min(deadline);
-            if first {
+            if ours_first {
                 until = until.min(self.next_try.max(now));
             }
-            match side.as_mut() {
-                Some(s) => {
-                    tokio::select! {
-                        m = s.stream.next() => match m {
-                            Some(_) => {}
-                            None => *side = None,
-                        },
-                        () = tokio::time::sleep_until(until) => {}
-                    }
+            // Wait for the step to pass or a release to be announced;
+            // replies seen meanwhile are read on the way.
+            loop {
+                let Some(s) = side.as_mut() else {
+                    tokio::time::sleep_until(until).await;
+                    break;
+                };
+                tokio::select! {
+                    m = s.stream.next() => match m {
+                        Some(m) if m.from_pattern() => {
+                            // A foreign holder: attempt now (and stand).
+                            if self.read(&m) && ours_first && own == 0 {
+                                break;
+                            }
+                        }
+                        Some(_) => break,
+                        None => {
+                            *side = None;
+                            break;
+                        }
+                    },
+                    () = tokio::time::sleep_until(until) => break,
                 }
-                None => tokio::time::sleep_until(until).await,
             }
         }
     }
 
-    /// Leaves the server-side queue (after a grant, or giving up) and
-    /// unsubscribes the side connection.
+    /// Whether this waiter watches the replies to pings (a writer that
+    /// queues, where the server runs the scripts).
+    fn watching(&self) -> bool {
+        self.queued && self.local.queues()
+    }
+
+    /// Pings the lock channel on a fresh reply channel, which nobody
+    /// subscribes to: the replies reach the waiters' pattern subscriptions.
+    async fn look(&self) {
+        let Ok(mut c) = self.cmd.get().await else {
+            return;
+        };
+        let response = format!("{}-{}", self.channel, crate::util::unguessable_hex32());
+        let _ = redis::cmd("PUBLISH")
+            .arg(&self.channel)
+            .arg(protocol::ping(&response))
+            .query_async::<i64>(&mut c.con)
+            .await;
+    }
+
+    /// Reads a message of the side connection: a reply on one of the
+    /// lock's reply channels may name a foreign contender. `true` when it
+    /// names a foreign holder: the next attempt is due at once, so that
+    /// this waiter stands behind it.
+    fn read(&mut self, m: &redis::Msg) -> bool {
+        if !m.from_pattern() {
+            return false;
+        }
+        let named = self.local.note_reply(
+            &self.cmd,
+            &self.channel,
+            m.get_channel_name(),
+            m.get_payload_bytes(),
+        );
+        let holds = named.is_some_and(|f| !f.waiting);
+        if holds {
+            self.foreign_turn = true;
+        }
+        holds
+    }
+
+    /// Leaves the server-side queue (`granted`: after a grant; else giving
+    /// up) and unsubscribes the side connection.
     ///
     /// Each flag is cleared only once its clean-up has run, so an
     /// acquisition cancelled in the middle of this (right after a grant,
     /// say) still leaves the queue through [`Drop`].
-    pub(super) async fn leave(&mut self) {
+    pub(super) async fn leave(&mut self, granted: bool) {
         if self.joined {
             if let Ok(mut c) = self.cmd.get().await {
-                let _ = remove(&self.channel, &self.id)
+                let _ = remove(&self.channel, &self.id, granted)
                     .query_async::<()>(&mut c.con)
                     .await;
             }
@@ -367,32 +618,43 @@ impl Waiter {
     }
 
     /// Subscribes the side connection, opening it if there is none (or
-    /// the old one broke). Without one the waiter just polls.
+    /// the old one broke). Without one the waiter just polls. Writers that
+    /// queue also watch the replies to pings, for foreign contenders.
     async fn subscribe_side(&self, side: &mut Option<Side>) {
         let within = Duration::from_secs(1);
         let channel = side_channel(&self.channel);
+        let watch = self.queued && !self.local.no_script.load(Ordering::Relaxed);
         if let Some(s) = side.as_mut() {
             if s.subscribed {
                 return;
             }
-            match tokio::time::timeout(within, s.sink.subscribe(&channel)).await {
-                Ok(Ok(())) => {
-                    s.subscribed = true;
-                    return;
+            let again = async {
+                s.sink
+                    .subscribe(&channel)
+                    .await
+                    .inspect_err(|e| side_refused(&channel, e))?;
+                if watch {
+                    let _ = watch_replies(&mut s.sink, &self.channel).await;
                 }
-                Ok(Err(e)) => side_refused(&channel, &e),
-                Err(_) => {}
+                Ok::<_, redis::RedisError>(())
+            };
+            if let Ok(Ok(())) = tokio::time::timeout(within, again).await {
+                s.subscribed = true;
+                return;
             }
             *side = None;
         }
         let open = async {
             let client = self.endpoint.resolve().await.ok()?;
-            let mut ps = client.get_async_pubsub().await.ok()?;
-            if let Err(e) = ps.subscribe(&channel).await {
+            let ps = client.get_async_pubsub().await.ok()?;
+            let (mut sink, stream) = ps.split();
+            if let Err(e) = sink.subscribe(&channel).await {
                 side_refused(&channel, &e);
                 return None;
             }
-            let (sink, stream) = ps.split();
+            if watch {
+                let _ = watch_replies(&mut sink, &self.channel).await;
+            }
             Some(Side {
                 sink,
                 stream,
@@ -415,13 +677,20 @@ impl Waiter {
                 .key(queue_key(&self.channel))
                 .key(seen_key(&self.channel))
                 .key(seq_key(&self.channel))
+                .key(foreign_key(&self.channel))
                 .arg(&self.id)
                 .arg(stale)
                 .arg(&self.channel)
-                .invoke_async::<(u64, usize)>(&mut c.con)
+                .invoke_async::<(u64, usize, u64)>(&mut c.con)
                 .await
             {
-                Ok((rank, subscribers)) => return Some(Poll { rank, subscribers }),
+                Ok((rank, subscribers, ours_ahead)) => {
+                    return Some(Poll {
+                        rank,
+                        subscribers,
+                        ours_ahead,
+                    })
+                }
                 Err(e) if super::command::connection_failed(&e) => {
                     self.cmd.failed(&c, &e).await;
                     return None;
@@ -437,6 +706,7 @@ impl Waiter {
                             queue_key(&self.channel),
                             seen_key(&self.channel),
                             seq_key(&self.channel),
+                            foreign_key(&self.channel),
                         ];
                         diag!(
                             warn,
@@ -466,6 +736,7 @@ impl Waiter {
         Some(Poll {
             rank: 0,
             subscribers: v.first().map_or(0, |(_, n)| *n),
+            ours_ahead: 0,
         })
     }
 }
@@ -489,7 +760,9 @@ impl Drop for Waiter {
         rt.spawn(async move {
             if joined {
                 if let Ok(mut c) = cmd.get().await {
-                    let _ = remove(&channel, &id).query_async::<()>(&mut c.con).await;
+                    let _ = remove(&channel, &id, false)
+                        .query_async::<()>(&mut c.con)
+                        .await;
                 }
             }
             if used_side {
@@ -513,6 +786,44 @@ fn side_refused(channel: &str, e: &redis::RedisError) {
     }
 }
 
+/// Watches the replies to the lock's pings (a pattern subscription, which
+/// `PUBSUB NUMSUB` does not count). Refused (an ACL without `PSUBSCRIBE`
+/// or the reply channels' pattern): said once, and foreign contenders get
+/// no place in the queue.
+pub(super) async fn watch_replies<S: PatternSink>(sink: &mut S, channel: &str) -> bool {
+    let pattern = protocol::reply_pattern(channel);
+    let r = sink.psubscribe_to(&pattern).await;
+    if let Err(e) = &r {
+        static SAID: AtomicBool = AtomicBool::new(false);
+        if !SAID.swap(true, Ordering::Relaxed) {
+            diag!(
+                warn,
+                "portalocker: the Redis user may not watch the lock's reply channels with \
+                 PSUBSCRIBE {pattern:?} ({e}), so Python peers on {channel:?} get no place in \
+                 the queue and may wait long (allow +psubscribe and &{pattern})"
+            );
+        }
+    }
+    r.is_ok()
+}
+
+/// A connection that can subscribe to a pattern.
+pub(super) trait PatternSink {
+    async fn psubscribe_to(&mut self, pattern: &str) -> redis::RedisResult<()>;
+}
+
+impl PatternSink for PubSubSink {
+    async fn psubscribe_to(&mut self, pattern: &str) -> redis::RedisResult<()> {
+        self.psubscribe(pattern).await
+    }
+}
+
+impl PatternSink for super::connect::SubSink {
+    async fn psubscribe_to(&mut self, pattern: &str) -> redis::RedisResult<()> {
+        self.psubscribe(pattern).await
+    }
+}
+
 /// Whether the server refused to run the queue script as such (an ACL
 /// without `@scripting`, a renamed or disabled `EVALSHA`/`EVAL`), rather
 /// than being in a passing state.
@@ -530,10 +841,10 @@ async fn unsubscribe_side(side: &tokio::sync::Mutex<Option<Side>>, channel: &str
     if !s.subscribed {
         return;
     }
-    let done = tokio::time::timeout(
-        Duration::from_secs(1),
-        s.sink.unsubscribe(side_channel(channel)),
-    )
+    let done = tokio::time::timeout(Duration::from_secs(1), async {
+        s.sink.unsubscribe(side_channel(channel)).await?;
+        s.sink.punsubscribe(protocol::reply_pattern(channel)).await
+    })
     .await;
     match done {
         Ok(Ok(())) => s.subscribed = false,
@@ -541,7 +852,9 @@ async fn unsubscribe_side(side: &tokio::sync::Mutex<Option<Side>>, channel: &str
     }
 }
 
-fn remove(channel: &str, id: &str) -> redis::Pipeline {
+/// Leaves the queue; `granted`: this waiter holds the lock now, so the
+/// last foreign holder's turn is over.
+fn remove(channel: &str, id: &str, granted: bool) -> redis::Pipeline {
     let mut pipe = redis::pipe();
     pipe.cmd("ZREM")
         .arg(queue_key(channel))
@@ -551,6 +864,9 @@ fn remove(channel: &str, id: &str) -> redis::Pipeline {
         .arg(seen_key(channel))
         .arg(id)
         .ignore();
+    if granted {
+        pipe.cmd("DEL").arg(served_key(channel)).ignore();
+    }
     pipe
 }
 

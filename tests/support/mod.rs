@@ -752,8 +752,61 @@ async fn run_role(role: &str, args: &[String]) {
             }
             say("DONE", n);
         }
+        // A worker of the mixed fleet (tests/redis_fleet.rs): says READY,
+        // reads "go <end, ns since the epoch>" from stdin, then until the
+        // end loops a fenced acquire, a non-atomic bump of the key, a 1 ms
+        // hold and a release, and writes to the output file one line per
+        // grant ("G <start ns> <end ns> <token>", the section as recorded
+        // inside the lock) and per failed acquire ("T <asked ns> <failed
+        // ns> <error>"). Arguments: url, channel, key, output file.
+        #[cfg(all(feature = "redis", unix))]
+        "redis-fleet" => {
+            use std::fmt::Write as _;
+            let client = portalocker::redis::Client::open(args[0].as_str()).unwrap();
+            let lock = portalocker::RedisLock::new(&args[1], client.clone())
+                .timeout(Duration::from_secs(60))
+                .fencing(true);
+            let mut con = client.get_multiplexed_async_connection().await.unwrap();
+            say("READY", std::process::id());
+            let go = tokio::task::spawn_blocking(|| {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).unwrap();
+                line
+            })
+            .await
+            .unwrap();
+            let end: u128 = go.trim().strip_prefix("go ").unwrap().parse().unwrap();
+            let mut out = String::new();
+            while epoch_ns() < end {
+                let asked = epoch_ns();
+                match lock.acquire().await {
+                    Ok(g) => {
+                        let start = epoch_ns();
+                        redis_bump(&mut con, &args[2]).await;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        let stop = epoch_ns();
+                        let token = g.fence_token().unwrap();
+                        g.release().await.unwrap();
+                        writeln!(out, "G {start} {stop} {token}").unwrap();
+                    }
+                    Err(e) => writeln!(out, "T {asked} {} {e}", epoch_ns()).unwrap(),
+                }
+            }
+            std::fs::write(&args[3], out).unwrap();
+            say("DONE", "");
+        }
         other => panic!("unknown role {other}"),
     }
+}
+
+/// Nanoseconds since the Unix epoch (the clock Python's `time.time_ns()`
+/// reads, so sections recorded by both can be compared).
+#[allow(dead_code)]
+pub fn epoch_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }
 
 /// The numeric `field` of a Redis `INFO` reply.
@@ -1386,4 +1439,180 @@ pub fn wait_stopped(pid: u32) {
         );
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// Python's side of a mixed fleet on one Redis lock: the same loop and the
+/// same output lines as the `redis-fleet` role. Arguments: url, channel,
+/// key, output file, and the acquire timeout in seconds or `default`
+/// (Python's, 5 s). Python's `check_interval` is its default (0.25 s).
+#[cfg(all(feature = "redis", unix))]
+#[allow(dead_code)]
+pub const PY_REDIS_FLEET: &str = r#"
+import sys, time, redis, portalocker
+url, channel, key, out, timeout = sys.argv[1:6]
+conn = redis.Redis.from_url(url)
+kw = {} if timeout == "default" else {"timeout": float(timeout)}
+lock = portalocker.RedisLock(channel, connection=conn, fencing=True, interrupt_on_lost=False, **kw)
+print("@@READY", flush=True)
+end = int(sys.stdin.readline().split()[1])
+lines = []
+while time.time_ns() < end:
+    asked = time.time_ns()
+    try:
+        lock.acquire()
+    except portalocker.exceptions.LockException as e:
+        lines.append("T %d %d %s" % (asked, time.time_ns(), type(e).__name__))
+        continue
+    start = time.time_ns()
+    v = conn.get(key)
+    conn.set(key, int(v or 0) + 1)
+    time.sleep(0.001)
+    stop = time.time_ns()
+    token = lock.fence_token
+    lock.release()
+    lines.append("G %d %d %d" % (start, stop, token))
+with open(out, "w") as f:
+    f.write("\n".join(lines) + "\n")
+print("@@DONE", flush=True)
+"#;
+
+/// One critical section of a fleet worker, as it recorded it.
+#[cfg(all(feature = "redis", unix))]
+#[allow(dead_code)]
+#[derive(Debug, Clone)]
+pub struct FleetSection {
+    pub who: String,
+    pub start: u128,
+    pub end: u128,
+    pub token: u64,
+}
+
+/// What one fleet worker recorded.
+#[cfg(all(feature = "redis", unix))]
+#[allow(dead_code)]
+pub struct FleetWorker {
+    pub who: String,
+    pub python: bool,
+    pub sections: Vec<FleetSection>,
+    /// Failed acquires (their lines).
+    pub failed: Vec<String>,
+}
+
+#[cfg(all(feature = "redis", unix))]
+#[allow(dead_code)]
+impl FleetWorker {
+    /// The times this worker went without a grant: from the start of the
+    /// run to its first section, from each section's end to the next
+    /// one's start, and from its last section's end to the end of the run.
+    pub fn gaps(&self, begin: u128, end: u128) -> Vec<u128> {
+        let mut at = begin;
+        let mut gaps = Vec::new();
+        for s in &self.sections {
+            gaps.push(s.start.saturating_sub(at));
+            at = s.end;
+        }
+        gaps.push(end.saturating_sub(at));
+        gaps
+    }
+}
+
+/// A run of a mixed fleet: `each` processes of this crate (the
+/// `redis-fleet` role of `entry`) and `each` of Python portalocker 4.4.2
+/// on the lock `channel` of `url`, for `run`; Python's acquire timeout is
+/// `py_timeout` (`default`: its own). Returns the run's begin and end (ns
+/// since the epoch) and the workers.
+#[cfg(all(feature = "redis", unix))]
+#[allow(dead_code)]
+pub fn run_fleet(
+    entry: &str,
+    url: &str,
+    channel: &str,
+    each: usize,
+    run: Duration,
+    py_timeout: &str,
+) -> (u128, u128, Vec<FleetWorker>) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = |who: &str| dir.path().join(who).to_str().unwrap().to_string();
+    let key = format!("{channel}-count");
+    let mut procs = Vec::new();
+    for i in 0..each {
+        let who = format!("rust{i}");
+        let p = Proc::role(entry, "redis-fleet", &[url, channel, &key, &out(&who)]);
+        procs.push((who, false, p));
+        let who = format!("python{i}");
+        let p = Proc::python(
+            PY_REDIS_FLEET,
+            &[url, channel, &key, &out(&who), py_timeout],
+        );
+        procs.push((who, true, p));
+    }
+    for (_, _, p) in &mut procs {
+        p.expect("READY");
+    }
+    let begin = epoch_ns();
+    let end = begin + run.as_nanos();
+    for (_, _, p) in &mut procs {
+        p.send(&format!("go {end}"));
+    }
+    let mut workers = Vec::new();
+    for (who, python, mut p) in procs {
+        p.expect("DONE");
+        p.finish();
+        let text = std::fs::read_to_string(dir.path().join(&who)).unwrap();
+        let mut w = FleetWorker {
+            who: who.clone(),
+            python,
+            sections: Vec::new(),
+            failed: Vec::new(),
+        };
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            let f: Vec<&str> = line.splitn(4, ' ').collect();
+            match f[0] {
+                "G" => w.sections.push(FleetSection {
+                    who: who.clone(),
+                    start: f[1].parse().unwrap(),
+                    end: f[2].parse().unwrap(),
+                    token: f[3].parse().unwrap(),
+                }),
+                "T" => w.failed.push(line.to_string()),
+                _ => panic!("{who}: unexpected line {line:?}"),
+            }
+        }
+        workers.push(w);
+    }
+    (begin, end, workers)
+}
+
+/// Every recorded section of a fleet, in the order they began; panics if
+/// two overlap or a fencing token does not increase from one to the next.
+#[cfg(all(feature = "redis", unix))]
+#[allow(dead_code)]
+pub fn fleet_sections_exclusive(workers: &[FleetWorker]) -> Vec<FleetSection> {
+    let mut all: Vec<FleetSection> = workers
+        .iter()
+        .flat_map(|w| w.sections.iter().cloned())
+        .collect();
+    all.sort_by_key(|s| s.start);
+    for pair in all.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        assert!(
+            b.start >= a.end,
+            "overlapping sections: {} ({}..{}) and {} ({}..{})",
+            a.who,
+            a.start,
+            a.end,
+            b.who,
+            b.start,
+            b.end
+        );
+        assert!(
+            b.token > a.token,
+            "fence token did not increase: {} had {}, then {} had {}",
+            a.who,
+            a.token,
+            b.who,
+            b.token
+        );
+    }
+    all
 }
