@@ -8,8 +8,14 @@
 //! * `attempt.rs`: one acquisition attempt — subscribe, count, probe,
 //!   decide, confirm — and the pause between attempts;
 //! * `connect.rs`: the named subscription connection;
-//! * `protocol.rs`: the pure decisions and the wire format (no I/O);
-//! * `keep_alive.rs`: the task that answers pings while the lock is held;
+//! * `protocol/`: the pure decisions, the wire format and the reading of
+//!   the server's `ROLE` and `CLIENT LIST` replies (no I/O);
+//! * `keep_alive.rs`: the task that answers pings while the lock is held
+//!   (and watches the replies to pings for foreign contenders);
+//! * `waiting.rs`: one contender per process, the server-side queue, and
+//!   the places of foreign contenders in it;
+//! * `command.rs`: the shared command connection and the topology check;
+//! * `endpoint.rs`: where the server is (a client, or through Sentinel);
 //! * `guard.rs`: [`RedisLockGuard`].
 
 mod attempt;
