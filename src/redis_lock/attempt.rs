@@ -54,6 +54,10 @@ pub(super) struct Attempt<'a> {
     /// writer that may wait): then, when it finds a foreign holder, it
     /// stands (below) instead of leaving.
     queued: bool,
+    /// The first attempt of a writer that may wait: it counts the
+    /// server-side queue with the subscribers (one round trip) and, if
+    /// anyone waits there, leaves the lock to them and waits its turn.
+    defer_to_queue: bool,
 }
 
 impl<'a> Attempt<'a> {
@@ -77,6 +81,7 @@ impl<'a> Attempt<'a> {
             crowd: 1,
             seen_holder: None,
             queued: writer && !wait.fail_when_locked,
+            defer_to_queue: writer && !wait.fail_when_locked,
         }
     }
 
@@ -252,8 +257,20 @@ impl<'a> Attempt<'a> {
             .con;
         let channel = self.cfg().channel.clone();
         let fwl = self.wait.fail_when_locked;
-        // C. Count, then probe and decide.
-        let n = numsub(&mut cmd, &channel).await?;
+        // C. Count, then probe and decide. A fresh writer that may wait
+        // counts the waiters of the server-side queue in the same round
+        // trip: if there are any, the lock is theirs first.
+        let n = if std::mem::take(&mut self.defer_to_queue) && self.lock.local.queues() {
+            let (n, waiting) = numsub_and_queue(&mut cmd, &channel).await?;
+            if waiting > 0 {
+                self.reached_server = true;
+                self.abandon();
+                return Ok(None);
+            }
+            n
+        } else {
+            numsub(&mut cmd, &channel).await?
+        };
         self.crowd = n.saturating_sub(1).max(1);
         // A foreign exclusive holder (one that does not queue: a Python
         // peer) seen by this attempt's probe.
@@ -876,6 +893,25 @@ fn redis_error_any(e: RedisError) -> Error {
 
 pub(super) fn timeout_error(what: &'static str) -> RedisError {
     RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, what))
+}
+
+/// The subscriber count of `channel` and the length of its server-side
+/// queue, in one round trip.
+async fn numsub_and_queue(
+    cmd: &mut MultiplexedConnection,
+    channel: &str,
+) -> std::result::Result<(usize, usize), AttemptError> {
+    let mut pipe = redis::pipe();
+    pipe.cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .cmd("ZCARD")
+        .arg(super::waiting::queue_key(channel));
+    let (v, waiting): (Vec<(String, usize)>, usize) = pipe
+        .query_async(cmd)
+        .await
+        .map_err(AttemptError::classify)?;
+    Ok((v.first().map_or(0, |(_, n)| *n), waiting))
 }
 
 async fn numsub(

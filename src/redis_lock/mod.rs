@@ -727,9 +727,9 @@ impl RedisLock {
         };
         let mut waiter = Waiter::new(self, &state.id, writer && !w.fail_when_locked, interval);
         let mut attempt = Attempt::new(self, state, writer, w, deadline);
-        // A writer that would only queue up behind others (or meet a
-        // holder) waits instead of subscribing; a reader may share.
-        let mut go = w.fail_when_locked || !writer || waiter.free_now().await;
+        // The first attempt goes at once (a writer that would only queue
+        // up behind others learns so in its first count, and waits).
+        let mut go = true;
         loop {
             if go {
                 if let Some(mut guard) = attempt.run().await? {

@@ -50,7 +50,7 @@ pub(super) fn side_channel(channel: &str) -> String {
     format!("{channel} portalocker-released")
 }
 
-fn queue_key(channel: &str) -> String {
+pub(super) fn queue_key(channel: &str) -> String {
     format!("{channel} portalocker-queue")
 }
 
@@ -425,28 +425,6 @@ impl Waiter {
             used_side: false,
             foreign_turn: false,
             looked: false,
-        }
-    }
-
-    /// Whether a first attempt may go ahead at once: nobody is subscribed
-    /// and nobody of this crate waits. Errors say yes (the attempt reports
-    /// them).
-    pub(super) async fn free_now(&self) -> bool {
-        let Ok(mut c) = self.cmd.get().await else {
-            return true;
-        };
-        let mut pipe = redis::pipe();
-        pipe.cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(&self.channel)
-            .cmd("ZCARD")
-            .arg(queue_key(&self.channel));
-        match pipe
-            .query_async::<(Vec<(String, usize)>, usize)>(&mut c.con)
-            .await
-        {
-            Ok((n, waiting)) => n.first().is_none_or(|(_, n)| *n == 0) && waiting == 0,
-            Err(_) => true,
         }
     }
 
