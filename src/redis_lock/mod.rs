@@ -406,7 +406,8 @@ impl RedisLock {
     }
 
     /// Who holds the lock now, as the server lists its clients (`CLIENT
-    /// LIST`, by the names holders give their subscription connections):
+    /// LIST`, by the names holders give their subscription connections,
+    /// while those are subscribed):
     /// a passive look that pings nobody, so a holder that stopped answering
     /// is still listed until it is reaped. Python portalocker's holders are
     /// listed too (same names).
@@ -727,12 +728,21 @@ impl RedisLock {
         };
         let mut waiter = Waiter::new(self, &state.id, writer && !w.fail_when_locked, interval);
         let mut attempt = Attempt::new(self, state, writer, w, deadline);
-        // The first attempt goes at once (a writer that would only queue
-        // up behind others learns so in its first count, and waits).
-        let mut go = true;
+        // A writer that would only queue up behind others (or meet a
+        // holder) waits instead of subscribing; a reader may share. Where
+        // the last acquisition met no contention, the first attempt goes at
+        // once (one round trip less): it learns of waiters in its first
+        // count, and then waits.
+        let contended = writer && !w.fail_when_locked && local.contended();
+        let mut go = !contended || waiter.free_now().await;
+        let mut first = true;
         loop {
             if go {
-                if let Some(mut guard) = attempt.run().await? {
+                let got = attempt.run().await?;
+                if first {
+                    local.set_contended(got.is_none());
+                }
+                if let Some(mut guard) = got {
                     waiter.leave(true).await;
                     guard.set_waited(start.elapsed());
                     if writer {
@@ -743,6 +753,10 @@ impl RedisLock {
                 }
                 waiter.lost_attempt();
             }
+            if !go {
+                local.set_contended(true);
+            }
+            first = false;
             if once {
                 break;
             }

@@ -186,6 +186,11 @@ pub(super) struct LocalQueue {
     side: Arc<tokio::sync::Mutex<Option<Side>>>,
     /// Set once the server refused the queue script.
     no_script: AtomicBool,
+    /// Whether this process's last acquisition found the lock held or
+    /// waiters queued: then the next one asks before it subscribes (one
+    /// round trip), so that subscriptions that would only give way at once
+    /// do not make the first waiter see a busy channel where it is free.
+    contended: AtomicBool,
     /// The foreign contenders this process last told the queue about, and
     /// when (so that a burst of replies costs one script call).
     foreign: Mutex<std::collections::HashMap<String, (Instant, bool)>>,
@@ -198,6 +203,7 @@ impl Default for LocalQueue {
             holder: Mutex::new(None),
             side: Arc::default(),
             no_script: AtomicBool::new(false),
+            contended: AtomicBool::new(false),
             foreign: Mutex::default(),
         }
     }
@@ -263,6 +269,16 @@ impl LocalQueue {
             queue: self.clone(),
             _permit: permit,
         })
+    }
+
+    /// Whether the last acquisition of this process met contention.
+    pub(super) fn contended(&self) -> bool {
+        self.contended.load(Ordering::Relaxed)
+    }
+
+    /// Records whether an acquisition met contention.
+    pub(super) fn set_contended(&self, on: bool) {
+        self.contended.store(on, Ordering::Relaxed);
     }
 
     /// Whether waiters of this process keep places in the server-side
@@ -425,6 +441,28 @@ impl Waiter {
             used_side: false,
             foreign_turn: false,
             looked: false,
+        }
+    }
+
+    /// Whether a first attempt may go ahead at once: nobody is subscribed
+    /// and nobody of this crate waits. Errors say yes (the attempt reports
+    /// them).
+    pub(super) async fn free_now(&self) -> bool {
+        let Ok(mut c) = self.cmd.get().await else {
+            return true;
+        };
+        let mut pipe = redis::pipe();
+        pipe.cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&self.channel)
+            .cmd("ZCARD")
+            .arg(queue_key(&self.channel));
+        match pipe
+            .query_async::<(Vec<(String, usize)>, usize)>(&mut c.con)
+            .await
+        {
+            Ok((n, waiting)) => n.first().is_none_or(|(_, n)| *n == 0) && waiting == 0,
+            Err(_) => true,
         }
     }
 

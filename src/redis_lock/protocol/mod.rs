@@ -19,10 +19,11 @@ mod tests {
     fn holders_are_read_from_client_list() {
         let id = "0123456789abcdef0123456789abcdef";
         let list = format!(
-            "id=3 addr=127.0.0.1:5000 laddr=x name=jobs-lock-{id} db=0\n\
-             id=4 addr=127.0.0.1:5001 name=jobs-lock-notanid db=0\n\
-             id=5 addr=127.0.0.1:5002 name=other-lock-{id} db=0\n\
-             id=6 addr=127.0.0.1:5003 name= db=0\n"
+            "id=3 addr=127.0.0.1:5000 laddr=x name=jobs-lock-{id} db=0 sub=1\n\
+             id=4 addr=127.0.0.1:5001 name=jobs-lock-notanid db=0 sub=1\n\
+             id=5 addr=127.0.0.1:5002 name=other-lock-{id} db=0 sub=1\n\
+             id=6 addr=127.0.0.1:5003 name= db=0\n\
+             id=7 addr=127.0.0.1:5004 name=jobs-lock-{id} db=0 sub=0 psub=1\n"
         );
         assert_eq!(
             super::named_holders("jobs", &list),

@@ -75,6 +75,7 @@ pub(crate) fn named_holders(channel: &str, client_list: &str) -> Vec<(String, St
         .filter_map(|line| {
             let mut id = None;
             let mut addr = "?";
+            let mut channels = None;
             for field in line.split(' ') {
                 if let Some(rest) = field
                     .strip_prefix("name=")
@@ -83,7 +84,14 @@ pub(crate) fn named_holders(channel: &str, client_list: &str) -> Vec<(String, St
                     id = Some(rest);
                 } else if let Some(a) = field.strip_prefix("addr=") {
                     addr = a;
+                } else if let Some(n) = field.strip_prefix("sub=") {
+                    channels = n.parse::<u64>().ok();
                 }
+            }
+            // A connection that unsubscribed (a release whose socket is
+            // still closing) holds nothing.
+            if channels == Some(0) {
+                return None;
             }
             let id = id.filter(|i| is_holder_id(i))?;
             Some((id.to_string(), addr.to_string()))
