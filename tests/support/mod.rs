@@ -110,10 +110,16 @@ impl Proc {
         // A binary just copied (`role_as_nobody`) can be "busy" for a
         // moment: a child another test thread forked meanwhile holds the
         // copy's write descriptor until it execs. That passes; retry.
+        // Under Wine, creating a process on a loaded machine now and then
+        // fails with ERROR_INTERNAL_ERROR (1359); that passes too.
+        let transient = |e: &std::io::Error| {
+            let code = e.raw_os_error();
+            code == Some(26) || (cfg!(windows) && code == Some(1359))
+        };
         let mut tries = 0;
         let mut child = loop {
             match cmd.spawn() {
-                Err(e) if e.raw_os_error() == Some(26) && tries < 200 => {
+                Err(e) if transient(&e) && tries < 200 => {
                     tries += 1;
                     std::thread::sleep(Duration::from_millis(10));
                 }
