@@ -302,9 +302,10 @@ async fn run(
         let channel = shared.channel.clone();
         let within = every;
         Some(Box::pin(async move {
-            let _ =
-                tokio::time::timeout(within, super::waiting::watch_replies(&mut sink, &channel))
-                    .await;
+            let pattern = protocol::reply_pattern(&channel);
+            if let Ok(Err(e)) = tokio::time::timeout(within, sink.psubscribe(&pattern)).await {
+                super::waiting::watch_refused(&channel, &e);
+            }
         }))
     };
     let why = loop {

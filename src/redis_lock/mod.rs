@@ -35,7 +35,7 @@ use self::attempt::Attempt;
 use self::command::CommandSlot;
 use self::keep_alive::{HolderState, LossCallback};
 use self::protocol::HolderMode;
-use self::waiting::{LocalQueue, Next, Waiter};
+use self::waiting::{LocalQueue, Waiter};
 use crate::error::{Error, Result};
 use crate::flags::{LockFlags, Mode, Operation};
 use crate::options::{acquire_variants, wait_setters, WaitOptions, Waiting};
@@ -760,10 +760,10 @@ impl RedisLock {
             if once {
                 break;
             }
-            match waiter.next(deadline, attempt.own_subscribers()).await {
-                Next::Attempt => go = true,
-                Next::Deadline => break,
+            if !waiter.next(deadline, attempt.own_subscribers()).await {
+                break;
             }
+            go = true;
         }
         waiter.leave(false).await;
         Err(attempt.timed_out().await)

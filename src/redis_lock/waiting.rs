@@ -73,6 +73,12 @@ fn served_key(channel: &str) -> String {
     format!("{channel} portalocker-served")
 }
 
+/// The foreign place at the head that a poll saw with the channel free:
+/// its turn has come (and is taken once a poll sees the channel busy).
+fn turn_key(channel: &str) -> String {
+    format!("{channel} portalocker-turn")
+}
+
 /// How queue members that stand for foreign contenders begin (this
 /// crate's own members are 32 hex digits).
 const FOREIGN: &str = "foreign:";
@@ -95,8 +101,14 @@ pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// refreshes this waiter's heartbeat, drops
 /// waiters whose heartbeat is stale and foreign contenders whose place
 /// lapsed, and answers this waiter's rank, the channel's subscriber count
-/// and how many of the waiters ahead are this crate's (not foreign),
-/// atomically and in one round trip.
+/// and whether any waiter of this crate is ahead (1) or only foreign ones
+/// (0), atomically and in one round trip. A foreign place at the head
+/// whose turn was seen taken (the channel free, then busy, at two polls)
+/// is settled here: a Python writer that takes a free lock pings nobody,
+/// so its reply may never be seen. The queue is read in chunks of
+/// 16 from the head and the reading stops at the first of ours, so a
+/// waiter far back in a long queue costs what it did before (foreign
+/// places are few: one per waiting Python process).
 const POLL_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -120,15 +132,30 @@ for i = 1, 4 do
     redis.call('PEXPIRE', KEYS[i], stale * 4)
   end
 end
-local rank = redis.call('ZRANK', KEYS[1], ARGV[1]) or 0
 local n = redis.call('PUBSUB', 'NUMSUB', ARGV[3])[2]
+local head = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
+if head and string.sub(head, 1, 8) == 'foreign:' then
+  if n == 0 then
+    redis.call('SET', KEYS[5], head, 'PX', stale * 4)
+  elseif redis.call('GET', KEYS[5]) == head then
+    redis.call('ZREM', KEYS[1], head)
+    redis.call('ZREM', KEYS[4], head)
+    redis.call('DEL', KEYS[5])
+    redis.call('SET', KEYS[6], head, 'PX', stale * 4)
+  end
+end
+local rank = redis.call('ZRANK', KEYS[1], ARGV[1]) or 0
 local ours = 0
-if rank > 0 then
-  for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, rank - 1)) do
+local from = 0
+while ours == 0 and from < rank do
+  local to = math.min(from + 15, rank - 1)
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[1], from, to)) do
     if string.sub(id, 1, 8) ~= 'foreign:' then
-      ours = ours + 1
+      ours = 1
+      break
     end
   end
+  from = to + 1
 end
 return {rank, n, ours}
 ";
@@ -390,22 +417,13 @@ pub(super) struct Waiter {
     looked: bool,
 }
 
-/// What a waiter does next.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Next {
-    /// Attempt now.
-    Attempt,
-    /// The deadline passed.
-    Deadline,
-}
-
 /// What the count poll found.
 struct Poll {
     /// This waiter's place: 0 is first (always 0 without the queue).
     rank: u64,
     subscribers: usize,
-    /// How many of the waiters ahead are this crate's: 0 when only
-    /// foreign contenders (or nobody) are ahead.
+    /// 1 if a waiter of this crate is ahead, 0 when only foreign
+    /// contenders (or nobody) are.
     ours_ahead: u64,
 }
 
@@ -471,10 +489,10 @@ impl Waiter {
         self.lost = self.lost.saturating_add(1);
     }
 
-    /// Waits until the next attempt is due, or the deadline. `own`:
-    /// subscribers of the channel that are this acquisition's (1 while it
-    /// stays subscribed between attempts).
-    pub(super) async fn next(&mut self, deadline: Instant, own: usize) -> Next {
+    /// Waits until the next attempt is due: `true` to attempt, `false` at
+    /// the deadline. `own`: subscribers of the channel that are this
+    /// acquisition's (1 while it stays subscribed between attempts).
+    pub(super) async fn next(&mut self, deadline: Instant, own: usize) -> bool {
         let local = self.local.clone();
         let mut side = local.side.lock().await;
         self.used_side = true;
@@ -493,7 +511,7 @@ impl Waiter {
         loop {
             let now = Instant::now();
             if now >= deadline {
-                return Next::Deadline;
+                return false;
             }
             let poll = self.poll().await;
             let free = poll.as_ref().is_some_and(|p| p.subscribers <= own);
@@ -533,7 +551,7 @@ impl Waiter {
                     let spread = scale(self.head_step * widen, unit());
                     tokio::time::sleep_until((now + spread).min(deadline)).await;
                 }
-                return Next::Attempt;
+                return true;
             }
             let step = if ours_first {
                 self.head_step
@@ -541,7 +559,7 @@ impl Waiter {
                 self.idle_step
             };
             let mut until = (now + step).min(deadline);
-            if ours_first {
+            if first {
                 until = until.min(self.next_try.max(now));
             }
             // Wait for the step to pass or a release to be announced;
@@ -639,7 +657,7 @@ impl Waiter {
     async fn subscribe_side(&self, side: &mut Option<Side>) {
         let within = Duration::from_secs(1);
         let channel = side_channel(&self.channel);
-        let watch = self.queued && !self.local.no_script.load(Ordering::Relaxed);
+        let watch = self.watching();
         if let Some(s) = side.as_mut() {
             if s.subscribed {
                 return;
@@ -650,7 +668,10 @@ impl Waiter {
                     .await
                     .inspect_err(|e| side_refused(&channel, e))?;
                 if watch {
-                    let _ = watch_replies(&mut s.sink, &self.channel).await;
+                    let pattern = protocol::reply_pattern(&self.channel);
+                    if let Err(e) = s.sink.psubscribe(&pattern).await {
+                        watch_refused(&self.channel, &e);
+                    }
                 }
                 Ok::<_, redis::RedisError>(())
             };
@@ -669,7 +690,10 @@ impl Waiter {
                 return None;
             }
             if watch {
-                let _ = watch_replies(&mut sink, &self.channel).await;
+                let pattern = protocol::reply_pattern(&self.channel);
+                if let Err(e) = sink.psubscribe(&pattern).await {
+                    watch_refused(&self.channel, &e);
+                }
             }
             Some(Side {
                 sink,
@@ -694,6 +718,8 @@ impl Waiter {
                 .key(seen_key(&self.channel))
                 .key(seq_key(&self.channel))
                 .key(foreign_key(&self.channel))
+                .key(turn_key(&self.channel))
+                .key(served_key(&self.channel))
                 .arg(&self.id)
                 .arg(stale)
                 .arg(&self.channel)
@@ -723,6 +749,8 @@ impl Waiter {
                             seen_key(&self.channel),
                             seq_key(&self.channel),
                             foreign_key(&self.channel),
+                            turn_key(&self.channel),
+                            served_key(&self.channel),
                         ];
                         diag!(
                             warn,
@@ -802,41 +830,19 @@ fn side_refused(channel: &str, e: &redis::RedisError) {
     }
 }
 
-/// Watches the replies to the lock's pings (a pattern subscription, which
-/// `PUBSUB NUMSUB` does not count). Refused (an ACL without `PSUBSCRIBE`
-/// or the reply channels' pattern): said once, and foreign contenders get
-/// no place in the queue.
-pub(super) async fn watch_replies<S: PatternSink>(sink: &mut S, channel: &str) -> bool {
-    let pattern = protocol::reply_pattern(channel);
-    let r = sink.psubscribe_to(&pattern).await;
-    if let Err(e) = &r {
-        static SAID: AtomicBool = AtomicBool::new(false);
-        if !SAID.swap(true, Ordering::Relaxed) {
-            diag!(
-                warn,
-                "portalocker: the Redis user may not watch the lock's reply channels with \
-                 PSUBSCRIBE {pattern:?} ({e}), so Python peers on {channel:?} get no place in \
-                 the queue and may wait long (allow +psubscribe and &{pattern})"
-            );
-        }
-    }
-    r.is_ok()
-}
-
-/// A connection that can subscribe to a pattern.
-pub(super) trait PatternSink {
-    async fn psubscribe_to(&mut self, pattern: &str) -> redis::RedisResult<()>;
-}
-
-impl PatternSink for PubSubSink {
-    async fn psubscribe_to(&mut self, pattern: &str) -> redis::RedisResult<()> {
-        self.psubscribe(pattern).await
-    }
-}
-
-impl PatternSink for super::connect::SubSink {
-    async fn psubscribe_to(&mut self, pattern: &str) -> redis::RedisResult<()> {
-        self.psubscribe(pattern).await
+/// Says once that watching the replies to the lock's pings (a pattern
+/// subscription, which `PUBSUB NUMSUB` does not count) was refused: foreign
+/// contenders then get no place in the queue.
+pub(super) fn watch_refused(channel: &str, e: &redis::RedisError) {
+    static SAID: AtomicBool = AtomicBool::new(false);
+    if !SAID.swap(true, Ordering::Relaxed) {
+        let pattern = protocol::reply_pattern(channel);
+        diag!(
+            warn,
+            "portalocker: the Redis user may not watch the lock's reply channels with \
+             PSUBSCRIBE {pattern:?} ({e}), so Python peers on {channel:?} get no place in \
+             the queue and may wait long (allow +psubscribe and &{pattern})"
+        );
     }
 }
 
