@@ -34,6 +34,7 @@
 //! | `Io` | the kind of the underlying OS error |
 //! | `InvalidInput` | `InvalidInput` |
 //! | `Redis` | `Other` |
+//! | `Etcd` | `Other` |
 //! | `Unsupported` | `Unsupported` |
 
 use std::borrow::Cow;
@@ -60,6 +61,9 @@ pub enum ErrorKind {
     Io,
     /// A Redis command or connection failed.
     Redis,
+    /// An etcd request failed, or the cluster could not be reached
+    /// (e.g. it has no quorum) before the deadline.
+    Etcd,
     /// The setup is one this lock cannot be safe on, so nothing was
     /// granted: a Redis replica (a lock there is not seen by holders on
     /// the primary) or a Redis Cluster node (a subscriber count covers one
@@ -78,6 +82,7 @@ impl fmt::Display for ErrorKind {
             Self::LockLost => "lock lost",
             Self::Io => "I/O error",
             Self::Redis => "Redis error",
+            Self::Etcd => "etcd error",
             Self::Unsupported => "unsupported setup",
             Self::InvalidInput => "invalid input",
         })
@@ -99,6 +104,9 @@ struct Inner {
     op: Cow<'static, str>,
     path: Option<PathBuf>,
     channel: Option<String>,
+    /// The name of a lock that is neither a file nor a Redis channel (an
+    /// etcd lock's name).
+    name: Option<String>,
     holder_pid: Option<u32>,
     holder_id: Option<String>,
     /// Why it failed, in words.
@@ -114,6 +122,7 @@ impl Error {
                 op: op.into(),
                 path: None,
                 channel: None,
+                name: None,
                 holder_pid: None,
                 holder_id: None,
                 reason: Cow::Borrowed(""),
@@ -130,6 +139,12 @@ impl Error {
     #[allow(dead_code)] // set by the Redis lock
     pub(crate) fn with_channel(mut self, channel: impl Into<String>) -> Self {
         self.inner.channel = Some(channel.into());
+        self
+    }
+
+    #[allow(dead_code)] // set by the etcd lock
+    pub(crate) fn with_lock_name(mut self, name: impl Into<String>) -> Self {
+        self.inner.name = Some(name.into());
         self
     }
 
@@ -262,6 +277,11 @@ impl Error {
         self.inner.channel.as_deref()
     }
 
+    /// The name of the lock concerned, for errors of the etcd lock.
+    pub fn lock_name(&self) -> Option<&str> {
+        self.inner.name.as_deref()
+    }
+
     /// The operating-system error behind this one, if any.
     ///
     /// # Examples
@@ -348,6 +368,8 @@ impl fmt::Display for Error {
             write!(f, " {path:?}")?;
         } else if let Some(channel) = &i.channel {
             write!(f, " on channel {channel:?}")?;
+        } else if let Some(name) = &i.name {
+            write!(f, " {name:?}")?;
         }
         if !i.reason.is_empty() {
             write!(f, ": {}", i.reason)?;
@@ -398,7 +420,7 @@ impl From<Error> for io::Error {
             ErrorKind::LockLost => io::ErrorKind::ConnectionAborted,
             ErrorKind::InvalidInput => io::ErrorKind::InvalidInput,
             ErrorKind::Io => err.io_error().map_or(io::ErrorKind::Other, Self::kind),
-            ErrorKind::Redis => io::ErrorKind::Other,
+            ErrorKind::Redis | ErrorKind::Etcd => io::ErrorKind::Other,
             ErrorKind::Unsupported => io::ErrorKind::Unsupported,
         };
         Self::new(kind, err)

@@ -163,6 +163,11 @@
 //!   a CA are given to redis-rs (`redis::Client::build_with_tls`), and
 //!   `#insecure` at the end of the URL skips verification. Over TLS the
 //!   lock's subscription connection speaks RESP3 (Redis ≥ 6).
+//! * `etcd`: `EtcdLock`, `EtcdLockGuard` and `EtcdHolder`, a lock kept by
+//!   an etcd cluster (leases, first-come-first-served waiting by watch,
+//!   the key's create revision as fencing token), and a re-export of
+//!   [`etcd_client`](https://docs.rs/etcd-client). Building it needs
+//!   `protoc` (or `PROTOC` naming one). Not instrumented by `tracing` yet.
 //! * `tracing`: [`tracing`](https://docs.rs/tracing) spans and events, at
 //!   `DEBUG` level. Every `acquire` (and `try_acquire`, `acquire_timeout`)
 //!   of a lock, semaphore or Redis lock runs in an `acquire` span with the
@@ -232,6 +237,18 @@ pub use redis_lock::{
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis;
+
+#[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+mod etcd_lock;
+#[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+pub use etcd_lock::{EtcdHolder, EtcdLock, EtcdLockGuard, DEFAULT_LEASE_TTL};
+
+/// etcd-client, re-exported so that users name the same `etcd_client::Client`.
+#[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+pub use etcd_client;
 
 /// The README's examples, compiled as doc tests.
 #[cfg(doctest)]

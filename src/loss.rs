@@ -19,6 +19,11 @@ use tokio::sync::watch;
 
 use crate::file_lock::FileId;
 
+/// A callback run once when a held lock is lost (the `on_lost` option of
+/// the distributed locks).
+#[allow(dead_code)] // used by the Redis and etcd locks
+pub(crate) type LossCallback = Arc<dyn Fn(&crate::Error) + Send + Sync + 'static>;
+
 /// How often a monitor checks the path where no OS notification wakes it
 /// (and, as a safety net, where one does).
 pub(crate) const POLL: Duration = Duration::from_millis(250);
@@ -41,12 +46,19 @@ impl Loss {
 
     /// Records the loss (once) and tells every receiver.
     pub(crate) fn fail(&self, why: impl Into<String>) {
+        self.fail_first(why);
+    }
+
+    /// As [`fail`](Self::fail); `true` for the call that recorded the loss.
+    pub(crate) fn fail_first(&self, why: impl Into<String>) -> bool {
         let mut w = crate::util::lock(&self.why);
-        if w.is_none() {
-            *w = Some(why.into());
-            drop(w);
-            self.tx.send_replace(true);
+        if w.is_some() {
+            return false;
         }
+        *w = Some(why.into());
+        drop(w);
+        self.tx.send_replace(true);
+        true
     }
 
     pub(crate) fn is_lost(&self) -> bool {

@@ -20,9 +20,8 @@ use super::connect::{SubConn, SubSink};
 use super::protocol::{self, HolderMode, Replies};
 use crate::util::lock;
 
-/// A callback run once when a held lock is lost.
-pub(crate) type LossCallback = Arc<dyn Fn(&Error) + Send + Sync + 'static>;
 use crate::error::{Error, ErrorKind};
+pub(crate) use crate::loss::LossCallback;
 
 /// Where a subscription stands.
 #[derive(Clone, Debug)]

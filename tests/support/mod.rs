@@ -10,6 +10,10 @@ use std::time::Duration;
 pub const ROLE_ENV: &str = "PORTALOCKER_TEST_ROLE";
 pub const ARGS_ENV: &str = "PORTALOCKER_TEST_ARGS";
 
+/// A throwaway etcd cluster and the etcd lock's child roles.
+#[cfg(all(feature = "etcd", unix))]
+pub mod etcd;
+
 /// The number of open descriptors of this process.
 #[cfg(unix)]
 pub fn fd_count() -> usize {
@@ -801,6 +805,8 @@ async fn run_role(role: &str, args: &[String]) {
             std::fs::write(&args[3], out).unwrap();
             say("DONE", "");
         }
+        #[cfg(all(feature = "etcd", unix))]
+        r if r.starts_with("etcd-") => etcd::run_role(r, args).await,
         other => panic!("unknown role {other}"),
     }
 }
@@ -1483,7 +1489,7 @@ print("@@DONE", flush=True)
 "#;
 
 /// One critical section of a fleet worker, as it recorded it.
-#[cfg(all(feature = "redis", unix))]
+#[cfg(all(any(feature = "redis", feature = "etcd"), unix))]
 #[allow(dead_code)]
 #[derive(Debug, Clone)]
 pub struct FleetSection {
@@ -1494,7 +1500,7 @@ pub struct FleetSection {
 }
 
 /// What one fleet worker recorded.
-#[cfg(all(feature = "redis", unix))]
+#[cfg(all(any(feature = "redis", feature = "etcd"), unix))]
 #[allow(dead_code)]
 pub struct FleetWorker {
     pub who: String,
@@ -1504,7 +1510,7 @@ pub struct FleetWorker {
     pub failed: Vec<String>,
 }
 
-#[cfg(all(feature = "redis", unix))]
+#[cfg(all(any(feature = "redis", feature = "etcd"), unix))]
 #[allow(dead_code)]
 impl FleetWorker {
     /// The times this worker went without a grant: from the start of the
@@ -1564,34 +1570,42 @@ pub fn run_fleet(
     for (who, python, mut p) in procs {
         p.expect("DONE");
         p.finish();
-        let text = std::fs::read_to_string(dir.path().join(&who)).unwrap();
-        let mut w = FleetWorker {
-            who: who.clone(),
-            python,
-            sections: Vec::new(),
-            failed: Vec::new(),
-        };
-        for line in text.lines().filter(|l| !l.is_empty()) {
-            let f: Vec<&str> = line.splitn(4, ' ').collect();
-            match f[0] {
-                "G" => w.sections.push(FleetSection {
-                    who: who.clone(),
-                    start: f[1].parse().unwrap(),
-                    end: f[2].parse().unwrap(),
-                    token: f[3].parse().unwrap(),
-                }),
-                "T" => w.failed.push(line.to_string()),
-                _ => panic!("{who}: unexpected line {line:?}"),
-            }
-        }
-        workers.push(w);
+        workers.push(read_fleet_worker(&who, python, &dir.path().join(&who)));
     }
     (begin, end, workers)
 }
 
+/// Reads what a fleet worker recorded in `path`: a line per grant (`G
+/// <start ns> <end ns> <token>`) and per failed acquire (`T …`).
+#[cfg(all(any(feature = "redis", feature = "etcd"), unix))]
+#[allow(dead_code)]
+pub fn read_fleet_worker(who: &str, python: bool, path: &Path) -> FleetWorker {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut w = FleetWorker {
+        who: who.to_string(),
+        python,
+        sections: Vec::new(),
+        failed: Vec::new(),
+    };
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let f: Vec<&str> = line.splitn(4, ' ').collect();
+        match f[0] {
+            "G" => w.sections.push(FleetSection {
+                who: who.to_string(),
+                start: f[1].parse().unwrap(),
+                end: f[2].parse().unwrap(),
+                token: f[3].parse().unwrap(),
+            }),
+            "T" => w.failed.push(line.to_string()),
+            _ => panic!("{who}: unexpected line {line:?}"),
+        }
+    }
+    w
+}
+
 /// Every recorded section of a fleet, in the order they began; panics if
 /// two overlap or a fencing token does not increase from one to the next.
-#[cfg(all(feature = "redis", unix))]
+#[cfg(all(any(feature = "redis", feature = "etcd"), unix))]
 #[allow(dead_code)]
 pub fn fleet_sections_exclusive(workers: &[FleetWorker]) -> Vec<FleetSection> {
     let mut all: Vec<FleetSection> = workers
