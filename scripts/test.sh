@@ -93,6 +93,8 @@ say "cargo clippy"
 cargo clippy --all-targets --all-features -- -D warnings
 say "cargo clippy -p portalocker-cli (the command, cli/)"
 cargo clippy -p portalocker-cli --all-targets -- -D warnings
+# Without the default `etcd` feature too (a build without protoc).
+cargo clippy -p portalocker-cli --all-targets --no-default-features -- -D warnings
 cargo clippy -p portalocker-cli --target x86_64-pc-windows-gnu -- -D warnings
 say "cargo clippy --cfg portalocker_portable (the macOS/BSD code, on Linux)"
 RUSTFLAGS="--cfg portalocker_portable" cargo clippy --all-targets --all-features \
@@ -154,4 +156,4 @@ CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER="$PWD/scripts/wine/run.sh" \
   cargo test --target x86_64-pc-windows-gnu --lib --tests
 say "cargo test -p portalocker-cli --target x86_64-pc-windows-gnu (under Wine: the job-object tie)"
 CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER="$PWD/scripts/wine/run.sh" \
-  cargo test -p portalocker-cli --target x86_64-pc-windows-gnu --test windows
+  cargo test -p portalocker-cli --no-default-features --target x86_64-pc-windows-gnu --test windows

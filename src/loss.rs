@@ -133,8 +133,8 @@ pub(crate) fn monitor_file(
 /// [`RLockGuard`](crate::RLockGuard),
 /// [`TemporaryFileLockGuard`](crate::TemporaryFileLockGuard),
 /// [`PidFileLockGuard`](crate::PidFileLockGuard),
-/// [`BoundedSemaphorePermit`](crate::BoundedSemaphorePermit) and
-/// `RedisLockGuard`, each of which also has these methods of its own (with
+/// [`BoundedSemaphorePermit`](crate::BoundedSemaphorePermit),
+/// `RedisLockGuard` and `EtcdLockGuard`, each of which also has these methods of its own (with
 /// the details of how it watches).
 ///
 /// # Examples

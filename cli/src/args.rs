@@ -22,6 +22,8 @@ Examples:
   portalocker pidfile /run/worker.pid -- worker --foreground
   # one of these across all hosts, stopped if the lock is lost
   portalocker redis --url redis://redis:6379/ --fencing nightly-report -- ./report.sh
+  # the same on an etcd cluster (survives the loss of a member)
+  portalocker etcd --endpoints etcd1:2379,etcd2:2379,etcd3:2379 nightly-report -- ./report.sh
   # who holds it?
   portalocker who /var/lock/backup.lock
   # replace a config file atomically
@@ -65,7 +67,10 @@ pub(crate) enum Cmd {
     Pidfile(PidfileArgs),
     /// Hold a Redis lock (Python portalocker's protocol) while COMMAND runs.
     Redis(RedisArgs),
-    /// Say who holds a file lock, or a Redis lock with --redis.
+    /// Hold an etcd lock (leases; etcdctl-lock compatible) while COMMAND runs.
+    #[cfg(feature = "etcd")]
+    Etcd(EtcdArgs),
+    /// Say who holds a file lock, a Redis lock with --redis, an etcd lock with --etcd.
     Who(WhoArgs),
     /// Write standard input to PATH atomically: all of it or nothing.
     Write(WriteArgs),
@@ -255,13 +260,53 @@ pub(crate) struct RedisArgs {
     pub(crate) command: Vec<OsString>,
 }
 
+#[cfg(feature = "etcd")]
+#[derive(Args)]
+pub(crate) struct EtcdArgs {
+    /// The etcd members, e.g. 10.0.0.1:2379,10.0.0.2:2379 (http:// and
+    /// https:// prefixes are accepted).
+    #[arg(
+        long,
+        value_name = "HOST:PORT,…",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub(crate) endpoints: Vec<String>,
+    /// Take a shared (reader) lock.
+    #[arg(short, long)]
+    pub(crate) shared: bool,
+    /// The lease TTL: how long the lock outlives this program if it dies or
+    /// is cut off from etcd.
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+    pub(crate) ttl: Duration,
+    /// When the lock is lost: SIGTERM, then SIGKILL after SECONDS.
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+    pub(crate) grace: Duration,
+    #[command(flatten)]
+    pub(crate) wait: WaitArgs,
+    /// The lock's name (its keys are NAME/…, as for `etcdctl lock NAME`).
+    pub(crate) name: String,
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub(crate) command: Vec<OsString>,
+}
+
 #[derive(Args)]
 pub(crate) struct WhoArgs {
     /// Look up a Redis lock on this server (any URL `redis --url` takes);
     /// the argument is then its channel.
     #[arg(long, value_name = "URL")]
     pub(crate) redis: Option<String>,
-    /// The lock file (or, with --redis, the channel).
+    /// Look up an etcd lock on these members (HOST:PORT,…); the argument
+    /// is then its name.
+    #[cfg(feature = "etcd")]
+    #[arg(
+        long,
+        value_name = "HOST:PORT,…",
+        value_delimiter = ',',
+        conflicts_with = "redis"
+    )]
+    pub(crate) etcd: Option<Vec<String>>,
+    /// The lock file (or, with --redis, the channel; with --etcd, the name).
     pub(crate) target: OsString,
 }
 

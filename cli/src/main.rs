@@ -1,6 +1,6 @@
 //! `portalocker`: run a command while holding a lock — a file lock (like
 //! flock(1), with timeouts in seconds everywhere), a lock-file semaphore
-//! slot, a pid file, or a Redis lock — and see who holds one. Built on the
+//! slot, a pid file, a Redis lock or an etcd lock — and see who holds one. Built on the
 //! `portalocker` library, so its locks exclude the library's users and
 //! Python portalocker's on the same files and channels.
 
@@ -80,6 +80,8 @@ fn main() -> ExitCode {
             Cmd::Semaphore(a) => semaphore(a, verbose).await,
             Cmd::Pidfile(a) => pidfile(a, verbose).await,
             Cmd::Redis(a) => redis_lock(a, verbose).await,
+            #[cfg(feature = "etcd")]
+            Cmd::Etcd(a) => cmd::etcd::etcd_lock(a, verbose).await,
             Cmd::Who(a) => who(a).await,
             Cmd::Write(a) => write(a).await,
         }

@@ -1046,6 +1046,7 @@ fn dead_soon(pid: u32) -> bool {
 /// Whether this process runs as root; if not, says on stderr what was
 /// skipped (a failure under `PORTALOCKER_ROOT_TESTS=required`, which
 /// `scripts/test.sh` sets).
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
 fn needs_root(what: &str, why: &str) -> bool {
     let root = std::fs::read_to_string("/proc/self/status")
         .unwrap()
@@ -1070,6 +1071,7 @@ fn needs_root(what: &str, why: &str) -> bool {
 /// `/run/lock` (`/var/lock`), from a directory holding the scripts the
 /// lines name (each records that it ran), with `render-config` and this
 /// `portalocker` on `PATH` and `$REDIS_URL` naming a server of this test.
+#[cfg(feature = "etcd")]
 #[test]
 fn the_readme_command_lines_run_as_written() {
     if !needs_root(
@@ -1136,6 +1138,7 @@ fn the_readme_command_lines_run_as_written() {
     .unwrap();
     std::fs::copy(BIN, bin_dir.join("portalocker")).unwrap();
     let redis = Redis::start();
+    let etcd = Etcd::start();
     let mut script =
         String::from("mount --make-rprivate / && mount -t tmpfs tmpfs /run/lock || exit 99\n");
     for (i, line) in lines.iter().enumerate() {
@@ -1151,6 +1154,7 @@ fn the_readme_command_lines_run_as_written() {
             format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap()),
         )
         .env("REDIS_URL", redis.url())
+        .env("ETCD_ENDPOINTS", etcd.endpoint())
         .env("TMPDIR", work)
         .output()
         .expect("unshare(1) (util-linux) is needed for this test");
@@ -1277,4 +1281,140 @@ fn redis_through_sentinel() {
     assert_eq!(code, 2, "{err}");
     let _ = sentinel.kill();
     let _ = sentinel.wait();
+}
+
+/// A one-member etcd on a free loopback port, killed on drop.
+#[cfg(feature = "etcd")]
+struct Etcd {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+#[cfg(feature = "etcd")]
+impl Etcd {
+    fn start() -> Self {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let (port, peer) = (free(), free());
+        let dir = tempfile::tempdir().unwrap();
+        let etcd = std::env::var("PORTALOCKER_ETCD").unwrap_or_else(|_| "etcd".into());
+        let client = format!("http://127.0.0.1:{port}");
+        let peer = format!("http://127.0.0.1:{peer}");
+        let child = Command::new(&etcd)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("default={peer}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{etcd} is needed (apt-get install etcd-server): {e}"));
+        let e = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        // Ready once etcdctl can write through it.
+        for _ in 0..1000 {
+            let ok = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args([
+                    &format!("--endpoints={}", e.endpoint()),
+                    "put",
+                    "ready",
+                    "1",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return e;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("etcd did not start on port {port}");
+    }
+
+    fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+#[cfg(feature = "etcd")]
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `portalocker etcd`: the command runs with the fencing token; a second
+/// one is busy and points at `who --etcd`, which names the holder; a key
+/// deleted under the holder stops the command (exit 75); then nobody holds.
+#[cfg(feature = "etcd")]
+#[test]
+fn an_etcd_lock_runs_the_command_and_a_lost_one_stops_it() {
+    let srv = Etcd::start();
+    let ep = srv.endpoint();
+    let script = "trap 'echo GOT-TERM; exit 0' TERM; echo token=$PORTALOCKER_FENCING_TOKEN; \
+                  echo READY; while :; do sleep 0.05; done";
+    let mut r = Run::cli(&[
+        "etcd",
+        "--endpoints",
+        &ep,
+        "--grace",
+        "5",
+        "nightly",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let seen = r.expect("READY");
+    let token: u64 = seen[0].strip_prefix("token=").unwrap().parse().unwrap();
+    assert!(token > 0, "{seen:?}");
+    let (code, _, err) = cli(&["etcd", "--endpoints", &ep, "-n", "nightly", "--", "true"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("portalocker who --etcd"), "{err}");
+    let (code, out, _) = cli(&["who", "--etcd", &ep, "nightly"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("holds exclusive holder "), "{out}");
+    assert!(out.contains(&format!("(revision {token})")), "{out}");
+    let del = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([&format!("--endpoints={ep}"), "del", "--prefix", "nightly/"])
+        .output()
+        .unwrap();
+    assert!(del.status.success());
+    r.expect("GOT-TERM");
+    let (code, _, err) = r.finish();
+    assert_eq!(code, 75, "lost: {err}");
+    assert!(err.contains("lost") && err.contains("deleted"), "{err}");
+    let (code, out, _) = cli(&["who", "--etcd", &ep, "nightly"]);
+    assert_eq!(
+        (code, out.trim()),
+        (1, "nobody holds etcd lock \"nightly\"")
+    );
+    // An unreachable cluster is an error at once, not a wait.
+    let (code, _, err) = cli(&["etcd", "--endpoints", "127.0.0.1:1", "x", "--", "true"]);
+    assert_eq!(code, 71, "{err}");
+    assert!(err.contains("cannot reach etcd"), "{err}");
 }

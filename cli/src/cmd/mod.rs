@@ -1,5 +1,7 @@
 //! One module per subcommand.
 
+#[cfg(feature = "etcd")]
+pub(crate) mod etcd;
 pub(crate) mod lock;
 pub(crate) mod pidfile;
 pub(crate) mod redis;

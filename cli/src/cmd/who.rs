@@ -7,6 +7,11 @@ use crate::exit::{say, Outcome, EXIT_FAILED, EXIT_USAGE};
 use std::path::PathBuf;
 
 pub(crate) async fn who(a: WhoArgs) -> Outcome {
+    #[cfg(feature = "etcd")]
+    if let Some(endpoints) = &a.etcd {
+        let name = a.target.to_string_lossy().into_owned();
+        return super::etcd::who(endpoints, &name).await;
+    }
     match a.redis {
         Some(url) => {
             let channel = a.target.to_string_lossy().into_owned();
