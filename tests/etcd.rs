@@ -189,12 +189,16 @@ async fn settings_that_cannot_work_are_refused_before_any_request() {
         let e = lock.try_acquire().await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidInput, "{lock:?}: {e}");
     }
-    // An unreachable cluster: an etcd error at the deadline, not a hang.
-    let e = EtcdLock::new("x", client)
-        .acquire_timeout(Duration::from_millis(200))
-        .await
-        .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Etcd, "{e}");
+    // An unreachable cluster: an etcd error at the deadline, not a hang,
+    // whatever the pause between retries.
+    for pause in [Duration::ZERO, Duration::MAX] {
+        let e = EtcdLock::new("x", client.clone())
+            .check_interval(pause)
+            .acquire_timeout(Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Etcd, "{e}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -443,4 +447,60 @@ async fn writers_and_etcdctl_lock_exclude_each_other() {
     assert!(kv.kvs()[0].create_revision() as u64 > token);
     support::kill("-TERM", ctl.id());
     ctl.wait().unwrap();
+}
+
+/// Every `Duration` setter with `ZERO`, a small value and `MAX`, against
+/// a holder (busy) and on a free lock: a typed answer, never a panic or a
+/// hang. `lease_ttl` below 1 s rounds up; `ZERO` and `MAX` are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_duration_from_zero_to_max_is_handled() {
+    let cluster = EtcdCluster::start(3).await;
+    let client = cluster.client().await;
+    let base = EtcdLock::new("durations", client);
+    for d in [Duration::ZERO, Duration::from_millis(30), Duration::MAX] {
+        // Free: every timeout and retry pause gets the lock.
+        let g = base
+            .clone()
+            .timeout(d)
+            .check_interval(d)
+            .acquire()
+            .await
+            .unwrap_or_else(|e| panic!("{d:?}: {e}"));
+        // Busy: a zero or small timeout fails at once or at its deadline.
+        if d != Duration::MAX {
+            let e = base
+                .clone()
+                .timeout(d)
+                .check_interval(d)
+                .acquire()
+                .await
+                .unwrap_err();
+            assert!(e.is_already_locked(), "{d:?}: {e}");
+        }
+        g.release().await.unwrap();
+    }
+    // A MAX timeout waits until the holder releases.
+    let g = base.acquire().await.unwrap();
+    let waiter = tokio::spawn({
+        let l = base
+            .clone()
+            .timeout(Duration::MAX)
+            .check_interval(Duration::MAX);
+        async move { l.acquire().await }
+    });
+    wait_keys(&cluster, "durations", 2).await;
+    g.release().await.unwrap();
+    waiter.await.unwrap().unwrap().release().await.unwrap();
+    let g = base
+        .clone()
+        .lease_ttl(Duration::from_millis(1))
+        .acquire()
+        .await
+        .unwrap();
+    assert!(!g.is_lost());
+    g.release().await.unwrap();
+    for ttl in [Duration::ZERO, Duration::MAX] {
+        let e = base.clone().lease_ttl(ttl).acquire().await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{ttl:?}: {e}");
+    }
 }

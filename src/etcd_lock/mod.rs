@@ -701,7 +701,7 @@ impl EtcdLock {
                 return Err(self.etcd_error(what, &why));
             }
             let nap = crate::deadline::jittered(pause.max(Duration::from_millis(1)));
-            tokio::time::sleep_until((now + nap).min(bound)).await;
+            tokio::time::sleep_until(now.checked_add(nap).unwrap_or(bound).min(bound)).await;
         }
     }
 }
