@@ -167,7 +167,10 @@
 //!   an etcd cluster (leases, first-come-first-served waiting by watch,
 //!   the key's create revision as fencing token), and a re-export of
 //!   [`etcd_client`](https://docs.rs/etcd-client). Building it needs
-//!   `protoc` (or `PROTOC` naming one). Not instrumented by `tracing` yet.
+//!   `protoc` (or `PROTOC` naming one). With `tracing`, each acquisition
+//!   runs in an `acquire` span (the lock's name, mode, timeout) with a
+//!   `granted` (holder id, key, token, time waited) or `not acquired`
+//!   event, and a loss is an `ERROR` event.
 //! * `tracing`: [`tracing`](https://docs.rs/tracing) spans and events, at
 //!   `DEBUG` level. Every `acquire` (and `try_acquire`, `acquire_timeout`)
 //!   of a lock, semaphore or Redis lock runs in an `acquire` span with the

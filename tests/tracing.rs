@@ -183,3 +183,45 @@ fn a_semaphore_traces_one_span_per_call_with_its_slot() {
         .collect();
     assert_eq!(slots, ["0", "1"]);
 }
+
+/// The etcd lock: an `acquire` span with the lock's name, `granted` with
+/// the token, `not acquired` when busy, and a `lost` event when its key
+/// goes.
+#[cfg(all(feature = "etcd", unix))]
+#[test]
+fn the_etcd_lock_traces_grants_refusals_and_losses() {
+    let rec = Recorder::default();
+    let _default = tracing::subscriber::set_default(rec.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cluster = support::etcd::EtcdCluster::start(1).await;
+        let lock = portalocker::EtcdLock::new("traced", cluster.client().await);
+        let g = lock.acquire().await.unwrap();
+        assert!(lock.try_acquire().await.unwrap_err().is_already_locked());
+        let mut rx = g.watch_lost();
+        cluster.client().await.delete(g.key(), None).await.unwrap();
+        rx.wait_for(|l| *l).await.unwrap();
+        let spans = rec.spans("acquire");
+        assert_eq!(spans.len(), 2, "{spans:?}");
+        assert_eq!(spans[0].fields["etcd_lock"], "traced", "{spans:?}");
+        let granted = rec.events("granted");
+        assert_eq!(granted.len(), 1, "{granted:?}");
+        assert_eq!(
+            granted[0].fields["fence_token"],
+            g.fence_token().to_string()
+        );
+        assert_eq!(granted[0].parent.as_deref(), Some("acquire"));
+        let refused = rec.events("not acquired");
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(
+            refused[0].fields["error"].contains("already locked"),
+            "{refused:?}"
+        );
+        let lost = rec.events("lost");
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        assert!(lost[0].fields["reason"].contains("deleted"), "{lost:?}");
+    });
+}

@@ -68,6 +68,13 @@ impl LeaseState {
 
     pub(super) fn fail(&self, why: impl Into<String>) {
         if self.loss.fail_first(why) {
+            #[cfg(feature = "tracing")]
+            tracing::error!(
+                etcd_lock = %self.name,
+                holder_id = %self.holder_id,
+                reason = %self.loss.reason().unwrap_or_default(),
+                "lost"
+            );
             if let Some(cb) = &self.on_lost {
                 cb(&self.lost_error());
             }
