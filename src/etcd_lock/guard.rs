@@ -69,6 +69,7 @@ impl EtcdLockGuard {
     /// # Examples
     ///
     /// ```no_run
+    /// # #[allow(dead_code)]
     /// # async fn f(client: portalocker::etcd_client::Client) -> portalocker::Result<()> {
     /// let guard = portalocker::EtcdLock::new("jobs", client).acquire().await?;
     /// println!("holder {} after {:?}", guard.holder_id(), guard.waited());
@@ -166,6 +167,7 @@ impl EtcdLockGuard {
     /// # Examples
     ///
     /// ```no_run
+    /// # #[allow(dead_code)]
     /// # async fn f(guard: portalocker::EtcdLockGuard) -> portalocker::Result<()> {
     /// let n = guard.run_while_held(async { /* the job */ 42 }).await?;
     /// # let _ = n; Ok(()) }

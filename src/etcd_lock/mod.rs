@@ -196,9 +196,11 @@ impl EtcdLock {
     /// # Examples
     ///
     /// ```no_run
+    /// # #[allow(dead_code)]
     /// # async fn f(client: portalocker::etcd_client::Client) {
     /// use std::time::Duration;
     /// let lock = portalocker::EtcdLock::new("jobs", client).lease_ttl(Duration::from_secs(30));
+    /// # drop(lock);
     /// # }
     /// ```
     pub fn lease_ttl(self, ttl: Duration) -> Self {
@@ -672,6 +674,7 @@ impl EtcdLock {
     /// # Examples
     ///
     /// ```no_run
+    /// # #[allow(dead_code)]
     /// # async fn f(client: portalocker::etcd_client::Client) -> portalocker::Result<()> {
     /// for h in portalocker::EtcdLock::new("jobs", client).holders().await? {
     ///     println!("{h}");
