@@ -12,7 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-say() { printf '==> %s\n' "$*"; }
+# Each section is stamped with the seconds since the script began, so a
+# slow section shows in CI's log (the budget is ~30 minutes on 2 cores).
+say() { printf '==> [%4ds] %s\n' "$SECONDS" "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 command -v cargo >/dev/null || die "cargo not found: install Rust >= 1.89 (https://rustup.rs)"
