@@ -504,3 +504,36 @@ async fn every_duration_from_zero_to_max_is_handled() {
         assert_eq!(e.kind(), ErrorKind::InvalidInput, "{ttl:?}: {e}");
     }
 }
+
+/// `release()` dropped before it is polled, and dropped mid-flight, still
+/// frees the lock: the revoke runs on a task of its own (the guard's drop
+/// for the unpolled one), so another contender gets the lock and no lease
+/// is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_release_still_frees_the_lock() {
+    let cluster = EtcdCluster::start(3).await;
+    let lock = EtcdLock::new("rel", cluster.client().await).timeout(Duration::from_secs(30));
+    // Never polled.
+    let g = lock.acquire().await.unwrap();
+    drop(g.release());
+    wait_leases(&cluster, 0).await;
+    assert!(keys(&cluster, "rel").await.is_empty());
+    // Polled once, then dropped.
+    let g = lock.acquire().await.unwrap();
+    let mut release = Box::pin(g.release());
+    assert!(futures_poll_once(release.as_mut()).await.is_none());
+    drop(release);
+    wait_leases(&cluster, 0).await;
+    lock.acquire().await.unwrap().release().await.unwrap();
+}
+
+/// Polls `fut` once: its output if it was ready at once.
+async fn futures_poll_once<F: std::future::Future + Unpin>(mut fut: F) -> Option<F::Output> {
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match std::pin::Pin::new(&mut fut).poll(cx) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}

@@ -95,17 +95,12 @@ impl LeaseState {
     }
 
     pub(super) async fn lost(&self) {
-        if self.is_lost() {
-            return;
-        }
-        let expires = *lock(&self.expires);
-        tokio::select! {
-            () = self.loss.lost() => {}
-            () = tokio::time::sleep_until(expires) => {
-                // Renewed meanwhile? Then keep waiting.
-                if !self.is_lost() {
-                    Box::pin(self.lost()).await;
-                }
+        // Until the loss is recorded, or the expiry passes unrenewed.
+        while !self.is_lost() {
+            let expires = self.expires();
+            tokio::select! {
+                () = self.loss.lost() => return,
+                () = tokio::time::sleep_until(expires) => {}
             }
         }
     }

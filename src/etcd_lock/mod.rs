@@ -483,7 +483,10 @@ impl EtcdLock {
                 if fail_fast || Instant::now() >= deadline {
                     return Err(self.busy().await);
                 }
-                if !self.wait_gone(&b, at, deadline, &state).await {
+                if !self
+                    .wait_gone(&b, at, deadline, w.check_interval, &state)
+                    .await
+                {
                     if state.is_lost() {
                         return Ok(None);
                     }
@@ -567,7 +570,14 @@ impl EtcdLock {
     /// lease is lost, or the deadline: `true` when the key went. A watch
     /// that ends or is cancelled (compaction) also returns `true`, so the
     /// caller looks again.
-    async fn wait_gone(&self, key: &[u8], at: i64, deadline: Instant, state: &LeaseState) -> bool {
+    async fn wait_gone(
+        &self,
+        key: &[u8],
+        at: i64,
+        deadline: Instant,
+        pause: Duration,
+        state: &LeaseState,
+    ) -> bool {
         let watch = async {
             let opts = WatchOptions::new()
                 .with_start_revision(at + 1)
@@ -575,7 +585,7 @@ impl EtcdLock {
             let mut c = self.client.clone();
             let Ok(mut stream) = c.watch(key.to_vec(), Some(opts)).await else {
                 // The cluster is unreachable: pause, then look again.
-                tokio::time::sleep(self.cfg.wait.check_interval).await;
+                tokio::time::sleep(pause).await;
                 return;
             };
             loop {
@@ -591,7 +601,7 @@ impl EtcdLock {
                         }
                     }
                     Ok(None) | Err(_) => {
-                        tokio::time::sleep(self.cfg.wait.check_interval).await;
+                        tokio::time::sleep(pause).await;
                         return;
                     }
                 }

@@ -248,14 +248,7 @@ pub async fn run_role(role: &str, args: &[String]) {
                 .timeout(Duration::from_secs(60))
                 .lease_ttl(Duration::from_secs(ttl));
             say("READY", std::process::id());
-            let go = tokio::task::spawn_blocking(|| {
-                let mut line = String::new();
-                std::io::stdin().read_line(&mut line).unwrap();
-                line
-            })
-            .await
-            .unwrap();
-            let end: u128 = go.trim().strip_prefix("go ").unwrap().parse().unwrap();
+            let end = super::read_go().await;
             let mut out = String::new();
             while epoch_ns() < end {
                 let asked = epoch_ns();

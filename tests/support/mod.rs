@@ -778,14 +778,7 @@ async fn run_role(role: &str, args: &[String]) {
                 .fencing(true);
             let mut con = client.get_multiplexed_async_connection().await.unwrap();
             say("READY", std::process::id());
-            let go = tokio::task::spawn_blocking(|| {
-                let mut line = String::new();
-                std::io::stdin().read_line(&mut line).unwrap();
-                line
-            })
-            .await
-            .unwrap();
-            let end: u128 = go.trim().strip_prefix("go ").unwrap().parse().unwrap();
+            let end = read_go().await;
             let mut out = String::new();
             while epoch_ns() < end {
                 let asked = epoch_ns();
@@ -809,6 +802,20 @@ async fn run_role(role: &str, args: &[String]) {
         r if r.starts_with("etcd-") => etcd::run_role(r, args).await,
         other => panic!("unknown role {other}"),
     }
+}
+
+/// Reads the fleet workers' start line `go <end, ns since the epoch>` from
+/// stdin (off the runtime's thread) and returns the end.
+#[cfg(all(any(feature = "redis", feature = "etcd"), unix))]
+pub async fn read_go() -> u128 {
+    let line = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    line.trim().strip_prefix("go ").unwrap().parse().unwrap()
 }
 
 /// Nanoseconds since the Unix epoch (the clock Python's `time.time_ns()`
