@@ -98,9 +98,13 @@ cargo clippy -p portalocker-cli --all-targets -- -D warnings
 # Without the default `etcd` feature too (a build without protoc).
 cargo clippy -p portalocker-cli --all-targets --no-default-features -- -D warnings
 cargo clippy -p portalocker-cli --target x86_64-pc-windows-gnu -- -D warnings
+# macOS: the command's tie to this program's life is the watcher there.
+cargo clippy -p portalocker-cli --no-default-features --target x86_64-apple-darwin -- -D warnings
 say "cargo clippy --cfg portalocker_portable (the macOS/BSD code, on Linux)"
-RUSTFLAGS="--cfg portalocker_portable" cargo clippy --all-targets --all-features \
-  --target-dir target/portable -- -D warnings
+# The features of the portable test run below (etcd's code has no portable
+# branch, and building tonic again under these RUSTFLAGS costs a minute).
+RUSTFLAGS="--cfg portalocker_portable" cargo clippy --all-targets \
+  --features redis,redis-tls,tracing --target-dir target/portable -- -D warnings
 # Windows (gnu) builds everything with the mingw toolchain. For the other
 # targets this machine has no C cross-compiler, which criterion (a
 # dev-dependency, through alloca) needs: the library is linted there.
@@ -151,6 +155,10 @@ RUSTFLAGS="--cfg portalocker_portable" cargo test --features redis,redis-tls,tra
   --lib --test lock --test rlock --test semaphore --test temporary_lock --test pidfile \
   --test atomic_write --test small_mounts --test multiprocess --test durations \
   --test hostile --test cancel_safety
+# The CLI's tie of a command to its life without the parent-death signal
+# (the watcher alone, as on macOS).
+RUSTFLAGS="--cfg portalocker_portable" cargo test -p portalocker-cli --no-default-features \
+  --target-dir target/portable --test cli -- wrapper
 # Under Wine: every suite that does not need a Unix-only facility (those
 # say so at their top, or on the test).
 say "cargo test --target x86_64-pc-windows-gnu (under Wine)"

@@ -26,13 +26,16 @@ use crate::cmd::{
     write::write,
 };
 use crate::exit::{EXIT_FAILED, EXIT_USAGE, QUIET};
-use crate::supervise::{supervised, SUPERVISED};
+use crate::supervise::{supervised, watch, SUPERVISED, WATCH};
 
 fn main() -> ExitCode {
     // The re-executed intermediate of a command tied to this program's life.
     let raw: Vec<OsString> = std::env::args_os().collect();
     if raw.get(1).is_some_and(|a| a == SUPERVISED) {
         return supervised(&raw[2..]);
+    }
+    if raw.get(1).is_some_and(|a| a == WATCH) {
+        return watch();
     }
     let cli = match Cli::try_parse() {
         Ok(c) => c,

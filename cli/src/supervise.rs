@@ -70,8 +70,133 @@ pub(crate) fn supervised(_args: &[OsString]) -> ExitCode {
 
 /// Whether commands can be tied to this program's life here through the
 /// re-executed intermediate (Windows ties them with a job object instead:
-/// [`kill_with_me`]).
-pub(crate) const CAN_TIE: bool = cfg!(any(target_os = "linux", target_os = "freebsd"));
+/// [`kill_with_me`]; every Unix also has the [`watch`]er). A build with
+/// `--cfg portalocker_portable` leaves it out, so the watcher alone is
+/// tested on Linux as it runs on macOS.
+pub(crate) const CAN_TIE: bool = cfg!(all(
+    any(target_os = "linux", target_os = "freebsd"),
+    not(portalocker_portable)
+));
+
+/// The hidden first argument of the watcher (see [`watch`]).
+pub(crate) const WATCH: &str = "__watch";
+
+/// What the watcher is told when the command has ended normally.
+#[cfg(unix)]
+const WATCH_DONE: &str = "done";
+
+/// `__watch`: the other half of the tie, on every Unix. A small process of
+/// its own group (a terminal's signals and a supervisor's `kill -- -PGID`
+/// of `portalocker`'s group do not reach it) whose standard input is a
+/// pipe that only `portalocker` can write to. `portalocker` writes the
+/// command's target (`PID GROUP`, GROUP 1 for its process group) once the
+/// command runs and `done` once it has ended. When the pipe closes without
+/// `done` — `portalocker` died however it died, SIGKILL and the OOM killer
+/// included, as the kernel closes a dead process's descriptors — the
+/// watcher SIGKILLs the target: the command's whole process group off a
+/// terminal, so its background children too, which the parent-death
+/// signal does not reach; the command's process on a terminal (there it
+/// shares `portalocker`'s group). No kernel facility beyond a pipe, so the
+/// same code runs on macOS, where there is no parent-death signal.
+#[cfg(unix)]
+pub(crate) fn watch() -> ExitCode {
+    use std::io::{BufRead, Read};
+    let mut input = std::io::stdin().lock();
+    let mut line = String::new();
+    // EOF before a target: `portalocker` ended before the command ran.
+    if input.read_line(&mut line).unwrap_or(0) == 0 {
+        return ExitCode::SUCCESS;
+    }
+    let mut words = line.split_whitespace();
+    let target = match (
+        words.next().and_then(|p| p.parse::<u32>().ok()),
+        words.next(),
+    ) {
+        (Some(pid), Some(g)) => Target {
+            pid,
+            group: g == "1",
+        },
+        _ => {
+            say("usage: portalocker __watch, with `PID GROUP` on standard input (internal)");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let mut rest = Vec::new();
+    let _ = input.read_to_end(&mut rest);
+    if String::from_utf8_lossy(&rest).trim() == WATCH_DONE {
+        return ExitCode::SUCCESS;
+    }
+    target.send(Sig::Kill);
+    ExitCode::SUCCESS
+}
+
+#[cfg(not(unix))]
+pub(crate) fn watch() -> ExitCode {
+    say("__watch is not available on this platform (internal)");
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// `portalocker`'s end of the watcher's pipe: dropped without
+/// [`Watcher::done`] (this process dying), the watcher kills the command.
+struct Watcher {
+    #[cfg(unix)]
+    stdin: tokio::process::ChildStdin,
+}
+
+impl Watcher {
+    /// Starts the watcher, before the command: the pipe's writing end is
+    /// close-on-exec, so the command never holds it open. `None` (and a
+    /// warning) where it cannot be started.
+    #[cfg(unix)]
+    fn start(me: &std::path::Path) -> Option<Self> {
+        let spawned = tokio::process::Command::new(me)
+            .arg(WATCH)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .process_group(0)
+            .kill_on_drop(false)
+            .spawn();
+        match spawned.map(|mut c| c.stdin.take()) {
+            Ok(Some(stdin)) => Some(Self { stdin }),
+            Ok(None) => None,
+            Err(e) => {
+                say(format!(
+                    "cannot start the watcher that stops the command if this program is killed \
+                     ({e}); if it is, the command runs on without the lock"
+                ));
+                None
+            }
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn start(_me: &std::path::Path) -> Option<Self> {
+        None
+    }
+
+    /// Tells the watcher whom to kill.
+    async fn target(&mut self, t: Target) {
+        #[cfg(unix)]
+        {
+            use tokio::io::AsyncWriteExt;
+            let line = format!("{} {}\n", t.pid, u8::from(t.group));
+            let _ = self.stdin.write_all(line.as_bytes()).await;
+        }
+        #[cfg(not(unix))]
+        let _ = t;
+    }
+
+    /// The command has ended: the watcher leaves without killing.
+    async fn done(mut self) {
+        #[cfg(unix)]
+        {
+            use tokio::io::AsyncWriteExt;
+            let _ = self.stdin.write_all(WATCH_DONE.as_bytes()).await;
+        }
+        #[cfg(not(unix))]
+        let _ = &mut self;
+    }
+}
 
 /// Windows: puts this process in a job that kills every process in it
 /// when its last handle closes — this process's, when it ends however it
@@ -144,9 +269,22 @@ pub(crate) async fn run<L: Future<Output = ()>>(
     };
     let interactive = std::io::IsTerminal::is_terminal(&std::io::stdin());
     let mut signals = Signals::new();
-    let via = match std::env::current_exe() {
-        Ok(me) if tie && CAN_TIE => Some(me),
+    let me = std::env::current_exe();
+    let via = match &me {
+        Ok(me) if tie && CAN_TIE => Some(me.clone()),
         _ => None,
+    };
+    let mut watcher = match &me {
+        Ok(me) if tie && cfg!(unix) => Watcher::start(me),
+        Ok(_) => None,
+        Err(e) if tie && cfg!(unix) => {
+            say(format!(
+                "cannot find this program to start the watcher that stops the command if this \
+                 program is killed ({e}); if it is, the command runs on without the lock"
+            ));
+            None
+        }
+        Err(_) => None,
     };
     let mut cmd = match &via {
         Some(me) => {
@@ -186,6 +324,9 @@ pub(crate) async fn run<L: Future<Output = ()>>(
         pid,
         group: !interactive,
     });
+    if let (Some(w), Some(t)) = (&mut watcher, target) {
+        w.target(t).await;
+    }
     if let (Some(g), Some(t)) = (pid_file, target) {
         if let Err(e) = g.set_pid(t.pid).await {
             say(format!("cannot write the command's pid: {e}"));
@@ -207,6 +348,9 @@ pub(crate) async fn run<L: Future<Output = ()>>(
         };
         tokio::select! {
             status = child.wait() => {
+                if let Some(w) = watcher.take() {
+                    w.done().await;
+                }
                 return match status {
                     Ok(s) => exit_code(s),
                     Err(e) => {
