@@ -36,6 +36,11 @@ if command -v python3 >/dev/null && ! python3 -c 'import venv, ensurepip' 2>/dev
   missing+=(python3-venv)
 fi
 command -v mkfifo >/dev/null || missing+=(coreutils)
+# The lease lock's two "hosts": two FUSE mounts of one directory (bindfs,
+# fusermount); its clock-step test steps wall clocks with libfaketime.
+command -v bindfs >/dev/null || missing+=(bindfs)
+command -v fusermount >/dev/null || command -v fusermount3 >/dev/null || missing+=(fuse3)
+[[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ]] || missing+=(faketime)
 # The TLS tests make a throwaway CA and certificates with openssl.
 command -v openssl >/dev/null || missing+=(openssl)
 # Windows: the mingw linker builds x86_64-pc-windows-gnu test binaries

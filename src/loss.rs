@@ -16,8 +16,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
+use crate::error::{Error, ErrorKind};
 use crate::file_lock::FileId;
+use crate::util::lock;
 
 /// A callback run once when a held lock is lost (the `on_lost` option of
 /// the distributed locks).
@@ -78,6 +82,162 @@ impl Loss {
         let mut rx = self.tx.subscribe();
         // The sender lives as long as `self`: `wait_for` only ends on `true`.
         let _ = rx.wait_for(|lost| *lost).await;
+    }
+}
+
+/// Which lease-based lock a [`LeaseState`] belongs to: the words of its
+/// messages and the field of its trace events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(dead_code)] // `Etcd` with the etcd feature only
+pub(crate) enum LeaseKind {
+    Etcd,
+    LeaseFile,
+}
+
+impl LeaseKind {
+    fn lock(self) -> &'static str {
+        match self {
+            Self::Etcd => "etcd lock",
+            Self::LeaseFile => "lease lock",
+        }
+    }
+
+    fn unreachable(self) -> &'static str {
+        match self {
+            Self::Etcd => "etcd could not be reached",
+            Self::LeaseFile => "the lease directory could not be written",
+        }
+    }
+}
+
+/// What a lease-based acquisition, its guard and its renewal task share
+/// (the etcd lock and the lease lock file): the loss, and the lease's
+/// expiry on this host's monotonic clock.
+pub(crate) struct LeaseState {
+    kind: LeaseKind,
+    pub(crate) name: String,
+    pub(crate) holder_id: String,
+    loss: Loss,
+    /// When the lease runs out unless renewed, on this host's monotonic
+    /// clock: the send time of the last answered renewal plus the TTL the
+    /// server gave. The server counts from when it received it, so this
+    /// is never later than the server's own expiry.
+    expires: Mutex<Instant>,
+    on_lost: Option<LossCallback>,
+}
+
+impl LeaseState {
+    pub(crate) fn new(
+        kind: LeaseKind,
+        name: String,
+        holder_id: String,
+        expires: Instant,
+        on_lost: Option<LossCallback>,
+    ) -> Self {
+        Self {
+            kind,
+            name,
+            holder_id,
+            loss: Loss::new(),
+            expires: Mutex::new(expires),
+            on_lost,
+        }
+    }
+
+    /// Whether the lease is lost; a lease past its expiry is lost now,
+    /// whether or not the renewal task has run since (a process paused
+    /// past its TTL learns it here, on its first look).
+    pub(crate) fn is_lost(&self) -> bool {
+        if self.loss.is_lost() {
+            return true;
+        }
+        if Instant::now() >= *lock(&self.expires) {
+            self.fail(format!(
+                "the lease was not renewed before it expired (this process was paused, or {}, \
+                 for longer than the lease TTL)",
+                self.kind.unreachable()
+            ));
+            return true;
+        }
+        false
+    }
+
+    pub(crate) fn reason(&self) -> Option<String> {
+        self.is_lost();
+        self.loss.reason()
+    }
+
+    pub(crate) fn fail(&self, why: impl Into<String>) {
+        if self.loss.fail_first(why) {
+            #[cfg(feature = "tracing")]
+            match self.kind {
+                LeaseKind::Etcd => tracing::error!(
+                    etcd_lock = %self.name,
+                    holder_id = %self.holder_id,
+                    reason = %self.loss.reason().unwrap_or_default(),
+                    "lost"
+                ),
+                LeaseKind::LeaseFile => tracing::error!(
+                    lease_lock = %self.name,
+                    holder_id = %self.holder_id,
+                    reason = %self.loss.reason().unwrap_or_default(),
+                    "lost"
+                ),
+            }
+            if let Some(cb) = &self.on_lost {
+                cb(&self.lost_error());
+            }
+        }
+    }
+
+    pub(crate) fn lost_error(&self) -> Error {
+        Error::new(
+            ErrorKind::LockLost,
+            format!("lost the {}", self.kind.lock()),
+        )
+        .with_lock_name(self.name.clone())
+        .with_holder_id(Some(self.holder_id.clone()))
+        .with_reason(self.loss.reason().unwrap_or_default())
+    }
+
+    pub(crate) fn watch_lost(&self) -> tokio::sync::watch::Receiver<bool> {
+        // A lease past its expiry is reported before the receiver is made.
+        self.is_lost();
+        self.loss.subscribe()
+    }
+
+    pub(crate) async fn lost(&self) {
+        // Until the loss is recorded, or the expiry passes unrenewed.
+        while !self.is_lost() {
+            let expires = self.expires();
+            let lost = std::pin::pin!(self.loss.lost());
+            let expiry = std::pin::pin!(tokio::time::sleep_until(expires));
+            if let futures_util::future::Either::Left(_) =
+                futures_util::future::select(lost, expiry).await
+            {
+                return;
+            }
+        }
+    }
+
+    pub(crate) fn extend(&self, to: Instant) {
+        let mut e = lock(&self.expires);
+        if to > *e {
+            *e = to;
+        }
+    }
+
+    pub(crate) fn expires(&self) -> Instant {
+        *lock(&self.expires)
+    }
+}
+
+/// Aborts a task when dropped.
+pub(crate) struct Task(pub(crate) JoinHandle<()>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

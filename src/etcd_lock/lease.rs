@@ -1,130 +1,16 @@
 //! The lease behind an etcd acquisition and its holder: renewed by a task
 //! of its own, and counted lost once a renewal is overdue.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, EventType, WatchFilterType, WatchOptions};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::error::{Error, ErrorKind};
-use crate::loss::{Loss, LossCallback};
-use crate::util::lock;
+pub(super) use crate::loss::{LeaseState, Task};
 
 /// How long a revoke (on release, drop or a dropped acquisition) may take.
 pub(super) const REVOKE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What the acquisition, the guard and the renewal task share.
-pub(super) struct LeaseState {
-    pub(super) name: String,
-    pub(super) holder_id: String,
-    loss: Loss,
-    /// When the lease runs out unless renewed, on this host's monotonic
-    /// clock: the send time of the last answered renewal plus the TTL the
-    /// server gave. The server counts from when it received it, so this
-    /// is never later than the server's own expiry.
-    expires: Mutex<Instant>,
-    on_lost: Option<LossCallback>,
-}
-
-impl LeaseState {
-    pub(super) fn new(
-        name: String,
-        holder_id: String,
-        expires: Instant,
-        on_lost: Option<LossCallback>,
-    ) -> Self {
-        Self {
-            name,
-            holder_id,
-            loss: Loss::new(),
-            expires: Mutex::new(expires),
-            on_lost,
-        }
-    }
-
-    /// Whether the lease is lost; a lease past its expiry is lost now,
-    /// whether or not the renewal task has run since (a process paused
-    /// past its TTL learns it here, on its first look).
-    pub(super) fn is_lost(&self) -> bool {
-        if self.loss.is_lost() {
-            return true;
-        }
-        if Instant::now() >= *lock(&self.expires) {
-            self.fail(
-                "the lease was not renewed before it expired (this process was paused, or \
-                       etcd could not be reached, for longer than the lease TTL)",
-            );
-            return true;
-        }
-        false
-    }
-
-    pub(super) fn reason(&self) -> Option<String> {
-        self.is_lost();
-        self.loss.reason()
-    }
-
-    pub(super) fn fail(&self, why: impl Into<String>) {
-        if self.loss.fail_first(why) {
-            #[cfg(feature = "tracing")]
-            tracing::error!(
-                etcd_lock = %self.name,
-                holder_id = %self.holder_id,
-                reason = %self.loss.reason().unwrap_or_default(),
-                "lost"
-            );
-            if let Some(cb) = &self.on_lost {
-                cb(&self.lost_error());
-            }
-        }
-    }
-
-    pub(super) fn lost_error(&self) -> Error {
-        Error::new(ErrorKind::LockLost, "lost the etcd lock")
-            .with_lock_name(self.name.clone())
-            .with_holder_id(Some(self.holder_id.clone()))
-            .with_reason(self.loss.reason().unwrap_or_default())
-    }
-
-    pub(super) fn watch_lost(&self) -> tokio::sync::watch::Receiver<bool> {
-        // A lease past its expiry is reported before the receiver is made.
-        self.is_lost();
-        self.loss.subscribe()
-    }
-
-    pub(super) async fn lost(&self) {
-        // Until the loss is recorded, or the expiry passes unrenewed.
-        while !self.is_lost() {
-            let expires = self.expires();
-            tokio::select! {
-                () = self.loss.lost() => return,
-                () = tokio::time::sleep_until(expires) => {}
-            }
-        }
-    }
-
-    fn extend(&self, to: Instant) {
-        let mut e = lock(&self.expires);
-        if to > *e {
-            *e = to;
-        }
-    }
-
-    fn expires(&self) -> Instant {
-        *lock(&self.expires)
-    }
-}
-
-/// Aborts a task when dropped.
-pub(super) struct Task(JoinHandle<()>);
-
-impl Drop for Task {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 /// A lease granted to an acquisition that has not been handed to a guard:
 /// renewed meanwhile, and revoked (on a task of its own) if the

@@ -390,6 +390,7 @@ impl EtcdLock {
         let granted = Duration::from_secs(u64::try_from(grant.ttl()).unwrap_or(0).max(1));
         let holder_id = crate::util::unguessable_hex32();
         let state = Arc::new(LeaseState::new(
+            crate::loss::LeaseKind::Etcd,
             self.cfg.name.clone(),
             holder_id.clone(),
             sent.checked_add(granted)

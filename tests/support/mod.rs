@@ -14,6 +14,10 @@ pub const ARGS_ENV: &str = "PORTALOCKER_TEST_ARGS";
 #[cfg(all(feature = "etcd", unix))]
 pub mod etcd;
 
+/// The lease lock's child roles and two FUSE "hosts" of one directory.
+#[cfg(unix)]
+pub mod lease;
+
 /// The number of open descriptors of this process.
 #[cfg(unix)]
 pub fn fd_count() -> usize {
@@ -218,6 +222,31 @@ impl Proc {
                 let rest = rest.trim().to_string();
                 self.seen.push(line);
                 return rest;
+            }
+            self.seen.push(line);
+        }
+    }
+
+    /// Reads lines until one starts with `@@` and one of `markers`;
+    /// returns that marker and the rest of the line.
+    pub fn expect_any(&mut self, markers: &[&str]) -> (String, String) {
+        loop {
+            let mut line = String::new();
+            let n = self.stdout.read_line(&mut line).unwrap();
+            if n == 0 {
+                let status = self.child.wait().unwrap();
+                panic!(
+                    "child ended ({status}) before any of {markers:?}; it said: {:#?}",
+                    self.seen
+                );
+            }
+            let line = line.trim_end().to_string();
+            for m in markers {
+                if let Some(rest) = line.strip_prefix(&format!("@@{m}")) {
+                    let rest = rest.trim().to_string();
+                    self.seen.push(line.clone());
+                    return (m.to_string(), rest);
+                }
             }
             self.seen.push(line);
         }
@@ -800,13 +829,15 @@ async fn run_role(role: &str, args: &[String]) {
         }
         #[cfg(all(feature = "etcd", unix))]
         r if r.starts_with("etcd-") => etcd::run_role(r, args).await,
+        #[cfg(unix)]
+        r if r.starts_with("lease-") || r == "flock-fleet" => lease::run_role(r, args).await,
         other => panic!("unknown role {other}"),
     }
 }
 
 /// Reads the fleet workers' start line `go <end, ns since the epoch>` from
 /// stdin (off the runtime's thread) and returns the end.
-#[cfg(all(any(feature = "redis", feature = "etcd"), unix))]
+#[cfg(unix)]
 pub async fn read_go() -> u128 {
     let line = tokio::task::spawn_blocking(|| {
         let mut line = String::new();
@@ -1496,7 +1527,7 @@ print("@@DONE", flush=True)
 "#;
 
 /// One critical section of a fleet worker, as it recorded it.
-#[cfg(all(any(feature = "redis", feature = "etcd"), unix))]
+#[cfg(unix)]
 #[allow(dead_code)]
 #[derive(Debug, Clone)]
 pub struct FleetSection {
@@ -1507,7 +1538,7 @@ pub struct FleetSection {
 }
 
 /// What one fleet worker recorded.
-#[cfg(all(any(feature = "redis", feature = "etcd"), unix))]
+#[cfg(unix)]
 #[allow(dead_code)]
 pub struct FleetWorker {
     pub who: String,
@@ -1517,7 +1548,7 @@ pub struct FleetWorker {
     pub failed: Vec<String>,
 }
 
-#[cfg(all(any(feature = "redis", feature = "etcd"), unix))]
+#[cfg(unix)]
 #[allow(dead_code)]
 impl FleetWorker {
     /// The times this worker went without a grant: from the start of the
@@ -1584,7 +1615,7 @@ pub fn run_fleet(
 
 /// Reads what a fleet worker recorded in `path`: a line per grant (`G
 /// <start ns> <end ns> <token>`) and per failed acquire (`T …`).
-#[cfg(all(any(feature = "redis", feature = "etcd"), unix))]
+#[cfg(unix)]
 #[allow(dead_code)]
 pub fn read_fleet_worker(who: &str, python: bool, path: &Path) -> FleetWorker {
     let text = std::fs::read_to_string(path).unwrap();
@@ -1612,7 +1643,7 @@ pub fn read_fleet_worker(who: &str, python: bool, path: &Path) -> FleetWorker {
 
 /// Every recorded section of a fleet, in the order they began; panics if
 /// two overlap or a fencing token does not increase from one to the next.
-#[cfg(all(any(feature = "redis", feature = "etcd"), unix))]
+#[cfg(unix)]
 #[allow(dead_code)]
 pub fn fleet_sections_exclusive(workers: &[FleetWorker]) -> Vec<FleetSection> {
     let mut all: Vec<FleetSection> = workers
