@@ -232,6 +232,99 @@ impl LeaseState {
     }
 }
 
+/// The loss methods of a guard of a lease-based lock (a `state:
+/// Arc<LeaseState>` field): `is_lost`, `ensure_held`, `watch_lost`,
+/// `lost`, `run_while_held`. `$how` says how such a lock is lost.
+macro_rules! lease_guard_loss_methods {
+    ($how:literal) => {
+        #[doc = concat!(
+                    "Whether the lock was lost: the lease was not renewed in time (also judged ",
+                    "here, from the local clock, so a process that was paused past its TTL ",
+                    "learns it on its first look), ", $how, ". Local and cheap."
+                )]
+        pub fn is_lost(&self) -> bool {
+            self.state.is_lost()
+        }
+
+        /// `Err` of kind [`ErrorKind::LockLost`](crate::ErrorKind::LockLost)
+        /// once the lock is lost; cheap, no I/O.
+        ///
+        /// # Errors
+        ///
+        /// [`ErrorKind::LockLost`](crate::ErrorKind::LockLost), naming the
+        /// lock, the holder id and why.
+        pub fn ensure_held(&self) -> $crate::Result<()> {
+            match self.state.reason() {
+                Some(_) => Err(self.state.lost_error()),
+                None => Ok(()),
+            }
+        }
+
+        /// A `watch` receiver that turns `true` when the lock is lost.
+        pub fn watch_lost(&self) -> ::tokio::sync::watch::Receiver<bool> {
+            self.state.watch_lost()
+        }
+
+        /// Resolves when the lock is lost. Pending while it is held.
+        ///
+        /// # Cancel safety
+        ///
+        /// This method is cancel safe: it only watches.
+        pub async fn lost(&self) {
+            self.state.lost().await;
+        }
+
+        /// Runs `work` only while the lock is held: its output, or an error
+        /// of kind [`ErrorKind::LockLost`](crate::ErrorKind::LockLost) as
+        /// soon as the lock is lost first (then `work` is dropped at its
+        /// current `.await`). A loss is noticed, not undone: use
+        /// `fence_token` where a stale holder's writes must be refused.
+        ///
+        /// # Cancel safety
+        ///
+        /// Cancel safe exactly when `work` is.
+        ///
+        /// # Errors
+        ///
+        /// [`ErrorKind::LockLost`](crate::ErrorKind::LockLost) if the lock
+        /// is lost before `work` completes.
+        pub async fn run_while_held<F: ::std::future::Future>(
+            &self,
+            work: F,
+        ) -> $crate::Result<F::Output> {
+            self.ensure_held()?;
+            let lost = ::std::pin::pin!(self.lost());
+            match ::futures_util::future::select(lost, ::std::pin::pin!(work)).await {
+                ::futures_util::future::Either::Left(_) => Err(self.state.lost_error()),
+                ::futures_util::future::Either::Right((out, _)) => Ok(out),
+            }
+        }
+    };
+}
+pub(crate) use lease_guard_loss_methods;
+
+/// `HeldLock` for a guard of a lease-based lock, whose token is its
+/// `fence_token()` (always there).
+macro_rules! impl_held_lock_for_lease_guard {
+    ($guard:ty) => {
+        impl $crate::HeldLock for $guard {
+            fn is_lost(&self) -> bool {
+                <$guard>::is_lost(self)
+            }
+            fn ensure_held(&self) -> $crate::Result<()> {
+                <$guard>::ensure_held(self)
+            }
+            fn watch_lost(&self) -> ::tokio::sync::watch::Receiver<bool> {
+                <$guard>::watch_lost(self)
+            }
+            fn fence_token(&self) -> Option<u64> {
+                Some(<$guard>::fence_token(self))
+            }
+        }
+    };
+}
+pub(crate) use impl_held_lock_for_lease_guard;
+
 /// Aborts a task when dropped.
 pub(crate) struct Task(pub(crate) JoinHandle<()>);
 

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::Client;
-use tokio::sync::watch;
 
 use super::lease::{revoke, revoke_in_background, LeaseState, Task};
 use crate::error::{Error, ErrorKind, Result};
@@ -115,71 +114,7 @@ impl EtcdLockGuard {
         self.fence
     }
 
-    /// Whether the lock was lost: the lease was not renewed in time (also
-    /// judged here, from the local clock, so a process that was paused
-    /// past its TTL learns it on its first look), etcd said it expired,
-    /// or the key was deleted. Local and cheap.
-    pub fn is_lost(&self) -> bool {
-        self.state.is_lost()
-    }
-
-    /// `Err` of kind [`ErrorKind::LockLost`] once the lock is lost; cheap,
-    /// no network traffic.
-    ///
-    /// # Errors
-    ///
-    /// [`ErrorKind::LockLost`], naming the lock, the holder id and why.
-    pub fn ensure_held(&self) -> Result<()> {
-        match self.state.reason() {
-            Some(_) => Err(self.state.lost_error()),
-            None => Ok(()),
-        }
-    }
-
-    /// A `watch` receiver that turns `true` when the lock is lost.
-    pub fn watch_lost(&self) -> watch::Receiver<bool> {
-        self.state.watch_lost()
-    }
-
-    /// Resolves when the lock is lost. Pending while it is held.
-    ///
-    /// # Cancel safety
-    ///
-    /// This method is cancel safe: it only watches.
-    pub async fn lost(&self) {
-        self.state.lost().await;
-    }
-
-    /// Runs `work` only while the lock is held: its output, or an error of
-    /// kind [`ErrorKind::LockLost`] as soon as the lock is lost first (then
-    /// `work` is dropped at its current `.await`). A loss is noticed, not
-    /// undone: use [`fence_token`](Self::fence_token) where a stale
-    /// holder's writes must be refused.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe exactly when `work` is.
-    ///
-    /// # Errors
-    ///
-    /// [`ErrorKind::LockLost`] if the lock is lost before `work` completes.
-    ///
-    /// # Examples
-    ///
-    /// ```no_run
-    /// # #[allow(dead_code)]
-    /// # async fn f(guard: portalocker::EtcdLockGuard) -> portalocker::Result<()> {
-    /// let n = guard.run_while_held(async { /* the job */ 42 }).await?;
-    /// # let _ = n; Ok(()) }
-    /// ```
-    pub async fn run_while_held<F: std::future::Future>(&self, work: F) -> Result<F::Output> {
-        self.ensure_held()?;
-        tokio::select! {
-            biased;
-            () = self.lost() => Err(self.state.lost_error()),
-            out = work => Ok(out),
-        }
-    }
+    crate::loss::lease_guard_loss_methods!("etcd said it expired, or the key was deleted");
 
     /// Releases the lock: stops renewing and revokes the lease, which
     /// deletes the key; the next contender is told by its watch.
@@ -227,23 +162,7 @@ impl Drop for EtcdLockGuard {
     }
 }
 
-impl crate::HeldLock for EtcdLockGuard {
-    fn is_lost(&self) -> bool {
-        Self::is_lost(self)
-    }
-
-    fn ensure_held(&self) -> Result<()> {
-        Self::ensure_held(self)
-    }
-
-    fn watch_lost(&self) -> watch::Receiver<bool> {
-        Self::watch_lost(self)
-    }
-
-    fn fence_token(&self) -> Option<u64> {
-        Some(self.fence)
-    }
-}
+crate::loss::impl_held_lock_for_lease_guard!(EtcdLockGuard);
 
 impl fmt::Debug for EtcdLockGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

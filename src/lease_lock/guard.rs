@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::dir::{Claim, LeaseDir};
@@ -113,75 +112,7 @@ impl LeaseLockGuard {
         self.generation
     }
 
-    /// Whether the lock was lost: no renewal succeeded for the TTL since it
-    /// was sent (also judged here, from the local clock, so a process that
-    /// was paused past its TTL learns it on its first look), or the claim
-    /// was taken over or removed. Local and cheap.
-    pub fn is_lost(&self) -> bool {
-        self.state.is_lost()
-    }
-
-    /// `Err` of kind [`ErrorKind::LockLost`] once the lock is lost; cheap,
-    /// no I/O.
-    ///
-    /// # Errors
-    ///
-    /// [`ErrorKind::LockLost`], naming the lease directory, the holder id
-    /// and why.
-    pub fn ensure_held(&self) -> Result<()> {
-        match self.state.reason() {
-            Some(_) => Err(self.state.lost_error()),
-            None => Ok(()),
-        }
-    }
-
-    /// A `watch` receiver that turns `true` when the lock is lost.
-    pub fn watch_lost(&self) -> watch::Receiver<bool> {
-        self.state.watch_lost()
-    }
-
-    /// Resolves when the lock is lost. Pending while it is held.
-    ///
-    /// # Cancel safety
-    ///
-    /// This method is cancel safe: it only watches.
-    pub async fn lost(&self) {
-        self.state.lost().await;
-    }
-
-    /// Runs `work` only while the lock is held: its output, or an error of
-    /// kind [`ErrorKind::LockLost`] as soon as the lock is lost first (then
-    /// `work` is dropped at its current `.await`). A loss is noticed, not
-    /// undone: use [`fence_token`](Self::fence_token) where a stale
-    /// holder's writes must be refused.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe exactly when `work` is.
-    ///
-    /// # Errors
-    ///
-    /// [`ErrorKind::LockLost`] if the lock is lost before `work` completes.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> portalocker::Result<()> {
-    /// # let shared = tempfile::tempdir().unwrap();
-    /// let guard = portalocker::LeaseLock::new(shared.path().join("job.lease")).acquire().await?;
-    /// let n = guard.run_while_held(async { /* the job */ 42 }).await?;
-    /// assert_eq!(n, 42);
-    /// # Ok(()) }
-    /// ```
-    pub async fn run_while_held<F: std::future::Future>(&self, work: F) -> Result<F::Output> {
-        self.ensure_held()?;
-        let lost = std::pin::pin!(self.lost());
-        match futures_util::future::select(lost, std::pin::pin!(work)).await {
-            futures_util::future::Either::Left(_) => Err(self.state.lost_error()),
-            futures_util::future::Either::Right((out, _)) => Ok(out),
-        }
-    }
+    crate::loss::lease_guard_loss_methods!("or the claim was taken over or removed");
 
     /// Releases the lock: stops renewing and marks the claim free, so the
     /// next contender takes it at its next look.
@@ -252,23 +183,7 @@ impl Drop for LeaseLockGuard {
     }
 }
 
-impl crate::HeldLock for LeaseLockGuard {
-    fn is_lost(&self) -> bool {
-        Self::is_lost(self)
-    }
-
-    fn ensure_held(&self) -> Result<()> {
-        Self::ensure_held(self)
-    }
-
-    fn watch_lost(&self) -> watch::Receiver<bool> {
-        Self::watch_lost(self)
-    }
-
-    fn fence_token(&self) -> Option<u64> {
-        Some(self.generation)
-    }
-}
+crate::loss::impl_held_lock_for_lease_guard!(LeaseLockGuard);
 
 impl fmt::Debug for LeaseLockGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -21,14 +21,7 @@ pub fn mono_ns() -> u128 {
 
 /// Reads "go <ms>" from stdin: how long to run.
 async fn read_run() -> Duration {
-    let line = tokio::task::spawn_blocking(|| {
-        let mut line = String::new();
-        std::io::stdin().read_line(&mut line).unwrap();
-        line
-    })
-    .await
-    .unwrap();
-    Duration::from_millis(line.trim().strip_prefix("go ").unwrap().parse().unwrap())
+    Duration::from_millis(super::read_go_line().await.parse().unwrap())
 }
 
 /// The lease roles of `support::run_role`.

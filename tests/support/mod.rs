@@ -206,25 +206,7 @@ impl Proc {
     /// Reads lines until one starts with `@@{marker}`; returns the rest of
     /// that line. Panics with everything seen if the child ends first.
     pub fn expect(&mut self, marker: &str) -> String {
-        let want = format!("@@{marker}");
-        loop {
-            let mut line = String::new();
-            let n = self.stdout.read_line(&mut line).unwrap();
-            if n == 0 {
-                let status = self.child.wait().unwrap();
-                panic!(
-                    "child ended ({status}) before {want}; it said: {:#?}",
-                    self.seen
-                );
-            }
-            let line = line.trim_end().to_string();
-            if let Some(rest) = line.strip_prefix(&want) {
-                let rest = rest.trim().to_string();
-                self.seen.push(line);
-                return rest;
-            }
-            self.seen.push(line);
-        }
+        self.expect_any(&[marker]).1
     }
 
     /// Reads lines until one starts with `@@` and one of `markers`;
@@ -839,6 +821,11 @@ async fn run_role(role: &str, args: &[String]) {
 /// stdin (off the runtime's thread) and returns the end.
 #[cfg(unix)]
 pub async fn read_go() -> u128 {
+    read_go_line().await.parse().unwrap()
+}
+
+/// Reads the line "go <what>" from stdin; returns what follows "go ".
+pub async fn read_go_line() -> String {
     let line = tokio::task::spawn_blocking(|| {
         let mut line = String::new();
         std::io::stdin().read_line(&mut line).unwrap();
@@ -846,7 +833,7 @@ pub async fn read_go() -> u128 {
     })
     .await
     .unwrap();
-    line.trim().strip_prefix("go ").unwrap().parse().unwrap()
+    line.trim().strip_prefix("go ").unwrap().to_string()
 }
 
 /// Nanoseconds since the Unix epoch (the clock Python's `time.time_ns()`
