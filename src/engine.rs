@@ -113,6 +113,9 @@ pub(crate) struct FileOptions {
     pub(crate) wait: WaitOptions,
     pub(crate) flags: LockFlags,
     pub(crate) truncate: bool,
+    /// Refuse a lock file on a filesystem where `flock` may not exclude
+    /// other hosts (`Lock::local_filesystem_only`).
+    pub(crate) local_only: bool,
 }
 
 impl Default for FileOptions {
@@ -121,6 +124,7 @@ impl Default for FileOptions {
             wait: WaitOptions::default(),
             flags: LockFlags::EXCLUSIVE | LockFlags::NON_BLOCKING,
             truncate: false,
+            local_only: false,
         }
     }
 }

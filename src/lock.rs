@@ -188,6 +188,39 @@ impl Lock {
         self.map(|o| o.truncate = yes)
     }
 
+    /// Refuse to lock a file on a filesystem where `flock(2)` may not
+    /// exclude other hosts — network, FUSE or unrecognised filesystems
+    /// (see [`filesystem_of`](crate::filesystem_of)) — instead of locking
+    /// it (default `false`: lock wherever the OS lets us, as Python
+    /// portalocker does). A refused `acquire` fails with
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported), naming
+    /// the filesystem and pointing at [`LeaseLock`](crate::LeaseLock).
+    /// The filesystem is examined on every acquisition (one `statfs`), so
+    /// a mount that appears under the path later is seen.
+    ///
+    /// Like every setter, this returns a new, independent value: see
+    /// [the setter rule](crate#configuring-a-lock).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> portalocker::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let lock = portalocker::Lock::new(dir.path().join("job.lock")).local_filesystem_only(true);
+    /// match lock.acquire().await {
+    ///     Ok(guard) => drop(guard),
+    ///     Err(e) if e.kind() == portalocker::ErrorKind::Unsupported => {
+    ///         eprintln!("{e}"); // e.g. "... nfs4 is a network filesystem ...: use LeaseLock"
+    ///     }
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn local_filesystem_only(self, yes: bool) -> Self {
+        self.map(|o| o.local_only = yes)
+    }
+
     /// The absolute path of the lock file.
     pub fn path(&self) -> &Path {
         &self.engine.path
@@ -404,6 +437,13 @@ impl Lock {
         timeout: std::time::Duration,
         fail_fast: bool,
     ) -> Result<LockGuard> {
+        if self.engine.opts.local_only {
+            let path = self.engine.path.clone();
+            let fs = crate::util::run_blocking(move || crate::filesystem_of(&path))
+                .await
+                .map_err(|e| crate::Error::io("failed to lock", Some(&self.engine.path), e))??;
+            fs.ensure_local("failed to lock", &self.engine.path)?;
+        }
         let granted = self.engine.acquire(start, timeout, fail_fast).await?;
         Ok(self.guard(granted))
     }

@@ -478,3 +478,83 @@ fn run_fleet_with(
 fn sections_exclusive(workers: &[FleetWorker]) -> Vec<FleetSection> {
     support::fleet_sections_exclusive(workers)
 }
+
+/// `filesystem_of` tells a FUSE mount, a tmpfs, an overlayfs and the
+/// temporary directory's filesystem apart; a `Lock` told to stay on local
+/// filesystems refuses the FUSE mount (naming it and `LeaseLock`) and
+/// locks on the others.
+#[cfg(target_os = "linux")]
+#[test]
+fn filesystems_are_told_apart_and_a_local_only_lock_refuses_fuse() {
+    use portalocker::{filesystem_of, FilesystemKind, Lock};
+    if !support::needs_root("filesystems", "mounts bindfs, tmpfs and overlayfs") {
+        return;
+    }
+    let hosts = TwoHosts::mount();
+    let tmpfs = support::SmallFs::mount("1m");
+    let base = tempfile::tempdir().unwrap();
+    let (lower, upper, work, merged) = (
+        base.path().join("lower"),
+        base.path().join("upper"),
+        base.path().join("work"),
+        base.path().join("merged"),
+    );
+    for d in [&lower, &upper, &work, &merged] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let status = std::process::Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            upper.display(),
+            work.display()
+        ))
+        .arg(&merged)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount -t overlay: {status}");
+    let fuse = filesystem_of(&hosts.a).unwrap();
+    assert_eq!(fuse.kind, FilesystemKind::Fuse, "{fuse:?}");
+    assert!(fuse.name.starts_with("fuse"), "{fuse:?}");
+    assert_eq!(fuse.mount_point.as_deref(), Some(hosts.a.as_path()));
+    let t = filesystem_of(tmpfs.path().join("not/yet/there.lock")).unwrap();
+    assert_eq!(
+        (t.kind, t.name.as_str()),
+        (FilesystemKind::Local, "tmpfs"),
+        "{t:?}"
+    );
+    assert!(
+        t.mount_options.iter().any(|o| o.starts_with("size=")),
+        "{t:?}"
+    );
+    let o = filesystem_of(&merged).unwrap();
+    assert_eq!(
+        (o.kind, o.name.as_str()),
+        (FilesystemKind::Local, "overlay"),
+        "{o:?}"
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let e = Lock::new(hosts.a.join("x.lock"))
+            .local_filesystem_only(true)
+            .try_acquire()
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+        assert!(e.to_string().contains("LeaseLock"), "{e}");
+        assert!(
+            !hosts.a.join("x.lock").exists(),
+            "the refused lock made its file"
+        );
+        for dir in [tmpfs.path(), merged.as_path()] {
+            let g = Lock::new(dir.join("x.lock"))
+                .local_filesystem_only(true)
+                .try_acquire()
+                .await
+                .unwrap();
+            drop(g);
+        }
+    });
+    let _ = std::process::Command::new("umount").arg(&merged).status();
+}

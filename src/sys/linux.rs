@@ -194,28 +194,7 @@ const ANNOUNCE_SPAN: i64 = 1 << 61;
 /// may implement `flock` with byte-range locks, where an announcement could
 /// conflict with the lock itself: anything not listed here polls instead.
 pub(crate) fn handoff_capable(file: &File) -> bool {
-    rustix::fs::fstatfs(file).is_ok_and(|st| local_flock_fs(st.f_type as u64))
-}
-
-fn local_flock_fs(magic: u64) -> bool {
-    const LOCAL: [u64; 15] = [
-        0xEF53,      // ext2, ext3, ext4
-        0x5846_5342, // xfs
-        0x9123_683E, // btrfs
-        0x0102_1994, // tmpfs
-        0x8584_58F6, // ramfs
-        0xF2F5_2010, // f2fs
-        0x2FC1_2FC1, // zfs
-        0x794C_7630, // overlayfs
-        0xCA45_1A4E, // bcachefs
-        0x5265_4973, // reiserfs
-        0x3153_464A, // jfs
-        0x3434,      // nilfs2
-        0x4D44,      // vfat
-        0x2011_BAB0, // exfat
-        0x7366_746E, // ntfs3
-    ];
-    LOCAL.contains(&(magic & 0xFFFF_FFFF))
+    rustix::fs::fstatfs(file).is_ok_and(|st| super::local_flock_magic(st.f_type as u64))
 }
 
 /// The system-wide clock announcements are ordered by, in microseconds.
@@ -341,7 +320,7 @@ mod tests {
     #[test]
     fn only_local_filesystems_take_announcements() {
         for local in [0xEF53, 0x0102_1994, 0x5846_5342, 0x9123_683E, 0x794C_7630] {
-            assert!(super::local_flock_fs(local), "{local:#x}");
+            assert!(crate::sys::local_flock_magic(local), "{local:#x}");
         }
         // NFS, SMB2, CIFS, FUSE, Ceph, 9p, an unknown filesystem.
         for remote in [
@@ -353,7 +332,7 @@ mod tests {
             0x0102_1997,
             0x1234_5678,
         ] {
-            assert!(!super::local_flock_fs(remote), "{remote:#x}");
+            assert!(!crate::sys::local_flock_magic(remote), "{remote:#x}");
         }
     }
 

@@ -38,6 +38,7 @@
 //! | `handoff_capable(&File)`, `wait_clock()`, `announce(&File, t)`, `withdraw(&File)`, `announced_before(&File, t)`, `announcement_except(&File, skip)` | a waiter's announcement to a holder in another process (Linux: open-file-description byte locks), where it exists |
 //! | `open_queue(path)`, `QueuePlace` (`join`, `is_first`, `notifier`), `queue_ring(&File, id, n)` | a semaphore's wait queue across processes and its waiters' doorbells (Linux: open-file-description byte locks and abstract Unix sockets), where they exist |
 //! | `lock_holders(id)`, `command_line(pid)` | who holds `flock` locks on a file (Linux: `/proc/locks`), and their command lines |
+//! | `filesystem(path)`, `local_flock_magic(magic)` | which filesystem a path is on (`mounts_linux.rs`: `statfs` magic and `/proc/self/mountinfo`, whatever the cfg; `mounts_bsd.rs`: `statfs` type name and `MNT_LOCAL`; `mounts_other.rs`: UNC paths on Windows), and the Linux filesystems whose `flock` the kernel keeps |
 //! | `connect_local(addr)` | (feature `redis`) a Redis address only this platform has: a Unix socket |
 
 use std::fs::File;
@@ -66,6 +67,47 @@ pub(crate) use self::linux::*;
 mod generic;
 #[cfg(not(all(target_os = "linux", not(portalocker_portable))))]
 pub(crate) use self::generic::*;
+
+#[cfg(target_os = "linux")]
+mod mounts_linux;
+#[cfg(target_os = "linux")]
+pub(crate) use self::mounts_linux::{filesystem, local_flock_magic};
+
+#[cfg(any(
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd",
+    target_os = "openbsd",
+    target_os = "dragonfly"
+))]
+mod mounts_bsd;
+#[cfg(any(
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd",
+    target_os = "openbsd",
+    target_os = "dragonfly"
+))]
+pub(crate) use self::mounts_bsd::{filesystem, local_flock_magic};
+
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd",
+    target_os = "openbsd",
+    target_os = "dragonfly"
+)))]
+mod mounts_other;
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd",
+    target_os = "openbsd",
+    target_os = "dragonfly"
+)))]
+pub(crate) use self::mounts_other::{filesystem, local_flock_magic};
 
 /// The identity of a file: (device, inode) on Unix, (volume serial number,
 /// file index) on Windows. It never changes for an open file.

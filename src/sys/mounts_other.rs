@@ -1,0 +1,30 @@
+//! Platforms where this crate cannot tell filesystems apart (Windows:
+//! only UNC paths, which are network shares; other Unix systems).
+
+use std::io;
+use std::path::Path;
+
+use crate::filesystem::{Filesystem, FilesystemKind};
+
+#[allow(dead_code)]
+pub(crate) fn local_flock_magic(_magic: u64) -> bool {
+    false
+}
+
+pub(crate) fn filesystem(path: &Path) -> io::Result<Filesystem> {
+    // The path must exist (or the caller looks at its parent).
+    std::fs::symlink_metadata(path)?;
+    let text = path.to_string_lossy();
+    let unc =
+        text.starts_with(r"\\") && !text.starts_with(r"\\?\") || text.starts_with(r"\\?\UNC\");
+    Ok(Filesystem {
+        kind: if unc {
+            FilesystemKind::Network
+        } else {
+            FilesystemKind::Unknown
+        },
+        name: if unc { "smb".into() } else { "unknown".into() },
+        mount_point: None,
+        mount_options: Vec::new(),
+    })
+}
