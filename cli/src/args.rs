@@ -24,6 +24,10 @@ Examples:
   portalocker redis --url redis://redis:6379/ --fencing nightly-report -- ./report.sh
   # the same on an etcd cluster (survives the loss of a member)
   portalocker etcd --endpoints etcd1:2379,etcd2:2379,etcd3:2379 nightly-report -- ./report.sh
+  # on a filesystem shared between hosts (NFS, SMB, FUSE): a lease lock directory
+  portalocker lease --ttl 30 /shared/locks/nightly.lease -- ./report.sh
+  # what is this filesystem, and which lock holds on it?
+  portalocker doctor /shared/locks
   # who holds it?
   portalocker who /var/lock/backup.lock
   # replace a config file atomically
@@ -42,7 +46,7 @@ released only once it has exited. `pidfile` writes the command's pid.";
 #[command(
     name = "portalocker",
     version,
-    about = "Run a command while holding a lock: files, semaphores, pid files, Redis",
+    about = "Run a command while holding a lock: files, semaphores, pid files, lease files, Redis, etcd",
     after_help = EXAMPLES
 )]
 pub(crate) struct Cli {
@@ -70,7 +74,13 @@ pub(crate) enum Cmd {
     /// Hold an etcd lock (leases; etcdctl-lock compatible) while COMMAND runs.
     #[cfg(feature = "etcd")]
     Etcd(EtcdArgs),
-    /// Say who holds a file lock, a Redis lock with --redis, an etcd lock with --etcd.
+    /// Hold a lease lock (a directory of claim files, for filesystems shared
+    /// between hosts: NFS, SMB, FUSE) while COMMAND runs.
+    Lease(LeaseArgs),
+    /// Say which filesystem PATH is on, how locks behave there, and which to use.
+    Doctor(DoctorArgs),
+    /// Say who holds a file lock or lease lock directory, a Redis lock with
+    /// --redis, an etcd lock with --etcd.
     Who(WhoArgs),
     /// Write standard input to PATH atomically: all of it or nothing.
     Write(WriteArgs),
@@ -291,6 +301,31 @@ pub(crate) struct EtcdArgs {
 }
 
 #[derive(Args)]
+pub(crate) struct LeaseArgs {
+    /// The lease TTL: how long the lock outlives this program if it dies,
+    /// hangs or loses the filesystem (another host takes over after
+    /// TTL × 5/4). From 0.1 s to 7 days.
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+    pub(crate) ttl: Duration,
+    /// When the lock is lost: SIGTERM, then SIGKILL after SECONDS.
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+    pub(crate) grace: Duration,
+    #[command(flatten)]
+    pub(crate) wait: WaitArgs,
+    /// The lease lock's directory (created if missing; every host names the
+    /// same directory on the shared filesystem).
+    pub(crate) path: PathBuf,
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub(crate) command: Vec<OsString>,
+}
+
+#[derive(Args)]
+pub(crate) struct DoctorArgs {
+    /// A directory (or a file in it) where locks would live.
+    pub(crate) path: PathBuf,
+}
+
+#[derive(Args)]
 pub(crate) struct WhoArgs {
     /// Look up a Redis lock on this server (any URL `redis --url` takes);
     /// the argument is then its channel.
@@ -306,7 +341,8 @@ pub(crate) struct WhoArgs {
         conflicts_with = "redis"
     )]
     pub(crate) etcd: Option<Vec<String>>,
-    /// The lock file (or, with --redis, the channel; with --etcd, the name).
+    /// The lock file or lease lock directory (or, with --redis, the
+    /// channel; with --etcd, the name).
     pub(crate) target: OsString,
 }
 

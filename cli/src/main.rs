@@ -85,6 +85,8 @@ fn main() -> ExitCode {
             Cmd::Redis(a) => redis_lock(a, verbose).await,
             #[cfg(feature = "etcd")]
             Cmd::Etcd(a) => cmd::etcd::etcd_lock(a, verbose).await,
+            Cmd::Lease(a) => cmd::lease::lease_lock(a, verbose).await,
+            Cmd::Doctor(a) => cmd::doctor::doctor(a).await,
             Cmd::Who(a) => who(a).await,
             Cmd::Write(a) => write(a).await,
         }

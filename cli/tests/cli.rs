@@ -1432,3 +1432,102 @@ fn an_etcd_lock_runs_the_command_and_a_lost_one_stops_it() {
     assert_eq!(code, 71, "{err}");
     assert!(err.contains("cannot reach etcd"), "{err}");
 }
+
+/// `portalocker lease`: the command runs with the fencing token; a second
+/// one is busy and points at `who`, which names the holder; the claim
+/// removed under the holder stops the command (exit 75); then nobody
+/// holds, and the next claim's token is larger. SIGKILL of the wrapper
+/// stops the command (it cannot keep the lease).
+#[cfg(unix)]
+#[test]
+fn a_lease_lock_runs_the_command_and_a_lost_one_stops_it() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("nightly.lease");
+    let ds = dir.to_str().unwrap();
+    let script = "trap 'echo GOT-TERM; exit 0' TERM; echo token=$PORTALOCKER_FENCING_TOKEN; \
+                  echo READY; while :; do sleep 0.05; done";
+    let mut r = Run::cli(&[
+        "lease", "--ttl", "0.3", "--grace", "5", ds, "--", "sh", "-c", script,
+    ]);
+    let seen = r.expect("READY");
+    let token: u64 = seen[0].strip_prefix("token=").unwrap().parse().unwrap();
+    assert_eq!(token, 1, "{seen:?}");
+    let (code, _, err) = cli(&["lease", "-n", ds, "--", "true"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("portalocker who {ds}")), "{err}");
+    let (code, out, _) = cli(&["who", ds]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.starts_with("holder ") && out.contains("(generation 1)"),
+        "{out}"
+    );
+    std::fs::remove_file(dir.join(format!("{token:020}"))).unwrap();
+    r.expect("GOT-TERM");
+    let (code, _, err) = r.finish();
+    assert_eq!(code, 75, "lost: {err}");
+    assert!(err.contains("lost") && err.contains("removed"), "{err}");
+    let token_of = || {
+        let (code, out, err) = cli(&[
+            "lease",
+            ds,
+            "--",
+            "sh",
+            "-c",
+            "echo $PORTALOCKER_FENCING_TOKEN",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        out.trim().parse::<u64>().unwrap()
+    };
+    let next = token_of();
+    let (code, out, _) = cli(&["who", ds]);
+    assert_eq!(
+        (code, out.trim()),
+        (1, format!("nobody holds lease lock {ds}").as_str())
+    );
+    assert_eq!(token_of(), next + 1);
+    // The wrapper SIGKILLed: the command (and its background child) die.
+    let mut r = Run::cli(&[
+        "lease",
+        ds,
+        "--",
+        "sh",
+        "-c",
+        "sleep 1000 & echo $$ $!; echo READY; while :; do sleep 0.05; done",
+    ]);
+    let seen = r.expect("READY");
+    let pids: Vec<u32> = seen[0]
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    signal("KILL", r.pid());
+    assert!(dead_soon(pids[0]), "the command outlived the wrapper");
+    assert!(
+        dead_soon(pids[1]),
+        "its background child outlived the wrapper"
+    );
+    let _ = r.finish();
+}
+
+/// `portalocker doctor`: the filesystem, the probes, and the advice; on a
+/// path that does not exist yet, its nearest existing directory.
+#[test]
+fn doctor_names_the_filesystem_and_the_lock_to_use() {
+    let d = tempfile::tempdir().unwrap();
+    let (code, out, err) = cli(&["doctor", d.path().join("not/yet").to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    for want in ["filesystem ", "flock ", "hard links ", "use "] {
+        assert!(out.contains(want), "{want}: {out}");
+    }
+    if cfg!(target_os = "linux") {
+        assert!(out.contains("enforced between processes"), "{out}");
+        assert!(out.contains("(local)"), "{out}");
+    }
+    assert!(entries_in(d.path()).is_empty(), "doctor left scratch files");
+}
+
+fn entries_in(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}

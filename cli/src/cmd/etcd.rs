@@ -6,9 +6,8 @@ use portalocker::etcd_client::{Client, ConnectOptions};
 use portalocker::{EtcdLock, LockFlags};
 
 use crate::args::EtcdArgs;
-use crate::exit::{busy_hint, failed, say, Outcome, EXIT_FAILED, EXIT_LOST};
+use crate::exit::{busy_hint, failed, say, Outcome, EXIT_FAILED};
 use crate::progress::{human, waiting};
-use crate::supervise::run;
 use crate::timeout_of;
 
 /// A client of `endpoints` that has answered once (a member's status)
@@ -83,22 +82,15 @@ pub(crate) async fn etcd_lock(a: EtcdArgs, verbose: bool) -> Outcome {
             guard.fence_token().to_string(),
         ),
     ];
-    let code = run(&a.command, &env, Some(guard.lost()), a.grace, None, true).await;
-    let lost = guard.is_lost();
-    let why = guard.ensure_held().err();
-    if let Err(e) = guard.release().await {
-        if !lost {
-            say(e);
-        }
-    }
-    if lost {
-        let why = why.map(|e| format!(": {e}")).unwrap_or_default();
-        say(format!(
-            "{what} was lost while the command ran; it was stopped{why}"
-        ));
-        return Outcome { code: EXIT_LOST };
-    }
-    Outcome { code }
+    super::held::run_held(
+        &what,
+        guard,
+        portalocker::EtcdLockGuard::release,
+        &a.command,
+        &env,
+        a.grace,
+    )
+    .await
 }
 
 /// `portalocker who --etcd ENDPOINTS NAME`.

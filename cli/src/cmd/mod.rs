@@ -1,7 +1,10 @@
 //! One module per subcommand.
 
+pub(crate) mod doctor;
 #[cfg(feature = "etcd")]
 pub(crate) mod etcd;
+pub(crate) mod held;
+pub(crate) mod lease;
 pub(crate) mod lock;
 pub(crate) mod pidfile;
 pub(crate) mod redis;

@@ -42,6 +42,9 @@ pub(crate) async fn who(a: WhoArgs) -> Outcome {
         None => {
             let path = PathBuf::from(&a.target);
             match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.is_dir() && super::lease::is_lease_dir(&path) => {
+                    return super::lease::who(&path).await;
+                }
                 Ok(m) if m.is_dir() => {
                     say(format!(
                         "{} is a directory, not a lock file: name the file that is locked",

@@ -1,0 +1,131 @@
+//! `portalocker doctor PATH`: which filesystem PATH is on, how locks
+//! behave there (probed in a scratch file beside it), and which lock to
+//! use.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use portalocker::{filesystem_of, FilesystemKind};
+
+use crate::args::DoctorArgs;
+use crate::exit::{say, Outcome, EXIT_FAILED};
+
+pub(crate) async fn doctor(a: DoctorArgs) -> Outcome {
+    let path = a.path;
+    let fs = match filesystem_of(&path) {
+        Ok(fs) => fs,
+        Err(e) => {
+            say(e);
+            return Outcome { code: EXIT_FAILED };
+        }
+    };
+    let kind = match fs.kind {
+        FilesystemKind::Local => "local",
+        FilesystemKind::Network => "network",
+        FilesystemKind::Fuse => "FUSE",
+        _ => "unknown",
+    };
+    println!("path          {}", path.display());
+    match &fs.mount_point {
+        Some(m) => println!(
+            "filesystem    {} ({kind}), mounted on {}",
+            fs.name,
+            m.display()
+        ),
+        None => println!("filesystem    {} ({kind})", fs.name),
+    }
+    if !fs.mount_options.is_empty() {
+        println!("options       {}", fs.mount_options.join(","));
+    }
+    let dir = probe_dir(&path);
+    match probe(&dir) {
+        Ok(p) => {
+            println!(
+                "flock         {}",
+                if p.flock {
+                    "enforced between processes of this host"
+                } else {
+                    "NOT enforced even on this host: two descriptors both took it"
+                }
+            );
+            println!(
+                "hard links    {}",
+                match p.link {
+                    Some(true) => "yes; link(2) to an existing name fails (exclusive)",
+                    Some(false) =>
+                        "yes, but link(2) replaced an existing name: lease claims are unsafe here",
+                    None => "no (lease claims use O_CREAT|O_EXCL)",
+                }
+            );
+        }
+        Err(e) => println!(
+            "probes        skipped: cannot write a scratch file in {} ({e})",
+            dir.display()
+        ),
+    }
+    let across = if fs.flock_is_reliable() {
+        "flock (Lock) and lease files (LeaseLock) both hold"
+    } else {
+        "flock is not known to reach other hosts; lease files (LeaseLock) hold"
+    };
+    println!("across hosts  {across}");
+    println!("use           {}", fs.advice());
+    Outcome { code: 0 }
+}
+
+/// The directory to probe in: PATH if it is one, else its nearest
+/// existing ancestor.
+fn probe_dir(path: &Path) -> PathBuf {
+    let mut at = path;
+    loop {
+        if at.is_dir() {
+            return at.to_path_buf();
+        }
+        match at.parent() {
+            Some(p) if !p.as_os_str().is_empty() => at = p,
+            _ => return PathBuf::from("."),
+        }
+    }
+}
+
+struct Probe {
+    /// Two descriptors of one file exclude each other with flock.
+    flock: bool,
+    /// `Some(exclusive)`: hard links work, and a second link to a taken
+    /// name fails (`true`); `None`: no hard links.
+    link: Option<bool>,
+}
+
+/// Probes `dir` with scratch files (removed again).
+fn probe(dir: &Path) -> io::Result<Probe> {
+    let tag = format!(".portalocker-doctor-{}", std::process::id());
+    let a = dir.join(format!("{tag}-a"));
+    let b = dir.join(format!("{tag}-b"));
+    let c = dir.join(format!("{tag}-c"));
+    let result = (|| {
+        let f1 = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&a)?;
+        let f2 = File::open(&a)?;
+        f1.try_lock()
+            .map_err(|e| io::Error::other(format!("flock: {e}")))?;
+        let flock = matches!(f2.try_lock(), Err(std::fs::TryLockError::WouldBlock));
+        drop((f1, f2));
+        File::create(&c)?;
+        let link = match std::fs::hard_link(&a, &b) {
+            Ok(()) => Some(matches!(
+                std::fs::hard_link(&c, &b),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists
+            )),
+            Err(_) => None,
+        };
+        Ok(Probe { flock, link })
+    })();
+    for p in [&a, &b, &c] {
+        let _ = std::fs::remove_file(p);
+    }
+    result
+}
