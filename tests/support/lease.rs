@@ -188,7 +188,11 @@ impl Drop for TwoHosts {
                 .args(["-u", "-z"])
                 .arg(m)
                 .status();
-            let _ = Command::new("umount").arg("-l").arg(m).status();
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(m)
+                .stderr(std::process::Stdio::null())
+                .status();
         }
     }
 }
