@@ -269,6 +269,10 @@ async fn hostile_directories_get_typed_errors_and_no_grant() {
     std::fs::create_dir(&planted).unwrap();
     let claim = planted.join(format!("{:020}", 7));
     std::fs::write(&claim, "rm -rf /\n").unwrap();
+    // Planted by another user, where this test may change owners.
+    if support::is_root() {
+        std::os::unix::fs::chown(&claim, Some(65534), Some(65534)).unwrap();
+    }
     let e = LeaseLock::new(&planted)
         .timeout(Duration::from_millis(200))
         .acquire()
@@ -325,6 +329,28 @@ fn unwritable_and_full_directories_are_io_errors() {
     if path.exists() {
         assert!(claims(&path).is_empty(), "{:?}", claims(&path));
     }
+    // A read-only mount with a released claim on it: an `Io` error, and
+    // the claim as it was.
+    let ro = support::SmallFs::mount("1m");
+    let path = ro.path().join("ro.lease");
+    rt.block_on(async {
+        let g = LeaseLock::new(&path).acquire().await.unwrap();
+        g.release().await.unwrap();
+    });
+    let before = claim_text(&path, 1);
+    let status = std::process::Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(ro.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "remount,ro: {status}");
+    let e = rt
+        .block_on(LeaseLock::new(&path).try_acquire())
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Io, "{e}");
+    assert!(e.to_string().contains("ead-only"), "{e}");
+    assert_eq!(claim_text(&path, 1), before);
+    assert_eq!(claims(&path).len(), 1);
 }
 
 #[cfg(unix)]

@@ -49,6 +49,13 @@ pub(crate) async fn doctor(a: DoctorArgs) -> Outcome {
                     "NOT enforced even on this host: two descriptors both took it"
                 }
             );
+            match &p.fcntl {
+                Some(Ok(())) => {
+                    println!("fcntl locks   available (byte-range, as NFS's NLM serves)")
+                }
+                Some(Err(why)) => println!("fcntl locks   refused: {why}"),
+                None => {}
+            }
             println!(
                 "hard links    {}",
                 match p.link {
@@ -92,6 +99,10 @@ fn probe_dir(path: &Path) -> PathBuf {
 struct Probe {
     /// Two descriptors of one file exclude each other with flock.
     flock: bool,
+    /// Whether a byte-range (`fcntl`) lock could be taken at all (NFS
+    /// mounted `nolock`, or without a lock manager, refuses them):
+    /// `Err(why)` if not; `None` where there are none (Windows).
+    fcntl: Option<Result<(), String>>,
     /// `Some(exclusive)`: hard links work, and a second link to a taken
     /// name fails (`true`); `None`: no hard links.
     link: Option<bool>,
@@ -114,6 +125,7 @@ fn probe(dir: &Path) -> io::Result<Probe> {
             .map_err(|e| io::Error::other(format!("flock: {e}")))?;
         let flock = matches!(f2.try_lock(), Err(std::fs::TryLockError::WouldBlock));
         drop((f1, f2));
+        let fcntl = fcntl_probe(&a);
         File::create(&c)?;
         let link = match std::fs::hard_link(&a, &b) {
             Ok(()) => Some(matches!(
@@ -122,10 +134,31 @@ fn probe(dir: &Path) -> io::Result<Probe> {
             )),
             Err(_) => None,
         };
-        Ok(Probe { flock, link })
+        Ok(Probe { flock, fcntl, link })
     })();
     for p in [&a, &b, &c] {
         let _ = std::fs::remove_file(p);
     }
     result
+}
+
+/// Takes and drops a whole-file `fcntl` write lock on `path`.
+#[cfg(unix)]
+#[allow(clippy::unnecessary_wraps)]
+fn fcntl_probe(path: &Path) -> Option<Result<(), String>> {
+    use rustix::fs::{fcntl_lock, FlockOperation};
+    let f = match File::options().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) => return Some(Err(e.to_string())),
+    };
+    Some(
+        fcntl_lock(&f, FlockOperation::NonBlockingLockExclusive)
+            .and_then(|()| fcntl_lock(&f, FlockOperation::NonBlockingUnlock))
+            .map_err(|e| e.to_string()),
+    )
+}
+
+#[cfg(not(unix))]
+fn fcntl_probe(_path: &Path) -> Option<Result<(), String>> {
+    None
 }
