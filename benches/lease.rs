@@ -89,15 +89,18 @@ fn main() {
     let local = tempfile::tempdir().unwrap();
     let local_fs = portalocker::filesystem_of(local.path()).unwrap().name;
     let mut rows = Vec::new();
+    #[allow(unused_mut)]
+    let mut places: Vec<(String, std::path::PathBuf)> = vec![(local_fs, local.path().into())];
+    #[cfg(unix)]
     let hosts = support::is_root().then(support::lease::TwoHosts::mount);
-    let mut places: Vec<(String, &Path)> = vec![(local_fs, local.path())];
+    #[cfg(unix)]
     if let Some(h) = &hosts {
-        places.push(("bindfs (FUSE)".into(), h.a.as_path()));
+        places.push(("bindfs (FUSE)".into(), h.a.clone()));
     }
     for (name, dir) in places {
-        let (lock_u, lease_u) = rt.block_on(uncontended(dir));
-        let (lock_h, lease_h1) = rt.block_on(handover(dir, Duration::from_millis(1)));
-        let (_, lease_h250) = rt.block_on(handover(dir, Duration::from_millis(250)));
+        let (lock_u, lease_u) = rt.block_on(uncontended(&dir));
+        let (lock_h, lease_h1) = rt.block_on(handover(&dir, Duration::from_millis(1)));
+        let (_, lease_h250) = rt.block_on(handover(&dir, Duration::from_millis(250)));
         rows.push(format!(
             "| {name} | {lock_u:.3} ms | {lease_u:.3} ms | {lock_h:.3} ms | {lease_h1:.2} ms | \
              {lease_h250:.1} ms |"

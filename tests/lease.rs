@@ -167,7 +167,15 @@ async fn a_killed_holders_claim_is_taken_over_once_by_one_waiter() {
     let ps = path.to_str().unwrap();
     let mut holder = Proc::role(ENTRY, "lease-hold", &[ps, "400", "5000"]);
     let token: u64 = holder.expect("GOT").trim().parse().unwrap();
+    let lock = LeaseLock::new(&path);
+    let linux = cfg!(target_os = "linux");
+    let h = lock.holder().await.unwrap().expect("held");
+    assert_eq!(h.pid, holder.pid());
+    assert_eq!(h.runs_here(), linux.then_some(true));
     holder.kill();
+    // The record still says held; this host can tell its process is gone.
+    let h = lock.holder().await.unwrap().expect("still claimed");
+    assert_eq!(h.runs_here(), linux.then_some(false));
     let dead = claim_text(&path, token);
     let mut waiters: Vec<Proc> = (0..3)
         .map(|_| Proc::role(ENTRY, "lease-hold", &[ps, "60000", "6000"]))

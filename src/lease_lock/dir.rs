@@ -48,9 +48,11 @@ fn parse_claim_name(name: &str) -> Option<u64> {
 pub(super) enum Newest {
     /// No claim yet.
     None,
-    /// The newest claim went between the listing and the read (removed
-    /// from outside): look again.
-    Vanished,
+    /// The newest claim this contender knew of is gone, and nothing newer
+    /// is there: removed from outside. Its holder may not know yet, so it
+    /// is waited out as a claim that stopped beating; the next claim is
+    /// `generation + 1`, so tokens still increase.
+    Vanished { generation: u64 },
     /// The newest claim is empty: made with `O_CREAT|O_EXCL` where the
     /// filesystem has no hard links, its record not written yet.
     Writing { generation: u64 },
@@ -158,27 +160,42 @@ impl LeaseDir {
     }
 
     /// The newest claim, at or above `at_least` (a generation this process
-    /// knows exists: a directory listing may lag behind on a network
-    /// filesystem).
+    /// knows exists). A contender that knows one starts there and looks
+    /// upward name by name (no directory listing: a poll costs a few
+    /// opens however many old claims the directory keeps); the directory
+    /// is listed only when it knows none, or the one it knew is gone.
     pub(super) fn newest(&self, at_least: u64) -> DirResult<Newest> {
         self.ensure()?;
-        let mut generation = self.claims()?.last().copied().unwrap_or(0).max(at_least);
-        // Names above the listing are looked up directly: a listing may be
-        // older than the names (an attribute cache).
-        loop {
-            if generation == u64::MAX {
-                break;
+        let mut generation = at_least;
+        let mut bytes = if at_least > 0 {
+            self.read_bytes(at_least)?
+        } else {
+            None
+        };
+        if bytes.is_none() {
+            let listed = self.claims()?.last().copied().unwrap_or(0);
+            if listed > at_least {
+                generation = listed;
+                bytes = self.read_bytes(listed)?;
             }
-            match self.read_bytes(generation + 1)? {
-                Some(_) => generation += 1,
+            if generation > 0 && bytes.is_none() {
+                // Removed from outside (the newest is never tidied away).
+                return Ok(Newest::Vanished { generation });
+            }
+        }
+        // Names above are looked up directly: a listing may lag behind
+        // the names (an attribute cache).
+        while let Some(up) = generation.checked_add(1) {
+            match self.read_bytes(up)? {
+                Some(b) => {
+                    generation = up;
+                    bytes = Some(b);
+                }
                 None => break,
             }
         }
-        if generation == 0 {
+        let Some(bytes) = bytes else {
             return Ok(Newest::None);
-        }
-        let Some(bytes) = self.read_bytes(generation)? else {
-            return Ok(Newest::Vanished);
         };
         if bytes.is_empty() {
             return Ok(Newest::Writing { generation });
@@ -462,5 +479,58 @@ fn rename_over(from: &Path, to: &Path) -> io::Result<()> {
             }
             r => return r,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease_lock::record::State;
+
+    fn record(generation: u64) -> Record {
+        Record {
+            generation,
+            state: State::Held,
+            beat: 0,
+            ttl: Duration::from_secs(10),
+            holder_id: format!("{generation:032x}"),
+            host: "h".into(),
+            pid: 1,
+            started: 0,
+        }
+    }
+
+    #[test]
+    fn the_newest_is_found_past_the_one_known_and_a_removed_one_is_vanished() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = LeaseDir::new(d.path().join("l"));
+        dir.ensure().unwrap();
+        assert!(matches!(dir.newest(0).unwrap(), Newest::None));
+        for g in 1..=3 {
+            let claim = dir.create(&record(g), g).unwrap().expect("made");
+            assert_eq!(claim.generation, g);
+        }
+        // A second claim of a taken generation is refused.
+        assert!(dir.create(&record(3), 9).unwrap().is_none());
+        assert!(matches!(
+            dir.newest(0).unwrap(),
+            Newest::Claim { generation: 3, .. }
+        ));
+        assert!(matches!(
+            dir.newest(1).unwrap(),
+            Newest::Claim { generation: 3, .. }
+        ));
+        // Only temporary names were left behind? None at all.
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
+        std::fs::remove_file(dir.path().join(claim_name(3))).unwrap();
+        // The one this contender knew is gone: vanished, not an older one.
+        assert!(matches!(
+            dir.newest(3).unwrap(),
+            Newest::Vanished { generation: 3 }
+        ));
     }
 }

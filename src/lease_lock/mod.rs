@@ -135,6 +135,29 @@ pub struct LeaseHolder {
     pub pid: u32,
     /// Its lease TTL.
     pub ttl: Duration,
+    /// When its process started, where the OS says (Linux: clock ticks
+    /// since boot): with `host` and `pid` it names one process.
+    pub started: Option<u64>,
+}
+
+impl LeaseHolder {
+    /// Whether the holder's process still runs, where this host can tell:
+    /// `Some(false)` if it recorded this host and its pid is gone or now
+    /// names a process that started at another time; `None` for another
+    /// host, or where the OS does not say (then only the lease tells).
+    pub fn runs_here(&self) -> Option<bool> {
+        let here = gethostname::gethostname().to_string_lossy().into_owned();
+        if self.host != here {
+            return None;
+        }
+        let recorded = self.started?;
+        match crate::sys::process_start(self.pid) {
+            Some(now) => Some(now == recorded),
+            // Linux says "no such process"; elsewhere nothing is known.
+            None if crate::sys::process_start(std::process::id()).is_some() => Some(false),
+            None => None,
+        }
+    }
 }
 
 impl std::fmt::Display for LeaseHolder {
@@ -286,6 +309,7 @@ impl LeaseLock {
                 host: record.host,
                 pid: record.pid,
                 ttl: record.ttl,
+                started: (record.started != 0).then_some(record.started),
             }),
             _ => None,
         })
@@ -346,7 +370,7 @@ impl LeaseLock {
             // What is watched for staleness: generation, bytes, TTL.
             let (generation, bytes, stale_ttl, record) = match newest {
                 Newest::None => (0, Vec::new(), ttl, None),
-                Newest::Vanished => continue,
+                Newest::Vanished { generation } => (generation, b"\0gone".to_vec(), ttl, None),
                 Newest::Writing { generation } => (generation, Vec::new(), ttl, None),
                 Newest::Claim {
                     generation,
@@ -384,9 +408,13 @@ impl LeaseLock {
                     let waited = now.saturating_duration_since(start);
                     return Err(match record {
                         Some(r) => self.busy(&r, &host, waited),
-                        None => Error::already_locked(OP, Some(&self.cfg.path)).with_reason(
-                            format!("claim {generation} is being written (no hard links here)"),
-                        ),
+                        None => {
+                            Error::already_locked(OP, Some(&self.cfg.path)).with_reason(format!(
+                                "claim {generation} is being written (no hard links here), or \
+                                 was removed from outside and its holder's lease has not run \
+                                 out yet"
+                            ))
+                        }
                     });
                 }
                 let pause = jittered(w.check_interval).max(MIN_PAUSE);
@@ -405,6 +433,7 @@ impl LeaseLock {
                 holder_id: holder_id.clone(),
                 host: host.clone(),
                 pid: std::process::id(),
+                started: crate::sys::process_start(std::process::id()).unwrap_or(0),
             };
             let sent = Instant::now();
             match self.claim(record.clone(), serial, read_at).await? {
@@ -454,8 +483,12 @@ impl LeaseLock {
                     drop(claim);
                     let _ = dir.release(&free, serial);
                 }
-                // Granted: old claims are tidied away after the grant.
-                Ok(()) => dir.tidy(free.generation, &free.holder_id),
+                // Granted: old claims are tidied away after every 32nd
+                // grant (a listing of the directory).
+                Ok(()) if free.generation.is_multiple_of(32) => {
+                    dir.tidy(free.generation, &free.holder_id);
+                }
+                Ok(()) => {}
                 Err(_) => {}
             }
         });

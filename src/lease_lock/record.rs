@@ -39,6 +39,10 @@ pub(super) struct Record {
     pub(super) holder_id: String,
     pub(super) host: String,
     pub(super) pid: u32,
+    /// When the holder's process started (Linux: clock ticks since boot;
+    /// 0 where unknown): with host and pid, it tells whether the holder's
+    /// process still runs.
+    pub(super) started: u64,
 }
 
 impl Record {
@@ -57,12 +61,13 @@ impl Record {
             .collect();
         format!(
             "{MAGIC}\ngeneration {:020}\nstate {state}\nbeat {:020}\nttl_ms {:012}\nholder {}\n\
-             host {host}\npid {}\n",
+             host {host}\npid {}\nstarted {}\n",
             self.generation,
             self.beat,
             self.ttl.as_millis(),
             self.holder_id,
-            self.pid
+            self.pid,
+            self.started
         )
         .into_bytes()
     }
@@ -88,6 +93,7 @@ impl Record {
         let mut holder_id = None;
         let mut host = None;
         let mut pid = None;
+        let mut started = None;
         for line in lines {
             let (k, v) = line.split_once(' ').unwrap_or((line, ""));
             let num = |v: &str| v.parse::<u64>().map_err(|_| format!("bad {k} {v:?}"));
@@ -105,6 +111,7 @@ impl Record {
                 "holder" => holder_id = Some(v.to_string()),
                 "host" => host = Some(v.to_string()),
                 "pid" => pid = Some(u32::try_from(num(v)?).map_err(|_| format!("bad pid {v}"))?),
+                "started" => started = Some(num(v)?),
                 // Fields of a later version are ignored.
                 _ => {}
             }
@@ -122,6 +129,7 @@ impl Record {
             holder_id: holder_id.ok_or_else(|| missing("holder"))?,
             host: host.unwrap_or_default(),
             pid: pid.unwrap_or(0),
+            started: started.unwrap_or(0),
         })
     }
 }
@@ -139,6 +147,7 @@ mod tests {
             holder_id: "0123456789abcdef0123456789abcdef".into(),
             host: "build-1".into(),
             pid: 4242,
+            started: 123_456,
         }
     }
 

@@ -23,6 +23,12 @@ fn c_text(chars: &[libc::c_char]) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
+/// When process `pid` started: not known here.
+#[allow(dead_code)]
+pub(crate) fn process_start(_pid: u32) -> Option<u64> {
+    None
+}
+
 pub(crate) fn filesystem(path: &Path) -> io::Result<Filesystem> {
     let st = rustix::fs::statfs(path)?;
     let name = c_text(&st.f_fstypename);

@@ -29,6 +29,16 @@ pub(crate) fn local_flock_magic(magic: u64) -> bool {
     LOCAL.contains(&(magic & 0xFFFF_FFFF))
 }
 
+/// When process `pid` started, in clock ticks since boot (`/proc/<pid>/stat`
+/// field 22): with the pid, it names one process; `None` if there is no
+/// such process.
+pub(crate) fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(") ")?.1;
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
 pub(crate) fn filesystem(path: &Path) -> io::Result<Filesystem> {
     let st = rustix::fs::statfs(path)?;
     #[allow(clippy::unnecessary_cast)] // the field's type differs by arch
@@ -149,6 +159,13 @@ mod tests {
         assert_eq!(e.mount_point, PathBuf::from("/mnt/my share"));
         assert!(e.options.iter().any(|o| o == "nobrl"));
         assert!(mount_of(text, 9, 9, Path::new("/")).is_none());
+    }
+
+    #[test]
+    fn this_process_has_a_start_and_a_dead_pid_has_none() {
+        let me = process_start(std::process::id()).unwrap();
+        assert_eq!(process_start(std::process::id()), Some(me));
+        assert_eq!(process_start(u32::MAX), None);
     }
 
     #[test]

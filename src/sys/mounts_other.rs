@@ -11,6 +11,12 @@ pub(crate) fn local_flock_magic(_magic: u64) -> bool {
     false
 }
 
+/// When process `pid` started: not known here.
+#[allow(dead_code)]
+pub(crate) fn process_start(_pid: u32) -> Option<u64> {
+    None
+}
+
 pub(crate) fn filesystem(path: &Path) -> io::Result<Filesystem> {
     // The path must exist (or the caller looks at its parent).
     std::fs::symlink_metadata(path)?;

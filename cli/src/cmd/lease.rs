@@ -79,7 +79,12 @@ pub(crate) async fn who(dir: &Path) -> Outcome {
             Outcome { code: 1 }
         }
         Ok(Some(h)) => {
-            println!("{h}, lease TTL {}", human(h.ttl));
+            let gone = if h.runs_here() == Some(false) {
+                " (its process no longer runs: the claim goes stale after its TTL)"
+            } else {
+                ""
+            };
+            println!("{h}, lease TTL {}{gone}", human(h.ttl));
             Outcome { code: 0 }
         }
         Err(e) => {
