@@ -9,11 +9,11 @@ use std::sync::{Arc, OnceLock};
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
-use crate::engine::{Engine, FileOptions, Granted};
 use crate::error::{Error, Result};
-use crate::file_lock::{FileId, Handle};
-use crate::flags::LockFlags;
-use crate::gate::Pass;
+use crate::file::engine::{Engine, FileOptions, Granted};
+use crate::file::flags::LockFlags;
+use crate::file::gate::Pass;
+use crate::file::raw::{FileId, Handle};
 use crate::loss::Loss;
 use crate::options::{acquire_variants, wait_setters, WaitOptions, Waiting};
 
@@ -397,10 +397,10 @@ impl Lock {
         // Invalid configured flags are `acquire`'s error to report.
         let wanted_shared = mode == LockFlags::SHARED;
         match self.engine.opts.mode() {
-            Ok(crate::flags::Mode::Shared) if wanted_shared => {
+            Ok(crate::file::flags::Mode::Shared) if wanted_shared => {
                 return std::borrow::Cow::Borrowed(self)
             }
-            Ok(crate::flags::Mode::Exclusive) if !wanted_shared => {
+            Ok(crate::file::flags::Mode::Exclusive) if !wanted_shared => {
                 return std::borrow::Cow::Borrowed(self)
             }
             Err(_) => return std::borrow::Cow::Borrowed(self),

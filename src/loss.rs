@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::{Error, ErrorKind};
-use crate::file_lock::FileId;
+use crate::file::raw::FileId;
 use crate::util::lock;
 
 /// A callback run once when a held lock is lost (the `on_lost` option of
@@ -345,12 +345,12 @@ pub(crate) fn monitor_file(
     tokio::spawn(async move {
         // Closes, attribute changes (the link count), removals and renames
         // of the file wake this; so do releases in this process.
-        let watch = crate::wake::Watch::new(&path, id);
+        let watch = crate::file::wake::Watch::new(&path, id);
         let notify = watch.notifier();
         loop {
             let mut notified = std::pin::pin!(notify.notified());
             notified.as_mut().enable();
-            match crate::file_lock::Handle::id_is_at(id, &path) {
+            match crate::file::raw::Handle::id_is_at(id, &path) {
                 Ok(true) => {}
                 Ok(false) => {
                     loss.fail(format!(

@@ -5,8 +5,8 @@ use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::engine::FileOptions;
 use crate::error::{Error, Result};
+use crate::file::engine::FileOptions;
 use crate::lock::{absolute, Lock};
 use crate::options::{acquire_variants, wait_setters, WaitOptions, Waiting};
 use crate::sys;
@@ -156,7 +156,7 @@ impl PidFileLock {
     acquire_variants!(PidFileLockGuard);
 
     async fn acquire_with(&self, w: WaitOptions) -> Result<PidFileLockGuard> {
-        crate::file_lock::check_path("failed to lock", &self.pid_path)?;
+        crate::file::raw::check_path("failed to lock", &self.pid_path)?;
         // A publication of this process may still run on the blocking pool
         // (or roll back, its acquire cancelled) and hold the sidecar: wait
         // for it, so it is never mistaken for a holder. It ends on its own:

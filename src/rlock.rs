@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::error::Result;
-use crate::flags::LockFlags;
+use crate::file::flags::LockFlags;
 use crate::lock::{Lock, LockGuard};
 use crate::options::{acquire_variants, wait_setters, WaitOptions, Waiting};
 

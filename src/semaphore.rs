@@ -10,12 +10,12 @@ use std::time::Duration;
 use futures_util::stream::StreamExt;
 
 use crate::deadline::Schedule;
-use crate::engine::{self, Attempt, Contender, FileOptions, SlotTry};
 use crate::error::{Error, Result};
-use crate::file_lock::{Handle, OpenMode};
+use crate::file::engine::{self, Attempt, Contender, FileOptions, SlotTry};
+use crate::file::raw::{Handle, OpenMode};
+use crate::file::wake::Watch;
 use crate::lock::{absolute, Lock, LockGuard};
 use crate::options::{acquire_variants, wait_setters, WaitOptions, Waiting};
-use crate::wake::Watch;
 
 const DEFAULT_NAME: &str = "bounded_semaphore";
 const DEFAULT_PATTERN: &str = "{name}.{number:02d}.lock";
@@ -610,7 +610,7 @@ async fn open_window(
     let opened = crate::util::run_blocking(move || {
         let files = jobs
             .into_iter()
-            .map(|(i, path, mode)| (i, crate::file_lock::open_lock_file(&path, mode)))
+            .map(|(i, path, mode)| (i, crate::file::raw::open_lock_file(&path, mode)))
             .collect::<Vec<_>>();
         (files, queue.and_then(|q| crate::sys::open_queue(&q)))
     })

@@ -5,8 +5,8 @@ use std::io;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 
-use crate::engine::FileOptions;
 use crate::error::{Error, ErrorKind, Result};
+use crate::file::engine::FileOptions;
 use crate::lock::{absolute, Lock, LockGuard};
 use crate::options::{acquire_variants, wait_setters, WaitOptions, Waiting};
 

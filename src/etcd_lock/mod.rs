@@ -38,7 +38,7 @@ use lease::{LeaseState, PendingLease};
 
 use crate::deadline::deadline_after;
 use crate::error::{Error, ErrorKind, Result};
-use crate::flags::{LockFlags, Operation};
+use crate::file::flags::{LockFlags, Operation};
 use crate::loss::LossCallback;
 use crate::options::{acquire_variants, wait_setters, WaitOptions, Waiting};
 

@@ -37,7 +37,7 @@ use self::keep_alive::{HolderState, LossCallback};
 use self::protocol::HolderMode;
 use self::waiting::{LocalQueue, Waiter};
 use crate::error::{Error, Result};
-use crate::flags::{LockFlags, Mode, Operation};
+use crate::file::flags::{LockFlags, Mode, Operation};
 use crate::options::{acquire_variants, wait_setters, WaitOptions, Waiting};
 
 pub use self::guard::RedisLockGuard;

@@ -26,7 +26,7 @@ use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::file_lock::FileId;
+use crate::file::raw::FileId;
 use crate::sys;
 
 /// Entries that have at least one waiter.
@@ -188,7 +188,7 @@ mod tests {
     use std::os::unix::fs::FileExt;
     use std::time::Duration;
 
-    use crate::file_lock::FileId;
+    use crate::file::raw::FileId;
 
     /// Waits (checking, not sleeping blindly) until a waiter of `id` has
     /// registered, then returns its wake-up count.

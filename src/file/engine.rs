@@ -30,13 +30,13 @@ use tokio::time::Instant;
 
 use crate::deadline::{deadline_after, Schedule};
 use crate::error::{Error, Result};
-use crate::file_lock::{self, FileId, Handle, OpenMode};
-use crate::flags::{LockFlags, Mode, Operation};
-use crate::gate::{self, Gate, Pass, Release};
-use crate::holder::Holder;
+use crate::file::flags::{LockFlags, Mode, Operation};
+use crate::file::gate::{self, Gate, Pass, Release};
+use crate::file::holder::Holder;
+use crate::file::raw::{self, FileId, Handle, OpenMode};
+use crate::file::wake::{self, Armed, Watch};
 use crate::options::WaitOptions;
 use crate::util;
-use crate::wake::{self, Armed, Watch};
 
 pub(crate) const OP_LOCK: &str = "failed to lock";
 pub(crate) const OP_OPEN: &str = "failed to open lock file";
@@ -251,7 +251,7 @@ impl Engine {
             return Ok(SlotTry::Busy);
         };
         let io_err = |e| Error::io(OP_LOCK, Some(&self.path), e);
-        let locked = file_lock::try_lock(&handle.file, Mode::Exclusive).map_err(io_err)?;
+        let locked = raw::try_lock(&handle.file, Mode::Exclusive).map_err(io_err)?;
         if !handle.is_at(&self.path).map_err(io_err)? {
             // Closing unlocks, if it locked.
             return Ok(SlotTry::Replaced);
@@ -321,7 +321,7 @@ impl Engine {
         timeout: Duration,
         fail_fast: bool,
     ) -> Result<Granted> {
-        file_lock::check_path(OP_LOCK, &self.path)?;
+        raw::check_path(OP_LOCK, &self.path)?;
         let mode = self.opts.mode()?;
         if let Some(granted) = self.try_fast(mode)? {
             #[cfg(feature = "tracing")]
@@ -382,7 +382,7 @@ impl Engine {
         let Some(handle) = self.take_idle() else {
             return Ok(None);
         };
-        match file_lock::try_lock(&handle.file, mode) {
+        match raw::try_lock(&handle.file, mode) {
             Ok(true) => {}
             _ => {
                 self.put_idle(handle);
@@ -443,7 +443,7 @@ impl Engine {
     /// [`Holder`]). Reads `/proc` on Linux, which never waits on a disk.
     pub(crate) fn holders(&self) -> Vec<Holder> {
         match crate::sys::path_id(&self.path) {
-            Ok(Some(id)) => crate::holder::of(id),
+            Ok(Some(id)) => crate::file::holder::of(id),
             _ => Vec::new(),
         }
     }
@@ -508,7 +508,7 @@ impl Engine {
         if !self.opts.truncate {
             return Ok(handle);
         }
-        if let Err(e) = file_lock::check_single_link(&handle.file) {
+        if let Err(e) = raw::check_single_link(&handle.file) {
             let _ = handle.file.unlock();
             return Err(Error::io("refusing to truncate", Some(&self.path), e));
         }
@@ -551,7 +551,7 @@ impl Engine {
     async fn open(&self) -> Result<Handle> {
         let path = self.path.clone();
         let mode = self.opts.open_mode();
-        util::blocking(move || file_lock::open_lock_file(&path, mode))
+        util::blocking(move || raw::open_lock_file(&path, mode))
             .await
             .map_err(|e| Error::io(OP_OPEN, Some(&self.path), e))
     }
@@ -622,7 +622,7 @@ impl Contender for FileContender<'_> {
             None => e.open().await?,
         };
         let io_err = |err| Error::io(OP_LOCK, Some(&e.path), err);
-        let locked = file_lock::try_lock(&handle.file, self.mode).map_err(io_err)?;
+        let locked = raw::try_lock(&handle.file, self.mode).map_err(io_err)?;
         // Whatever the outcome, a descriptor whose file is no longer at the
         // path is worthless: drop it (closing also unlocks) and open the
         // path afresh, at once for a few times, then after a pause.
@@ -677,7 +677,7 @@ impl Contender for FileContender<'_> {
         }
         let holders = match id {
             Some(id) if self.engine.name_holders => {
-                util::run_blocking(move || crate::holder::of(id))
+                util::run_blocking(move || crate::file::holder::of(id))
                     .await
                     .unwrap_or_default()
             }

@@ -6,7 +6,7 @@ use std::io;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::flags::{LockFlags, Mode, Operation};
+use crate::file::flags::{LockFlags, Mode, Operation};
 use crate::sys;
 
 /// Locks `file` with `flags`, the way Python's `portalocker.lock` does.

@@ -1,41 +1,23 @@
-//! Fair handoff.
+//! Fair handoff: the per-file FIFO gate of this process, and the holder's
+//! half of the cross-process handoff.
 //!
-//! * **In one process**, every lock file has a FIFO gate (a Tokio `RwLock`:
-//!   exclusive acquisitions take it for writing, shared ones for reading).
-//!   An acquisition passes the gate before it touches the OS lock and keeps
-//!   it while held, so tasks of one process are served in arrival order and
-//!   the next one wakes the moment the previous guard is released — with no
-//!   polling, and with only the task at the head of the queue holding a
-//!   descriptor.
-//! * **Across processes** (Linux, local filesystems), a waiter *announces*
-//!   itself with a shared open-file-description lock on one byte of the
-//!   lock file far beyond its data; the byte's offset is the system's
-//!   monotonic clock when the waiter began to wait. The kernel holds these
-//!   byte locks for the waiter's descriptor: they need only read access,
-//!   change nothing on disk (no access time, no sidecar file), do not
-//!   interact with `flock`, and vanish when the waiter closes the
-//!   descriptor or dies.
+//! How waiting works is told once, for users, in [`Lock`](crate::Lock)'s
+//! docs (*How waiting works*); this module implements it. The pieces:
 //!
-//!   A holder that has had its burst of grants ([`BURST`]) tests on release
-//!   (`F_OFD_GETLK`, at most once per [`CHECK_EVERY`]) whether anyone is
-//!   announced. If so it *hands over*: it unlocks, closes its descriptor —
-//!   the close is the inotify event that wakes the waiters — and stays away
-//!   from the lock for [`HANDOFF_WINDOW`], so a waiter gets it instead of
-//!   the releasing process re-taking it at once. Holders that see no
-//!   announcement keep their descriptor and re-lock at full speed.
-//!
-//!   Among the woken waiters the oldest goes first: a waiter that sees an
-//!   older announcement than its own gives it a head start of
-//!   [`DEFER`] before it tries, so waiters of different processes are
-//!   served roughly in arrival order rather than by who wakes first.
-//!
-//!   Where `flock` may be built from byte-range locks (NFS, SMB, FUSE and
-//!   other network or cluster filesystems) an announcement could conflict
-//!   with the lock itself, so there (and off Linux) nobody announces and
-//!   waiters poll; closes by other processes still wake them on Linux.
-//!   Python portalocker's processes neither announce nor look for
-//!   announcements: they poll, as they always do, and are excluded exactly
-//!   as before.
+//! * [`Gate::enter`]: a Tokio `RwLock` per lock file (exclusive
+//!   acquisitions take it for writing, shared ones for reading), kept by
+//!   the guard while held ([`Pass`]).
+//! * [`Gate::on_release`]: after a burst of grants ([`BURST`]) the holder
+//!   tests for announcements (at most once per [`CHECK_EVERY`]) and, if
+//!   there is one, hands over: closes its descriptor (the inotify event
+//!   that wakes the waiters) and stays away for [`HANDOFF_WINDOW`]. An
+//!   announcement that did not take three handovers in a row (a stopped
+//!   waiter) is not honoured for a back-off.
+//! * The waiter's half — announcing with an open-file-description byte
+//!   lock whose offset is its start time, and the [`DEFER`] head start it
+//!   gives an older announcement — is `engine.rs`'s `FileContender`,
+//!   through `sys` (`announce`, `announced_before`, `withdraw`).
+//! * [`Gate::capable`]: only local filesystems announce (`sys::handoff_capable`).
 
 use std::fs::File;
 use std::path::Path;
