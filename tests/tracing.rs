@@ -225,3 +225,48 @@ fn the_etcd_lock_traces_grants_refusals_and_losses() {
         assert!(lost[0].fields["reason"].contains("deleted"), "{lost:?}");
     });
 }
+
+/// `LeaseLock`: the same span and events, with the lease directory.
+#[test]
+fn the_lease_lock_traces_grants_refusals_and_losses() {
+    let rec = Recorder::default();
+    let _default = tracing::subscriber::set_default(rec.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("traced.lease");
+        let lock =
+            portalocker::LeaseLock::new(&path).lease_ttl(std::time::Duration::from_millis(300));
+        let g = lock.acquire().await.unwrap();
+        assert!(lock.try_acquire().await.unwrap_err().is_already_locked());
+        let mut rx = g.watch_lost();
+        std::fs::remove_file(g.claim_path()).unwrap();
+        rx.wait_for(|l| *l).await.unwrap();
+        let spans = rec.spans("acquire");
+        assert_eq!(spans.len(), 2, "{spans:?}");
+        assert_eq!(
+            spans[0].fields["lease_lock"],
+            path.display().to_string(),
+            "{spans:?}"
+        );
+        let granted = rec.events("granted");
+        assert_eq!(granted.len(), 1, "{granted:?}");
+        assert_eq!(
+            granted[0].fields["fence_token"],
+            g.fence_token().to_string()
+        );
+        assert_eq!(granted[0].parent.as_deref(), Some("acquire"));
+        let refused = rec.events("not acquired");
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(
+            refused[0].fields["error"].contains("held by holder"),
+            "{refused:?}"
+        );
+        let lost = rec.events("lost");
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        assert!(lost[0].fields["reason"].contains("removed"), "{lost:?}");
+    });
+}

@@ -330,22 +330,26 @@ impl LeaseLock {
     async fn acquire_with(&self, w: WaitOptions) -> Result<LeaseLockGuard> {
         #[cfg(feature = "tracing")]
         {
-            use tracing::Instrument;
             let span = tracing::debug_span!(
                 "acquire",
                 lease_lock = %self.cfg.path.display(),
                 timeout = ?w.timeout,
-                fence_token = tracing::field::Empty,
+                fail_when_locked = w.fail_when_locked,
             );
-            let r = self.acquire_inner(w).instrument(span.clone()).await;
-            span.in_scope(|| match &r {
-                Ok(g) => {
-                    span.record("fence_token", g.fence_token());
-                    tracing::debug!(waited = ?g.waited(), "granted");
+            let traced = async {
+                let r = self.acquire_inner(w).await;
+                match &r {
+                    Ok(g) => tracing::debug!(
+                        holder_id = g.holder_id(),
+                        fence_token = g.fence_token(),
+                        waited = ?g.waited(),
+                        "granted"
+                    ),
+                    Err(e) => tracing::debug!(error = %e, "not acquired"),
                 }
-                Err(e) => tracing::debug!(error = %e, "not acquired"),
-            });
-            r
+                r
+            };
+            tracing::Instrument::instrument(traced, span).await
         }
         #[cfg(not(feature = "tracing"))]
         self.acquire_inner(w).await
