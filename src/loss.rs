@@ -55,12 +55,21 @@ impl Loss {
 
     /// As [`fail`](Self::fail); `true` for the call that recorded the loss.
     pub(crate) fn fail_first(&self, why: impl Into<String>) -> bool {
+        self.fail_first_then(why, || {})
+    }
+
+    /// As [`fail_first`](Self::fail_first), running `before` (once, for the
+    /// call that records the loss) after the reason is recorded and before
+    /// anyone watching is told: whoever wakes on the loss sees what
+    /// `before` did (an `on_lost` callback).
+    pub(crate) fn fail_first_then(&self, why: impl Into<String>, before: impl FnOnce()) -> bool {
         let mut w = crate::util::lock(&self.why);
         if w.is_some() {
             return false;
         }
         *w = Some(why.into());
         drop(w);
+        before();
         self.tx.send_replace(true);
         true
     }
@@ -168,7 +177,9 @@ impl LeaseState {
     }
 
     pub(crate) fn fail(&self, why: impl Into<String>) {
-        if self.loss.fail_first(why) {
+        // The callback runs before watchers are told, so a task woken by
+        // the loss sees what the callback did.
+        self.loss.fail_first_then(why, || {
             #[cfg(feature = "tracing")]
             match self.kind {
                 LeaseKind::Etcd => tracing::error!(
@@ -187,7 +198,7 @@ impl LeaseState {
             if let Some(cb) = &self.on_lost {
                 cb(&self.lost_error());
             }
-        }
+        });
     }
 
     pub(crate) fn lost_error(&self) -> Error {
@@ -511,3 +522,44 @@ impl_held_lock!(crate::PidFileLockGuard);
 impl_held_lock!(crate::BoundedSemaphorePermit);
 #[cfg(feature = "redis")]
 impl_held_lock!(crate::RedisLockGuard, fence = fence_token);
+
+#[cfg(test)]
+mod lease_state_tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Whoever wakes on a loss sees what the `on_lost` callback did: the
+    /// callback runs before watchers are told. (Before, watchers were told
+    /// first, and the etcd test of `on_lost` failed now and then on a busy
+    /// machine.) The callback here is slow on purpose, so the old order
+    /// fails every time.
+    #[test]
+    fn the_on_lost_callback_runs_before_watchers_wake() {
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = done.clone();
+        let cb: LossCallback = Arc::new(move |_e: &Error| {
+            std::thread::sleep(Duration::from_millis(100));
+            flag.store(true, Ordering::SeqCst);
+        });
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let state = Arc::new(LeaseState::new(
+                LeaseKind::LeaseFile,
+                "l".into(),
+                "h".into(),
+                Instant::now() + Duration::from_secs(3600),
+                Some(cb),
+            ));
+            let mut rx = state.watch_lost();
+            let failer = state.clone();
+            let t = std::thread::spawn(move || failer.fail("gone"));
+            rx.wait_for(|l| *l).await.unwrap();
+            assert!(done.load(Ordering::SeqCst), "woken before the callback ran");
+            t.join().unwrap();
+        });
+    }
+}
