@@ -77,8 +77,20 @@ pub(crate) async fn doctor(a: DoctorArgs) -> Outcome {
         "flock is not known to reach other hosts; lease files (LeaseLock) hold"
     };
     println!("across hosts  {across}");
+    if let Some(w) = cache_warning(&fs.mount_options) {
+        println!("warning       {w}");
+    }
     println!("use           {}", fs.advice());
     Outcome { code: 0 }
+}
+
+/// A mount option that breaks what `LeaseLock` relies on: a file opened
+/// again shows the last write (NFS's close-to-open consistency).
+fn cache_warning(options: &[String]) -> Option<&'static str> {
+    options.iter().any(|o| o == "nocto").then_some(
+        "mounted nocto: a file opened again may show old contents, so a live lease holder can \
+         look stale; remount without nocto before using LeaseLock here",
+    )
 }
 
 /// The directory to probe in: PATH if it is one, else its nearest
@@ -161,4 +173,14 @@ fn fcntl_probe(path: &Path) -> Option<Result<(), String>> {
 #[cfg(not(unix))]
 fn fcntl_probe(_path: &Path) -> Option<Result<(), String>> {
     None
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn nocto_is_warned_about() {
+        let opts = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(super::cache_warning(&opts(&["rw", "nocto", "vers=4.2"])).is_some());
+        assert!(super::cache_warning(&opts(&["rw", "relatime"])).is_none());
+    }
 }
