@@ -326,7 +326,9 @@ impl AtomicFile {
     ///
     /// # Cancel safety
     ///
-    /// This method is cancel safe: dropping it discards as well.
+    /// This method is cancel safe: dropping it discards as well (once
+    /// polled, the removal already runs on the blocking pool and completes
+    /// there shortly after the future is dropped).
     ///
     /// # Errors
     ///
