@@ -28,6 +28,19 @@ use crate::util::lock;
 #[allow(dead_code)] // used by the Redis and etcd locks
 pub(crate) type LossCallback = Arc<dyn Fn(&crate::Error) + Send + Sync + 'static>;
 
+/// Runs an `on_lost` callback for the lock `name`; a panic in it is
+/// reported, not passed on (it runs inside the task that noticed the loss,
+/// which must go on to tell the guard's watchers).
+pub(crate) fn run_loss_callback(cb: &LossCallback, err: &Error, name: &str) {
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(err)));
+    if run.is_err() {
+        diag!(
+            error,
+            "portalocker: the on_lost callback of {name:?} panicked"
+        );
+    }
+}
+
 /// How often a monitor checks the path where no OS notification wakes it
 /// (and, as a safety net, where one does).
 pub(crate) const POLL: Duration = Duration::from_millis(250);
@@ -196,7 +209,7 @@ impl LeaseState {
                 ),
             }
             if let Some(cb) = &self.on_lost {
-                cb(&self.lost_error());
+                run_loss_callback(cb, &self.lost_error(), &self.name);
             }
         });
     }
@@ -535,31 +548,35 @@ mod lease_state_tests {
     /// fails every time.
     #[test]
     fn the_on_lost_callback_runs_before_watchers_wake() {
-        let done = Arc::new(AtomicBool::new(false));
-        let flag = done.clone();
-        let cb: LossCallback = Arc::new(move |_e: &Error| {
-            std::thread::sleep(Duration::from_millis(100));
-            flag.store(true, Ordering::SeqCst);
-        });
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(async {
-            let state = Arc::new(LeaseState::new(
-                LeaseKind::LeaseFile,
-                "l".into(),
-                "h".into(),
-                Instant::now() + Duration::from_secs(3600),
-                Some(cb),
-            ));
-            let mut rx = state.watch_lost();
-            let failer = state.clone();
-            let t = std::thread::spawn(move || failer.fail("gone"));
-            rx.wait_for(|l| *l).await.unwrap();
-            assert!(done.load(Ordering::SeqCst), "woken before the callback ran");
-            t.join().unwrap();
-        });
+        // A callback that panics does not keep the watchers from being told.
+        for panics in [false, true] {
+            let done = Arc::new(AtomicBool::new(false));
+            let flag = done.clone();
+            let cb: LossCallback = Arc::new(move |_e: &Error| {
+                std::thread::sleep(Duration::from_millis(100));
+                flag.store(true, Ordering::SeqCst);
+                assert!(!panics, "a callback that panics");
+            });
+            rt.block_on(async {
+                let state = Arc::new(LeaseState::new(
+                    LeaseKind::LeaseFile,
+                    "l".into(),
+                    "h".into(),
+                    Instant::now() + Duration::from_secs(3600),
+                    Some(cb),
+                ));
+                let mut rx = state.watch_lost();
+                let failer = state.clone();
+                let t = std::thread::spawn(move || failer.fail("gone"));
+                rx.wait_for(|l| *l).await.unwrap();
+                assert!(done.load(Ordering::SeqCst), "woken before the callback ran");
+                t.join().unwrap();
+            });
+        }
     }
 }

@@ -143,20 +143,14 @@ impl HolderState {
             self.channel,
             self.id
         );
-        self.lost.send_replace(true);
         // A lost lock no longer keeps the other tasks of this process out.
         drop(self.take_turn());
+        // The callback runs before watchers are told, so a task woken by
+        // the loss sees what the callback did.
         if let Some(cb) = &self.on_lost {
-            let err = self.lost_error(why);
-            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(&err)));
-            if run.is_err() {
-                diag!(
-                    error,
-                    "portalocker: the on_lost callback of {:?} panicked",
-                    self.channel
-                );
-            }
+            crate::loss::run_loss_callback(cb, &self.lost_error(why), &self.channel);
         }
+        self.lost.send_replace(true);
     }
 }
 
@@ -524,5 +518,51 @@ async fn check_self(
     match tokio::time::timeout(budget, run).await {
         Ok(Some(())) => Ok(()),
         _ => Err("the self-check did not see its own reply in time"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A task woken by the loss sees what the `on_lost` callback did: the
+    /// callback runs before watchers are told (they were told first before,
+    /// as the lease-based guards did). The callback is slow on purpose, so
+    /// the old order fails every time; a callback that panics does not keep
+    /// the watchers from being told.
+    #[test]
+    fn the_on_lost_callback_runs_before_watchers_wake() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        for panics in [false, true] {
+            let done = Arc::new(AtomicBool::new(false));
+            let flag = done.clone();
+            let cb: LossCallback = Arc::new(move |e: &Error| {
+                assert!(e.is_lock_lost());
+                std::thread::sleep(Duration::from_millis(100));
+                flag.store(true, Ordering::SeqCst);
+                assert!(!panics, "a callback that panics");
+            });
+            rt.block_on(async {
+                let state = Arc::new(HolderState::new(
+                    "ch".into(),
+                    "id".into(),
+                    HolderMode::Exclusive,
+                    Some(cb),
+                ));
+                state.status.send_replace(Status::Held);
+                let mut rx = state.watch_lost();
+                let failer = state.clone();
+                let t = std::thread::spawn(move || failer.fail("gone"));
+                rx.wait_for(|l| *l).await.unwrap();
+                assert!(done.load(Ordering::SeqCst), "woken before the callback ran");
+                assert_eq!(state.lost_reason().as_deref(), Some("gone"));
+                t.join().unwrap();
+            });
+        }
     }
 }
