@@ -140,13 +140,31 @@ pub fn filesystem_of(path: impl AsRef<Path>) -> Result<Filesystem> {
     let path = path.as_ref();
     let mut at = path;
     loop {
-        match crate::sys::filesystem(at) {
-            Ok(fs) => return Ok(fs),
+        match crate::sys::mount(at) {
+            Ok(m) => return Ok(Filesystem::from_mount(m)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => match at.parent() {
                 Some(p) if !p.as_os_str().is_empty() => at = p,
                 _ => return Err(Error::io("failed to examine the filesystem", Some(path), e)),
             },
             Err(e) => return Err(Error::io("failed to examine the filesystem", Some(path), e)),
+        }
+    }
+}
+
+impl Filesystem {
+    /// Sorts what the platform layer found: by the magic number where
+    /// there is one, else (or where the magic list lacks it: a FUSE daemon
+    /// reports `fuse.<name>`) by the type name and the local flag.
+    fn from_mount(m: crate::sys::Mount) -> Self {
+        let mut kind = m.magic.map_or(FilesystemKind::Unknown, kind_of_magic);
+        if kind == FilesystemKind::Unknown {
+            kind = kind_of_name(&m.name, m.local);
+        }
+        Self {
+            kind,
+            name: m.name,
+            mount_point: m.mount_point,
+            mount_options: m.options,
         }
     }
 }

@@ -258,8 +258,8 @@ impl EtcdLock {
     /// [`is_already_locked()`](Error::is_already_locked) when the lock is
     /// still held at the deadline (or at once with `fail_when_locked`),
     /// naming the holder etcd lists first;
-    /// [`ErrorKind::InvalidInput`] for an empty name, invalid flags or a
-    /// lease TTL etcd cannot grant; [`ErrorKind::Etcd`] when etcd refuses
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for an empty name, invalid flags or a
+    /// lease TTL etcd cannot grant; [`ErrorKind::Etcd`](crate::ErrorKind::Etcd) when etcd refuses
     /// (permissions, authentication) or cannot answer (no quorum, no
     /// member reachable) until the deadline — each request may take up to
     /// 2 s even when the timeout is shorter. Nothing is left in etcd after

@@ -9,7 +9,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::RedisError;
 
-use super::attempt::timeout_error;
+use super::errors::timeout_error;
 
 /// One shared command connection and how to make a new one.
 ///

@@ -23,7 +23,7 @@ use redis::{
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::attempt::AttemptError;
+use super::errors::AttemptError;
 use super::OP;
 use crate::error::{Error, ErrorKind};
 
@@ -295,7 +295,7 @@ async fn handshake(
                 )),
             )));
         }
-        let why = match super::attempt::refusal_in(&e) {
+        let why = match super::errors::refusal_in(&e) {
             Some(why) => format!("{why}: "),
             None => String::new(),
         };

@@ -1,27 +1,36 @@
 //! [`RedisLock`]: a distributed lock whose ownership is a live Redis
 //! pub/sub subscription, wire-compatible with Python portalocker 4.4.2.
-
 //!
 //! The module is split by concern:
 //!
-//! * `mod.rs` (here): [`RedisLock`], its options and the acquisition loop;
+//! * `mod.rs` (here): [`RedisLock`], its options, `holders()`;
+//! * `acquire.rs`: the acquisition loop (this process's turn, attempts,
+//!   the waits between them) and validation;
 //! * `attempt.rs`: one acquisition attempt — subscribe, count, probe,
-//!   decide, confirm — and the pause between attempts;
+//!   decide, confirm, fence — and the pause between attempts;
+//! * `errors.rs`: which Redis errors cost an attempt and which end the
+//!   acquisition, and the errors that say so;
+//! * `fence.rs`: drawing fencing tokens across databases, and how many
+//!   replicas must have one;
 //! * `connect.rs`: the named subscription connection;
 //! * `protocol/`: the pure decisions, the wire format and the reading of
 //!   the server's `ROLE` and `CLIENT LIST` replies (no I/O);
 //! * `keep_alive.rs`: the task that answers pings while the lock is held
 //!   (and watches the replies to pings for foreign contenders);
-//! * `waiting.rs`: one contender per process, the server-side queue, and
-//!   the places of foreign contenders in it;
+//! * `waiting/`: quiet waiting across processes (`mod.rs`), one contender
+//!   per process and the places of foreign contenders (`local.rs`), the
+//!   server-side queue's keys and scripts (`keys.rs`);
 //! * `command.rs`: the shared command connection and the topology check;
 //! * `endpoint.rs`: where the server is (a client, or through Sentinel);
 //! * `guard.rs`: [`RedisLockGuard`].
 
+mod acquire;
 mod attempt;
 mod command;
 mod connect;
 mod endpoint;
+mod errors;
+mod fence;
 mod guard;
 mod keep_alive;
 mod protocol;
@@ -31,13 +40,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use self::attempt::Attempt;
 use self::command::CommandSlot;
-use self::keep_alive::{HolderState, LossCallback};
-use self::protocol::HolderMode;
-use self::waiting::{LocalQueue, Waiter};
+use self::keep_alive::LossCallback;
+use self::waiting::LocalQueue;
 use crate::error::{Error, Result};
-use crate::file::flags::{LockFlags, Mode, Operation};
+use crate::file::flags::LockFlags;
 use crate::options::{acquire_variants, wait_setters, WaitOptions, Waiting};
 
 pub use self::guard::RedisLockGuard;
@@ -629,216 +636,6 @@ impl RedisLock {
     }
 
     acquire_variants!(RedisLockGuard);
-
-    async fn acquire_with(&self, w: WaitOptions) -> Result<RedisLockGuard> {
-        #[cfg(feature = "tracing")]
-        {
-            let span = tracing::debug_span!(
-                "acquire",
-                channel = %self.cfg.channel,
-                mode = ?self.cfg.flags,
-                timeout = ?w.timeout,
-                fail_when_locked = w.fail_when_locked,
-            );
-            let traced = async {
-                let r = self.acquire_untraced(w).await;
-                match &r {
-                    Ok(g) => tracing::debug!(
-                        holder_id = g.holder_id(),
-                        fence_token = ?g.fence_token(),
-                        waited = ?g.waited(),
-                        "granted"
-                    ),
-                    Err(e) => tracing::debug!(error = %e, "not acquired"),
-                }
-                r
-            };
-            tracing::Instrument::instrument(traced, span).await
-        }
-        #[cfg(not(feature = "tracing"))]
-        self.acquire_untraced(w).await
-    }
-
-    async fn acquire_untraced(&self, w: WaitOptions) -> Result<RedisLockGuard> {
-        self.validate()?;
-        if self.cfg.endpoint.is_sentinel() {
-            // Errors before waits: sentinels that cannot be reached, or do
-            // not know the service (or a client factory that fails). A
-            // known service without a primary right now (a failover) is
-            // waited out like any passing state.
-            let mut resolved = self.cfg.endpoint.resolve().await.map(drop);
-            if resolved.is_err() && self.cfg.endpoint.knows_service().await == Some(true) {
-                resolved = Ok(());
-            }
-            if let Err(e) = resolved {
-                return Err(Error::new(crate::ErrorKind::Redis, OP)
-                    .with_channel(self.cfg.channel.clone())
-                    .with_reason(format!(
-                        "{} could not name a primary: {e}{}",
-                        self.cfg.endpoint.name(),
-                        self.cfg.endpoint.hint()
-                    ))
-                    .with_source(e));
-            }
-        }
-        self.cmd.check_topology(true).await?;
-        let start = tokio::time::Instant::now();
-        let writer = matches!(
-            self.cfg.flags.operation(),
-            Ok(Operation::Lock {
-                mode: Mode::Exclusive,
-                ..
-            })
-        );
-        let id = holder_id(writer);
-        let state = Arc::new(HolderState::new(
-            self.cfg.channel.clone(),
-            id,
-            if writer {
-                HolderMode::Pending
-            } else {
-                HolderMode::Shared
-            },
-            self.cfg.on_lost.clone(),
-        ));
-        // One contender per process and channel: wait for this process's
-        // turn first (first come, first served).
-        let deadline = crate::deadline::deadline_after(start, w.timeout);
-        let local = self.local.clone();
-        // With fail_when_locked or a zero timeout there is no waiting for it.
-        let now_only = w.fail_when_locked || w.timeout.is_zero();
-        let once = w.timeout.is_zero();
-        let turn = if now_only {
-            local.try_turn()
-        } else {
-            local.turn_until(deadline).await
-        };
-        let Some(turn) = turn else {
-            return Err(self.busy_here(&local, (!now_only).then_some(w.timeout)));
-        };
-        // Python's schedule: an attempt at once, then one after each pause
-        // of check_interval × U[0.5, 1.5) while time remains (a zero
-        // interval falls back to Python's 100 ms poll); between them the
-        // waiter watches the channel quietly and moves early when it is
-        // free and this waiter is first in line.
-        let interval = if w.check_interval.is_zero() {
-            attempt::POLL
-        } else {
-            w.check_interval
-        };
-        let mut waiter = Waiter::new(self, &state.id, writer && !w.fail_when_locked, interval);
-        let mut attempt = Attempt::new(self, state, writer, w, deadline);
-        // A writer that would only queue up behind others (or meet a
-        // holder) waits instead of subscribing; a reader may share. Where
-        // the last acquisition met no contention, the first attempt goes at
-        // once (one round trip less): it learns of waiters in its first
-        // count, and then waits.
-        let contended = writer && !w.fail_when_locked && local.contended();
-        let mut go = !contended || waiter.free_now().await;
-        let mut first = true;
-        loop {
-            if go {
-                let got = attempt.run().await?;
-                if first {
-                    local.set_contended(got.is_none());
-                }
-                if let Some(mut guard) = got {
-                    waiter.leave(true).await;
-                    guard.set_waited(start.elapsed());
-                    if writer {
-                        turn.held_by(guard.holder_id());
-                        guard.keep_turn(turn);
-                    }
-                    return Ok(guard);
-                }
-                waiter.lost_attempt();
-            }
-            if !go {
-                local.set_contended(true);
-            }
-            first = false;
-            if once {
-                break;
-            }
-            if !waiter.next(deadline, attempt.own_subscribers()).await {
-                break;
-            }
-            go = true;
-        }
-        waiter.leave(false).await;
-        Err(attempt.timed_out().await)
-    }
-
-    /// The contention error when another task of this process has the
-    /// turn (`waited`: the timeout that passed).
-    fn busy_here(&self, local: &LocalQueue, waited: Option<Duration>) -> Error {
-        let mut why = match local.holder() {
-            Some(id) => format!("already locked by holder {id}, a task of this process"),
-            None => "another task of this process is acquiring the lock".to_string(),
-        };
-        if let Some(t) = waited {
-            why.push_str(&format!(" (waited {})", crate::util::Rounded(t)));
-        }
-        Error::already_locked(OP, None)
-            .with_reason(why)
-            .with_channel(self.cfg.channel.clone())
-            .with_holder_id(local.holder())
-    }
-
-    fn validate(&self) -> Result<()> {
-        let c = &self.cfg.channel;
-        let bad = |why: String| Err(Error::invalid(OP, why).with_channel(c.clone()));
-        if c.is_empty() {
-            return bad("the channel is empty".into());
-        }
-        if c.len() > MAX_CHANNEL_LEN {
-            return bad(format!(
-                "the channel is longer than {MAX_CHANNEL_LEN} bytes"
-            ));
-        }
-        if c.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
-            return bad(
-                "the channel contains whitespace or control characters, which Redis refuses in \
-                 the holder's client name"
-                    .into(),
-            );
-        }
-        if let Some(client) = self.cfg.endpoint.current() {
-            if let Some(why) = connect::unsupported(client.get_connection_info().addr()) {
-                return bad(why);
-            }
-        }
-        if let Some(interval) = self.cfg.self_check {
-            let u = self.cfg.unavailable_timeout;
-            let needed = interval
-                .checked_add(interval.min(u))
-                .and_then(|t| t.checked_add(SELF_CHECK_MARGIN));
-            if interval.is_zero() || needed.is_none_or(|t| t >= u) {
-                return bad(format!(
-                    "self_check_interval {interval:?} cannot detect a loss before a rival reaps \
-                     the holder: interval + min(interval, unavailable_timeout) + 50ms must be \
-                     below unavailable_timeout ({u:?})"
-                ));
-            }
-        }
-        if !matches!(self.cfg.flags.operation(), Ok(Operation::Lock { .. })) {
-            return bad(format!(
-                "{:?}: the flags must be exactly one of EXCLUSIVE or SHARED \
-                 (NON_BLOCKING may be added; it is implied)",
-                self.cfg.flags
-            ));
-        }
-        Ok(())
-    }
-
-    /// The command connection, created once and re-created after it broke.
-    async fn command(&self) -> std::result::Result<command::Command, redis::RedisError> {
-        self.cmd.get().await
-    }
-
-    fn forget_command(&self) {
-        self.cmd.forget_any();
-    }
 }
 
 impl fmt::Debug for RedisLock {

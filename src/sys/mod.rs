@@ -38,7 +38,7 @@
 //! | `handoff_capable(&File)`, `wait_clock()`, `announce(&File, t)`, `withdraw(&File)`, `announced_before(&File, t)`, `announcement_except(&File, skip)` | a waiter's announcement to a holder in another process (Linux: open-file-description byte locks), where it exists |
 //! | `open_queue(path)`, `QueuePlace` (`join`, `is_first`, `notifier`), `queue_ring(&File, id, n)` | a semaphore's wait queue across processes and its waiters' doorbells (Linux: open-file-description byte locks and abstract Unix sockets), where they exist |
 //! | `lock_holders(id)`, `command_line(pid)` | who holds `flock` locks on a file (Linux: `/proc/locks`), and their command lines |
-//! | `filesystem(path)`, `local_flock_magic(magic)`, `process_start(pid)` | which filesystem a path is on (`mounts_linux.rs`: `statfs` magic and `/proc/self/mountinfo`, whatever the cfg; `mounts_bsd.rs`: `statfs` type name and `MNT_LOCAL`; `mounts_other.rs`: UNC paths on Windows), the Linux filesystems whose `flock` the kernel keeps, and when a process started (Linux: `/proc/<pid>/stat`; with the pid it names one process) |
+//! | `mount(path)` (a [`Mount`]), `local_flock_magic(magic)`, `process_start(pid)` | which filesystem a path is on (`mounts_linux.rs`: `statfs` magic and `/proc/self/mountinfo`, whatever the cfg; `mounts_bsd.rs`: `statfs` type name and `MNT_LOCAL`; `mounts_other.rs`: UNC paths on Windows), the Linux filesystems whose `flock` the kernel keeps, and when a process started (Linux: `/proc/<pid>/stat`; with the pid it names one process) |
 //! | `connect_local(addr)` | (feature `redis`) a Redis address only this platform has: a Unix socket |
 
 use std::fs::File;
@@ -71,7 +71,7 @@ pub(crate) use self::generic::*;
 #[cfg(target_os = "linux")]
 mod mounts_linux;
 #[cfg(target_os = "linux")]
-pub(crate) use self::mounts_linux::{filesystem, local_flock_magic, process_start};
+pub(crate) use self::mounts_linux::{local_flock_magic, mount, process_start};
 
 #[cfg(any(
     target_os = "macos",
@@ -88,7 +88,7 @@ mod mounts_bsd;
     target_os = "openbsd",
     target_os = "dragonfly"
 ))]
-pub(crate) use self::mounts_bsd::{filesystem, local_flock_magic, process_start};
+pub(crate) use self::mounts_bsd::{local_flock_magic, mount, process_start};
 
 #[cfg(not(any(
     target_os = "linux",
@@ -107,7 +107,23 @@ mod mounts_other;
     target_os = "openbsd",
     target_os = "dragonfly"
 )))]
-pub(crate) use self::mounts_other::{filesystem, local_flock_magic, process_start};
+pub(crate) use self::mounts_other::{local_flock_magic, mount, process_start};
+
+/// What the platform says about the filesystem a path is on, unsorted:
+/// `crate::filesystem` turns it into a `Filesystem` (so this layer does not
+/// depend on the public type).
+#[derive(Debug, Default)]
+pub(crate) struct Mount {
+    /// The `statfs` magic number (Linux).
+    pub(crate) magic: Option<u64>,
+    /// The type name (`mountinfo`, `f_fstypename`; `"smb"` for a UNC path).
+    pub(crate) name: String,
+    /// Whether the platform marks it local (`MNT_LOCAL`; `Some(false)` for
+    /// a UNC path), where it says.
+    pub(crate) local: Option<bool>,
+    pub(crate) mount_point: Option<std::path::PathBuf>,
+    pub(crate) options: Vec<String>,
+}
 
 /// The identity of a file: (device, inode) on Unix, (volume serial number,
 /// file index) on Windows. It never changes for an open file.

@@ -4,7 +4,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::filesystem::{kind_of_name, Filesystem};
+use super::Mount;
 
 /// Whether `flock` is kept by this host's kernel on the filesystem with
 /// this Linux magic number: a Linux notion, never true here.
@@ -29,15 +29,15 @@ pub(crate) fn process_start(_pid: u32) -> Option<u64> {
     None
 }
 
-pub(crate) fn filesystem(path: &Path) -> io::Result<Filesystem> {
+pub(crate) fn mount(path: &Path) -> io::Result<Mount> {
     let st = rustix::fs::statfs(path)?;
-    let name = c_text(&st.f_fstypename);
     #[allow(clippy::unnecessary_cast)] // u32 on macOS, u64 on FreeBSD
     let local = (st.f_flags as u64) & (libc::MNT_LOCAL as u64) != 0;
-    Ok(Filesystem {
-        kind: kind_of_name(&name, Some(local)),
-        name,
+    Ok(Mount {
+        magic: None,
+        name: c_text(&st.f_fstypename),
+        local: Some(local),
         mount_point: Some(PathBuf::from(c_text(&st.f_mntonname))),
-        mount_options: Vec::new(),
+        options: Vec::new(),
     })
 }

@@ -4,7 +4,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::filesystem::{kind_of_magic, Filesystem, FilesystemKind};
+use super::Mount;
 
 /// Local filesystems whose `flock` locks the kernel keeps (and keeps
 /// apart from byte-range locks).
@@ -39,10 +39,8 @@ pub(crate) fn process_start(pid: u32) -> Option<u64> {
     rest.split(' ').nth(19)?.parse().ok()
 }
 
-pub(crate) fn filesystem(path: &Path) -> io::Result<Filesystem> {
+pub(crate) fn mount(path: &Path) -> io::Result<Mount> {
     let st = rustix::fs::statfs(path)?;
-    #[allow(clippy::unnecessary_cast)] // the field's type differs by arch
-    let mut kind = kind_of_magic(st.f_type as u64);
     let dev = rustix::fs::stat(path)?.st_dev;
     let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let entry = std::fs::read_to_string("/proc/self/mountinfo")
@@ -55,19 +53,17 @@ pub(crate) fn filesystem(path: &Path) -> io::Result<Filesystem> {
                 &canonical,
             )
         });
-    let (name, mount_point, mount_options) = match entry {
+    let (name, mount_point, options) = match entry {
         Some(e) => (e.fstype, Some(e.mount_point), e.options),
         None => ("unknown".to_string(), None, Vec::new()),
     };
-    // A name the magic list lacks (a FUSE daemon reports `fuse.<name>`).
-    if kind == FilesystemKind::Unknown {
-        kind = crate::filesystem::kind_of_name(&name, None);
-    }
-    Ok(Filesystem {
-        kind,
+    Ok(Mount {
+        #[allow(clippy::unnecessary_cast)] // the field's type differs by arch
+        magic: Some(st.f_type as u64),
         name,
+        local: None,
         mount_point,
-        mount_options,
+        options,
     })
 }
 
@@ -170,8 +166,9 @@ mod tests {
 
     #[test]
     fn this_machines_temp_dir_is_examined() {
-        let fs = filesystem(&std::env::temp_dir()).unwrap();
-        assert_ne!(fs.name, "");
-        assert!(fs.mount_point.is_some(), "{fs:?}");
+        let m = mount(&std::env::temp_dir()).unwrap();
+        assert_ne!(m.name, "");
+        assert!(m.magic.is_some(), "{m:?}");
+        assert!(m.mount_point.is_some(), "{m:?}");
     }
 }

@@ -4,7 +4,7 @@
 use std::io;
 use std::path::Path;
 
-use crate::filesystem::{Filesystem, FilesystemKind};
+use super::Mount;
 
 #[allow(dead_code)]
 pub(crate) fn local_flock_magic(_magic: u64) -> bool {
@@ -17,20 +17,17 @@ pub(crate) fn process_start(_pid: u32) -> Option<u64> {
     None
 }
 
-pub(crate) fn filesystem(path: &Path) -> io::Result<Filesystem> {
+pub(crate) fn mount(path: &Path) -> io::Result<Mount> {
     // The path must exist (or the caller looks at its parent).
     std::fs::symlink_metadata(path)?;
     let text = path.to_string_lossy();
     let unc =
         text.starts_with(r"\\") && !text.starts_with(r"\\?\") || text.starts_with(r"\\?\UNC\");
-    Ok(Filesystem {
-        kind: if unc {
-            FilesystemKind::Network
-        } else {
-            FilesystemKind::Unknown
-        },
+    Ok(Mount {
+        magic: None,
         name: if unc { "smb".into() } else { "unknown".into() },
+        local: unc.then_some(false),
         mount_point: None,
-        mount_options: Vec::new(),
+        options: Vec::new(),
     })
 }
