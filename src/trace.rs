@@ -19,3 +19,23 @@ macro_rules! diag {
         }
     }};
 }
+
+/// Runs an acquisition inside its `acquire` span and ends it with one
+/// event: `granted` (what `granted` records about the guard) or `not
+/// acquired` with the error. The distributed locks share it.
+#[cfg(feature = "tracing")]
+pub(crate) async fn acquire_in_span<G>(
+    span: tracing::Span,
+    acquire: impl std::future::Future<Output = crate::Result<G>>,
+    granted: impl FnOnce(&G),
+) -> crate::Result<G> {
+    let traced = async move {
+        let r = acquire.await;
+        match &r {
+            Ok(g) => granted(g),
+            Err(e) => tracing::debug!(error = %e, "not acquired"),
+        }
+        r
+    };
+    tracing::Instrument::instrument(traced, span).await
+}

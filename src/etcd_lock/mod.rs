@@ -276,30 +276,26 @@ impl EtcdLock {
 
     async fn acquire_with(&self, w: WaitOptions) -> Result<EtcdLockGuard> {
         #[cfg(feature = "tracing")]
-        {
-            let span = tracing::debug_span!(
+        return crate::trace::acquire_in_span(
+            tracing::debug_span!(
                 "acquire",
                 etcd_lock = %self.cfg.name,
                 mode = ?self.cfg.flags,
                 timeout = ?w.timeout,
                 fail_when_locked = w.fail_when_locked,
-            );
-            let traced = async {
-                let r = self.acquire_untraced(w).await;
-                match &r {
-                    Ok(g) => tracing::debug!(
-                        holder_id = g.holder_id(),
-                        key = g.key(),
-                        fence_token = g.fence_token(),
-                        waited = ?g.waited(),
-                        "granted"
-                    ),
-                    Err(e) => tracing::debug!(error = %e, "not acquired"),
-                }
-                r
-            };
-            tracing::Instrument::instrument(traced, span).await
-        }
+            ),
+            self.acquire_untraced(w),
+            |g| {
+                tracing::debug!(
+                    holder_id = g.holder_id(),
+                    key = g.key(),
+                    fence_token = g.fence_token(),
+                    waited = ?g.waited(),
+                    "granted"
+                );
+            },
+        )
+        .await;
         #[cfg(not(feature = "tracing"))]
         self.acquire_untraced(w).await
     }

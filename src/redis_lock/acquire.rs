@@ -19,29 +19,25 @@ use crate::options::WaitOptions;
 impl RedisLock {
     pub(super) async fn acquire_with(&self, w: WaitOptions) -> Result<RedisLockGuard> {
         #[cfg(feature = "tracing")]
-        {
-            let span = tracing::debug_span!(
+        return crate::trace::acquire_in_span(
+            tracing::debug_span!(
                 "acquire",
                 channel = %self.cfg.channel,
                 mode = ?self.cfg.flags,
                 timeout = ?w.timeout,
                 fail_when_locked = w.fail_when_locked,
-            );
-            let traced = async {
-                let r = self.acquire_untraced(w).await;
-                match &r {
-                    Ok(g) => tracing::debug!(
-                        holder_id = g.holder_id(),
-                        fence_token = ?g.fence_token(),
-                        waited = ?g.waited(),
-                        "granted"
-                    ),
-                    Err(e) => tracing::debug!(error = %e, "not acquired"),
-                }
-                r
-            };
-            tracing::Instrument::instrument(traced, span).await
-        }
+            ),
+            self.acquire_untraced(w),
+            |g| {
+                tracing::debug!(
+                    holder_id = g.holder_id(),
+                    fence_token = ?g.fence_token(),
+                    waited = ?g.waited(),
+                    "granted"
+                );
+            },
+        )
+        .await;
         #[cfg(not(feature = "tracing"))]
         self.acquire_untraced(w).await
     }
