@@ -241,7 +241,6 @@ pub async fn run_role(role: &str, args: &[String]) {
         // failed acquire ("T <asked> <failed> <error>") to the output
         // file. Arguments: endpoints, name, output file, lease TTL (s).
         "etcd-fleet" => {
-            use std::fmt::Write as _;
             let client = connect(&args[0]).await;
             let ttl: u64 = args[3].parse().unwrap();
             let lock = EtcdLock::new(&args[1], client)
@@ -249,29 +248,14 @@ pub async fn run_role(role: &str, args: &[String]) {
                 .lease_ttl(Duration::from_secs(ttl));
             say("READY", std::process::id());
             let end = super::read_go().await;
-            let mut out = String::new();
-            while epoch_ns() < end {
-                let asked = epoch_ns();
-                match lock.acquire().await {
-                    Ok(g) => {
-                        let start = epoch_ns();
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                        // Checked inside the section: a holder that had
-                        // lost its lease would not count as exclusive.
-                        let held = g.ensure_held();
-                        let stop = epoch_ns();
-                        let token = g.fence_token();
-                        let released = g.release().await;
-                        match (held, released) {
-                            (Ok(()), Ok(())) => writeln!(out, "G {start} {stop} {token}").unwrap(),
-                            (Err(e), _) | (_, Err(e)) => {
-                                writeln!(out, "T {asked} {} lost: {e}", epoch_ns()).unwrap();
-                            }
-                        }
-                    }
-                    Err(e) => writeln!(out, "T {asked} {} {e}", epoch_ns()).unwrap(),
-                }
-            }
+            let out = super::fleet_loop(
+                || epoch_ns() >= end,
+                epoch_ns,
+                Duration::from_millis(1),
+                || lock.acquire(),
+                portalocker::EtcdLockGuard::release,
+            )
+            .await;
             std::fs::write(&args[2], out).unwrap();
             say("DONE", "");
         }

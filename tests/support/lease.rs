@@ -46,29 +46,14 @@ pub async fn run_role(role: &str, args: &[String]) {
             say("READY", wall);
             let run = read_run().await;
             let end = tokio::time::Instant::now() + run;
-            let mut out = String::new();
-            while tokio::time::Instant::now() < end {
-                let asked = mono_ns();
-                match lock.acquire().await {
-                    Ok(g) => {
-                        let start = mono_ns();
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                        // Checked inside the section: a holder that had
-                        // lost its lease would not count as exclusive.
-                        let held = g.ensure_held();
-                        let stop = mono_ns();
-                        let token = g.fence_token();
-                        let released = g.release().await;
-                        match (held, released) {
-                            (Ok(()), Ok(())) => writeln!(out, "G {start} {stop} {token}").unwrap(),
-                            (Err(e), _) | (_, Err(e)) => {
-                                writeln!(out, "T {asked} {} lost: {e}", mono_ns()).unwrap();
-                            }
-                        }
-                    }
-                    Err(e) => writeln!(out, "T {asked} {} {e}", mono_ns()).unwrap(),
-                }
-            }
+            let out = super::fleet_loop(
+                || tokio::time::Instant::now() >= end,
+                mono_ns,
+                Duration::from_millis(2),
+                || lock.acquire(),
+                portalocker::LeaseLockGuard::release,
+            )
+            .await;
             std::fs::write(&args[1], out).unwrap();
             say("DONE", "");
         }

@@ -836,6 +836,52 @@ pub async fn read_go_line() -> String {
     line.trim().strip_prefix("go ").unwrap().to_string()
 }
 
+/// A fleet worker's loop for a lock that can be lost: until `run_out()`,
+/// acquire, hold for `section`, check inside the section that the lock is
+/// still held (a holder that had lost it would not count as exclusive),
+/// release. One line per grant ("G <start> <end> <token>") and per failed
+/// acquire or lost section ("T <asked> <failed> <error>"), times from
+/// `now`.
+#[cfg(unix)]
+#[allow(dead_code)]
+pub async fn fleet_loop<G, A, AF, R, RF>(
+    mut run_out: impl FnMut() -> bool,
+    now: fn() -> u128,
+    section: Duration,
+    mut acquire: A,
+    mut release: R,
+) -> String
+where
+    G: portalocker::HeldLock,
+    A: FnMut() -> AF,
+    AF: std::future::Future<Output = portalocker::Result<G>>,
+    R: FnMut(G) -> RF,
+    RF: std::future::Future<Output = portalocker::Result<()>>,
+{
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    while !run_out() {
+        let asked = now();
+        match acquire().await {
+            Ok(g) => {
+                let start = now();
+                tokio::time::sleep(section).await;
+                let held = g.ensure_held();
+                let stop = now();
+                let token = g.fence_token().unwrap_or(0);
+                match (held, release(g).await) {
+                    (Ok(()), Ok(())) => writeln!(out, "G {start} {stop} {token}").unwrap(),
+                    (Err(e), _) | (_, Err(e)) => {
+                        writeln!(out, "T {asked} {} lost: {e}", now()).unwrap();
+                    }
+                }
+            }
+            Err(e) => writeln!(out, "T {asked} {} {e}", now()).unwrap(),
+        }
+    }
+    out
+}
+
 /// Nanoseconds since the Unix epoch (the clock Python's `time.time_ns()`
 /// reads, so sections recorded by both can be compared).
 #[allow(dead_code)]
