@@ -367,6 +367,15 @@ impl Engine {
         })
     }
 
+    /// [`try_fast`](Self::try_fast) after the checks of a full
+    /// acquisition, for a caller that has not built the wait yet. `None`:
+    /// take the full path.
+    #[cfg_attr(feature = "tracing", allow(dead_code))]
+    pub(crate) fn acquire_now(&self) -> Result<Option<Granted>> {
+        raw::check_path(OP_LOCK, &self.path)?;
+        self.try_fast(self.opts.mode()?)
+    }
+
     /// The common case, without reading the clock or building a wait: the
     /// gate is free, no handoff is owed, and the kept descriptor locks at
     /// once and is still the file at the path. `None`: take the full path

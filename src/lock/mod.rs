@@ -428,9 +428,20 @@ impl Lock {
     }
 
     /// `acquire` with the given waiting options.
+    ///
+    /// The common case — the kept descriptor locks at once, nobody of this
+    /// process holds or waits — is decided before the wait's state machine
+    /// exists; only the rest (a first open, contention) is boxed, so the
+    /// future of an uncontended acquisition is small and moves little.
     pub(crate) async fn acquire_with(&self, w: WaitOptions) -> Result<LockGuard> {
-        self.acquire_since(None, w.timeout, w.fail_when_locked)
-            .await
+        // With tracing, every acquisition goes through the traced path.
+        #[cfg(not(feature = "tracing"))]
+        if !self.engine.opts.local_only {
+            if let Some(granted) = self.engine.acquire_now()? {
+                return Ok(self.guard(granted));
+            }
+        }
+        Box::pin(self.acquire_since(None, w.timeout, w.fail_when_locked)).await
     }
 
     /// The whole acquisition, for a wait that started at `start` (the
