@@ -163,6 +163,10 @@
 //!   a CA are given to redis-rs (`redis::Client::build_with_tls`), and
 //!   `#insecure` at the end of the URL skips verification. Over TLS the
 //!   lock's subscription connection speaks RESP3 (Redis ≥ 6).
+//! * `redis-cluster`: `RedisClusterLock` and `RedisClusterLockGuard`, a
+//!   lock kept by a Redis Cluster (a replicated lease record in the slot
+//!   of the lock's name; this crate's own protocol, which Python peers
+//!   cannot join), through redis-rs's cluster client (implies `redis`).
 //! * `etcd`: `EtcdLock`, `EtcdLockGuard` and `EtcdHolder`, a lock kept by
 //!   an etcd cluster (leases, first-come-first-served waiting by watch,
 //!   the key's create revision as fencing token), and a re-export of
@@ -239,6 +243,13 @@ pub use redis_lock::{
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis;
+
+#[cfg(feature = "redis-cluster")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis-cluster")))]
+mod redis_cluster;
+#[cfg(feature = "redis-cluster")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis-cluster")))]
+pub use redis_cluster::{RedisClusterLock, RedisClusterLockGuard, DEFAULT_CLUSTER_LEASE_TTL};
 
 #[cfg(feature = "etcd")]
 #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]

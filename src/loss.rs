@@ -110,10 +110,11 @@ impl Loss {
 /// Which lease-based lock a [`LeaseState`] belongs to: the words of its
 /// messages and the field of its trace events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[allow(dead_code)] // `Etcd` with the etcd feature only
+#[allow(dead_code)] // `Etcd` and `RedisCluster` with their features only
 pub(crate) enum LeaseKind {
     Etcd,
     LeaseFile,
+    RedisCluster,
 }
 
 impl LeaseKind {
@@ -121,6 +122,7 @@ impl LeaseKind {
         match self {
             Self::Etcd => "etcd lock",
             Self::LeaseFile => "lease lock",
+            Self::RedisCluster => "Redis Cluster lock",
         }
     }
 
@@ -128,6 +130,7 @@ impl LeaseKind {
         match self {
             Self::Etcd => "etcd could not be reached",
             Self::LeaseFile => "the lease directory could not be written",
+            Self::RedisCluster => "the slot's primary and replicas could not confirm a renewal",
         }
     }
 }
@@ -203,6 +206,12 @@ impl LeaseState {
                 ),
                 LeaseKind::LeaseFile => tracing::error!(
                     lease_lock = %self.name,
+                    holder_id = %self.holder_id,
+                    reason = %self.loss.reason().unwrap_or_default(),
+                    "lost"
+                ),
+                LeaseKind::RedisCluster => tracing::error!(
+                    redis_cluster_lock = %self.name,
                     holder_id = %self.holder_id,
                     reason = %self.loss.reason().unwrap_or_default(),
                     "lost"

@@ -22,6 +22,8 @@ Examples:
   portalocker pidfile /run/worker.pid -- worker --foreground
   # one of these across all hosts, stopped if the lock is lost
   portalocker redis --url redis://redis:6379/ --fencing nightly-report -- ./report.sh
+  # the same on a Redis Cluster (any nodes as seeds)
+  portalocker redis --cluster --url redis://node1:7000 --url redis://node2:7000 nightly-report -- ./report.sh
   # the same on an etcd cluster (survives the loss of a member)
   portalocker etcd --endpoints etcd1:2379,etcd2:2379,etcd3:2379 nightly-report -- ./report.sh
   # on a filesystem shared between hosts (NFS, SMB, FUSE): a lease lock directory
@@ -250,9 +252,19 @@ pub(crate) struct PidfileArgs {
 pub(crate) struct RedisArgs {
     /// The Redis server, e.g. redis://host:6379/0 or unix:///run/redis.sock;
     /// or the primary that Redis Sentinel names, followed across failovers:
-    /// redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE[/DB].
-    #[arg(long, value_name = "URL")]
-    pub(crate) url: String,
+    /// redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE[/DB]. With
+    /// --cluster: a node of the cluster (repeat --url for more seeds).
+    #[arg(long, value_name = "URL", required = true)]
+    pub(crate) url: Vec<String>,
+    /// The URLs are nodes of a Redis Cluster: take the cluster lock (a
+    /// replicated lease record in the slot of CHANNEL; this crate's own
+    /// protocol, which Python portalocker cannot join; always fenced).
+    #[arg(long, conflicts_with_all = ["shared", "fencing"])]
+    pub(crate) cluster: bool,
+    /// With --cluster: the lease TTL, how long the lock outlives this
+    /// program if it dies or is cut off from the cluster.
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+    pub(crate) ttl: Duration,
     /// Take a fencing token ($PORTALOCKER_FENCING_TOKEN for COMMAND).
     #[arg(long)]
     pub(crate) fencing: bool,

@@ -457,6 +457,11 @@ struct Redis {
 
 impl Redis {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A server with `extra` arguments besides the defaults.
+    fn start_with(extra: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -475,6 +480,7 @@ impl Redis {
                 "--appendonly",
                 "no",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
@@ -501,6 +507,69 @@ impl Drop for Redis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `redis --cluster`: the command runs with a fencing token while the
+/// cluster lock is held, a second `-n` contender is turned away with the
+/// busy exit code, and the next holder gets a greater token. The cluster
+/// is one node that serves every slot (no replicas, so nothing to wait
+/// for). Several `--url`s without `--cluster` are a usage error.
+#[test]
+fn redis_cluster_locks_fence_and_exclude() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Redis::start_with(&[
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        dir.path().join("nodes.conf").to_str().unwrap(),
+    ]);
+    let url = srv.url();
+    let mut admin = std::net::TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
+    admin
+        .write_all(b"CLUSTER ADDSLOTSRANGE 0 16383\r\n")
+        .unwrap();
+    let mut ok = [0u8; 5];
+    std::io::Read::read_exact(&mut admin, &mut ok).unwrap();
+    assert_eq!(&ok, b"+OK\r\n");
+    let holder = |_: ()| {
+        Run::cli(&[
+            "redis",
+            "--cluster",
+            "--url",
+            &url,
+            "job",
+            "--",
+            "sh",
+            "-c",
+            "echo token=$PORTALOCKER_FENCING_TOKEN; echo READY; read line; exit 0",
+        ])
+    };
+    let mut first = holder(());
+    let seen = first.expect("READY");
+    let token: u64 = seen[0].strip_prefix("token=").unwrap().parse().unwrap();
+    let (code, _, err) = cli(&[
+        "redis",
+        "--cluster",
+        "--url",
+        &url,
+        "-n",
+        "job",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("already locked by holder"), "{err}");
+    first.send("done");
+    assert_eq!(first.finish().0, 0);
+    let mut second = holder(());
+    let seen = second.expect("READY");
+    let next: u64 = seen[0].strip_prefix("token=").unwrap().parse().unwrap();
+    assert!(next > token, "{next} after {token}");
+    second.send("done");
+    assert_eq!(second.finish().0, 0);
+    let (code, _, err) = cli(&["redis", "--url", &url, "--url", &url, "job", "--", "true"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--cluster"), "{err}");
 }
 
 #[tokio::test]

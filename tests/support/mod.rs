@@ -14,6 +14,10 @@ pub const ARGS_ENV: &str = "PORTALOCKER_TEST_ARGS";
 #[cfg(all(feature = "etcd", unix))]
 pub mod etcd;
 
+/// A throwaway Redis Cluster and the cluster lock's child roles.
+#[cfg(all(feature = "redis-cluster", unix))]
+pub mod cluster;
+
 /// The lease lock's child roles and two FUSE "hosts" of one directory.
 #[cfg(unix)]
 pub mod lease;
@@ -813,6 +817,8 @@ async fn run_role(role: &str, args: &[String]) {
         r if r.starts_with("etcd-") => etcd::run_role(r, args).await,
         #[cfg(unix)]
         r if r.starts_with("lease-") || r == "flock-fleet" => lease::run_role(r, args).await,
+        #[cfg(all(feature = "redis-cluster", unix))]
+        r if r.starts_with("cluster-") => cluster::run_role(r, args).await,
         other => panic!("unknown role {other}"),
     }
 }
@@ -1080,6 +1086,12 @@ impl RedisServer {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
+    }
+
+    /// Whether the server was started and not killed.
+    #[allow(dead_code)]
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// SIGKILLs the server (holders' connections die with it).

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use portalocker::{LockFlags, RedisLock};
+use portalocker::{LockFlags, RedisClusterLock, RedisLock};
 
 use crate::args::RedisArgs;
 use crate::exit::{busy_hint, failed, say, Outcome, EXIT_FAILED, EXIT_LOST, EXIT_USAGE};
@@ -11,7 +11,15 @@ use crate::supervise::run;
 use crate::timeout_of;
 
 pub(crate) async fn redis_lock(a: RedisArgs, verbose: bool) -> Outcome {
-    let lock = match RedisLock::from_url(a.channel.clone(), &a.url) {
+    if a.cluster {
+        return cluster_lock(a, verbose).await;
+    }
+    let [url] = a.url.as_slice() else {
+        say("more than one --url is only for --cluster (the nodes of one Redis Cluster)");
+        return Outcome { code: EXIT_USAGE };
+    };
+    let url = url.clone();
+    let lock = match RedisLock::from_url(a.channel.clone(), &url) {
         Ok(l) => l,
         Err(e) => {
             say(e);
@@ -26,8 +34,8 @@ pub(crate) async fn redis_lock(a: RedisArgs, verbose: bool) -> Outcome {
     // A server that cannot be reached is an error now, not a wait: only a
     // busy lock is waited for. (Through Sentinel the library says so at
     // once itself: sentinels that cannot name a primary.)
-    if !a.url.contains("+sentinel://") {
-        let client = portalocker::redis::Client::open(a.url.as_str());
+    if !url.contains("+sentinel://") {
+        let client = portalocker::redis::Client::open(url.as_str());
         if let Err(why) = match &client {
             Ok(c) => reachable(c).await,
             Err(e) => Err(e.to_string()),
@@ -35,7 +43,7 @@ pub(crate) async fn redis_lock(a: RedisArgs, verbose: bool) -> Outcome {
             say(format!(
                 "cannot reach Redis at {}: {why}\n  check that the server runs and the URL (host, \
                  port, password, rediss:// for TLS)",
-                a.url
+                url
             ));
             return Outcome { code: EXIT_FAILED };
         }
@@ -52,7 +60,7 @@ pub(crate) async fn redis_lock(a: RedisArgs, verbose: bool) -> Outcome {
     let guard = match r {
         Ok(g) => g,
         Err(e) => {
-            let who = format!("portalocker who --redis {} {}", a.url, a.channel);
+            let who = format!("portalocker who --redis {} {}", url, a.channel);
             let hint = busy_hint(&a.wait, Some(who));
             return failed(&what, &e, a.wait.conflict_exit_code, &hint);
         }
@@ -85,6 +93,81 @@ pub(crate) async fn redis_lock(a: RedisArgs, verbose: bool) -> Outcome {
         return Outcome { code: EXIT_LOST };
     }
     Outcome { code }
+}
+
+/// `portalocker redis --cluster`: a [`RedisClusterLock`] on the cluster
+/// the seeds belong to.
+async fn cluster_lock(a: RedisArgs, verbose: bool) -> Outcome {
+    let client = match portalocker::redis::cluster::ClusterClient::new(a.url.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            say(format!("bad --url for --cluster: {e}"));
+            return Outcome { code: EXIT_USAGE };
+        }
+    };
+    // An unreachable cluster is an error now, not a wait.
+    let within = Duration::from_secs(2);
+    match tokio::time::timeout(within, client.get_async_connection()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            say(format!(
+                "cannot reach the Redis Cluster at {}: {e}",
+                a.url.join(", ")
+            ));
+            return Outcome { code: EXIT_FAILED };
+        }
+        Err(_) => {
+            say(format!(
+                "cannot reach the Redis Cluster at {}: no answer within {}",
+                a.url.join(", "),
+                human(within)
+            ));
+            return Outcome { code: EXIT_FAILED };
+        }
+    }
+    let lock = RedisClusterLock::new(a.channel.clone(), client).lease_ttl(a.ttl);
+    let what = format!("Redis Cluster lock {:?}", a.channel);
+    let r = waiting(
+        &what,
+        verbose,
+        lock.acquire_timeout(timeout_of(&a.wait)),
+        || async { None },
+    )
+    .await;
+    let guard = match r {
+        Ok(g) => g,
+        Err(e) => {
+            let hint = busy_hint(&a.wait, None);
+            return failed(&what, &e, a.wait.conflict_exit_code, &hint);
+        }
+    };
+    if verbose {
+        say(format!(
+            "locked {what} as holder {} (token {}) after {}",
+            guard.holder_id(),
+            guard.fence_token(),
+            human(guard.waited())
+        ));
+    }
+    let env = vec![
+        (
+            "PORTALOCKER_HOLDER_ID".to_string(),
+            guard.holder_id().to_string(),
+        ),
+        (
+            "PORTALOCKER_FENCING_TOKEN".to_string(),
+            guard.fence_token().to_string(),
+        ),
+    ];
+    super::held::run_held(
+        &what,
+        guard,
+        portalocker::RedisClusterLockGuard::release,
+        &a.command,
+        &env,
+        a.grace,
+    )
+    .await
 }
 
 /// One `PING` within 2 s.

@@ -1,0 +1,211 @@
+//! `RedisClusterLock` against a real Redis Cluster on loopback: three
+//! primaries with a replica each, started by the test.
+#![cfg(all(feature = "redis-cluster", unix))]
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use portalocker::{ErrorKind, HeldLock, RedisClusterLock};
+use support::cluster::{cli, RedisCluster};
+use support::Proc;
+
+#[test]
+fn child_entry() {
+    support::child_main();
+}
+
+fn owner_key(name: &str) -> String {
+    format!("portalocker:{{{name}}}:owner")
+}
+
+/// Four processes, each seeded with a different node, loop acquire / 2 ms
+/// / release for 20 s while the slot of the lock is failed over
+/// (`CLUSTER FAILOVER`), migrated to another primary, and its primary is
+/// SIGKILLed: no two recorded critical sections overlap, tokens only grow,
+/// no acquire fails, every process is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exclusion_holds_through_failover_migration_and_a_primary_kill() {
+    let mut cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = owner_key("fleet");
+    let mut procs = Vec::new();
+    for i in 0..4 {
+        let out = dir.path().join(format!("w{i}"));
+        let seed = cluster.nodes[i].url();
+        let p = Proc::role(
+            "child_entry",
+            "cluster-fleet",
+            &[&seed, "fleet", out.to_str().unwrap(), "2000"],
+        );
+        procs.push((format!("w{i}"), out, p));
+    }
+    for (_, _, p) in &mut procs {
+        p.expect("READY");
+    }
+    let run = Duration::from_secs(20);
+    let end = support::epoch_ns() + run.as_nanos();
+    for (_, _, p) in &mut procs {
+        p.send(&format!("go {end}"));
+    }
+    // The faults are scheduled by time; the verdict does not depend on it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let primary = cluster.primary_of(&key);
+    let replica = cluster.replica_of(primary);
+    tokio::task::block_in_place(|| cluster.failover(replica));
+    eprintln!("failed over {primary} -> {replica}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let from = cluster.primary_of(&key);
+    let to = cluster
+        .ports()
+        .into_iter()
+        .find(|p| *p != from && cli(*p, &["ROLE"]).starts_with("master"))
+        .unwrap();
+    tokio::task::block_in_place(|| cluster.migrate_slot_of(&key, to));
+    eprintln!("migrated the slot {from} -> {to}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let doomed = cluster.primary_of(&key);
+    cluster.kill(doomed);
+    tokio::task::block_in_place(|| cluster.wait_promoted_after(&key, doomed));
+    eprintln!("killed {doomed}; now {}", cluster.primary_of(&key));
+    let mut workers = Vec::new();
+    for (who, out, mut p) in procs {
+        p.expect("DONE");
+        p.finish();
+        workers.push(support::read_fleet_worker(&who, false, &out));
+    }
+    let all = support::fleet_sections_exclusive(&workers);
+    for w in &workers {
+        let refused: Vec<_> = w.failed.iter().filter(|l| !l.contains("lost:")).collect();
+        assert!(refused.is_empty(), "{}: {refused:?}", w.who);
+        assert!(!w.sections.is_empty(), "{} was never served", w.who);
+    }
+    let lost: usize = workers.iter().map(|w| w.failed.len()).sum();
+    eprintln!(
+        "{} grants, {lost} holders told of a loss, through a failover, a migration and a kill",
+        all.len()
+    );
+}
+
+/// A busy lock names its holder; `try_acquire` and a timed-out acquire
+/// leave no record of theirs, and neither does an acquisition dropped
+/// while it waits; a release deletes the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contention_names_the_holder_and_leaves_nothing_behind() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let key = owner_key("busy");
+    let a = RedisClusterLock::new("busy", cluster.client_via(0));
+    let b =
+        RedisClusterLock::new("busy", cluster.client_via(4)).timeout(Duration::from_millis(300));
+    let g = a.acquire().await.unwrap();
+    let e = b.try_acquire().await.unwrap_err();
+    assert!(e.is_already_locked(), "{e}");
+    assert!(e.to_string().contains(g.holder_id()), "{e}");
+    let e = b.acquire().await.unwrap_err();
+    assert!(e.is_already_locked(), "{e}");
+    {
+        let fut = b.acquire();
+        let _ = tokio::time::timeout(Duration::from_millis(50), fut).await;
+    }
+    let primary = cluster.primary_of(&key);
+    let record = cli(primary, &["GET", &key]);
+    assert!(record.starts_with(g.holder_id()), "{record}");
+    let first = g.fence_token();
+    g.release().await.unwrap();
+    assert_eq!(cli(primary, &["EXISTS", &key]), "0");
+    let g = b.acquire().await.unwrap();
+    assert!(g.fence_token() > first);
+    drop(g);
+    // The drop deletes on a task of its own.
+    let gone = support::eventually(Duration::from_secs(10), || {
+        cli(primary, &["EXISTS", &key]) == "0"
+    })
+    .await;
+    assert!(gone, "a dropped guard left its record");
+}
+
+/// A record deleted by someone else makes the holder lost at its next
+/// renewal: `lost()` resolves, the `on_lost` callback has run, and
+/// `release` reports the loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_record_makes_the_holder_lost() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let called = Arc::new(AtomicBool::new(false));
+    let flag = called.clone();
+    let lock = RedisClusterLock::new("gone", cluster.client_via(1))
+        .lease_ttl(Duration::from_millis(900))
+        .on_lost(move |_| flag.store(true, Ordering::SeqCst));
+    let g = lock.acquire().await.unwrap();
+    assert!(!g.is_lost());
+    let key = owner_key("gone");
+    assert_eq!(cli(cluster.primary_of(&key), &["DEL", &key]), "1");
+    tokio::time::timeout(Duration::from_secs(10), g.lost())
+        .await
+        .expect("the loss was not noticed");
+    assert!(called.load(Ordering::SeqCst));
+    assert!(HeldLock::ensure_held(&g).unwrap_err().is_lock_lost());
+    assert_eq!(g.release().await.unwrap_err().kind(), ErrorKind::LockLost);
+}
+
+/// A holder whose renewals the replicas cannot confirm (its primary's
+/// replica is stopped: a partition of the kind a minority side sees)
+/// counts itself lost before its record would expire on the server: the
+/// record is still there, with time left, when the holder gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_without_confirmed_renewals_gives_up_before_its_record_expires() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let key = owner_key("cut");
+    let lock =
+        RedisClusterLock::new("cut", cluster.client_via(2)).lease_ttl(Duration::from_millis(3000));
+    let g = lock.acquire().await.unwrap();
+    let primary = cluster.primary_of(&key);
+    let replica = cluster.replica_of(primary);
+    let replica_pid = cluster
+        .nodes
+        .iter()
+        .find(|n| n.port == replica)
+        .unwrap()
+        .pid();
+    support::kill("-STOP", replica_pid);
+    let r = tokio::time::timeout(Duration::from_secs(20), g.lost()).await;
+    let left: i64 = cli(primary, &["PTTL", &key]).parse().unwrap();
+    support::kill("-CONT", replica_pid);
+    r.expect("the holder did not give up");
+    assert!(
+        left > 0,
+        "the record had expired ({left}) before the holder counted itself lost"
+    );
+    let why = g.ensure_held().unwrap_err().to_string();
+    assert!(why.contains("renew"), "{why}");
+}
+
+/// Bad names and TTLs are typed errors before anything connects.
+#[tokio::test]
+async fn bad_input_is_refused_before_connecting() {
+    // No server listens here: validation comes first.
+    let client =
+        portalocker::redis::cluster::ClusterClient::new(vec!["redis://127.0.0.1:1/"]).unwrap();
+    for name in ["", "a b", "x{y}", "{"] {
+        let e = RedisClusterLock::new(name, client.clone())
+            .acquire()
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{name:?}: {e}");
+    }
+    let e = RedisClusterLock::new("ok", client)
+        .lease_ttl(Duration::from_millis(10))
+        .acquire()
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+}
