@@ -611,11 +611,13 @@ with open(out, "w") as f:
             .unwrap_or(2.0);
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let exe = std::env::current_exe().unwrap();
+        // The blocking-`flock` loop first: every row's "vs flock" column is
+        // its throughput over that loop's at the same P, in this run.
         let who = [
+            "flock",
             "portalocker",
             "python-default",
             "python-0.001",
-            "flock",
             "portalocker-tasks",
         ];
         let k: usize = std::env::var("CONTENTION_K")
@@ -629,14 +631,14 @@ with open(out, "w") as f:
             Run::Grants(k) => table.push_str(&format!(
                 "Throughput and waits: P processes (or tasks) each take the lock {k} times; \
                  grants/s counts until the last one is done.\n\n\
-                 | lock | P | grants/s | wait median | p99 | max | handoffs | CPU µs/grant | counter |\n\
-                 | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+                 | lock | P | grants/s | vs flock | wait median | p99 | max | handoffs | CPU µs/grant | counter |\n\
+                 | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
             )),
             Run::Secs(secs) => table.push_str(&format!(
                 "\nFairness: P processes (or tasks) loop for {secs} s; how many grants the least \
                  and the most served got.\n\n\
-                 | lock | P | grants/s | max wait | least / most served | counter |\n\
-                 | --- | --- | --- | --- | --- | --- |\n"
+                 | lock | P | grants/s | vs flock | max wait | least / most served | counter |\n\
+                 | --- | --- | --- | --- | --- | --- | --- |\n"
             )),
         }
             // Fresh files (counters) for each kind of run.
@@ -646,6 +648,7 @@ with open(out, "w") as f:
             });
             std::fs::create_dir_all(&run_dir).unwrap();
             for p in [2usize, 4, 8, 16] {
+                let mut flock_rate = f64::NAN;
                 for w in who {
                     let mut o = if w == "portalocker-tasks" {
                         run_tasks(&run_dir, p, run)
@@ -659,11 +662,15 @@ with open(out, "w") as f:
                     );
                     let exact = if o.exact { "exact" } else { "LOST UPDATES" };
                     let rate = o.grants as f64 / o.wall;
+                    if w == "flock" {
+                        flock_rate = rate;
+                    }
+                    let vs = format!("{:.0} %", 100.0 * rate / flock_rate);
                     let line = match run {
                         Run::Grants(_) => {
                             rows.push((w, p, max, rate));
                             format!(
-                            "| {w} | {p} | {rate:.0} | {med:.2} ms | {p99:.2} ms | {max:.2} ms | {} | {:.1} | {exact} |",
+                            "| {w} | {p} | {rate:.0} | {vs} | {med:.2} ms | {p99:.2} ms | {max:.2} ms | {} | {:.1} | {exact} |",
                             o.handoffs,
                             o.cpu * 1e6 / o.grants.max(1) as f64,
                         )
@@ -671,7 +678,7 @@ with open(out, "w") as f:
                         Run::Secs(_) => {
                             let (least, _, most) = fairness(&o.per);
                             format!(
-                            "| {w} | {p} | {rate:.0} | {max:.2} ms | {least} / {most} | {exact} |"
+                            "| {w} | {p} | {rate:.0} | {vs} | {max:.2} ms | {least} / {most} | {exact} |"
                         )
                         }
                     };
