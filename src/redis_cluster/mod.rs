@@ -348,9 +348,9 @@ impl RedisClusterLock {
                 });
             }
             let mut pause = jittered(w.check_interval.max(Duration::from_millis(1)));
-            if let Some(h) = &holder {
+            if let Some(t) = holder.as_ref().and_then(|h| h.expires_in) {
                 // The record expires first: look again then.
-                pause = pause.min(h.expires_in + Duration::from_millis(1));
+                pause = pause.min(t + Duration::from_millis(1));
             }
             let wake = now.checked_add(pause).unwrap_or(deadline).min(deadline);
             tokio::time::sleep_until(wake).await;

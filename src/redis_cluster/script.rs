@@ -51,21 +51,22 @@ pub(super) struct Holder {
     host: String,
     pid: String,
     token: u64,
-    /// When the record expires unless renewed.
-    pub(super) expires_in: Duration,
+    /// When the record expires unless renewed (`None`: it has no TTL,
+    /// someone else wrote it).
+    pub(super) expires_in: Option<Duration>,
 }
 
 impl fmt::Display for Holder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "holder {} on {} pid {} (token {}, record expires in {})",
-            self.holder_id,
-            self.host,
-            self.pid,
-            self.token,
-            crate::util::Rounded(self.expires_in)
-        )
+            "holder {} on {} pid {} (token {}",
+            self.holder_id, self.host, self.pid, self.token
+        )?;
+        match self.expires_in {
+            Some(t) => write!(f, ", record expires in {})", crate::util::Rounded(t)),
+            None => write!(f, ", record without a TTL: written by something else)"),
+        }
     }
 }
 
@@ -125,7 +126,14 @@ pub(super) async fn acquire(
     let v = run(conn, c, &keys[0]).await?;
     let text: String =
         redis::from_redis_value(v.clone()).map_err(|_| unexpected("the grant", &v))?;
-    parse_acquired(&text).ok_or_else(|| unexpected("the grant", &v))
+    match parse_acquired(&text) {
+        // Our own record: an earlier try of this acquisition was granted,
+        // but its answer was lost (a timeout, a broken connection). Its
+        // token is in the record.
+        Some(Acquired::Busy(h)) if h.holder_id == holder_id => Ok(Acquired::Granted(h.token)),
+        Some(a) => Ok(a),
+        None => Err(unexpected("the grant", &v)),
+    }
 }
 
 fn parse_acquired(text: &str) -> Option<Acquired> {
@@ -143,7 +151,7 @@ fn parse_acquired(text: &str) -> Option<Acquired> {
                 host,
                 pid,
                 token,
-                expires_in: Duration::from_millis(u64::try_from(ms).unwrap_or(0)),
+                expires_in: u64::try_from(ms).ok().map(Duration::from_millis),
             }))
         }
         _ => None,
@@ -283,17 +291,21 @@ mod tests {
             Some(Acquired::Busy(h)) => {
                 assert_eq!(h.holder_id, "abc");
                 assert_eq!(h.token, 7);
-                assert_eq!(h.expires_in, Duration::from_millis(1500));
+                assert_eq!(h.expires_in, Some(Duration::from_millis(1500)));
                 let text = h.to_string();
                 assert!(text.contains("host-a") && text.contains("123"), "{text}");
             }
             _ => panic!("busy"),
         }
-        // A record with no TTL (someone removed it): busy, expiring now.
-        assert!(matches!(
-            parse_acquired("B -1 abc 7 h 1"),
-            Some(Acquired::Busy(_))
-        ));
+        // A record with no TTL (someone wrote it without one): busy, with
+        // no expiry to wait for.
+        match parse_acquired("B -1 abc 7 h 1") {
+            Some(Acquired::Busy(h)) => {
+                assert_eq!(h.expires_in, None);
+                assert!(h.to_string().contains("without a TTL"), "{h}");
+            }
+            _ => panic!("busy"),
+        }
         assert!(parse_acquired("X").is_none());
         assert!(parse_acquired("G x").is_none());
     }
