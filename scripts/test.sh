@@ -26,6 +26,8 @@ command -v mount >/dev/null || die "mount(8) is missing: apt-get install mount"
 # --- system packages --------------------------------------------------------
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
+# The Redis Cluster tests join their nodes with `redis-cli --cluster create`.
+command -v redis-cli >/dev/null || missing+=(redis-tools)
 # The etcd lock's tests start a 3-member cluster; etcd-client generates its
 # gRPC code with protoc at build time.
 command -v etcd >/dev/null || missing+=(etcd-server)
