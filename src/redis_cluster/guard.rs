@@ -66,7 +66,7 @@ async fn delete(lock: &RedisClusterLock, holder_id: &str) -> std::result::Result
     let key = lock.owner_key();
     let mut last = String::from("no answer");
     while Instant::now() < bound {
-        match lock.connection(bound).await {
+        match lock.connection().await {
             Ok(mut c) => match script::release(&mut c, &key, holder_id).await {
                 Ok(ours) => return Ok(ours),
                 Err(e) if script::transient(&e) => {
@@ -237,7 +237,7 @@ async fn renew(lock: RedisClusterLock, holder_id: String, state: Arc<LeaseState>
         // A renewal may wait for the replicas until the lease would run out.
         let room = state.expires().saturating_duration_since(sent);
         let wait = (ttl / 3).min(room).max(Duration::from_millis(1));
-        let outcome = match lock.connection(sent + wait).await {
+        let outcome = match lock.connection().await {
             Ok(mut c) => {
                 script::renew(&mut c, &key, &holder_id, ttl_ms, wait, &lock.replicas).await
             }

@@ -240,6 +240,9 @@ impl RedisClusterLock {
     /// (jittered), or when the holder's record expires if sooner.
     /// Redirections, `TRYAGAIN`, `CLUSTERDOWN`, `LOADING`, broken
     /// connections and failovers cost an attempt, not the acquisition.
+    /// Each request, connecting included, may take up to 2 s even when the
+    /// timeout is shorter (a `try_acquire` meets the lock, not a half-made
+    /// connection).
     ///
     /// # Cancel safety
     ///
@@ -303,7 +306,7 @@ impl RedisClusterLock {
         let mut holder: Option<script::Holder> = None;
         loop {
             let sent = Instant::now();
-            let outcome = match self.connection(deadline).await {
+            let outcome = match self.connection().await {
                 Ok(mut conn) => {
                     let keys = [self.owner_key(), self.fence_key()];
                     script::acquire(&mut conn, &keys, &holder_id, &record, ttl_ms).await
@@ -379,7 +382,7 @@ impl RedisClusterLock {
                 .saturating_duration_since(Instant::now())
                 .min(REQUEST_TIMEOUT)
                 .max(Duration::from_millis(1));
-            let outcome = match self.connection(bound).await {
+            let outcome = match self.connection().await {
                 Ok(mut conn) => {
                     let key = self.owner_key();
                     script::renew(&mut conn, &key, holder_id, ttl_ms, wait, &self.replicas).await
@@ -432,22 +435,20 @@ impl RedisClusterLock {
         ))
     }
 
-    /// The shared cluster connection, opened on first use within `bound`.
+    /// The shared cluster connection, opened on first use (within
+    /// [`REQUEST_TIMEOUT`]).
     /// It is kept for good: redis-rs's cluster connection reconnects to
     /// nodes and refreshes its slot map by itself (a new one would need a
     /// live seed, and the seeds may be the nodes that died).
-    async fn connection(
-        &self,
-        bound: Instant,
-    ) -> std::result::Result<ClusterConnection, redis::RedisError> {
+    async fn connection(&self) -> std::result::Result<ClusterConnection, redis::RedisError> {
         let mut slot = self.conn.lock().await;
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let limit = bound
-            .saturating_duration_since(Instant::now())
-            .clamp(Duration::from_millis(100), REQUEST_TIMEOUT);
-        let c = tokio::time::timeout(limit, self.client.get_async_connection())
+        // Connecting (the slot map, a connection to each node) gets a whole
+        // request's time even when the deadline is nearer: a `try_acquire`
+        // must meet the lock, not a half-made connection.
+        let c = tokio::time::timeout(REQUEST_TIMEOUT, self.client.get_async_connection())
             .await
             .map_err(|_| script::timeout("connecting to the cluster"))??;
         *slot = Some(c.clone());
