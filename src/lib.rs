@@ -10,7 +10,10 @@
 //! | [`BoundedSemaphore`], [`NamedBoundedSemaphore`] | at most N holders across processes (N slot files) |
 //! | [`open_atomic`], [`AtomicOptions`] | write a file so it appears complete or not at all |
 //! | [`lock`] / [`unlock`] | the raw, synchronous `flock` on a file you opened |
-//! | `RedisLock` (feature `redis`) | a lock shared by processes on many hosts, through one Redis server |
+//! | `RedisLock` (feature `redis`) | a lock shared by processes on many hosts, through one Redis server (or the primary Sentinel names); Python portalocker's protocol |
+//! | `RedisClusterLock` (feature `redis-cluster`) | the same on a Redis Cluster: a replicated lease record, this crate's own protocol |
+//! | `EtcdLock` (feature `etcd`) | a lock kept by an etcd cluster: first come, first served, readers and writers |
+//! | [`LeaseLock`] | a lock on a filesystem shared between hosts (NFS, SMB, FUSE), where `flock` does not exclude |
 //!
 //! Every lock here is an advisory `flock(2)` lock, the one Python
 //! portalocker takes, so Rust and Python processes exclude each other on
@@ -88,6 +91,10 @@
 //! | [`AtomicFile::commit`] | yes | the destination absent or complete, never partial |
 //! | `RedisLock::acquire` | yes | no subscriber, no connection, no task |
 //! | `RedisLockGuard::lost` | yes | nothing |
+//! | `RedisClusterLock::acquire` | yes | no record (one written is deleted by a task of its own) |
+//! | `EtcdLock::acquire` | yes | no key, no lease |
+//! | [`LeaseLock::acquire`] | yes | no claim file |
+//! | `lost()` of the Redis Cluster, etcd and lease guards | yes | nothing |
 //! | every guard's `release()` | yes | the lock released as on drop |
 //!
 //! Waiting never blocks a runtime thread: each attempt is a non-blocking
@@ -105,7 +112,9 @@
 //!   death (`kill -9` frees it). Files are opened close-on-exec, so a child
 //!   started with `exec` never inherits a lock.
 //! * **NFS, SMB, FUSE.** `flock` there is emulated or local-only; this
-//!   crate promises nothing on network filesystems.
+//!   crate promises nothing for `Lock` on network filesystems:
+//!   [`filesystem_of`] tells what a path is on, and [`LeaseLock`] is the
+//!   lock for such a filesystem.
 //! * **Linux, macOS, the BSDs.** Locks are `flock(2)` through std's
 //!   `File::lock` family. Only Linux has unnamed temporary files (atomic
 //!   writes and pid files elsewhere use a named `.tmp` file in the same

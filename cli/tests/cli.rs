@@ -497,6 +497,25 @@ impl Redis {
         panic!("redis-server did not start on port {port}");
     }
 
+    /// A one-node Redis Cluster that serves every slot (no replicas), its
+    /// node file in `dir`.
+    fn start_cluster(dir: &Path) -> Self {
+        let srv = Self::start_with(&[
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            dir.join("nodes.conf").to_str().unwrap(),
+        ]);
+        let mut admin = std::net::TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
+        admin
+            .write_all(b"CLUSTER ADDSLOTSRANGE 0 16383\r\n")
+            .unwrap();
+        let mut ok = [0u8; 5];
+        std::io::Read::read_exact(&mut admin, &mut ok).unwrap();
+        assert_eq!(&ok, b"+OK\r\n");
+        srv
+    }
+
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
@@ -517,20 +536,8 @@ impl Drop for Redis {
 #[test]
 fn redis_cluster_locks_fence_and_exclude() {
     let dir = tempfile::tempdir().unwrap();
-    let srv = Redis::start_with(&[
-        "--cluster-enabled",
-        "yes",
-        "--cluster-config-file",
-        dir.path().join("nodes.conf").to_str().unwrap(),
-    ]);
+    let srv = Redis::start_cluster(dir.path());
     let url = srv.url();
-    let mut admin = std::net::TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
-    admin
-        .write_all(b"CLUSTER ADDSLOTSRANGE 0 16383\r\n")
-        .unwrap();
-    let mut ok = [0u8; 5];
-    std::io::Read::read_exact(&mut admin, &mut ok).unwrap();
-    assert_eq!(&ok, b"+OK\r\n");
     let holder = |_: ()| {
         Run::cli(&[
             "redis",
@@ -1221,6 +1228,8 @@ fn the_readme_command_lines_run_as_written() {
     .unwrap();
     std::fs::copy(BIN, bin_dir.join("portalocker")).unwrap();
     let redis = Redis::start();
+    let cluster_dir = tempfile::tempdir().unwrap();
+    let cluster = Redis::start_cluster(cluster_dir.path());
     let etcd = Etcd::start();
     let mut script =
         String::from("mount --make-rprivate / && mount -t tmpfs tmpfs /run/lock || exit 99\n");
@@ -1237,6 +1246,7 @@ fn the_readme_command_lines_run_as_written() {
             format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap()),
         )
         .env("REDIS_URL", redis.url())
+        .env("REDIS_CLUSTER_NODE", cluster.url())
         .env("ETCD_ENDPOINTS", etcd.endpoint())
         .env("TMPDIR", work)
         .output()
