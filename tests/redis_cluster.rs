@@ -209,3 +209,31 @@ async fn bad_input_is_refused_before_connecting() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
 }
+
+/// `release()` is cancel safe: dropped unpolled or after one poll, the
+/// record still goes (the deletion runs on a task of its own), and the
+/// next contender gets the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_release_still_deletes_the_record() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let key = owner_key("rel");
+    let lock = RedisClusterLock::new("rel", cluster.client_via(3));
+    for poll in [false, true] {
+        let g = lock.acquire().await.unwrap();
+        {
+            let mut fut = std::pin::pin!(g.release());
+            if poll {
+                let _ = futures_util::poll!(fut.as_mut());
+            }
+        }
+        let primary = cluster.primary_of(&key);
+        let gone = support::eventually(Duration::from_secs(10), || {
+            cli(primary, &["EXISTS", &key]) == "0"
+        })
+        .await;
+        assert!(gone, "poll {poll}: the record stayed");
+        drop(lock.try_acquire().await.unwrap());
+    }
+}

@@ -263,7 +263,7 @@ pub(crate) struct RedisArgs {
     pub(crate) cluster: bool,
     /// With --cluster: the lease TTL, how long the lock outlives this
     /// program if it dies or is cut off from the cluster.
-    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds, requires = "cluster")]
     pub(crate) ttl: Duration,
     /// Take a fencing token ($PORTALOCKER_FENCING_TOKEN for COMMAND).
     #[arg(long)]

@@ -574,6 +574,10 @@ fn redis_cluster_locks_fence_and_exclude() {
     assert!(next > token, "{next} after {token}");
     second.send("done");
     assert_eq!(second.finish().0, 0);
+    // A lease TTL means nothing to the Python-protocol lock: refused.
+    let (code, _, err) = cli(&["redis", "--url", &url, "--ttl", "5", "job", "--", "true"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--cluster"), "{err}");
     let (code, _, err) = cli(&["redis", "--url", &url, "--url", &url, "job", "--", "true"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--cluster"), "{err}");
