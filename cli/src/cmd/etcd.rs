@@ -72,16 +72,7 @@ pub(crate) async fn etcd_lock(a: EtcdArgs, verbose: bool) -> Outcome {
             human(guard.waited())
         ));
     }
-    let env = vec![
-        (
-            "PORTALOCKER_HOLDER_ID".to_string(),
-            guard.holder_id().to_string(),
-        ),
-        (
-            "PORTALOCKER_FENCING_TOKEN".to_string(),
-            guard.fence_token().to_string(),
-        ),
-    ];
+    let env = super::held::fenced_env(guard.holder_id(), guard.fence_token());
     super::held::run_held(
         &what,
         guard,

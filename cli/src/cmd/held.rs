@@ -11,6 +11,15 @@ use portalocker::HeldLock;
 use crate::exit::{say, Outcome, EXIT_LOST};
 use crate::supervise::run;
 
+/// The variables a command under a fenced lock gets: its holder id and
+/// fencing token.
+pub(crate) fn fenced_env(holder_id: &str, token: u64) -> Vec<(String, String)> {
+    vec![
+        ("PORTALOCKER_HOLDER_ID".to_string(), holder_id.to_string()),
+        ("PORTALOCKER_FENCING_TOKEN".to_string(), token.to_string()),
+    ]
+}
+
 /// Runs `command` with `env` under `guard` (tied to this program's life:
 /// the lock cannot pass to the command), stopping it (SIGTERM, SIGKILL
 /// `grace` later) if the lock is lost; then releases with `release`.
