@@ -189,6 +189,57 @@ async fn a_holder_without_confirmed_renewals_gives_up_before_its_record_expires(
     assert!(why.contains("renew"), "{why}");
 }
 
+/// A grant that vanishes while its replication is awaited (what a
+/// failover does to a grant its replica never saw) is asked for again
+/// while time is left, not reported as an error: with the replica
+/// stopped, the test deletes the pending record; the acquisition makes a
+/// new grant (a new token), and succeeds with it once the replica runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_lost_before_its_replicas_had_it_is_asked_for_again() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let key = owner_key("vanish");
+    let fence = "portalocker:{vanish}:fence";
+    let primary = cluster.primary_of(&key);
+    let replica = cluster.replica_of(primary);
+    let replica_pid = cluster
+        .nodes
+        .iter()
+        .find(|n| n.port == replica)
+        .unwrap()
+        .pid();
+    let lock =
+        RedisClusterLock::new("vanish", cluster.client_via(1)).timeout(Duration::from_secs(120));
+    support::kill("-STOP", replica_pid);
+    let pending = tokio::spawn(async move { lock.acquire().await });
+    // The acquisition cannot finish while the replica is stopped: the
+    // record it wrote stays unconfirmed until the test lets it run.
+    let granted = support::eventually(Duration::from_secs(30), || {
+        cli(primary, &["EXISTS", &key]) == "1"
+    })
+    .await;
+    assert!(granted, "no grant was made");
+    let first: u64 = cli(primary, &["GET", fence]).parse().unwrap();
+    assert_eq!(cli(primary, &["DEL", &key]), "1");
+    let again = support::eventually(Duration::from_secs(30), || {
+        cli(primary, &["EXISTS", &key]) == "1"
+    })
+    .await;
+    support::kill("-CONT", replica_pid);
+    if !again {
+        let r = pending.await.unwrap();
+        panic!(
+            "the acquisition did not ask again: {:?}",
+            r.map(|g| g.fence_token())
+        );
+    }
+    let g = pending.await.unwrap().expect("the acquisition failed");
+    assert!(g.fence_token() > first, "{} <= {first}", g.fence_token());
+    assert!(cli(primary, &["GET", &key]).starts_with(g.holder_id()));
+    g.release().await.unwrap();
+}
+
 /// Bad names and TTLs are typed errors before anything connects.
 #[tokio::test]
 async fn bad_input_is_refused_before_connecting() {

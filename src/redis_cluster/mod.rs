@@ -72,7 +72,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 ///   `SET` the record with the lease TTL. Then `WAIT` until every replica
 ///   the slot's primary lists (`ROLE`) has both, before the grant is
 ///   handed out: a failover promotes a replica that has the record and the
-///   token, so neither is lost nor repeated.
+///   token, so neither is lost nor repeated. A grant that vanishes while
+///   its replication is awaited (a failover promoted a replica that had
+///   not received it yet) is asked for again, under a new holder id, while
+///   the timeout allows. `ROLE` lists the replicas connected *now*: a
+///   primary that has lost all its replicas confirms at once, so set
+///   `min-replicas-to-write` on the servers if that must refuse instead.
 /// * **Liveness.** A task owned by the guard renews the record every third
 ///   of the TTL (a script that extends it only if it is still this
 ///   holder's) and waits for the replicas again. The holder counts itself
@@ -297,9 +302,9 @@ impl RedisClusterLock {
         self.validate()?;
         let start = Instant::now();
         let deadline = deadline_after(start, w.timeout);
-        let holder_id = crate::util::unguessable_hex32();
+        let mut holder_id = crate::util::unguessable_hex32();
         let host = gethostname::gethostname().to_string_lossy().into_owned();
-        let record = format!("{holder_id} {host} {}", std::process::id());
+        let mut record = format!("{holder_id} {host} {}", std::process::id());
         let ttl_ms = u64::try_from(self.cfg.ttl.as_millis()).unwrap_or(u64::MAX);
         // What the last attempt met: the holder, or an error.
         let mut last_error: Option<String>;
@@ -317,9 +322,29 @@ impl RedisClusterLock {
                 Ok(script::Acquired::Granted(token)) => {
                     // Armed: a dropped future deletes the record.
                     let pending = guard::Pending::new(self.clone(), holder_id.clone());
-                    return self
+                    match self
                         .confirm(pending, token, sent, deadline, start, &holder_id, &host)
-                        .await;
+                        .await?
+                    {
+                        Some(g) => return Ok(g),
+                        None => {
+                            // The grant vanished before its replicas had it:
+                            // a failover promoted a replica that never saw
+                            // it, or someone deleted it. Nobody holds it on
+                            // our behalf, so ask again while time is left,
+                            // under a new holder id: the withdrawn grant's
+                            // clean-up deletes by the old one and must not
+                            // meet the new record.
+                            holder_id = crate::util::unguessable_hex32();
+                            record = format!("{holder_id} {host} {}", std::process::id());
+                            holder = None;
+                            last_error = Some(
+                                "a grant was gone before the replicas confirmed it (a failover \
+                                 lost it, or it was deleted)"
+                                    .into(),
+                            );
+                        }
+                    }
                 }
                 Ok(script::Acquired::Busy(h)) => {
                     if w.fail_when_locked {
@@ -344,8 +369,7 @@ impl RedisClusterLock {
                         Error::new(ErrorKind::Redis, OP)
                             .with_lock_name(self.cfg.name.clone())
                             .with_reason(format!(
-                                "the cluster did not answer the last attempt before the \
-                                 deadline ({e}){seen}"
+                                "the last attempt before the deadline failed ({e}){seen}"
                             ))
                     }
                 });
@@ -360,7 +384,8 @@ impl RedisClusterLock {
         }
     }
 
-    /// Waits until the replicas have the record, then builds the guard.
+    /// Waits until the replicas have the record, then builds the guard;
+    /// `None` when the record was gone meanwhile (the caller asks again).
     #[allow(clippy::too_many_arguments)]
     async fn confirm(
         &self,
@@ -371,7 +396,7 @@ impl RedisClusterLock {
         start: Instant,
         holder_id: &str,
         host: &str,
-    ) -> Result<RedisClusterLockGuard> {
+    ) -> Result<Option<RedisClusterLockGuard>> {
         // At least `REQUEST_TIMEOUT` even with a short timeout: the grant
         // is made, only its replication is awaited.
         let bound = deadline.max(Instant::now() + REQUEST_TIMEOUT);
@@ -395,13 +420,9 @@ impl RedisClusterLock {
                     last = "not every replica confirmed the grant".into();
                 }
                 Ok(script::Renewed::Gone) => {
-                    // Expired while its replication was awaited (a lease
-                    // shorter than the wait), or deleted by someone else.
-                    return Err(Error::new(ErrorKind::Redis, OP)
-                        .with_lock_name(self.cfg.name.clone())
-                        .with_reason(
-                            "the grant's record was gone before the replicas confirmed it",
-                        ));
+                    // Lost in a failover, expired while its replication
+                    // was awaited, or deleted by someone else.
+                    return Ok(None);
                 }
                 Err(e) if script::transient(&e) => {
                     last = e.to_string();
@@ -426,13 +447,13 @@ impl RedisClusterLock {
             guard::local_expiry(sent, self.cfg.ttl),
             self.cfg.on_lost.clone(),
         ));
-        Ok(guard::RedisClusterLockGuard::start(
+        Ok(Some(guard::RedisClusterLockGuard::start(
             pending,
             token,
             host.to_string(),
             state,
             start.elapsed(),
-        ))
+        )))
     }
 
     /// The shared cluster connection, opened on first use (within

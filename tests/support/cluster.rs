@@ -76,7 +76,35 @@ impl RedisCluster {
         );
         let c = Self { nodes };
         c.wait_settled();
+        c.wait_replicas_online();
         c
+    }
+
+    /// Waits until every primary has its replica connected and synced
+    /// (60 s at most): until then a primary lists no replica, and a test
+    /// that stops "the replica" would stop one the primary does not wait
+    /// for.
+    fn wait_replicas_online(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let pending: Vec<u16> = self
+                .ports()
+                .into_iter()
+                .filter(|p| {
+                    let info = cli(*p, &["INFO", "replication"]);
+                    info.contains("role:master")
+                        && !(info.contains("connected_slaves:1") && info.contains("state=online"))
+                })
+                .collect();
+            if pending.is_empty() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the replicas of {pending:?} did not come online"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn ports(&self) -> Vec<u16> {
