@@ -9,10 +9,7 @@ use std::time::{Duration, Instant};
 use portalocker::{ErrorKind, LockFlags, RedisLock};
 use support::{Proc, RedisServer};
 
-#[test]
-fn child_entry() {
-    support::child_main();
-}
+support::child_entry!();
 
 #[tokio::test]
 async fn uncontended_acquire_names_the_connection_and_release_frees() {
@@ -344,13 +341,7 @@ async fn non_blocking_is_implied_as_for_file_locks() {
         .unwrap();
     let writer = RedisLock::new("nb", srv.client()).flags(LockFlags::EXCLUSIVE | nb);
     // With fail_when_locked: at once, as contention.
-    let e = writer
-        .clone()
-        .fail_when_locked(true)
-        .acquire()
-        .await
-        .unwrap_err();
-    assert!(e.is_already_locked(), "{e}");
+    support::assert_busy(&writer).await;
     // Without: it waits for the holder within its timeout.
     let waiter = tokio::spawn({
         let w = writer.clone().timeout(Duration::from_secs(60));
@@ -405,23 +396,24 @@ async fn readers_share_and_writers_exclude() {
     let r2 = reader.acquire().await.unwrap();
     assert_eq!(srv.numsub_settled("rw", 2).await, 2);
     let writer = RedisLock::new("rw", srv.client());
-    let err = writer
-        .clone()
-        .fail_when_locked(true)
-        .acquire()
-        .await
-        .unwrap_err();
-    assert!(err.is_already_locked(), "{err}");
+    support::assert_busy(&writer).await;
     drop((r1, r2));
     let w = writer.acquire().await.unwrap();
-    let err = reader
-        .clone()
-        .fail_when_locked(true)
+    support::assert_busy(&reader).await;
+    w.release().await.unwrap();
+}
+
+/// Acquires with a 20 s timeout and returns the error, which must come
+/// within `limit`: a clear error at once, not retries until the timeout.
+async fn fails_within(limit: Duration, lock: RedisLock) -> portalocker::Error {
+    let t = Instant::now();
+    let err = lock
+        .timeout(Duration::from_secs(20))
         .acquire()
         .await
         .unwrap_err();
-    assert!(err.is_already_locked(), "{err}");
-    w.release().await.unwrap();
+    assert!(t.elapsed() < limit, "took {:?}: {err}", t.elapsed());
+    err
 }
 
 /// A subscriber on `channel` named `name` that never answers pings, or
@@ -467,6 +459,98 @@ async fn fake_holder(
             }
         }
     })
+}
+
+/// A Python-shaped record of a waiting writer with the highest id there
+/// is, so that any writer of this crate would win an election against it.
+const FOREIGN_PENDING: &str = r#"{"holder_id": "ffffffffffffffffffffffffffffffff", "mode": "pending", "protocol": 1, "elected": false}"#;
+
+/// A writer of this crate that the queue put behind a foreign (Python)
+/// contender, and that counts while that contender, given its turn, has
+/// subscribed but not yet decided, leaves the turn to it instead of
+/// winning the election on a lower id. The foreign contender here is a
+/// fake that stays undecided, so the writer must time out. (Before, it
+/// took the lock: under CI load a Python writer queued first was served
+/// after a later writer of this crate.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_leaves_a_foreign_contender_its_turn_while_it_decides() {
+    let srv = RedisServer::start();
+    let ch = "turn";
+    let member = format!("foreign:{}", "f".repeat(32));
+    let queue = || async {
+        srv.cmd::<Vec<String>>(&["ZRANGE", &format!("{ch} portalocker-queue"), "0", "-1"])
+            .await
+    };
+    let holder = RedisLock::new(ch, srv.client()).acquire().await.unwrap();
+    // The foreign contender's attempts on the busy channel: its replies
+    // ("pending") give it a place in the queue, and keep it there.
+    let refresh = tokio::spawn({
+        let srv = srv.client();
+        async move {
+            let mut con = srv.get_multiplexed_async_connection().await.unwrap();
+            let reply_channel = format!("{ch}-{}", "0".repeat(32));
+            loop {
+                let _: i64 = portalocker::redis::AsyncCommands::publish(
+                    &mut con,
+                    &reply_channel,
+                    FOREIGN_PENDING,
+                )
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    let queued = support::eventually_async(Duration::from_secs(20), || async {
+        queue().await == [member.clone()]
+    })
+    .await;
+    assert!(
+        queued,
+        "the foreign contender got no place: {:?}",
+        queue().await
+    );
+    let writer = RedisLock::new(ch, srv.other_client())
+        .timeout(Duration::from_secs(3))
+        .check_interval(Duration::from_millis(50));
+    let waiting =
+        tokio::spawn(async move { writer.acquire().await.map(|g| g.holder_id().to_string()) });
+    let behind = support::eventually_async(Duration::from_secs(20), || async {
+        let q = queue().await;
+        q.len() == 2 && q[0] == member
+    })
+    .await;
+    assert!(
+        behind,
+        "the writer did not queue behind it: {:?}",
+        queue().await
+    );
+    // Released with the foreign contender between attempts: its turn.
+    holder.release().await.unwrap();
+    let turn = support::eventually_async(Duration::from_secs(20), || async {
+        srv.cmd::<Option<String>>(&["GET", &format!("{ch} portalocker-turn")])
+            .await
+            .as_deref()
+            == Some(member.as_str())
+    })
+    .await;
+    assert!(
+        turn,
+        "the queue did not give the foreign contender its turn"
+    );
+    refresh.abort();
+    // It subscribes to take its turn, and stays undecided.
+    let fake = fake_holder(
+        &srv,
+        ch,
+        &format!("{ch}-lock-{}", "f".repeat(32)),
+        Some(FOREIGN_PENDING),
+    )
+    .await;
+    let r = waiting.await.unwrap();
+    fake.abort();
+    let e = r.expect_err("the writer took the foreign contender's turn");
+    assert!(e.is_already_locked(), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1079,17 +1163,11 @@ async fn a_full_server_is_a_clear_error_at_once() {
             &["CONFIG", "SET", "maxclients", &limit.to_string()],
         )
         .await;
-        let t = Instant::now();
-        let err = RedisLock::new(format!("full{spare}"), srv.client())
-            .timeout(Duration::from_secs(20))
-            .acquire()
-            .await
-            .unwrap_err();
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "took {:?}: {err}",
-            t.elapsed()
-        );
+        let err = fails_within(
+            Duration::from_secs(5),
+            RedisLock::new(format!("full{spare}"), srv.client()),
+        )
+        .await;
         assert_eq!(err.kind(), ErrorKind::Redis, "{err}");
         assert!(
             err.to_string().contains("maxclients"),
@@ -1128,18 +1206,11 @@ async fn a_full_server_is_a_clear_error_at_once() {
         &["CONFIG", "SET", "maxclients", &limit.to_string()],
     )
     .await;
-    let t = Instant::now();
-    let err = RedisLock::new("fullp", srv.client())
-        .timeout(Duration::from_secs(20))
-        .check_interval(Duration::from_millis(20))
-        .acquire()
-        .await
-        .unwrap_err();
-    assert!(
-        t.elapsed() < Duration::from_secs(5),
-        "took {:?}: {err}",
-        t.elapsed()
-    );
+    let err = fails_within(
+        Duration::from_secs(5),
+        RedisLock::new("fullp", srv.client()).check_interval(Duration::from_millis(20)),
+    )
+    .await;
     assert!(
         err.to_string().contains("maxclients"),
         "behind a holder: {err}"
@@ -1171,18 +1242,11 @@ async fn a_user_without_reaping_permissions_gets_a_clear_error() {
     let client =
         portalocker::redis::Client::open(format!("redis://noreap:pw@127.0.0.1:{}/", srv.port))
             .unwrap();
-    let t = Instant::now();
-    let err = RedisLock::new("acl", client)
-        .timeout(Duration::from_secs(20))
-        .unavailable_timeout(Duration::from_millis(300))
-        .acquire()
-        .await
-        .unwrap_err();
-    assert!(
-        t.elapsed() < Duration::from_secs(5),
-        "took {:?}: {err}",
-        t.elapsed()
-    );
+    let err = fails_within(
+        Duration::from_secs(5),
+        RedisLock::new("acl", client).unavailable_timeout(Duration::from_millis(300)),
+    )
+    .await;
     assert_eq!(err.kind(), ErrorKind::Redis, "{err}");
     let msg = err.to_string();
     assert!(msg.contains("client|list") && msg.contains("reap"), "{msg}");
@@ -1232,17 +1296,7 @@ async fn a_busy_server_is_a_clear_error_at_once() {
     })
     .await;
     assert!(busy_now, "the server never got busy");
-    let t = Instant::now();
-    let err = RedisLock::new("busy", srv.client())
-        .timeout(Duration::from_secs(20))
-        .acquire()
-        .await
-        .unwrap_err();
-    assert!(
-        t.elapsed() < Duration::from_secs(2),
-        "took {:?}: {err}",
-        t.elapsed()
-    );
+    let err = fails_within(Duration::from_secs(2), RedisLock::new("busy", srv.client())).await;
     assert_eq!(err.kind(), ErrorKind::Redis, "{err}");
     assert!(err.to_string().contains("BUSY"), "{err}");
     assert_eq!(looping.await.unwrap().unwrap(), 1);

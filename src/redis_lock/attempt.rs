@@ -295,6 +295,12 @@ impl<'a> Attempt<'a> {
                     .holders
                     .iter()
                     .any(|h| h.id != id && h.mode == HolderMode::Exclusive && !h.queues);
+                if self.queued && !elected && self.lock.local.defers_to_served(&p.holders) {
+                    // The queue gave this turn to a foreign contender
+                    // that is still deciding: leave the channel to it.
+                    self.abandon();
+                    return Ok(None);
+                }
             }
             let me = Me {
                 id: &id,

@@ -63,7 +63,9 @@ pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// waiters whose heartbeat is stale and foreign contenders whose place
 /// lapsed, and answers this waiter's rank, the channel's subscriber count
 /// and whether any waiter of this crate is ahead (1) or only foreign ones
-/// (0), atomically and in one round trip. A foreign place at the head
+/// (0), and the foreign contender whose turn the queue gave last (the
+/// served key; empty if none since this crate's last grant), atomically
+/// and in one round trip. A foreign place at the head
 /// whose turn was seen taken (the channel free, then busy, at two polls)
 /// is settled here: a Python writer that takes a free lock pings nobody,
 /// so its reply may never be seen. The queue is read in chunks of
@@ -118,7 +120,7 @@ while ours == 0 and from < rank do
   end
   from = to + 1
 end
-return {rank, n, ours}
+return {rank, n, ours, redis.call('GET', KEYS[6]) or ''}
 ";
 
 /// Gives a foreign contender seen waiting a place at the back of the queue

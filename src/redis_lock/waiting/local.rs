@@ -38,6 +38,9 @@ pub(in crate::redis_lock) struct LocalQueue {
     /// The foreign contenders this process last told the queue about, and
     /// when (so that a burst of replies costs one script call).
     pub(super) foreign: Mutex<std::collections::HashMap<String, (Instant, bool)>>,
+    /// The holder id of the foreign contender whose turn the queue gave
+    /// last, as this process's last poll read it.
+    served: Mutex<Option<String>>,
 }
 
 impl Default for LocalQueue {
@@ -49,6 +52,7 @@ impl Default for LocalQueue {
             no_script: AtomicBool::new(false),
             contended: AtomicBool::new(false),
             foreign: Mutex::default(),
+            served: Mutex::default(),
         }
     }
 }
@@ -82,6 +86,31 @@ impl Drop for Turn {
 }
 
 impl LocalQueue {
+    /// Records the served key a poll read (`foreign:<id>`, or empty).
+    pub(super) fn note_served(&self, served: &str) {
+        let id = served.strip_prefix(FOREIGN).map(str::to_string);
+        let mut slot = lock(&self.served);
+        if *slot != id {
+            *slot = id;
+        }
+    }
+
+    /// Whether a fresh writer of this process must let `holders` decide
+    /// without it: one of them is the foreign contender whose turn the
+    /// queue gave last, still pending (a Python peer that subscribed to
+    /// take the lock it was given and is counting; a writer of this crate
+    /// that counted meanwhile would win the election if its id were
+    /// lower, and take that turn).
+    pub(in crate::redis_lock) fn defers_to_served(&self, holders: &[protocol::Holder]) -> bool {
+        let served = lock(&self.served);
+        let Some(id) = served.as_deref() else {
+            return false;
+        };
+        holders
+            .iter()
+            .any(|h| h.id == id && h.mode == protocol::HolderMode::Pending && !h.queues)
+    }
+
     /// The queue of `channel` on the server `client` talks to. Keyed by
     /// the server's address and the channel only: pub/sub channels are
     /// the same for every database and user of a server.

@@ -305,6 +305,10 @@ impl Waiter {
     /// acquisition cancelled in the middle of this (right after a grant,
     /// say) still leaves the queue through [`Drop`].
     pub(super) async fn leave(&mut self, granted: bool) {
+        if granted {
+            // The foreign turn is over (the served key goes too).
+            self.local.note_served("");
+        }
         if self.joined {
             if let Ok(mut c) = self.cmd.get().await {
                 let _ = remove(&self.channel, &self.id, granted)
@@ -391,15 +395,16 @@ impl Waiter {
                 .arg(&self.id)
                 .arg(stale)
                 .arg(&self.channel)
-                .invoke_async::<(u64, usize, u64)>(&mut c.con)
+                .invoke_async::<(u64, usize, u64, String)>(&mut c.con)
                 .await
             {
-                Ok((rank, subscribers, ours_ahead)) => {
+                Ok((rank, subscribers, ours_ahead, served)) => {
+                    self.local.note_served(&served);
                     return Some(Poll {
                         rank,
                         subscribers,
                         ours_ahead,
-                    })
+                    });
                 }
                 Err(e) if super::command::connection_failed(&e) => {
                     self.cmd.failed(&c, &e).await;
