@@ -10,10 +10,7 @@ use portalocker::{open_atomic, AtomicOptions, Durability, PublishError};
 use support::{entries, Proc};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
-#[test]
-fn child_entry() {
-    support::child_main();
-}
+support::child_entry!();
 
 #[cfg(unix)]
 fn umask() -> u32 {

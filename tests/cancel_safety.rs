@@ -84,8 +84,7 @@ fn dropped_acquires_leave_no_lock_and_no_descriptor() {
         .enable_all()
         .build()
         .unwrap();
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("c.lock");
+    let (d, path) = support::temp_path("c.lock");
     std::fs::write(&path, "").unwrap();
     rt.block_on(async {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);

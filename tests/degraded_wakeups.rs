@@ -39,13 +39,9 @@ fn warnings() -> Vec<String> {
 fn polling_for_want_of_inotify_is_said_once() {
     log::set_logger(&Recorder).unwrap();
     log::set_max_level(log::LevelFilter::Warn);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::current_thread();
     rt.block_on(async {
-        let d = tempfile::tempdir().unwrap();
-        let path = d.path().join("p.lock");
+        let (_d, path) = support::temp_path("p.lock");
         // Held through another open file description of this process: to
         // the lock it is another holder, and its release wakes nobody.
         let held = std::fs::File::create(&path).unwrap();

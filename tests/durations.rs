@@ -9,10 +9,7 @@ use std::time::Duration;
 use portalocker::{BoundedSemaphore, Lock, PidFileLock, RLock, TemporaryFileLock};
 use support::Proc;
 
-#[test]
-fn child_entry() {
-    support::child_main();
-}
+support::child_entry!();
 
 const VALUES: [Duration; 3] = [Duration::ZERO, Duration::from_millis(30), Duration::MAX];
 /// Short enough that a value under test, not the other setting, decides.

@@ -10,10 +10,7 @@ use portalocker::{ErrorKind, EtcdLock, HeldLock, LockFlags};
 use support::etcd::EtcdCluster;
 use support::Proc;
 
-#[test]
-fn child_entry() {
-    support::child_main();
-}
+support::child_entry!();
 
 /// The keys under `name/`, in etcd.
 async fn keys(cluster: &EtcdCluster, name: &str) -> Vec<String> {
@@ -354,24 +351,13 @@ async fn exclusion_holds_through_leader_and_follower_kills() {
     let mut cluster = EtcdCluster::start(3).await;
     let dir = tempfile::tempdir().unwrap();
     let eps = cluster.endpoint_list();
-    let mut procs = Vec::new();
-    for i in 0..4 {
-        let out = dir.path().join(format!("w{i}"));
-        let p = Proc::role(
-            "child_entry",
-            "etcd-fleet",
-            &[&eps, "fleet", out.to_str().unwrap(), "3"],
-        );
-        procs.push((format!("w{i}"), out, p));
-    }
-    for (_, _, p) in &mut procs {
-        p.expect("READY");
-    }
-    let run = Duration::from_secs(16);
-    let end = support::epoch_ns() + run.as_nanos();
-    for (_, _, p) in &mut procs {
-        p.send(&format!("go {end}"));
-    }
+    let procs = support::start_fleet(
+        dir.path(),
+        "etcd-fleet",
+        4,
+        Duration::from_secs(16),
+        |_, out| vec![eps.clone(), "fleet".into(), out.into(), "3".into()],
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     let leader = cluster.leader().await;
     cluster.kill(leader);
@@ -382,13 +368,7 @@ async fn exclusion_holds_through_leader_and_follower_kills() {
     cluster.kill(follower);
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.restart(follower).await;
-    let mut workers = Vec::new();
-    for (who, out, mut p) in procs {
-        p.expect("DONE");
-        p.finish();
-        workers.push(support::read_fleet_worker(&who, false, &out));
-    }
-    let all = support::fleet_sections_exclusive(&workers);
+    let (workers, all) = support::finish_fleet(procs);
     for w in &workers {
         assert!(w.failed.is_empty(), "{}: {:?}", w.who, w.failed);
         assert!(!w.sections.is_empty(), "{} was never served", w.who);

@@ -10,17 +10,13 @@ use std::time::Duration;
 use portalocker::Lock;
 use support::Proc;
 
-#[test]
-fn child_entry() {
-    support::child_main();
-}
+support::child_entry!();
 
 /// A SIGSTOPped file-lock holder keeps its lock (there is no lease):
 /// waiters time out, and after SIGCONT the holder still holds it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_file_lock_holder_keeps_the_lock() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("stop.lock");
+    let (_d, path) = support::temp_path("stop.lock");
     let mut holder = Proc::role("child_entry", "hold", &[path.to_str().unwrap()]);
     holder.expect("LOCKED");
     holder.signal("STOP");

@@ -17,10 +17,7 @@ use std::time::{Duration, SystemTime};
 use portalocker::Lock;
 use support::Proc;
 
-#[test]
-fn child_entry() {
-    support::child_main();
-}
+support::child_entry!();
 
 /// The statistical half: fifty acquisitions with a 1 s timeout each (a handover takes a few
 /// milliseconds) against a holder in another process that re-takes the
@@ -168,8 +165,7 @@ fn announcements(ino: u64) -> usize {
 /// release that hands over closes it).
 #[tokio::test]
 async fn a_killed_announced_waiter_leaves_nothing_behind() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("killed.lock");
+    let (_d, path) = support::temp_path("killed.lock");
     std::fs::write(&path, b"").unwrap();
     let past = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
     std::fs::File::options()
@@ -220,8 +216,7 @@ async fn a_killed_announced_waiter_leaves_nothing_behind() {
 /// waiter is still served.
 #[tokio::test]
 async fn a_stopped_announced_waiter_is_left_out_after_a_few_handovers() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("stopped.lock");
+    let (_d, path) = support::temp_path("stopped.lock");
     std::fs::write(&path, b"").unwrap();
     let ino = std::fs::metadata(&path).unwrap().ino();
     let lock = Lock::new(&path).timeout(Duration::from_secs(60));

@@ -13,15 +13,11 @@ use std::time::Duration;
 use portalocker::{Lock, LockFlags};
 use support::Proc;
 
-#[test]
-fn child_entry() {
-    support::child_main();
-}
+support::child_entry!();
 
 #[tokio::test]
 async fn a_rust_holder_in_another_process_is_named() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("held.lock");
+    let (_d, path) = support::temp_path("held.lock");
     let lock = Lock::new(&path);
     assert!(lock.holders().await.is_empty(), "nobody holds it yet");
     let mut child = Proc::role("child_entry", "hold", &[path.to_str().unwrap()]);
@@ -54,8 +50,7 @@ async fn a_rust_holder_in_another_process_is_named() {
 
 #[tokio::test]
 async fn shared_holders_are_all_listed_and_this_process_is_not() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("shared.lock");
+    let (_d, path) = support::temp_path("shared.lock");
     let mut a = Proc::role("child_entry", "hold", &[path.to_str().unwrap(), "sh"]);
     a.expect("LOCKED");
     let mut b = Proc::role("child_entry", "hold", &[path.to_str().unwrap(), "sh"]);
@@ -92,8 +87,7 @@ lock.release()
 
 #[tokio::test]
 async fn a_python_holder_is_named_with_its_command_line() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("py.lock");
+    let (_d, path) = support::temp_path("py.lock");
     let mut py = Proc::python(PY_HOLD, &[path.to_str().unwrap()]);
     py.expect("LOCKED");
     let err = Lock::new(&path).try_acquire().await.unwrap_err();
@@ -111,8 +105,7 @@ async fn a_python_holder_is_named_with_its_command_line() {
 #[tokio::test]
 async fn every_file_primitive_names_the_holder() {
     use portalocker::{PidFileLock, RLock, TemporaryFileLock};
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("held.lock");
+    let (d, path) = support::temp_path("held.lock");
     let mut child = Proc::role("child_entry", "hold", &[path.to_str().unwrap()]);
     child.expect("LOCKED");
     let pid = child.pid();

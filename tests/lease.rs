@@ -15,10 +15,7 @@ use support::lease::{on_fuse, TwoHosts};
 #[cfg(unix)]
 use support::{FleetSection, FleetWorker, Proc};
 
-#[test]
-fn child_entry() {
-    support::child_main();
-}
+support::child_entry!();
 
 #[cfg(unix)]
 const ENTRY: &str = "child_entry";
@@ -50,8 +47,7 @@ async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_is_made_renewed_refused_to_others_and_freed() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("job.lease");
+    let (_d, path) = support::temp_path("job.lease");
     let lock = LeaseLock::new(&path).lease_ttl(Duration::from_millis(300));
     assert!(lock.holder().await.unwrap().is_none());
     let g = lock.acquire().await.unwrap();
@@ -92,8 +88,7 @@ async fn a_claim_is_made_renewed_refused_to_others_and_freed() {
 /// (typed, before any I/O); timeouts and intervals of either extreme work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durations_from_zero_to_max() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("d.lease");
+    let (_d, path) = support::temp_path("d.lease");
     for ttl in [Duration::ZERO, Duration::from_millis(99), Duration::MAX] {
         let e = LeaseLock::new(&path)
             .lease_ttl(ttl)
@@ -132,8 +127,7 @@ async fn durations_from_zero_to_max() {
 /// claim would block the next acquisition for 75 s, far past its 5 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_acquisition_or_release_leaves_nothing_held() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("c.lease");
+    let (_d, path) = support::temp_path("c.lease");
     let lock = LeaseLock::new(&path).lease_ttl(Duration::from_secs(60));
     for i in 0..60u32 {
         let acquire = lock.acquire();
@@ -162,8 +156,7 @@ async fn a_dropped_acquisition_or_release_leaves_nothing_held() {
 /// dead holder's claim file is left as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_holders_claim_is_taken_over_once_by_one_waiter() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("k.lease");
+    let (_d, path) = support::temp_path("k.lease");
     let ps = path.to_str().unwrap();
     let mut holder = Proc::role(ENTRY, "lease-hold", &[ps, "400", "5000"]);
     let token: u64 = holder.expect("GOT").trim().parse().unwrap();
@@ -204,8 +197,7 @@ async fn a_killed_holders_claim_is_taken_over_once_by_one_waiter() {
 /// token; the stopped one, resumed, reports the loss on its first look.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_holder_is_taken_over_and_learns_it_on_resume() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("s.lease");
+    let (_d, path) = support::temp_path("s.lease");
     let ps = path.to_str().unwrap();
     let mut holder = Proc::role(ENTRY, "lease-hold", &[ps, "400", "5000"]);
     let token: u64 = holder.expect("GOT").trim().parse().unwrap();
@@ -232,8 +224,7 @@ async fn a_stopped_holder_is_taken_over_and_learns_it_on_resume() {
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_removed_from_outside_is_a_loss() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("r.lease");
+    let (_d, path) = support::temp_path("r.lease");
     let g = LeaseLock::new(&path)
         .lease_ttl(Duration::from_millis(300))
         .acquire()
@@ -311,8 +302,7 @@ fn unwritable_and_full_directories_are_io_errors() {
     ) {
         return;
     }
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("root-owned.lease");
+    let (d, path) = support::temp_path("root-owned.lease");
     std::fs::create_dir(&path).unwrap();
     let mut p = Proc::role_as_nobody(
         d.path(),

@@ -10,10 +10,7 @@ use portalocker::{ErrorKind, Lock, LockFlags};
 use support::Proc;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-#[test]
-fn child_entry() {
-    support::child_main();
-}
+support::child_entry!();
 
 fn dir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
@@ -62,38 +59,24 @@ async fn contention_error_converts_to_would_block() {
     assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
 }
 
+/// A zero timeout, or `fail_when_locked` with a long one, makes one
+/// attempt and fails at once: no pause (a pause would be >= 30 s here).
 #[tokio::test]
-async fn timeout_zero_makes_one_attempt_and_fails_at_once() {
+async fn timeout_zero_or_fail_when_locked_makes_one_attempt_and_fails_at_once() {
     let d = dir();
     let path = d.path().join("a.lock");
     let _g = Lock::new(&path).acquire().await.unwrap();
-    let start = std::time::Instant::now();
-    let err = Lock::new(&path)
-        .timeout(Duration::ZERO)
-        .check_interval(Duration::from_secs(60))
-        .acquire()
-        .await
-        .unwrap_err();
-    assert!(err.is_already_locked());
-    // One attempt means no pause at all; a pause would be >= 30 s here.
-    assert!(start.elapsed() < Duration::from_secs(30));
-}
-
-#[tokio::test]
-async fn fail_when_locked_fails_after_the_first_attempt() {
-    let d = dir();
-    let path = d.path().join("a.lock");
-    let _g = Lock::new(&path).acquire().await.unwrap();
-    let start = std::time::Instant::now();
-    let err = Lock::new(&path)
-        .timeout(Duration::from_secs(600))
-        .check_interval(Duration::from_secs(60))
-        .fail_when_locked(true)
-        .acquire()
-        .await
-        .unwrap_err();
-    assert!(err.is_already_locked());
-    assert!(start.elapsed() < Duration::from_secs(30));
+    let slow = Lock::new(&path).check_interval(Duration::from_secs(60));
+    for lock in [
+        slow.clone().timeout(Duration::ZERO),
+        slow.timeout(Duration::from_secs(600))
+            .fail_when_locked(true),
+    ] {
+        let start = std::time::Instant::now();
+        let err = lock.acquire().await.unwrap_err();
+        assert!(err.is_already_locked(), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(30));
+    }
 }
 
 #[tokio::test]
@@ -421,10 +404,7 @@ fn waiting_never_blocks_a_current_thread_runtime() {
     let path = d.path().join("held.lock");
     let mut holder = Proc::role("child_entry", "hold", &[path.to_str().unwrap()]);
     holder.expect("LOCKED");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::current_thread();
     let ticks = rt.block_on(async {
         let ticker = tokio::spawn(async {
             let mut n = 0u32;
@@ -559,29 +539,45 @@ async fn a_dying_holder_process_wakes_the_waiter_at_once() {
     );
 }
 
+/// As root: a root-owned file `name` (`contents`, `mode`) in a new
+/// directory, held (`how`: "ex" or "sh") by a child running as `nobody`;
+/// `None`, said on stderr, when the test does not run as root.
+#[cfg(unix)]
+fn held_by_nobody(
+    name: &str,
+    contents: &[u8],
+    mode: u32,
+    how: &str,
+) -> Option<(tempfile::TempDir, std::path::PathBuf, Proc)> {
+    if !support::needs_root(
+        "a read-access lock test",
+        "it runs a process as nobody against a root-owned file",
+    ) {
+        return None;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join(name);
+    std::fs::write(&path, contents).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    let mut holder = Proc::role_as_nobody(
+        d.path(),
+        "child_entry",
+        "hold",
+        &[path.to_str().unwrap(), how],
+    );
+    holder.expect("LOCKED");
+    Some((d, path, holder))
+}
+
 /// An exclusive lock on another user's file that this user may only read:
 /// opened read-only, it works, and it excludes the owner.
 // Unix only: Unix permission bits and a `nobody` child.
 #[cfg(unix)]
 #[test]
 fn an_exclusive_lock_needs_only_read_access() {
-    if !support::needs_root(
-        "a read-access lock test",
-        "it runs a process as nobody against a root-owned file",
-    ) {
+    let Some((_d, path, holder)) = held_by_nobody("read-only.lock", b"data", 0o444, "ex") else {
         return;
-    }
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("read-only.lock");
-    std::fs::write(&path, b"data").unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
-    let mut holder = Proc::role_as_nobody(
-        d.path(),
-        "child_entry",
-        "hold",
-        &[path.to_str().unwrap(), "ex"],
-    );
-    holder.expect("LOCKED");
+    };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let err = Lock::new(&path)
@@ -602,23 +598,9 @@ fn an_exclusive_lock_needs_only_read_access() {
 #[cfg(unix)]
 #[test]
 fn a_shared_lock_needs_only_read_access() {
-    if !support::needs_root(
-        "a read-access lock test",
-        "it runs a process as nobody against a root-owned file",
-    ) {
+    let Some((_d, path, reader)) = held_by_nobody("readers.lock", b"", 0o644, "sh") else {
         return;
-    }
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("readers.lock");
-    std::fs::write(&path, b"").unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let mut reader = Proc::role_as_nobody(
-        d.path(),
-        "child_entry",
-        "hold",
-        &[path.to_str().unwrap(), "sh"],
-    );
-    reader.expect("LOCKED");
+    };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let err = Lock::new(&path).try_acquire().await.unwrap_err();
@@ -715,8 +697,7 @@ fn one_blocking_thread() -> tokio::runtime::Runtime {
 /// one descriptor per mode, not one per call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_and_write_share_and_exclude() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("rw.lock");
+    let (_d, path) = support::temp_path("rw.lock");
     let lock = Lock::new(&path).timeout(Duration::from_millis(200));
     let (a, b) = (lock.read().await.unwrap(), lock.read().await.unwrap());
     assert!(lock.try_write().await.unwrap_err().is_already_locked());

@@ -7,15 +7,11 @@ use std::time::{Duration, Instant};
 use portalocker::Lock;
 use support::Proc;
 
-#[test]
-fn child_entry() {
-    support::child_main();
-}
+support::child_entry!();
 
 #[tokio::test]
 async fn a_lock_held_by_a_child_is_already_locked_here() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("p.lock");
+    let (_d, path) = support::temp_path("p.lock");
     let mut child = Proc::role("child_entry", "hold", &[path.to_str().unwrap()]);
     child.expect("LOCKED");
     let err = Lock::new(&path).try_acquire().await.unwrap_err();
@@ -35,8 +31,7 @@ async fn a_lock_held_by_a_child_is_already_locked_here() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_holder_frees_the_lock_within_one_check_interval() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("k.lock");
+    let (_d, path) = support::temp_path("k.lock");
     let interval = portalocker::DEFAULT_CHECK_INTERVAL;
     for _ in 0..3 {
         let mut child = Proc::role("child_entry", "hold", &[path.to_str().unwrap()]);
@@ -75,8 +70,7 @@ async fn four_processes_count_exactly() {
 #[cfg(unix)]
 #[tokio::test]
 async fn an_exec_child_of_the_holder_does_not_inherit_the_lock() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("cloexec.lock");
+    let (_d, path) = support::temp_path("cloexec.lock");
     let mut holder = Proc::role("child_entry", "hold-spawn", &[path.to_str().unwrap()]);
     let sleeper: u32 = holder.expect("LOCKED").parse().unwrap();
     // The grandchild (`sleep 60`) has no descriptor of the lock file...

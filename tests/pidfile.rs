@@ -7,10 +7,7 @@ use std::time::Duration;
 use portalocker::{ErrorKind, Lock, PidFileLock};
 use support::Proc;
 
-#[test]
-fn child_entry() {
-    support::child_main();
-}
+support::child_entry!();
 
 fn sidecar(pid: &std::path::Path) -> std::path::PathBuf {
     let mut s = pid.as_os_str().to_os_string();
@@ -319,8 +316,7 @@ async fn killed_publishers_leave_no_temporaries() {
 /// temporary file is left; and the lock stays held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_pid_is_cancel_safe() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("worker.pid");
+    let (d, path) = support::temp_path("worker.pid");
     let lock = PidFileLock::new(&path);
     let guard = lock.acquire().await.unwrap();
     // Call i sets 1_000_000 + i. A dropped call's rewrite may still land

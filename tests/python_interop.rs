@@ -36,8 +36,7 @@ const SH: &str = "5"; // SHARED | NON_BLOCKING
 
 #[tokio::test]
 async fn python_holds_rust_gets_already_locked() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("py.lock");
+    let (_d, path) = support::temp_path("py.lock");
     let mut py = Proc::python(PY_HOLD, &[path.to_str().unwrap(), EX]);
     py.expect("LOCKED");
     let err = Lock::new(&path).try_acquire().await.unwrap_err();
@@ -53,8 +52,7 @@ async fn python_holds_rust_gets_already_locked() {
 
 #[tokio::test]
 async fn rust_holds_python_fail_when_locked_raises() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("rs.lock");
+    let (_d, path) = support::temp_path("rs.lock");
     let g = Lock::new(&path).acquire().await.unwrap();
     let mut py = Proc::python(PY_TRY, &[path.to_str().unwrap()]);
     assert_eq!(py.expect("RESULT"), "AlreadyLocked");
@@ -67,8 +65,7 @@ async fn rust_holds_python_fail_when_locked_raises() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_releases_while_rust_waits_then_rust_acquires() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("handoff.lock");
+    let (_d, path) = support::temp_path("handoff.lock");
     let mut py = Proc::python(PY_HOLD, &[path.to_str().unwrap(), EX]);
     py.expect("LOCKED");
     let lock = Lock::new(&path)
@@ -88,8 +85,7 @@ async fn python_releases_while_rust_waits_then_rust_acquires() {
 
 #[tokio::test]
 async fn shared_locks_are_shared_across_languages() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("shared.lock");
+    let (_d, path) = support::temp_path("shared.lock");
     let mut py = Proc::python(PY_HOLD, &[path.to_str().unwrap(), SH]);
     py.expect("LOCKED");
     let reader = Lock::new(&path)
@@ -177,8 +173,7 @@ print("@@RELEASED", flush=True)
 
 #[tokio::test]
 async fn temporary_file_locks_exclude_each_other_across_languages() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("tmp.lock");
+    let (_d, path) = support::temp_path("tmp.lock");
     let mut py = Proc::python(PY_TMP_HOLD, &[path.to_str().unwrap()]);
     py.expect("LOCKED");
     let lock = portalocker::TemporaryFileLock::new(&path);

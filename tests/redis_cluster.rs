@@ -10,12 +10,8 @@ use std::time::Duration;
 
 use portalocker::{ErrorKind, HeldLock, RedisClusterLock};
 use support::cluster::{cli, RedisCluster};
-use support::Proc;
 
-#[test]
-fn child_entry() {
-    support::child_main();
-}
+support::child_entry!();
 
 fn owner_key(name: &str) -> String {
     format!("portalocker:{{{name}}}:owner")
@@ -33,25 +29,16 @@ async fn exclusion_holds_through_failover_migration_and_a_primary_kill() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let key = owner_key("fleet");
-    let mut procs = Vec::new();
-    for i in 0..4 {
-        let out = dir.path().join(format!("w{i}"));
-        let seed = cluster.nodes[i].url();
-        let p = Proc::role(
-            "child_entry",
-            "cluster-fleet",
-            &[&seed, "fleet", out.to_str().unwrap(), "2000"],
-        );
-        procs.push((format!("w{i}"), out, p));
-    }
-    for (_, _, p) in &mut procs {
-        p.expect("READY");
-    }
-    let run = Duration::from_secs(20);
-    let end = support::epoch_ns() + run.as_nanos();
-    for (_, _, p) in &mut procs {
-        p.send(&format!("go {end}"));
-    }
+    let procs = support::start_fleet(
+        dir.path(),
+        "cluster-fleet",
+        4,
+        Duration::from_secs(20),
+        |i, out| {
+            let seed = cluster.nodes[i].url();
+            vec![seed, "fleet".into(), out.into(), "2000".into()]
+        },
+    );
     // The faults are scheduled by time; the verdict does not depend on it.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let primary = cluster.primary_of(&key);
@@ -72,13 +59,7 @@ async fn exclusion_holds_through_failover_migration_and_a_primary_kill() {
     cluster.kill(doomed);
     tokio::task::block_in_place(|| cluster.wait_promoted_after(&key, doomed));
     eprintln!("killed {doomed}; now {}", cluster.primary_of(&key));
-    let mut workers = Vec::new();
-    for (who, out, mut p) in procs {
-        p.expect("DONE");
-        p.finish();
-        workers.push(support::read_fleet_worker(&who, false, &out));
-    }
-    let all = support::fleet_sections_exclusive(&workers);
+    let (workers, all) = support::finish_fleet(procs);
     for w in &workers {
         let refused: Vec<_> = w.failed.iter().filter(|l| !l.contains("lost:")).collect();
         assert!(refused.is_empty(), "{}: {refused:?}", w.who);
@@ -170,12 +151,7 @@ async fn a_holder_without_confirmed_renewals_gives_up_before_its_record_expires(
     let g = lock.acquire().await.unwrap();
     let primary = cluster.primary_of(&key);
     let replica = cluster.replica_of(primary);
-    let replica_pid = cluster
-        .nodes
-        .iter()
-        .find(|n| n.port == replica)
-        .unwrap()
-        .pid();
+    let replica_pid = cluster.pid_of(replica);
     support::kill("-STOP", replica_pid);
     let r = tokio::time::timeout(Duration::from_secs(20), g.lost()).await;
     let left: i64 = cli(primary, &["PTTL", &key]).parse().unwrap();
@@ -203,12 +179,7 @@ async fn a_grant_lost_before_its_replicas_had_it_is_asked_for_again() {
     let fence = "portalocker:{vanish}:fence";
     let primary = cluster.primary_of(&key);
     let replica = cluster.replica_of(primary);
-    let replica_pid = cluster
-        .nodes
-        .iter()
-        .find(|n| n.port == replica)
-        .unwrap()
-        .pid();
+    let replica_pid = cluster.pid_of(replica);
     let lock =
         RedisClusterLock::new("vanish", cluster.client_via(1)).timeout(Duration::from_secs(120));
     support::kill("-STOP", replica_pid);

@@ -11,10 +11,7 @@ use std::time::Duration;
 use portalocker::RedisLock;
 use support::{Proc, RedisServer};
 
-#[test]
-fn child_entry() {
-    support::child_main();
-}
+support::child_entry!();
 
 async fn info_field(srv: &RedisServer, field: &str) -> u64 {
     let info: String = srv.cmd(&["INFO"]).await;

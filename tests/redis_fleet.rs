@@ -21,10 +21,7 @@ use std::time::Duration;
 
 use support::{fleet_sections_exclusive, run_fleet, RedisServer};
 
-#[test]
-fn child_entry() {
-    support::child_main();
-}
+support::child_entry!();
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_peers_get_their_share_beside_queued_rust_waiters() {

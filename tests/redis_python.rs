@@ -9,10 +9,7 @@ use std::time::{Duration, Instant};
 use portalocker::RedisLock;
 use support::{Proc, RedisServer};
 
-#[test]
-fn child_entry() {
-    support::child_main();
-}
+support::child_entry!();
 
 const PY_COMMON: &str = r#"
 import os, sys, time, redis, portalocker

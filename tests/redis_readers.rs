@@ -12,10 +12,7 @@ use std::time::{Duration, Instant};
 use portalocker::{ErrorKind, LockFlags, RedisLock};
 use support::{Proc, Proxy, RedisServer};
 
-#[test]
-fn child_entry() {
-    support::child_main();
-}
+support::child_entry!();
 
 fn reader(srv: &RedisServer, ch: &str) -> RedisLock {
     RedisLock::new(ch, srv.client()).flags(LockFlags::SHARED)

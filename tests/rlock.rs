@@ -5,15 +5,11 @@ use std::time::Duration;
 
 use portalocker::RLock;
 
-#[test]
-fn child_entry() {
-    support::child_main();
-}
+support::child_entry!();
 
 #[tokio::test]
 async fn nested_acquisitions_count_and_unlock_at_the_last() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("r.lock");
+    let (_d, path) = support::temp_path("r.lock");
     let r = RLock::new(&path);
     let mut guards = Vec::new();
     for k in 1..=50 {
@@ -47,8 +43,7 @@ async fn clones_share_one_count() {
 
 #[tokio::test]
 async fn a_second_rlock_on_the_same_path_contends() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("r.lock");
+    let (_d, path) = support::temp_path("r.lock");
     let a = RLock::new(&path);
     let _g = a.acquire().await.unwrap();
     let err = RLock::new(&path)
@@ -66,8 +61,7 @@ async fn a_second_rlock_on_the_same_path_contends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn guards_move_between_tasks_and_threads() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("r.lock");
+    let (_d, path) = support::temp_path("r.lock");
     let r = RLock::new(&path);
     let outer = r.acquire().await.unwrap();
     let r2 = r.clone();
@@ -119,8 +113,7 @@ async fn concurrent_first_acquisitions_take_the_file_lock_once() {
 
 #[tokio::test]
 async fn cancelled_first_acquire_leaves_the_count_at_zero() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("r.lock");
+    let (_d, path) = support::temp_path("r.lock");
     let holder = portalocker::Lock::new(&path).acquire().await.unwrap();
     let r = RLock::new(&path).check_interval(Duration::from_millis(5));
     let res = tokio::time::timeout(Duration::from_millis(30), r.acquire()).await;

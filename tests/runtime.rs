@@ -11,10 +11,7 @@ use std::time::Duration;
 use portalocker::{BoundedSemaphore, Lock, PidFileLock, RLock, TemporaryFileLock};
 use support::Proc;
 
-#[test]
-fn child_entry() {
-    support::child_main();
-}
+support::child_entry!();
 
 /// A runtime with the blocking pool but no timers.
 fn timerless() -> tokio::runtime::Runtime {

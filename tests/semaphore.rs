@@ -14,10 +14,7 @@ use portalocker::{BoundedSemaphore, ErrorKind, NamedBoundedSemaphore};
 #[cfg(unix)]
 use support::Proc;
 
-#[test]
-fn child_entry() {
-    support::child_main();
-}
+support::child_entry!();
 
 #[test]
 fn slot_files_are_named_as_python_names_them() {

@@ -16,10 +16,7 @@ use std::time::{Duration, Instant};
 use portalocker::{BoundedSemaphore, ErrorKind};
 use support::Proc;
 
-#[test]
-fn child_entry() {
-    support::child_main();
-}
+support::child_entry!();
 
 const SLOTS: usize = 10_000;
 /// Slots each holder process locks (each stays below 1,024 descriptors).

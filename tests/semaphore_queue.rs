@@ -60,10 +60,7 @@ fn child_entry() {
     assert_eq!(role, "queue-waiter");
     log::set_logger(&Marker).unwrap();
     log::set_max_level(log::LevelFilter::Trace);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::current_thread();
     rt.block_on(async {
         let permit = semaphore(Path::new(&args[0])).acquire().await.unwrap();
         append(&args[1], &format!("start {}\n", args[2]));
@@ -162,10 +159,7 @@ fn assert_queue_order(log: &Path, n: usize) {
 
 /// A runtime, and the one slot of the test's semaphore held through it.
 fn held_slot(dir: &Path) -> (tokio::runtime::Runtime, portalocker::BoundedSemaphorePermit) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::current_thread();
     let held = rt.block_on(semaphore(dir).acquire()).unwrap();
     (rt, held)
 }

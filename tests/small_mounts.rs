@@ -23,11 +23,7 @@ fn one_at_a_time<F: Future<Output = ()>>(test: F) {
     }
     static ONE: Mutex<()> = Mutex::new(());
     let _one = ONE.lock().unwrap_or_else(PoisonError::into_inner);
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(test);
+    support::current_thread().block_on(test);
 }
 
 /// How a payload too large for the disk is written.

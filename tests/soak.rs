@@ -12,10 +12,7 @@ use std::time::Instant;
 
 use support::Proc;
 
-#[test]
-fn child_entry() {
-    support::child_main();
-}
+support::child_entry!();
 
 fn scale() -> usize {
     std::env::var("PORTALOCKER_SOAK_SCALE")
@@ -58,10 +55,7 @@ fn file_lock_soak_across_processes() {
 #[cfg(feature = "redis")]
 #[test]
 fn redis_lock_soak_across_processes() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::current_thread();
     let srv = support::RedisServer::start();
     let url = srv.url();
     let per = (2_500 * scale()).to_string();
@@ -92,10 +86,7 @@ fn redis_lock_soak_across_processes() {
 #[cfg(feature = "redis")]
 #[test]
 fn redis_lock_soak_with_a_mixed_fleet() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::current_thread();
     let srv = support::RedisServer::start();
     let url = srv.url();
     let rust = (250 * scale()).to_string();

@@ -6,15 +6,11 @@ use std::time::Duration;
 use portalocker::{ErrorKind, Lock, TemporaryFileLock};
 use support::Proc;
 
-#[test]
-fn child_entry() {
-    support::child_main();
-}
+support::child_entry!();
 
 #[tokio::test]
 async fn file_exists_only_while_held() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("t.lock");
+    let (_d, path) = support::temp_path("t.lock");
     let lock = TemporaryFileLock::new(&path);
     let g = lock.acquire().await.unwrap();
     assert!(path.is_file());
@@ -29,8 +25,7 @@ async fn file_exists_only_while_held() {
 
 #[tokio::test]
 async fn a_failed_contender_removes_nothing() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("t.lock");
+    let (_d, path) = support::temp_path("t.lock");
     let holder = TemporaryFileLock::new(&path).acquire().await.unwrap();
     let contender = TemporaryFileLock::new(&path);
     // fail_when_locked defaults to true: no waiting.
@@ -58,8 +53,7 @@ async fn a_failed_contender_removes_nothing() {
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiter_on_the_old_inode_never_joins_a_new_holder() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("race.lock");
+    let (_d, path) = support::temp_path("race.lock");
     for round in 0..150 {
         let a = TemporaryFileLock::new(&path).acquire().await.unwrap();
         let mut b = Proc::role("child_entry", "tmp-wait", &[path.to_str().unwrap(), "40"]);
@@ -115,8 +109,7 @@ async fn three_processes_never_hold_at_once() {
 
 #[tokio::test]
 async fn a_replaced_file_is_not_removed_and_release_reports_the_loss() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("t.lock");
+    let (_d, path) = support::temp_path("t.lock");
     if support::under_wine() {
         // Wine 8 deletes an open file only at its last close (Windows'
         // legacy semantics), so the path cannot be recreated meanwhile;
@@ -175,8 +168,7 @@ async fn bad_paths_are_typed_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_acquires_leave_nothing_locked() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("c.lock");
+    let (_d, path) = support::temp_path("c.lock");
     let lock = TemporaryFileLock::new(&path);
     for i in 0..500u64 {
         let budget = Duration::from_micros(i % 100);

@@ -14,10 +14,7 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
 
-#[test]
-fn child_entry() {
-    support::child_main();
-}
+support::child_entry!();
 
 /// One recorded span or event: its name (span) or message (event), its
 /// fields, and for an event the name of the span it happened in.
@@ -91,7 +88,47 @@ impl Subscriber for Recorder {
     }
 }
 
+/// A recorder set as this thread's default subscriber (while the guard
+/// lives), and a current-thread runtime whose tasks it sees.
+fn recording() -> (
+    Recorder,
+    tokio::runtime::Runtime,
+    tracing::subscriber::DefaultGuard,
+) {
+    let rec = Recorder::default();
+    let guard = tracing::subscriber::set_default(rec.clone());
+    let rt = support::current_thread();
+    (rec, rt, guard)
+}
+
 impl Recorder {
+    /// What a lease-based lock traced for one grant, one refusal and one
+    /// loss: two `acquire` spans whose `field` is `name`; a `granted`
+    /// event inside the span with the guard's `token`; a `not acquired`
+    /// event whose error says `refused`; a `lost` event whose reason says
+    /// `lost`.
+    fn assert_grant_refusal_loss(
+        &self,
+        (field, name): (&str, &str),
+        token: u64,
+        refused: &str,
+        lost: &str,
+    ) {
+        let spans = self.spans("acquire");
+        assert_eq!(spans.len(), 2, "{spans:?}");
+        assert_eq!(spans[0].fields[field], name, "{spans:?}");
+        let granted = self.events("granted");
+        assert_eq!(granted.len(), 1, "{granted:?}");
+        assert_eq!(granted[0].fields["fence_token"], token.to_string());
+        assert_eq!(granted[0].parent.as_deref(), Some("acquire"));
+        let not = self.events("not acquired");
+        assert_eq!(not.len(), 1, "{not:?}");
+        assert!(not[0].fields["error"].contains(refused), "{not:?}");
+        let seen = self.events("lost");
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert!(seen[0].fields["reason"].contains(lost), "{seen:?}");
+    }
+
     fn events(&self, message: &str) -> Vec<Seen> {
         let events = self.events.lock().unwrap();
         events
@@ -108,14 +145,8 @@ impl Recorder {
 
 #[test]
 fn file_locks_trace_their_acquisitions() {
-    let rec = Recorder::default();
-    let _default = tracing::subscriber::set_default(rec.clone());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("traced.lock");
+    let (rec, rt, _default) = recording();
+    let (_d, path) = support::temp_path("traced.lock");
     rt.block_on(async {
         let lock = Lock::new(&path);
         drop(lock.acquire().await.unwrap());
@@ -156,12 +187,7 @@ fn file_locks_trace_their_acquisitions() {
 
 #[test]
 fn a_semaphore_traces_one_span_per_call_with_its_slot() {
-    let rec = Recorder::default();
-    let _default = tracing::subscriber::set_default(rec.clone());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (rec, rt, _default) = recording();
     let d = tempfile::tempdir().unwrap();
     rt.block_on(async {
         let sem = BoundedSemaphore::new(3).name("traced").directory(d.path());
@@ -190,12 +216,7 @@ fn a_semaphore_traces_one_span_per_call_with_its_slot() {
 #[cfg(all(feature = "etcd", unix))]
 #[test]
 fn the_etcd_lock_traces_grants_refusals_and_losses() {
-    let rec = Recorder::default();
-    let _default = tracing::subscriber::set_default(rec.clone());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (rec, rt, _default) = recording();
     rt.block_on(async {
         let cluster = support::etcd::EtcdCluster::start(1).await;
         let lock = portalocker::EtcdLock::new("traced", cluster.client().await);
@@ -204,40 +225,21 @@ fn the_etcd_lock_traces_grants_refusals_and_losses() {
         let mut rx = g.watch_lost();
         cluster.client().await.delete(g.key(), None).await.unwrap();
         rx.wait_for(|l| *l).await.unwrap();
-        let spans = rec.spans("acquire");
-        assert_eq!(spans.len(), 2, "{spans:?}");
-        assert_eq!(spans[0].fields["etcd_lock"], "traced", "{spans:?}");
-        let granted = rec.events("granted");
-        assert_eq!(granted.len(), 1, "{granted:?}");
-        assert_eq!(
-            granted[0].fields["fence_token"],
-            g.fence_token().to_string()
+        rec.assert_grant_refusal_loss(
+            ("etcd_lock", "traced"),
+            g.fence_token(),
+            "already locked",
+            "deleted",
         );
-        assert_eq!(granted[0].parent.as_deref(), Some("acquire"));
-        let refused = rec.events("not acquired");
-        assert_eq!(refused.len(), 1, "{refused:?}");
-        assert!(
-            refused[0].fields["error"].contains("already locked"),
-            "{refused:?}"
-        );
-        let lost = rec.events("lost");
-        assert_eq!(lost.len(), 1, "{lost:?}");
-        assert!(lost[0].fields["reason"].contains("deleted"), "{lost:?}");
     });
 }
 
 /// `LeaseLock`: the same span and events, with the lease directory.
 #[test]
 fn the_lease_lock_traces_grants_refusals_and_losses() {
-    let rec = Recorder::default();
-    let _default = tracing::subscriber::set_default(rec.clone());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (rec, rt, _default) = recording();
     rt.block_on(async {
-        let d = tempfile::tempdir().unwrap();
-        let path = d.path().join("traced.lease");
+        let (_d, path) = support::temp_path("traced.lease");
         let lock =
             portalocker::LeaseLock::new(&path).lease_ttl(std::time::Duration::from_millis(300));
         let g = lock.acquire().await.unwrap();
@@ -245,28 +247,11 @@ fn the_lease_lock_traces_grants_refusals_and_losses() {
         let mut rx = g.watch_lost();
         std::fs::remove_file(g.claim_path()).unwrap();
         rx.wait_for(|l| *l).await.unwrap();
-        let spans = rec.spans("acquire");
-        assert_eq!(spans.len(), 2, "{spans:?}");
-        assert_eq!(
-            spans[0].fields["lease_lock"],
-            path.display().to_string(),
-            "{spans:?}"
+        rec.assert_grant_refusal_loss(
+            ("lease_lock", &path.display().to_string()),
+            g.fence_token(),
+            "held by holder",
+            "removed",
         );
-        let granted = rec.events("granted");
-        assert_eq!(granted.len(), 1, "{granted:?}");
-        assert_eq!(
-            granted[0].fields["fence_token"],
-            g.fence_token().to_string()
-        );
-        assert_eq!(granted[0].parent.as_deref(), Some("acquire"));
-        let refused = rec.events("not acquired");
-        assert_eq!(refused.len(), 1, "{refused:?}");
-        assert!(
-            refused[0].fields["error"].contains("held by holder"),
-            "{refused:?}"
-        );
-        let lost = rec.events("lost");
-        assert_eq!(lost.len(), 1, "{lost:?}");
-        assert!(lost[0].fields["reason"].contains("removed"), "{lost:?}");
     });
 }

@@ -11,10 +11,7 @@ use portalocker::{
     BoundedSemaphore, Error, Lock, NamedBoundedSemaphore, PidFileLock, RLock, TemporaryFileLock,
 };
 
-#[test]
-fn child_entry() {
-    support::child_main();
-}
+support::child_entry!();
 
 const SHORT: Duration = Duration::from_millis(50);
 

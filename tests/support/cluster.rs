@@ -186,6 +186,15 @@ impl RedisCluster {
         None
     }
 
+    /// The process id of the node on `port`.
+    pub fn pid_of(&self, port: u16) -> u32 {
+        self.nodes
+            .iter()
+            .find(|n| n.port == port)
+            .unwrap_or_else(|| panic!("no node on {port}"))
+            .pid()
+    }
+
     /// A replica of the primary on `port`.
     pub fn replica_of(&self, port: u16) -> u16 {
         let id = cli(port, &["CLUSTER", "MYID"]);

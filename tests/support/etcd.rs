@@ -272,19 +272,7 @@ pub async fn run_role(role: &str, args: &[String]) {
                 .await
                 .unwrap();
             say("GOT", g.fence_token());
-            loop {
-                let line = tokio::task::spawn_blocking(|| {
-                    let mut line = String::new();
-                    std::io::stdin().read_line(&mut line).map(|n| (n, line))
-                })
-                .await
-                .unwrap();
-                match line {
-                    Ok((0, _)) | Err(_) => break,
-                    Ok((_, l)) if l.trim() == "check" => say("LOST", g.is_lost()),
-                    Ok(_) => {}
-                }
-            }
+            super::answer_checks(|| g.is_lost()).await;
             let _ = g.release().await;
         }
         other => panic!("unknown role {other}"),

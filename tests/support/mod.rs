@@ -319,6 +319,38 @@ pub fn child_role() -> Option<(String, Vec<String>)> {
     Some((role, args))
 }
 
+/// The test a child process of this test binary runs: `Proc::role`
+/// re-executes the binary with only this test selected, and the role in
+/// the environment.
+#[allow(unused_macros)]
+macro_rules! child_entry {
+    () => {
+        #[test]
+        fn child_entry() {
+            support::child_main();
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use child_entry;
+
+/// A new temporary directory and the path of `name` in it (not created).
+#[allow(dead_code)]
+pub fn temp_path(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join(name);
+    (d, path)
+}
+
+/// A current-thread runtime with I/O and time enabled.
+#[allow(dead_code)]
+pub fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Prints a marker line for the parent.
 pub fn say(marker: &str, rest: impl std::fmt::Display) {
     let mut out = std::io::stdout().lock();
@@ -820,6 +852,26 @@ async fn run_role(role: &str, args: &[String]) {
         #[cfg(all(feature = "redis-cluster", unix))]
         r if r.starts_with("cluster-") => cluster::run_role(r, args).await,
         other => panic!("unknown role {other}"),
+    }
+}
+
+/// A holding child's dialogue: until the parent closes stdin, answers
+/// each line "check" with "@@LOST <is_lost()>".
+#[cfg(unix)]
+#[allow(dead_code)]
+pub async fn answer_checks(is_lost: impl Fn() -> bool) {
+    loop {
+        let line = tokio::task::spawn_blocking(|| {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).map(|n| (n, line))
+        })
+        .await
+        .unwrap();
+        match line {
+            Ok((0, _)) | Err(_) => break,
+            Ok((_, l)) if l.trim() == "check" => say("LOST", is_lost()),
+            Ok(_) => {}
+        }
     }
 }
 
@@ -1656,6 +1708,52 @@ pub fn run_fleet(
         workers.push(read_fleet_worker(&who, python, &dir.path().join(&who)));
     }
     (begin, end, workers)
+}
+
+/// Fleet workers of this test binary, started and set going: `n`
+/// children in `role`, child `i` given `args(i, out)` with `out` its
+/// record file in `dir`; once every one said READY, each is told to run
+/// for `run` from now.
+#[cfg(unix)]
+#[allow(dead_code)]
+pub fn start_fleet(
+    dir: &Path,
+    role: &str,
+    n: usize,
+    run: Duration,
+    args: impl Fn(usize, &str) -> Vec<String>,
+) -> Vec<(String, PathBuf, Proc)> {
+    let mut procs: Vec<_> = (0..n)
+        .map(|i| {
+            let out = dir.join(format!("w{i}"));
+            let a = args(i, out.to_str().unwrap());
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            (format!("w{i}"), out, Proc::role("child_entry", role, &a))
+        })
+        .collect();
+    for (_, _, p) in &mut procs {
+        p.expect("READY");
+    }
+    let end = epoch_ns() + run.as_nanos();
+    for (_, _, p) in &mut procs {
+        p.send(&format!("go {end}"));
+    }
+    procs
+}
+
+/// Waits for each of [`start_fleet`]'s workers to say DONE and reads its
+/// record; the sections of all of them must not overlap.
+#[cfg(unix)]
+#[allow(dead_code)]
+pub fn finish_fleet(procs: Vec<(String, PathBuf, Proc)>) -> (Vec<FleetWorker>, Vec<FleetSection>) {
+    let mut workers = Vec::new();
+    for (who, out, mut p) in procs {
+        p.expect("DONE");
+        p.finish();
+        workers.push(read_fleet_worker(&who, false, &out));
+    }
+    let all = fleet_sections_exclusive(&workers);
+    (workers, all)
 }
 
 /// Reads what a fleet worker recorded in `path`: a line per grant (`G
