@@ -100,6 +100,19 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// to promote a replica that was cut off for long; see
 /// `cluster-replica-validity-factor`). RELIABILITY.md says more.
 ///
+/// # Permissions
+///
+/// Under an ACL, the user needs, on every node (ACLs are not shared by a
+/// cluster): the keys `~portalocker:*` and the commands `EVAL`, `GET`,
+/// `PTTL`, `INCR`, `SET`, `PEXPIRE`, `DEL` (run by the scripts), `ROLE`,
+/// `WAIT` and `CLUSTER|SLOTS` (the slot map):
+///
+/// ```text
+/// ACL SETUSER locker on >secret ~portalocker:* -@all +eval +get +pttl +incr +set +pexpire +del +role +wait +cluster|slots
+/// ```
+///
+/// A refused command is an error at once that says so, not a wait.
+///
 /// # Examples
 ///
 /// ```no_run
@@ -493,7 +506,7 @@ impl RedisClusterLock {
     fn redis_error(&self, what: &str, e: &redis::RedisError) -> Error {
         Error::new(ErrorKind::Redis, OP)
             .with_lock_name(self.cfg.name.clone())
-            .with_reason(format!("could not {what}: {e}"))
+            .with_reason(format!("could not {what}: {e}{}", script::acl_hint(e)))
     }
 }
 

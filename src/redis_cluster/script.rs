@@ -88,10 +88,26 @@ fn eval(script: &str, key: &[String]) -> redis::Cmd {
     c
 }
 
+/// An answer the lock cannot use: the server's own error when it is one
+/// (a script refused by an ACL, `BUSY`, `OOM`; [`transient`] decides by
+/// its code), else a protocol error. Neither is a broken connection, so
+/// neither is retried unless its code says so.
 fn unexpected(what: &str, v: &Value) -> RedisError {
-    RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::InvalidData,
-        format!("unexpected answer to {what}: {v:?}"),
+    if let Value::ServerError(e) = v {
+        return RedisError::from(e.clone());
+    }
+    RedisError::from((
+        redis::ErrorKind::Parse,
+        "unexpected answer",
+        format!("to {what}: {v:?}"),
+    ))
+}
+
+/// The node answered `ROLE` as a replica: the slot moved (a failover);
+/// another try follows it.
+fn not_primary() -> RedisError {
+    RedisError::from(std::io::Error::other(
+        "the node is no longer the primary of the lock's slot",
     ))
 }
 
@@ -201,7 +217,10 @@ pub(super) async fn renew(
         let [role, ours, acked] = answers.as_slice() else {
             return Err(unexpected("a renewal", &Value::Array(answers)));
         };
-        let replicas = replicas_of(role).ok_or_else(|| unexpected("ROLE", role))?;
+        let replicas = match role {
+            Value::ServerError(_) => return Err(unexpected("ROLE", role)),
+            _ => replicas_of(role).ok_or_else(not_primary)?,
+        };
         let ours: i64 =
             redis::from_redis_value(ours.clone()).map_err(|_| unexpected("the renewal", ours))?;
         let acked: usize =
@@ -271,6 +290,17 @@ pub(super) fn transient(e: &RedisError) -> bool {
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || e.kind() == redis::ErrorKind::ClusterConnectionNotFound
+}
+
+/// A hint for an error an ACL caused: what the lock needs.
+pub(super) fn acl_hint(e: &RedisError) -> &'static str {
+    let text = e.to_string();
+    if e.code() == Some("NOPERM") || text.contains("can't run this command") {
+        " (an ACL refused it: the lock needs ~portalocker:* and +eval +get +pttl +incr +set \
+         +pexpire +del +role +wait +cluster|slots on every node)"
+    } else {
+        ""
+    }
 }
 
 pub(super) fn timeout(what: &'static str) -> RedisError {
