@@ -826,7 +826,8 @@ fn quiet_busy_usage_errors_and_who_on_what_is_no_lock_file() {
 }
 
 /// A Redis server that cannot be reached is an error at once (71, the
-/// cause, what to check), not a wait as if the lock were busy. (Before,
+/// cause, what to check, the address but never the password), not a wait
+/// as if the lock were busy. (Before,
 /// the default timeout made it wait forever without a word; here the
 /// watchdog would fail the test.)
 #[test]
@@ -836,7 +837,8 @@ fn an_unreachable_redis_is_an_error_not_a_wait() {
         .local_addr()
         .unwrap()
         .port();
-    let url = format!("redis://127.0.0.1:{port}/");
+    // With credentials, which the message must not show.
+    let url = format!("redis://user:hunter2@127.0.0.1:{port}/");
     // However long it would wait for a busy lock, an unreachable server is
     // an error at once: the bound is only far below the timeout, so that
     // a busy machine cannot fail it.
@@ -862,6 +864,8 @@ fn an_unreachable_redis_is_an_error_not_a_wait() {
         err.contains("cannot reach Redis") && err.contains("check"),
         "{err}"
     );
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(!err.contains("hunter2"), "the password was shown: {err}");
 }
 
 /// The lock's lifetime is the command's. SIGKILL of `portalocker` (the OOM

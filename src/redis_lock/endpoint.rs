@@ -206,6 +206,26 @@ fn nodelay(client: redis::Client) -> redis::Client {
     redis::Client::open(info.set_tcp_settings(tcp)).unwrap_or(client)
 }
 
+/// `url` as error messages show it: a password in it replaced by `***`
+/// (`redis://user:***@host:port/`), so that it never reaches a log. A lone
+/// userinfo (`redis://secret@host`) is hidden too: some clients take it as
+/// the password.
+pub(super) fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let Some((userinfo, hosts)) = authority.rsplit_once('@') else {
+        return url.to_string();
+    };
+    let user = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => "***".to_string(),
+    };
+    format!("{scheme}://{user}@{hosts}{tail}")
+}
+
 /// Parses `redis+sentinel://[USER:PASSWORD@]HOST:PORT[,HOST:PORT…]/SERVICE[/DB]`
 /// (or `rediss+sentinel://`, with the `redis-tls` feature) into a client
 /// of the sentinels for the primary of SERVICE. USER and PASSWORD (percent
@@ -213,19 +233,21 @@ fn nodelay(client: redis::Client) -> redis::Client {
 /// sentinels are asked without them.
 pub(super) fn parse_sentinel_url(url: &str) -> Result<(SentinelClient, String, String)> {
     let bad = |why: String| Err(Error::invalid("invalid Redis Sentinel URL", why));
+    // What the messages show: never the password.
+    let shown = redacted(url);
     let (tls, rest) = if let Some(r) = url.strip_prefix("redis+sentinel://") {
         (false, r)
     } else if let Some(r) = url.strip_prefix("rediss+sentinel://") {
         (true, r)
     } else {
         return bad(format!(
-            "{url:?} does not start with redis+sentinel:// or rediss+sentinel://"
+            "{shown:?} does not start with redis+sentinel:// or rediss+sentinel://"
         ));
     };
     if tls && !cfg!(feature = "redis-tls") {
         return Err(
             Error::new(ErrorKind::Unsupported, "invalid Redis Sentinel URL").with_reason(format!(
-                "{url:?} asks for TLS, which this build lacks (enable the `redis-tls` feature)"
+                "{shown:?} asks for TLS, which this build lacks (enable the `redis-tls` feature)"
             )),
         );
     }
@@ -237,19 +259,19 @@ pub(super) fn parse_sentinel_url(url: &str) -> Result<(SentinelClient, String, S
     let hosts: Vec<&str> = hosts.split(',').filter(|h| !h.is_empty()).collect();
     if hosts.is_empty() {
         return bad(format!(
-            "{url:?} names no sentinel (HOST:PORT[,HOST:PORT…])"
+            "{shown:?} names no sentinel (HOST:PORT[,HOST:PORT…])"
         ));
     }
     let mut segments = path.split('/').filter(|s| !s.is_empty());
     let Some(service) = segments.next() else {
         return bad(format!(
-            "{url:?} names no service: redis+sentinel://HOST:PORT[,…]/SERVICE[/DB]"
+            "{shown:?} names no service: redis+sentinel://HOST:PORT[,…]/SERVICE[/DB]"
         ));
     };
     let db = segments.next().unwrap_or("0");
     if segments.next().is_some() {
         return bad(format!(
-            "{url:?} has more than /SERVICE/DB after the sentinels"
+            "{shown:?} has more than /SERVICE/DB after the sentinels"
         ));
     }
     // The credentials and the database, decoded as redis:// decodes them,
@@ -259,7 +281,7 @@ pub(super) fn parse_sentinel_url(url: &str) -> Result<(SentinelClient, String, S
     let node_url = format!("{scheme}://{user}{}/{db}", hosts[0]);
     let node = match redis::IntoConnectionInfo::into_connection_info(node_url.as_str()) {
         Ok(info) => info,
-        Err(e) => return bad(format!("{url:?}: {e}")),
+        Err(e) => return bad(format!("{shown:?}: {e}")),
     };
     let mut node_info = SentinelNodeConnectionInfo::default()
         .set_redis_connection_info(node.redis_settings().clone());
@@ -278,7 +300,7 @@ pub(super) fn parse_sentinel_url(url: &str) -> Result<(SentinelClient, String, S
     );
     let client = match built {
         Ok(c) => c,
-        Err(e) => return bad(format!("{url:?}: {e}")),
+        Err(e) => return bad(format!("{shown:?}: {e}")),
     };
     Ok((
         client,
@@ -289,7 +311,29 @@ pub(super) fn parse_sentinel_url(url: &str) -> Result<(SentinelClient, String, S
 
 #[cfg(test)]
 mod tests {
-    use super::parse_sentinel_url;
+    use super::{parse_sentinel_url, redacted};
+
+    #[test]
+    fn passwords_are_hidden_in_what_errors_show() {
+        for (url, shown) in [
+            ("redis://u:pw@h:1/0", "redis://u:***@h:1/0"),
+            ("redis://:pw@h:1", "redis://:***@h:1"),
+            ("rediss://pw@h", "rediss://***@h"),
+            (
+                "redis+sentinel://u:p@w@a:1,b:2/m",
+                "redis+sentinel://u:***@a:1,b:2/m",
+            ),
+            ("redis://h:1/0?x=1", "redis://h:1/0?x=1"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redacted(url), shown, "{url}");
+        }
+        let Err(e) = parse_sentinel_url("redis+sentinel://u:hunter2@/svc") else {
+            panic!("a URL without sentinels was read");
+        };
+        assert!(e.to_string().contains("names no sentinel"), "{e}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
 
     #[test]
     fn sentinel_urls_are_read_or_refused_with_a_reason() {

@@ -407,7 +407,11 @@ impl RedisLock {
             ));
         }
         let client = redis::Client::open(url).map_err(|e| {
-            Error::invalid("invalid Redis URL", format!("{url:?}: {e}")).with_source(e)
+            Error::invalid(
+                "invalid Redis URL",
+                format!("{:?}: {e}", endpoint::redacted(url)),
+            )
+            .with_source(e)
         })?;
         Ok(Self::new(channel, client))
     }

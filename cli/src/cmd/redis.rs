@@ -43,7 +43,10 @@ pub(crate) async fn redis_lock(a: RedisArgs, verbose: bool) -> Outcome {
             say(format!(
                 "cannot reach Redis at {}: {why}\n  check that the server runs and the URL (host, \
                  port, password, rediss:// for TLS)",
-                url
+                client.as_ref().map_or_else(
+                    |_| "the --url".to_string(),
+                    |c| address(c.get_connection_info())
+                )
             ));
             return Outcome { code: EXIT_FAILED };
         }
@@ -112,14 +115,14 @@ async fn cluster_lock(a: RedisArgs, verbose: bool) -> Outcome {
         Ok(Err(e)) => {
             say(format!(
                 "cannot reach the Redis Cluster at {}: {e}",
-                a.url.join(", ")
+                seeds(&a.url)
             ));
             return Outcome { code: EXIT_FAILED };
         }
         Err(_) => {
             say(format!(
                 "cannot reach the Redis Cluster at {}: no answer within {}",
-                a.url.join(", "),
+                seeds(&a.url),
                 human(within)
             ));
             return Outcome { code: EXIT_FAILED };
@@ -179,4 +182,21 @@ pub(crate) async fn reachable(client: &portalocker::redis::Client) -> Result<(),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(format!("no answer within {}", human(within))),
     }
+}
+
+/// Where a URL points (host and port, or the socket path), without the
+/// credentials it may carry: what error messages show.
+fn address(info: &portalocker::redis::ConnectionInfo) -> String {
+    info.addr().to_string()
+}
+
+/// The cluster seeds as error messages show them (no credentials).
+fn seeds(urls: &[String]) -> String {
+    urls.iter()
+        .map(|u| {
+            portalocker::redis::IntoConnectionInfo::into_connection_info(u.as_str())
+                .map_or_else(|_| "an unreadable --url".to_string(), |i| address(&i))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
