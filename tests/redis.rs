@@ -469,9 +469,10 @@ const FOREIGN_PENDING: &str = r#"{"holder_id": "ffffffffffffffffffffffffffffffff
 /// contender, and that counts while that contender, given its turn, has
 /// subscribed but not yet decided, leaves the turn to it instead of
 /// winning the election on a lower id. The foreign contender here is a
-/// fake that stays undecided, so the writer must time out. (Before, it
-/// took the lock: under CI load a Python writer queued first was served
-/// after a later writer of this crate.)
+/// fake that stays undecided, so the writer must time out; once the fake
+/// has gone, the writer gets the lock. (Before, it took the lock at once:
+/// under CI load a Python writer queued first was served after a later
+/// writer of this crate.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_leaves_a_foreign_contender_its_turn_while_it_decides() {
     let srv = RedisServer::start();
@@ -551,6 +552,14 @@ async fn a_writer_leaves_a_foreign_contender_its_turn_while_it_decides() {
     fake.abort();
     let e = r.expect_err("the writer took the foreign contender's turn");
     assert!(e.is_already_locked(), "{e}");
+    // The deference lasts only while that contender stays: gone, the
+    // channel is the writer's.
+    let g = RedisLock::new(ch, srv.other_client())
+        .timeout(Duration::from_secs(30))
+        .acquire()
+        .await
+        .expect("the writer still deferred to a contender that had gone");
+    g.release().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

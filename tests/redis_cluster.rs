@@ -24,9 +24,7 @@ fn owner_key(name: &str) -> String {
 /// no acquire fails, every process is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exclusion_holds_through_failover_migration_and_a_primary_kill() {
-    let mut cluster = tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .unwrap();
+    let mut cluster = RedisCluster::started().await;
     let dir = tempfile::tempdir().unwrap();
     let key = owner_key("fleet");
     let procs = support::start_fleet(
@@ -77,9 +75,7 @@ async fn exclusion_holds_through_failover_migration_and_a_primary_kill() {
 /// while it waits; a release deletes the record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contention_names_the_holder_and_leaves_nothing_behind() {
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .unwrap();
+    let cluster = RedisCluster::started().await;
     let key = owner_key("busy");
     let a = RedisClusterLock::new("busy", cluster.client_via(0));
     let b =
@@ -116,9 +112,7 @@ async fn contention_names_the_holder_and_leaves_nothing_behind() {
 /// `release` reports the loss.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_record_makes_the_holder_lost() {
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .unwrap();
+    let cluster = RedisCluster::started().await;
     let called = Arc::new(AtomicBool::new(false));
     let flag = called.clone();
     let lock = RedisClusterLock::new("gone", cluster.client_via(1))
@@ -142,9 +136,7 @@ async fn a_deleted_record_makes_the_holder_lost() {
 /// record is still there, with time left, when the holder gives up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_without_confirmed_renewals_gives_up_before_its_record_expires() {
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .unwrap();
+    let cluster = RedisCluster::started().await;
     let key = owner_key("cut");
     let lock =
         RedisClusterLock::new("cut", cluster.client_via(2)).lease_ttl(Duration::from_millis(3000));
@@ -172,9 +164,7 @@ async fn a_holder_without_confirmed_renewals_gives_up_before_its_record_expires(
 /// new grant (a new token), and succeeds with it once the replica runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_lost_before_its_replicas_had_it_is_asked_for_again() {
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .unwrap();
+    let cluster = RedisCluster::started().await;
     let key = owner_key("vanish");
     let fence = "portalocker:{vanish}:fence";
     let primary = cluster.primary_of(&key);
@@ -212,7 +202,8 @@ async fn a_grant_lost_before_its_replicas_had_it_is_asked_for_again() {
 }
 
 /// Under an ACL (set on every node: a cluster does not share them): a
-/// user with exactly the permissions `RedisClusterLock`'s docs list locks,
+/// user with exactly the `ACL SETUSER` line of docs/redis-permissions.md
+/// (read from the file) locks,
 /// renews (the record's TTL is seen extended) and releases; a user
 /// without `WAIT`, or without `SET` (refused inside the grant's script),
 /// gets an error at once that says what the lock needs, and a grant made
@@ -220,25 +211,17 @@ async fn a_grant_lost_before_its_replicas_had_it_is_asked_for_again() {
 /// until the timeout: forever by default.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_documented_acl_suffices_and_a_refusal_is_an_error_at_once() {
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .unwrap();
-    let needs = [
-        "on",
-        ">pw",
-        "~portalocker:*",
-        "-@all",
-        "+eval",
-        "+get",
-        "+pttl",
-        "+incr",
-        "+set",
-        "+pexpire",
-        "+del",
-        "+role",
-        "+wait",
-        "+cluster|slots",
-    ];
+    let cluster = RedisCluster::started().await;
+    // The line the docs give, word for word (its password is "secret").
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/redis-permissions.md"),
+    )
+    .unwrap();
+    let line = doc
+        .lines()
+        .find(|l| l.starts_with("ACL SETUSER locker ") && l.contains("~portalocker:*"))
+        .expect("docs/redis-permissions.md has the cluster lock's ACL line");
+    let needs: Vec<&str> = line.split_whitespace().skip(3).collect();
     for p in cluster.ports() {
         let user = [&["ACL", "SETUSER", "locker"][..], &needs].concat();
         assert_eq!(cli(p, &user), "OK");
@@ -248,7 +231,7 @@ async fn the_documented_acl_suffices_and_a_refusal_is_an_error_at_once() {
         }
     }
     let client = |user: &str| {
-        let url = format!("redis://{user}:pw@127.0.0.1:{}/", cluster.nodes[0].port);
+        let url = format!("redis://{user}:secret@127.0.0.1:{}/", cluster.nodes[0].port);
         portalocker::redis::cluster::ClusterClient::new(vec![url]).unwrap()
     };
     let key = owner_key("acl");
@@ -289,6 +272,16 @@ async fn the_documented_acl_suffices_and_a_refusal_is_an_error_at_once() {
             msg.contains(named) && msg.contains("an ACL refused it"),
             "{user}: {msg}"
         );
+        // The hint lists what the documented line allows.
+        for allowed in needs
+            .iter()
+            .filter(|w| w.starts_with('+') || w.starts_with('~'))
+        {
+            assert!(
+                msg.contains(allowed),
+                "{user}: the hint lacks {allowed}: {msg}"
+            );
+        }
     }
     let withdrawn = support::eventually(Duration::from_secs(10), || {
         cli(primary, &["EXISTS", &key]) == "0"
@@ -323,9 +316,7 @@ async fn bad_input_is_refused_before_connecting() {
 /// next contender gets the lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_release_still_deletes_the_record() {
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .unwrap();
+    let cluster = RedisCluster::started().await;
     let key = owner_key("rel");
     let lock = RedisClusterLock::new("rel", cluster.client_via(3));
     for poll in [false, true] {

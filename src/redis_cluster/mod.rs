@@ -315,9 +315,15 @@ impl RedisClusterLock {
         self.validate()?;
         let start = Instant::now();
         let deadline = deadline_after(start, w.timeout);
-        let mut holder_id = crate::util::unguessable_hex32();
         let host = gethostname::gethostname().to_string_lossy().into_owned();
-        let mut record = format!("{holder_id} {host} {}", std::process::id());
+        // A holder id and its record ("<id> <host> <pid>"); a grant lost
+        // before it was confirmed is asked for again under a new one.
+        let fresh = || {
+            let id = crate::util::unguessable_hex32();
+            let record = format!("{id} {host} {}", std::process::id());
+            (id, record)
+        };
+        let (mut holder_id, mut record) = fresh();
         let ttl_ms = u64::try_from(self.cfg.ttl.as_millis()).unwrap_or(u64::MAX);
         // What the last attempt met: the holder, or an error.
         let mut last_error: Option<String>;
@@ -348,8 +354,7 @@ impl RedisClusterLock {
                             // under a new holder id: the withdrawn grant's
                             // clean-up deletes by the old one and must not
                             // meet the new record.
-                            holder_id = crate::util::unguessable_hex32();
-                            record = format!("{holder_id} {host} {}", std::process::id());
+                            (holder_id, record) = fresh();
                             holder = None;
                             last_error = Some(
                                 "a grant was gone before the replicas confirmed it (a failover \

@@ -274,14 +274,28 @@ pub(super) async fn release(
 
 /// Whether another try may succeed: a redirection or a migration
 /// (`MOVED`, `ASK`, `TRYAGAIN`), a failover or a restart (`CLUSTERDOWN`,
-/// `MASTERDOWN`, `LOADING`, `READONLY`), a broken or silent connection.
+/// `MASTERDOWN`, `LOADING`, `READONLY`, and `UNBLOCKED`, which a `WAIT`
+/// gets when its primary is demoted), a primary short of the replicas
+/// `min-replicas-to-write` asks for (`NOREPLICAS`), a broken or silent
+/// connection. Any other answer of the server (an ACL's refusal, `BUSY`,
+/// `OOM`) is an error at once.
 pub(super) fn transient(e: &RedisError) -> bool {
     if e.is_cluster_error() {
         return true;
     }
     if matches!(
         e.code(),
-        Some("MASTERDOWN" | "LOADING" | "READONLY" | "CLUSTERDOWN" | "TRYAGAIN" | "MOVED" | "ASK")
+        Some(
+            "MASTERDOWN"
+                | "LOADING"
+                | "READONLY"
+                | "CLUSTERDOWN"
+                | "TRYAGAIN"
+                | "MOVED"
+                | "ASK"
+                | "UNBLOCKED"
+                | "NOREPLICAS"
+        )
     ) {
         return true;
     }
@@ -310,6 +324,37 @@ pub(super) fn timeout(what: &'static str) -> RedisError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Errors the server sends as answers inside a script's or a
+    /// pipeline's reply: the failover's are tried again, an ACL's refusal
+    /// is not, and neither is an answer of the wrong shape.
+    #[test]
+    fn server_errors_in_answers_are_classified_by_their_code() {
+        let answer =
+            |raw: &str| unexpected("test", &redis::parse_redis_value(raw.as_bytes()).unwrap());
+        for raw in [
+            "-UNBLOCKED force unblock from blocking operation, instance state changed\r\n",
+            "-NOREPLICAS Not enough good replicas to write.\r\n",
+            "-READONLY You can't write against a read only replica.\r\n",
+            "-TRYAGAIN Multiple keys request during rehashing of slot\r\n",
+        ] {
+            assert!(transient(&answer(raw)), "{raw}");
+        }
+        for raw in [
+            "-ERR The user executing the script can't run this command or subcommand\r\n",
+            "-NOPERM this user has no permissions to run the 'wait' command\r\n",
+            "-BUSY Redis is busy running a script.\r\n",
+            ":7\r\n",
+        ] {
+            assert!(!transient(&answer(raw)), "{raw}");
+        }
+        assert!(transient(&not_primary()));
+        assert!(acl_hint(&answer(
+            "-NOPERM no permissions to run the 'wait' command\r\n"
+        ))
+        .contains("+wait"));
+        assert_eq!(acl_hint(&answer("-BUSY busy\r\n")), "");
+    }
 
     #[test]
     fn records_parse() {

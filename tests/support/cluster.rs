@@ -107,6 +107,12 @@ impl RedisCluster {
         }
     }
 
+    /// [`start`](Self::start) off the runtime's threads (it waits on
+    /// child processes).
+    pub async fn started() -> Self {
+        tokio::task::spawn_blocking(Self::start).await.unwrap()
+    }
+
     pub fn ports(&self) -> Vec<u16> {
         self.nodes.iter().map(|n| n.port).collect()
     }

@@ -45,7 +45,7 @@ pub(crate) async fn redis_lock(a: RedisArgs, verbose: bool) -> Outcome {
                  port, password, rediss:// for TLS)",
                 client.as_ref().map_or_else(
                     |_| "the --url".to_string(),
-                    |c| address(c.get_connection_info())
+                    |c| c.get_connection_info().addr().to_string()
                 )
             ));
             return Outcome { code: EXIT_FAILED };
@@ -184,18 +184,15 @@ pub(crate) async fn reachable(client: &portalocker::redis::Client) -> Result<(),
     }
 }
 
-/// Where a URL points (host and port, or the socket path), without the
-/// credentials it may carry: what error messages show.
-fn address(info: &portalocker::redis::ConnectionInfo) -> String {
-    info.addr().to_string()
-}
-
-/// The cluster seeds as error messages show them (no credentials).
+/// The cluster seeds as error messages show them: where each points (host
+/// and port, or the socket path), never the credentials a URL may carry.
 fn seeds(urls: &[String]) -> String {
     urls.iter()
         .map(|u| {
-            portalocker::redis::IntoConnectionInfo::into_connection_info(u.as_str())
-                .map_or_else(|_| "an unreadable --url".to_string(), |i| address(&i))
+            portalocker::redis::IntoConnectionInfo::into_connection_info(u.as_str()).map_or_else(
+                |_| "an unreadable --url".to_string(),
+                |i| i.addr().to_string(),
+            )
         })
         .collect::<Vec<_>>()
         .join(", ")

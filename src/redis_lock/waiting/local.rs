@@ -88,11 +88,7 @@ impl Drop for Turn {
 impl LocalQueue {
     /// Records the served key a poll read (`foreign:<id>`, or empty).
     pub(super) fn note_served(&self, served: &str) {
-        let id = served.strip_prefix(FOREIGN).map(str::to_string);
-        let mut slot = lock(&self.served);
-        if *slot != id {
-            *slot = id;
-        }
+        *lock(&self.served) = served.strip_prefix(FOREIGN).map(str::to_string);
     }
 
     /// Whether a fresh writer of this process must let `holders` decide
