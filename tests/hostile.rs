@@ -220,18 +220,16 @@ async fn bad_inputs_are_typed_errors() {
     // Invalid flags everywhere they are accepted.
     for bits in [0u8, 3, 4, 7, 8, 9, 10, 12, 15] {
         let flags = LockFlags::from_bits(bits).unwrap();
-        let e = Lock::new(d.path().join("f"))
-            .flags(flags)
-            .acquire()
-            .await
-            .unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::InvalidInput, "Lock flags {bits}");
-        let e = RLock::new(d.path().join("f"))
-            .flags(flags)
-            .acquire()
-            .await
-            .unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::InvalidInput, "RLock flags {bits}");
+        support::fails_with(
+            ErrorKind::InvalidInput,
+            Lock::new(d.path().join("f")).flags(flags).acquire(),
+        )
+        .await;
+        support::fails_with(
+            ErrorKind::InvalidInput,
+            RLock::new(d.path().join("f")).flags(flags).acquire(),
+        )
+        .await;
     }
     assert!(LockFlags::from_bits(16).is_none() && LockFlags::from_bits(255).is_none());
     // Semaphore sizes and names.
@@ -286,37 +284,38 @@ async fn bad_redis_inputs_are_typed_errors() {
         "tab\there",
         long.as_str(),
     ] {
-        let e = RedisLock::new(ch, client.clone())
-            .acquire()
-            .await
-            .unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{ch:?}");
+        support::fails_with(
+            ErrorKind::InvalidInput,
+            RedisLock::new(ch, client.clone()).acquire(),
+        )
+        .await;
     }
     // Invalid sets (NON_BLOCKING with a mode is valid: it is implied).
     for bits in [0u8, 3, 4, 8, 9, 12] {
-        let e = RedisLock::new("ok", client.clone())
-            .flags(LockFlags::from_bits(bits).unwrap())
-            .acquire()
-            .await
-            .unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::InvalidInput, "flags {bits}");
+        support::fails_with(
+            ErrorKind::InvalidInput,
+            RedisLock::new("ok", client.clone())
+                .flags(LockFlags::from_bits(bits).unwrap())
+                .acquire(),
+        )
+        .await;
     }
     for s in [Duration::ZERO, Duration::from_secs(1), Duration::MAX] {
-        let e = RedisLock::new("ok", client.clone())
-            .self_check_interval(s)
-            .acquire()
-            .await
-            .unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::InvalidInput, "self-check {s:?}");
+        support::fails_with(
+            ErrorKind::InvalidInput,
+            RedisLock::new("ok", client.clone())
+                .self_check_interval(s)
+                .acquire(),
+        )
+        .await;
     }
     // Extreme timeouts against an unreachable server: a Redis error, fast.
     for t in [Duration::ZERO, Duration::from_millis(200)] {
-        let e = RedisLock::new("ok", client.clone())
-            .timeout(t)
-            .acquire()
-            .await
-            .unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Redis, "{e}");
+        support::fails_with(
+            ErrorKind::Redis,
+            RedisLock::new("ok", client.clone()).timeout(t).acquire(),
+        )
+        .await;
     }
 }
 

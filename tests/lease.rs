@@ -90,12 +90,11 @@ async fn a_claim_is_made_renewed_refused_to_others_and_freed() {
 async fn durations_from_zero_to_max() {
     let (_d, path) = support::temp_path("d.lease");
     for ttl in [Duration::ZERO, Duration::from_millis(99), Duration::MAX] {
-        let e = LeaseLock::new(&path)
-            .lease_ttl(ttl)
-            .acquire()
-            .await
-            .unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{ttl:?}: {e}");
+        let e = support::fails_with(
+            ErrorKind::InvalidInput,
+            LeaseLock::new(&path).lease_ttl(ttl).acquire(),
+        )
+        .await;
         assert!(e.to_string().contains("lease_ttl"), "{e}");
     }
     assert!(!path.exists(), "a refused TTL made the directory");
@@ -104,13 +103,13 @@ async fn durations_from_zero_to_max() {
         (Duration::ZERO, Duration::ZERO),
         (Duration::ZERO, Duration::MAX),
     ] {
-        let e = LeaseLock::new(&path)
-            .timeout(timeout)
-            .check_interval(interval)
-            .acquire()
-            .await
-            .unwrap_err();
-        assert!(e.is_already_locked(), "{e}");
+        support::busy(
+            LeaseLock::new(&path)
+                .timeout(timeout)
+                .check_interval(interval)
+                .acquire(),
+        )
+        .await;
     }
     // Timeout MAX, interval ZERO: waits (1 ms pauses) until the release.
     let patient = LeaseLock::new(&path)
@@ -272,12 +271,11 @@ async fn hostile_directories_get_typed_errors_and_no_grant() {
     if support::is_root() {
         std::os::unix::fs::chown(&claim, Some(65534), Some(65534)).unwrap();
     }
-    let e = LeaseLock::new(&planted)
-        .timeout(Duration::from_millis(200))
-        .acquire()
-        .await
-        .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    let e = support::fails_with(
+        ErrorKind::InvalidInput,
+        LeaseLock::new(&planted).timeout(support::ms(200)).acquire(),
+    )
+    .await;
     assert_eq!(e.path(), Some(claim.as_path()));
     assert!(e.to_string().contains("not a lease record"), "{e}");
     assert_eq!(std::fs::read_to_string(&claim).unwrap(), "rm -rf /\n");
@@ -563,12 +561,13 @@ fn filesystems_are_told_apart_and_a_local_only_lock_refuses_fuse() {
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let e = Lock::new(hosts.a.join("x.lock"))
-            .local_filesystem_only(true)
-            .try_acquire()
-            .await
-            .unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+        let e = support::fails_with(
+            ErrorKind::Unsupported,
+            Lock::new(hosts.a.join("x.lock"))
+                .local_filesystem_only(true)
+                .try_acquire(),
+        )
+        .await;
         assert!(e.to_string().contains("LeaseLock"), "{e}");
         assert!(
             !hosts.a.join("x.lock").exists(),

@@ -85,13 +85,13 @@ async fn acquire_waits_for_the_timeout_then_reports_contention() {
     let path = d.path().join("a.lock");
     let _g = Lock::new(&path).acquire().await.unwrap();
     let start = std::time::Instant::now();
-    let err = Lock::new(&path)
-        .timeout(Duration::from_millis(300))
-        .check_interval(Duration::from_millis(20))
-        .acquire()
-        .await
-        .unwrap_err();
-    assert!(err.is_already_locked());
+    let err = support::busy(
+        Lock::new(&path)
+            .timeout(support::ms(300))
+            .check_interval(support::ms(20))
+            .acquire(),
+    )
+    .await;
     assert!(err.to_string().contains("waited 300 ms"), "{err}");
     assert!(start.elapsed() >= Duration::from_millis(300));
 }
@@ -114,12 +114,13 @@ async fn acquire_succeeds_once_the_holder_releases() {
 async fn missing_directory_fails_at_once_with_the_cause() {
     let d = dir();
     let start = std::time::Instant::now();
-    let err = Lock::new(d.path().join("no/such/dir/a.lock"))
-        .timeout(Duration::from_secs(600))
-        .acquire()
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Io);
+    let err = support::fails_with(
+        ErrorKind::Io,
+        Lock::new(d.path().join("no/such/dir/a.lock"))
+            .timeout(Duration::from_secs(600))
+            .acquire(),
+    )
+    .await;
     assert_eq!(err.io_error().unwrap().kind(), std::io::ErrorKind::NotFound);
     assert!(
         err.to_string().starts_with("failed to open lock file"),
@@ -188,12 +189,11 @@ async fn invalid_flags_are_invalid_input() {
         LockFlags::EXCLUSIVE | LockFlags::UNBLOCK,
         LockFlags::default(),
     ] {
-        let err = Lock::new(d.path().join("a.lock"))
-            .flags(flags)
-            .acquire()
-            .await
-            .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{flags:?}: {err}");
+        support::fails_with(
+            ErrorKind::InvalidInput,
+            Lock::new(d.path().join("a.lock")).flags(flags).acquire(),
+        )
+        .await;
     }
     assert!(!d.path().join("a.lock").exists(), "nothing was created");
 }
@@ -212,19 +212,10 @@ async fn shared_locks_coexist_and_exclude_writers() {
         .try_acquire()
         .await
         .unwrap();
-    assert!(Lock::new(&path)
-        .try_acquire()
-        .await
-        .unwrap_err()
-        .is_already_locked());
+    support::busy(Lock::new(&path).try_acquire()).await;
     drop((r1, r2));
     let w = Lock::new(&path).try_acquire().await.unwrap();
-    assert!(Lock::new(&path)
-        .flags(LockFlags::SHARED)
-        .try_acquire()
-        .await
-        .unwrap_err()
-        .is_already_locked());
+    support::busy(Lock::new(&path).flags(LockFlags::SHARED).try_acquire()).await;
     drop(w);
 }
 
@@ -235,12 +226,7 @@ async fn truncate_empties_only_once_the_lock_is_held() {
     let mut holder = Lock::new(&path).acquire().await.unwrap();
     holder.write_all(b"holder data").await.unwrap();
     holder.flush().await.unwrap();
-    let err = Lock::new(&path)
-        .truncate(true)
-        .try_acquire()
-        .await
-        .unwrap_err();
-    assert!(err.is_already_locked());
+    support::busy(Lock::new(&path).truncate(true).try_acquire()).await;
     assert_eq!(
         std::fs::read(&path).unwrap(),
         b"holder data",
@@ -580,12 +566,7 @@ fn an_exclusive_lock_needs_only_read_access() {
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let err = Lock::new(&path)
-            .flags(LockFlags::SHARED)
-            .try_acquire()
-            .await
-            .unwrap_err();
-        assert!(err.is_already_locked(), "{err}");
+        support::busy(Lock::new(&path).flags(LockFlags::SHARED).try_acquire()).await;
     });
     holder.finish();
     assert_eq!(std::fs::read(&path).unwrap(), b"data");

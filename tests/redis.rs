@@ -64,13 +64,13 @@ async fn contention_fails_fast_or_after_the_timeout() {
         "{msg}"
     );
     let t = Instant::now();
-    let err = RedisLock::new("c", srv.other_client())
-        .timeout(Duration::from_millis(400))
-        .check_interval(Duration::from_millis(50))
-        .acquire()
-        .await
-        .unwrap_err();
-    assert!(err.is_already_locked(), "{err}");
+    let err = support::busy(
+        RedisLock::new("c", srv.other_client())
+            .timeout(support::ms(400))
+            .check_interval(support::ms(50))
+            .acquire(),
+    )
+    .await;
     assert!(t.elapsed() >= Duration::from_millis(400));
     assert_eq!(err.holder_id(), Some(holder.holder_id()), "{err}");
     assert!(err.to_string().contains("(waited 400 ms)"), "{err}");
@@ -134,13 +134,7 @@ async fn a_killed_holder_process_frees_the_lock() {
     let mut child = Proc::role("child_entry", "redis-hold", &[&srv.url(), "k"]);
     child.expect("LOCKED");
     let lock = RedisLock::new("k", srv.client()).timeout(Duration::from_secs(30));
-    assert!(lock
-        .clone()
-        .fail_when_locked(true)
-        .acquire()
-        .await
-        .unwrap_err()
-        .is_already_locked());
+    support::busy(lock.clone().fail_when_locked(true).acquire()).await;
     let waiter = support::spawn_started(async move { lock.acquire().await }).await;
     let killed = Instant::now();
     child.kill();
@@ -222,10 +216,7 @@ async fn hostile_messages_never_crash_or_unlock_a_holder() {
         let _: i64 = srv.cmd(&["PUBLISH", "h", payload]).await;
     }
     // Still held and still answering probes: a contender sees it busy.
-    support::assert_busy(&RedisLock::new("h", srv.client())).await;
-    assert!(!g.is_lost());
-    assert_eq!(srv.numsub_settled("h", 1).await, 1);
-    g.release().await.unwrap();
+    srv.assert_held_then_release(g, "h").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,38 +258,34 @@ async fn bad_input_is_a_typed_error() {
     let srv = RedisServer::start();
     let long = "c".repeat(portalocker::MAX_CHANNEL_LEN + 1);
     for channel in ["", "has space", "new\nline", "tab\t", long.as_str()] {
-        let err = RedisLock::new(channel, srv.client())
-            .acquire()
-            .await
-            .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{channel:?}: {err}");
+        support::fails_with(
+            ErrorKind::InvalidInput,
+            RedisLock::new(channel, srv.client()).acquire(),
+        )
+        .await;
     }
     for flags in [
         LockFlags::SHARED | LockFlags::EXCLUSIVE,
         LockFlags::NON_BLOCKING,
         LockFlags::UNBLOCK,
     ] {
-        let err = RedisLock::new("ok", srv.client())
-            .flags(flags)
-            .acquire()
-            .await
-            .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{flags:?}");
+        let err = support::fails_with(
+            ErrorKind::InvalidInput,
+            RedisLock::new("ok", srv.client()).flags(flags).acquire(),
+        )
+        .await;
         assert!(err.to_string().contains("exactly one"), "{err}");
     }
     // Nothing listens on this port.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let client = portalocker::redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
-    let err = RedisLock::new("ok", client)
-        .timeout(Duration::from_millis(300))
-        .acquire()
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Redis, "{err}");
+    let err = support::fails_with(
+        ErrorKind::Redis,
+        RedisLock::new("ok", client)
+            .timeout(support::ms(300))
+            .acquire(),
+    )
+    .await;
     assert!(!err.is_already_locked());
     // An address this build cannot serve is refused before anything
     // connects: the listener never sees a connection.
@@ -600,13 +587,13 @@ async fn silent_subscribers_with_other_names_are_never_reaped() {
     )
     .await;
     let _b = fake_holder(&srv, "nr", "", None).await;
-    let err = RedisLock::new("nr", srv.client())
-        .timeout(Duration::from_millis(1500))
-        .unavailable_timeout(Duration::from_millis(200))
-        .acquire()
-        .await
-        .unwrap_err();
-    assert!(err.is_already_locked(), "{err}");
+    support::busy(
+        RedisLock::new("nr", srv.client())
+            .timeout(support::ms(1500))
+            .unavailable_timeout(support::ms(200))
+            .acquire(),
+    )
+    .await;
     // Our own subscription may still be counted for a moment after the
     // error (the server drops it asynchronously, slower on a busy
     // machine): wait until the count settles at most at 2 — foreign
@@ -629,13 +616,13 @@ async fn a_legacy_responder_counts_as_an_exclusive_holder() {
     // portalocker <= 3.2: named `<channel>-lock`, answers with a timestamp.
     let _legacy = fake_holder(&srv, "lg", "lg-lock", Some("1716112345.123456")).await;
     for flags in [LockFlags::EXCLUSIVE, LockFlags::SHARED] {
-        let err = RedisLock::new("lg", srv.client())
-            .flags(flags)
-            .fail_when_locked(true)
-            .acquire()
-            .await
-            .unwrap_err();
-        assert!(err.is_already_locked(), "{flags:?}: {err}");
+        support::busy(
+            RedisLock::new("lg", srv.client())
+                .flags(flags)
+                .fail_when_locked(true)
+                .acquire(),
+        )
+        .await;
     }
     // It answered, so it was not reaped. (Our own subscription may still
     // be listed for a moment after the error: wait for it to go.)
@@ -851,8 +838,7 @@ async fn a_holder_survives_the_loss_of_its_command_connection() {
         support::assert_busy(&RedisLock::new("ck", srv.other_client())).await;
         assert!(!g.is_lost());
     }
-    assert_eq!(srv.numsub_settled("ck", 1).await, 1);
-    g.release().await.unwrap();
+    srv.assert_held_then_release(g, "ck").await;
 }
 
 /// A reconnect that hangs does not silence a holder whose connection
@@ -883,8 +869,7 @@ async fn a_hanging_reconnect_does_not_cost_the_holder_its_lock() {
         assert!(!g.is_lost());
     }
     proxy.slow_new(false);
-    assert_eq!(srv.numsub_settled("stall", 1).await, 1);
-    g.release().await.unwrap();
+    srv.assert_held_then_release(g, "stall").await;
 }
 
 /// Through the `HeldLock` trait a Redis guard speaks as a file guard does:

@@ -29,11 +29,7 @@ struct Sentinel {
 impl Sentinel {
     fn start(primary_port: u16) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = support::free_port();
         let conf = dir.path().join("sentinel.conf");
         let mut f = std::fs::File::create(&conf).unwrap();
         writeln!(

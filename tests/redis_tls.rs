@@ -131,11 +131,7 @@ impl TlsServer {
         let bin =
             std::env::var("PORTALOCKER_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         for _ in 0..20 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            let port = support::free_port();
             let dir = tempfile::tempdir().unwrap();
             let child = Command::new(&bin)
                 .args([
@@ -281,12 +277,13 @@ async fn a_lock_over_tls_is_named_excludes_and_releases() {
 async fn client_certificates_are_presented() {
     let pki = Pki::new();
     let srv = TlsServer::start(&pki, true).await;
-    let err = RedisLock::new("cc", srv.client("localhost", pki.certificates(false)))
-        .timeout(Duration::from_millis(500))
-        .acquire()
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Redis, "{err}");
+    support::fails_with(
+        ErrorKind::Redis,
+        RedisLock::new("cc", srv.client("localhost", pki.certificates(false)))
+            .timeout(support::ms(500))
+            .acquire(),
+    )
+    .await;
     let g = RedisLock::new("cc", srv.client("localhost", pki.certificates(true)))
         .acquire()
         .await
@@ -302,12 +299,13 @@ async fn an_unknown_ca_is_refused_unless_insecure() {
     let pki = Pki::new();
     let srv = TlsServer::start(&pki, false).await;
     let strict = redis::Client::open(srv.url("localhost")).unwrap();
-    let err = RedisLock::new("ins", strict)
-        .timeout(Duration::from_millis(500))
-        .acquire()
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Redis, "{err}");
+    let err = support::fails_with(
+        ErrorKind::Redis,
+        RedisLock::new("ins", strict)
+            .timeout(support::ms(500))
+            .acquire(),
+    )
+    .await;
     assert!(err.to_string().contains("UnknownIssuer"), "not why: {err}");
     let insecure = redis::Client::open(format!("{}#insecure", srv.url("localhost"))).unwrap();
     let g = RedisLock::new("ins", insecure).acquire().await.unwrap();
@@ -329,22 +327,18 @@ async fn python_contends_over_tls() {
 import sys, redis, portalocker
 conn = redis.Redis.from_url(sys.argv[1], ssl_ca_certs=sys.argv[2])
 lock = portalocker.RedisLock("pytls", connection=conn, timeout=float(sys.argv[3]), fail_when_locked=sys.argv[3] == "0", interrupt_on_lost=False)
-try:
-    lock.acquire()
-    print("@@RESULT acquired", flush=True)
-    lock.release()
-except portalocker.AlreadyLocked:
-    print("@@RESULT AlreadyLocked", flush=True)
-"#;
+"#
+    .to_string()
+        + support::PY_REPORT_ONE_ACQUIRE;
     let ca = pki.path("ca.crt");
     let ca = ca.to_str().unwrap();
     let url = srv.url("localhost");
-    let mut py = support::Proc::python(script, &[&url, ca, "0"]);
+    let mut py = support::Proc::python(&script, &[&url, ca, "0"]);
     assert_eq!(py.expect("RESULT"), "AlreadyLocked");
     py.finish();
     assert!(!g.is_lost(), "Python's probe reaped the TLS holder");
     g.release().await.unwrap();
-    let mut py = support::Proc::python(script, &[&url, ca, "10"]);
+    let mut py = support::Proc::python(&script, &[&url, ca, "10"]);
     assert_eq!(py.expect("RESULT"), "acquired");
     py.finish();
 }

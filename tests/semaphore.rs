@@ -64,22 +64,15 @@ async fn at_most_maximum_permits_and_drop_frees() {
     }
     let slots: HashSet<_> = permits.iter().map(|p| p.slot()).collect();
     assert_eq!(slots, HashSet::from([0, 1, 2]));
-    let err = sem
-        .clone()
-        .timeout(Duration::from_millis(50))
-        .check_interval(Duration::from_millis(5))
-        .acquire()
-        .await
-        .unwrap_err();
-    assert!(err.is_already_locked(), "{err}");
+    let err = support::busy(
+        sem.clone()
+            .timeout(support::ms(50))
+            .check_interval(support::ms(5))
+            .acquire(),
+    )
+    .await;
     assert!(err.to_string().contains("all 3 slots"), "{err}");
-    let err = sem
-        .clone()
-        .fail_when_locked(true)
-        .acquire()
-        .await
-        .unwrap_err();
-    assert!(err.is_already_locked());
+    support::busy(sem.clone().fail_when_locked(true).acquire()).await;
     let freed = permits.remove(1);
     assert_eq!(freed.slot(), 1);
     assert!(freed.path().ends_with("n.01.lock"));
@@ -184,13 +177,7 @@ async fn named_semaphore_gets_a_random_private_name() {
     assert_ne!(fa, fb, "two random names collided (1 in a million)");
     let p = a.acquire().await.unwrap();
     // The same value (or a clone) shares the name; another does not.
-    assert!(a
-        .clone()
-        .fail_when_locked(true)
-        .acquire()
-        .await
-        .unwrap_err()
-        .is_already_locked());
+    support::busy(a.clone().fail_when_locked(true).acquire()).await;
     drop(b.acquire().await.unwrap());
     drop(p);
     let named = NamedBoundedSemaphore::new(1)
@@ -244,13 +231,7 @@ async fn a_killed_holder_frees_its_slot() {
         .directory(d.path())
         .timeout(Duration::from_secs(120))
         .check_interval(Duration::from_secs(60));
-    assert!(sem
-        .clone()
-        .fail_when_locked(true)
-        .acquire()
-        .await
-        .unwrap_err()
-        .is_already_locked());
+    support::busy(sem.clone().fail_when_locked(true).acquire()).await;
     let waiter = support::spawn_started(async move { sem.acquire().await }).await;
     let t = std::time::Instant::now();
     child.kill();
@@ -342,18 +323,8 @@ async fn a_python_holder_takes_a_slot_rust_gets_the_other() {
     let sem = BoundedSemaphore::new(2).name("py").directory(d.path());
     let p = sem.acquire().await.unwrap();
     assert_eq!(p.slot(), 1);
-    assert!(sem
-        .clone()
-        .fail_when_locked(true)
-        .acquire()
-        .await
-        .unwrap_err()
-        .is_already_locked());
-    assert!(Lock::new(d.path().join("py.00.lock"))
-        .try_acquire()
-        .await
-        .unwrap_err()
-        .is_already_locked());
+    support::busy(sem.clone().fail_when_locked(true).acquire()).await;
+    support::busy(Lock::new(d.path().join("py.00.lock")).try_acquire()).await;
     drop(p);
     py.finish();
 }
@@ -403,13 +374,7 @@ async fn unusable_slots_are_skipped_while_another_is_free() {
         assert_eq!(permit.slot(), 7);
         // The only usable slot held: busy, and the message says why the
         // other seven do not count.
-        let err = sem
-            .clone()
-            .timeout(Duration::from_millis(20))
-            .acquire()
-            .await
-            .unwrap_err();
-        assert!(err.is_already_locked(), "{err}");
+        let err = support::busy(sem.clone().timeout(support::ms(20)).acquire()).await;
         let msg = err.to_string();
         assert!(
             msg.contains("every usable slot of \"skip\" is held (1 of 8)"),

@@ -153,11 +153,11 @@ fn an_existing_lock_file_locks_on_a_read_only_mount() {
         };
         assert!(write.is_err(), "a write reached a read-only mount");
         drop(guard);
-        let err = Lock::new(fs.path().join("missing.lock"))
-            .try_acquire()
-            .await
-            .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+        let err = support::fails_with(
+            ErrorKind::Io,
+            Lock::new(fs.path().join("missing.lock")).try_acquire(),
+        )
+        .await;
         assert_eq!(
             err.io_error().map(std::io::Error::kind),
             Some(std::io::ErrorKind::ReadOnlyFilesystem)

@@ -8,7 +8,7 @@ use std::time::Duration;
 use portalocker::etcd_client::Client;
 use portalocker::EtcdLock;
 
-use super::{epoch_ns, say};
+use super::{epoch_ns, free_port, say};
 
 /// One member of an [`EtcdCluster`].
 struct Member {
@@ -27,14 +27,6 @@ pub struct EtcdCluster {
     members: Vec<Member>,
     _dir: tempfile::TempDir,
     token: String,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl EtcdCluster {

@@ -22,6 +22,42 @@ pub mod cluster;
 #[cfg(unix)]
 pub mod lease;
 
+/// `n` milliseconds: keeps short lock settings on one line.
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A free 127.0.0.1 port, for a server about to be started. Another
+/// process may take it before the server binds, so starters retry.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Awaits an acquisition that must be refused because someone holds the
+/// lock; the error, for more checks.
+pub async fn busy<T>(
+    attempt: impl std::future::Future<Output = portalocker::Result<T>>,
+) -> portalocker::Error {
+    fails_with(portalocker::ErrorKind::AlreadyLocked, attempt).await
+}
+
+/// Awaits an acquisition (or any call) that must fail with `kind`; the
+/// error, for more checks.
+pub async fn fails_with<T>(
+    kind: portalocker::ErrorKind,
+    attempt: impl std::future::Future<Output = portalocker::Result<T>>,
+) -> portalocker::Error {
+    let Err(e) = attempt.await else {
+        panic!("it succeeded, but it should have failed with {kind:?}")
+    };
+    assert_eq!(e.kind(), kind, "{e}");
+    e
+}
+
 /// The number of open descriptors of this process.
 #[cfg(unix)]
 pub fn fd_count() -> usize {
@@ -975,6 +1011,19 @@ pub async fn assert_busy(lock: &portalocker::RedisLock) -> portalocker::Error {
     err
 }
 
+/// The end of a Python script that has set up `lock`: one acquire,
+/// reported as `@@RESULT acquired` (then released) or `@@RESULT
+/// AlreadyLocked`.
+#[cfg(all(feature = "redis", unix))]
+pub const PY_REPORT_ONE_ACQUIRE: &str = r#"
+try:
+    lock.acquire()
+    print("@@RESULT acquired", flush=True)
+    lock.release()
+except portalocker.AlreadyLocked:
+    print("@@RESULT AlreadyLocked", flush=True)
+"#;
+
 /// A Python portalocker 4.4.2 worker: `n` rounds of a non-atomic GET/SET
 /// of `key` under the Redis lock on `channel`, with fencing tokens checked
 /// to increase. Arguments: url, channel, key, n. Prints `@@DONE n`.
@@ -1052,11 +1101,7 @@ impl RedisServer {
         for _ in 0..20 {
             // The port may be taken between this probe and the server's
             // bind: then the server exits and another port is tried.
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            let port = free_port();
             let mut s = Self {
                 child: None,
                 port,
@@ -1200,6 +1245,15 @@ impl RedisServer {
             self.port
         ))
         .unwrap()
+    }
+
+    /// `g` still holds `channel` here: not lost, a contender finds it
+    /// busy, and only the holder is subscribed; then `g` is released.
+    pub async fn assert_held_then_release(&self, g: portalocker::RedisLockGuard, channel: &str) {
+        assert_busy(&portalocker::RedisLock::new(channel, self.other_client())).await;
+        assert!(!g.is_lost(), "the holder of {channel:?} counts itself lost");
+        assert_eq!(self.numsub_settled(channel, 1).await, 1);
+        g.release().await.unwrap();
     }
 
     /// The subscriber count of `channel` once it is `want` (or what it is
