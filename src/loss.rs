@@ -336,28 +336,6 @@ macro_rules! lease_guard_loss_methods {
 }
 pub(crate) use lease_guard_loss_methods;
 
-/// `HeldLock` for a guard of a lease-based lock, whose token is its
-/// `fence_token()` (always there).
-macro_rules! impl_held_lock_for_lease_guard {
-    ($guard:ty) => {
-        impl $crate::HeldLock for $guard {
-            fn is_lost(&self) -> bool {
-                <$guard>::is_lost(self)
-            }
-            fn ensure_held(&self) -> $crate::Result<()> {
-                <$guard>::ensure_held(self)
-            }
-            fn watch_lost(&self) -> ::tokio::sync::watch::Receiver<bool> {
-                <$guard>::watch_lost(self)
-            }
-            fn fence_token(&self) -> Option<u64> {
-                Some(<$guard>::fence_token(self))
-            }
-        }
-    };
-}
-pub(crate) use impl_held_lock_for_lease_guard;
-
 /// Aborts a task when dropped.
 pub(crate) struct Task(pub(crate) JoinHandle<()>);
 
@@ -515,8 +493,35 @@ pub trait HeldLock: Send + Sync {
     }
 }
 
-/// `HeldLock` for a guard whose inherent methods say it all.
+/// The `on_lost` setter of a lease-based lock whose options (behind
+/// `map`) have an `on_lost` field; `$guard` is its guard type.
+macro_rules! on_lost_setter {
+    ($guard:ident) => {
+        #[doc = concat!(
+                    "Runs `callback` once, on the guard's task, when a lock acquired through this ",
+                    "value is lost (with the error [`ensure_held`](", stringify!($guard),
+                    "::ensure_held) returns from then on)."
+                )]
+        pub fn on_lost(self, callback: impl Fn(&$crate::Error) + Send + Sync + 'static) -> Self {
+            let cb: $crate::loss::LossCallback = ::std::sync::Arc::new(callback);
+            self.map(|c| c.on_lost = Some(cb))
+        }
+    };
+}
+pub(crate) use on_lost_setter;
+
+/// `HeldLock` for a guard whose inherent methods say it all: its fencing
+/// token is `fence = method` (an `Option<u64>`) or, for a lease-based
+/// lock whose token is always there, `always_fenced`.
 macro_rules! impl_held_lock {
+    ($guard:ty, always_fenced) => {
+        $crate::loss::impl_held_lock!($guard, fence = always_some_fence_token);
+        impl $guard {
+            fn always_some_fence_token(&self) -> Option<u64> {
+                Some(<$guard>::fence_token(self))
+            }
+        }
+    };
     ($guard:ty $(, fence = $fence:ident)?) => {
         impl $crate::HeldLock for $guard {
             fn is_lost(&self) -> bool {
@@ -537,6 +542,8 @@ macro_rules! impl_held_lock {
     };
 }
 
+pub(crate) use impl_held_lock;
+
 impl_held_lock!(crate::LockGuard);
 impl_held_lock!(crate::RLockGuard);
 impl_held_lock!(crate::TemporaryFileLockGuard);
@@ -545,47 +552,79 @@ impl_held_lock!(crate::BoundedSemaphorePermit);
 #[cfg(feature = "redis")]
 impl_held_lock!(crate::RedisLockGuard, fence = fence_token);
 
+/// What every holder state's tests check alike.
 #[cfg(test)]
-mod lease_state_tests {
-    use super::*;
+pub(crate) mod testing {
     use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
 
-    /// Whoever wakes on a loss sees what the `on_lost` callback did: the
-    /// callback runs before watchers are told. (Before, watchers were told
-    /// first, and the etcd test of `on_lost` failed now and then on a busy
-    /// machine.) The callback here is slow on purpose, so the old order
-    /// fails every time.
-    #[test]
-    fn the_on_lost_callback_runs_before_watchers_wake() {
+    use tokio::sync::watch;
+
+    use super::LossCallback;
+
+    /// A task woken by a loss sees what the `on_lost` callback did: the
+    /// callback (slow on purpose, so the opposite order fails every time)
+    /// runs before watchers are told, and one that panics does not keep
+    /// them from being told. `start(cb)` builds a held state with the
+    /// callback; `watch` subscribes to it; `fail` fails it from another
+    /// thread; `after` checks it once the watcher woke.
+    pub(crate) fn callback_runs_before_watchers_wake<S: Send + Sync + 'static>(
+        start: impl Fn(LossCallback) -> Arc<S>,
+        watch: impl Fn(&S) -> watch::Receiver<bool>,
+        fail: fn(&S),
+        after: impl Fn(&S),
+    ) {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        // A callback that panics does not keep the watchers from being told.
         for panics in [false, true] {
             let done = Arc::new(AtomicBool::new(false));
             let flag = done.clone();
-            let cb: LossCallback = Arc::new(move |_e: &Error| {
+            let cb: LossCallback = Arc::new(move |e: &crate::Error| {
+                assert!(e.is_lock_lost(), "{e}");
                 std::thread::sleep(Duration::from_millis(100));
                 flag.store(true, Ordering::SeqCst);
                 assert!(!panics, "a callback that panics");
             });
             rt.block_on(async {
-                let state = Arc::new(LeaseState::new(
+                let state = start(cb);
+                let mut rx = watch(&state);
+                let failer = state.clone();
+                let t = std::thread::spawn(move || fail(&failer));
+                rx.wait_for(|l| *l).await.unwrap();
+                assert!(done.load(Ordering::SeqCst), "woken before the callback ran");
+                after(&state);
+                t.join().unwrap();
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod lease_state_tests {
+    use super::*;
+
+    /// The lease-based guards' state calls `on_lost` before it tells
+    /// watchers. (Before, watchers were told first, and the etcd test of
+    /// `on_lost` failed now and then on a busy machine.)
+    #[test]
+    fn the_on_lost_callback_runs_before_watchers_wake() {
+        testing::callback_runs_before_watchers_wake(
+            |cb| {
+                Arc::new(LeaseState::new(
                     LeaseKind::LeaseFile,
                     "l".into(),
                     "h".into(),
                     Instant::now() + Duration::from_secs(3600),
                     Some(cb),
-                ));
-                let mut rx = state.watch_lost();
-                let failer = state.clone();
-                let t = std::thread::spawn(move || failer.fail("gone"));
-                rx.wait_for(|l| *l).await.unwrap();
-                assert!(done.load(Ordering::SeqCst), "woken before the callback ran");
-                t.join().unwrap();
-            });
-        }
+                ))
+            },
+            LeaseState::watch_lost,
+            |s| s.fail("gone"),
+            |_| {},
+        );
     }
 }

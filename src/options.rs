@@ -46,6 +46,24 @@ pub(crate) trait Waiting: Sized {
     fn with_wait(self, wait: WaitOptions) -> Self;
 }
 
+/// [`Waiting`] for a type whose options (a struct with a `wait` field) are
+/// at `self.<path>` and that has a `map(self, f)` returning a new value with
+/// `f` applied to a copy of them.
+macro_rules! impl_waiting {
+    ($t:ty, $($path:ident).+) => {
+        impl $crate::options::Waiting for $t {
+            fn wait_options(&self) -> $crate::options::WaitOptions {
+                self.$($path).+.wait
+            }
+
+            fn with_wait(self, wait: $crate::options::WaitOptions) -> Self {
+                self.map(|o| o.wait = wait)
+            }
+        }
+    };
+}
+pub(crate) use impl_waiting;
+
 /// The `timeout`, `check_interval` and `fail_when_locked` setters, with
 /// the same docs and behaviour on every type that implements
 /// [`Waiting`]. `$what` names what is waited for ("the lock", "a free

@@ -39,3 +39,45 @@ pub(crate) async fn acquire_in_span<G>(
     };
     tracing::Instrument::instrument(traced, span).await
 }
+
+/// Defines `acquire_with(&self, w: WaitOptions) -> Result<$guard>` for a
+/// distributed lock: `self.$untraced(w)`, inside (feature `tracing`) an
+/// `acquire` span with the `span` fields then `timeout` and
+/// `fail_when_locked`, ending in [`acquire_in_span`]'s events; `granted`
+/// records the holder id, the `granted` fields and the wait. (`self` and
+/// `w` are passed in: a macro cannot name the caller's `self`.)
+macro_rules! traced_acquire_with {
+    (
+        $vis:vis fn($self:ident, $w:ident) -> $guard:ty = $untraced:ident,
+        span: [$($span:tt)*],
+        granted: |$g:ident| [$($granted:tt)*] $(,)?
+    ) => {
+        $vis async fn acquire_with(
+            &$self,
+            $w: $crate::options::WaitOptions,
+        ) -> $crate::Result<$guard> {
+            #[cfg(feature = "tracing")]
+            return $crate::trace::acquire_in_span(
+                ::tracing::debug_span!(
+                    "acquire",
+                    $($span)*
+                    timeout = ?$w.timeout,
+                    fail_when_locked = $w.fail_when_locked,
+                ),
+                $self.$untraced($w),
+                |$g| {
+                    ::tracing::debug!(
+                        holder_id = $g.holder_id(),
+                        $($granted)*
+                        waited = ?$g.waited(),
+                        "granted"
+                    );
+                },
+            )
+            .await;
+            #[cfg(not(feature = "tracing"))]
+            $self.$untraced($w).await
+        }
+    };
+}
+pub(crate) use traced_acquire_with;

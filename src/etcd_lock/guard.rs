@@ -162,7 +162,7 @@ impl Drop for EtcdLockGuard {
     }
 }
 
-crate::loss::impl_held_lock_for_lease_guard!(EtcdLockGuard);
+crate::loss::impl_held_lock!(EtcdLockGuard, always_fenced);
 
 impl fmt::Debug for EtcdLockGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -40,7 +40,7 @@ use crate::deadline::deadline_after;
 use crate::error::{Error, Result};
 use crate::file::flags::{LockFlags, Operation};
 use crate::loss::LossCallback;
-use crate::options::{acquire_variants, wait_setters, WaitOptions, Waiting};
+use crate::options::{acquire_variants, wait_setters, WaitOptions};
 
 const OP: &str = "failed to lock";
 
@@ -108,15 +108,7 @@ struct Options {
     on_lost: Option<LossCallback>,
 }
 
-impl Waiting for EtcdLock {
-    fn wait_options(&self) -> WaitOptions {
-        self.cfg.wait
-    }
-
-    fn with_wait(self, wait: WaitOptions) -> Self {
-        self.map(|c| c.wait = wait)
-    }
-}
+crate::options::impl_waiting!(EtcdLock, cfg);
 
 impl EtcdLock {
     /// A lock called `name` in the cluster `client` talks to: exclusive,
@@ -177,13 +169,7 @@ impl EtcdLock {
         self.map(|c| c.flags = flags)
     }
 
-    /// Runs `callback` once, on the guard's task, when a lock acquired
-    /// through this value is lost (with the error
-    /// [`ensure_held`](EtcdLockGuard::ensure_held) returns from then on).
-    pub fn on_lost(self, callback: impl Fn(&Error) + Send + Sync + 'static) -> Self {
-        let cb: LossCallback = Arc::new(callback);
-        self.map(|c| c.on_lost = Some(cb))
-    }
+    crate::loss::on_lost_setter!(EtcdLockGuard);
 
     /// The lock's name.
     pub fn name(&self) -> &str {
@@ -274,30 +260,10 @@ impl EtcdLock {
 
     acquire_variants!(EtcdLockGuard);
 
-    async fn acquire_with(&self, w: WaitOptions) -> Result<EtcdLockGuard> {
-        #[cfg(feature = "tracing")]
-        return crate::trace::acquire_in_span(
-            tracing::debug_span!(
-                "acquire",
-                etcd_lock = %self.cfg.name,
-                mode = ?self.cfg.flags,
-                timeout = ?w.timeout,
-                fail_when_locked = w.fail_when_locked,
-            ),
-            self.acquire_untraced(w),
-            |g| {
-                tracing::debug!(
-                    holder_id = g.holder_id(),
-                    key = g.key(),
-                    fence_token = g.fence_token(),
-                    waited = ?g.waited(),
-                    "granted"
-                );
-            },
-        )
-        .await;
-        #[cfg(not(feature = "tracing"))]
-        self.acquire_untraced(w).await
+    crate::trace::traced_acquire_with! {
+        fn(self, w) -> EtcdLockGuard = acquire_untraced,
+        span: [etcd_lock = %self.cfg.name, mode = ?self.cfg.flags,],
+        granted: |g| [key = g.key(), fence_token = g.fence_token(),],
     }
 
     async fn acquire_untraced(&self, w: WaitOptions) -> Result<EtcdLockGuard> {

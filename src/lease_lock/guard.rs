@@ -183,7 +183,7 @@ impl Drop for LeaseLockGuard {
     }
 }
 
-crate::loss::impl_held_lock_for_lease_guard!(LeaseLockGuard);
+crate::loss::impl_held_lock!(LeaseLockGuard, always_fenced);
 
 impl fmt::Debug for LeaseLockGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

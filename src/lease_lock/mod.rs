@@ -24,7 +24,7 @@ use self::record::{Record, State, MAX_TTL, MIN_TTL};
 use crate::deadline::{deadline_after, jittered, MIN_PAUSE};
 use crate::error::{Error, ErrorKind, Result};
 use crate::loss::{LeaseKind, LeaseState, LossCallback};
-use crate::options::{acquire_variants, wait_setters, WaitOptions, Waiting};
+use crate::options::{acquire_variants, wait_setters, WaitOptions};
 
 const OP: &str = "failed to lock";
 
@@ -170,15 +170,7 @@ impl std::fmt::Display for LeaseHolder {
     }
 }
 
-impl Waiting for LeaseLock {
-    fn wait_options(&self) -> WaitOptions {
-        self.cfg.wait
-    }
-
-    fn with_wait(self, wait: WaitOptions) -> Self {
-        self.map(|c| c.wait = wait)
-    }
-}
+crate::options::impl_waiting!(LeaseLock, cfg);
 
 impl LeaseLock {
     /// The lease TTL of [`LeaseLock::new`]: 10 s.
@@ -222,13 +214,7 @@ impl LeaseLock {
         self.map(|c| c.ttl = ttl)
     }
 
-    /// Runs `callback` once, on the guard's task, when a lock acquired
-    /// through this value is lost (with the error
-    /// [`ensure_held`](LeaseLockGuard::ensure_held) returns from then on).
-    pub fn on_lost(self, callback: impl Fn(&Error) + Send + Sync + 'static) -> Self {
-        let cb: LossCallback = Arc::new(callback);
-        self.map(|c| c.on_lost = Some(cb))
-    }
+    crate::loss::on_lost_setter!(LeaseLockGuard);
 
     /// The lease directory.
     pub fn path(&self) -> &Path {
@@ -327,28 +313,10 @@ impl LeaseLock {
         Ok(())
     }
 
-    async fn acquire_with(&self, w: WaitOptions) -> Result<LeaseLockGuard> {
-        #[cfg(feature = "tracing")]
-        return crate::trace::acquire_in_span(
-            tracing::debug_span!(
-                "acquire",
-                lease_lock = %self.cfg.path.display(),
-                timeout = ?w.timeout,
-                fail_when_locked = w.fail_when_locked,
-            ),
-            self.acquire_inner(w),
-            |g| {
-                tracing::debug!(
-                    holder_id = g.holder_id(),
-                    fence_token = g.fence_token(),
-                    waited = ?g.waited(),
-                    "granted"
-                );
-            },
-        )
-        .await;
-        #[cfg(not(feature = "tracing"))]
-        self.acquire_inner(w).await
+    crate::trace::traced_acquire_with! {
+        fn(self, w) -> LeaseLockGuard = acquire_inner,
+        span: [lease_lock = %self.cfg.path.display(),],
+        granted: |g| [fence_token = g.fence_token(),],
     }
 
     async fn acquire_inner(&self, w: WaitOptions) -> Result<LeaseLockGuard> {

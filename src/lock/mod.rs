@@ -15,7 +15,7 @@ use crate::file::flags::LockFlags;
 use crate::file::gate::Pass;
 use crate::file::raw::{FileId, Handle};
 use crate::loss::Loss;
-use crate::options::{acquire_variants, wait_setters, WaitOptions, Waiting};
+use crate::options::{acquire_variants, wait_setters, WaitOptions};
 
 pub use crate::options::{DEFAULT_CHECK_INTERVAL, DEFAULT_TIMEOUT};
 
@@ -134,15 +134,7 @@ pub struct Lock {
     pub(crate) engine: Arc<Engine>,
 }
 
-impl Waiting for Lock {
-    fn wait_options(&self) -> WaitOptions {
-        self.engine.opts.wait
-    }
-
-    fn with_wait(self, wait: WaitOptions) -> Self {
-        self.map(|o| o.wait = wait)
-    }
-}
+crate::options::impl_waiting!(Lock, engine.opts);
 
 impl Lock {
     /// A lock on `path` with portalocker's defaults. No I/O happens here.

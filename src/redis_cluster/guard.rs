@@ -208,7 +208,7 @@ impl Drop for RedisClusterLockGuard {
     }
 }
 
-crate::loss::impl_held_lock_for_lease_guard!(RedisClusterLockGuard);
+crate::loss::impl_held_lock!(RedisClusterLockGuard, always_fenced);
 
 impl fmt::Debug for RedisClusterLockGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -16,7 +16,7 @@ pub use guard::RedisClusterLockGuard;
 use crate::deadline::{deadline_after, jittered};
 use crate::error::{Error, ErrorKind, Result};
 use crate::loss::{LeaseKind, LeaseState, LossCallback};
-use crate::options::{acquire_variants, wait_setters, WaitOptions, Waiting};
+use crate::options::{acquire_variants, wait_setters, WaitOptions};
 
 const OP: &str = "failed to acquire Redis Cluster lock";
 
@@ -147,15 +147,7 @@ struct Options {
     on_lost: Option<LossCallback>,
 }
 
-impl Waiting for RedisClusterLock {
-    fn wait_options(&self) -> WaitOptions {
-        self.cfg.wait
-    }
-
-    fn with_wait(self, wait: WaitOptions) -> Self {
-        self.map(|c| c.wait = wait)
-    }
-}
+crate::options::impl_waiting!(RedisClusterLock, cfg);
 
 impl RedisClusterLock {
     /// The lock `name` on the cluster `client` talks to: timeout 5 s, check
@@ -200,14 +192,7 @@ impl RedisClusterLock {
         self.map(|c| c.ttl = ttl)
     }
 
-    /// Runs `callback` once, on the guard's task, when a lock acquired
-    /// through this value is lost (with the error
-    /// [`ensure_held`](RedisClusterLockGuard::ensure_held) returns from
-    /// then on).
-    pub fn on_lost(self, callback: impl Fn(&Error) + Send + Sync + 'static) -> Self {
-        let cb: LossCallback = Arc::new(callback);
-        self.map(|c| c.on_lost = Some(cb))
-    }
+    crate::loss::on_lost_setter!(RedisClusterLockGuard);
 
     /// The lock's name.
     pub fn name(&self) -> &str {
@@ -287,28 +272,10 @@ impl RedisClusterLock {
 
     acquire_variants!(RedisClusterLockGuard);
 
-    async fn acquire_with(&self, w: WaitOptions) -> Result<RedisClusterLockGuard> {
-        #[cfg(feature = "tracing")]
-        return crate::trace::acquire_in_span(
-            tracing::debug_span!(
-                "acquire",
-                redis_cluster_lock = %self.cfg.name,
-                timeout = ?w.timeout,
-                fail_when_locked = w.fail_when_locked,
-            ),
-            self.acquire_untraced(w),
-            |g| {
-                tracing::debug!(
-                    holder_id = g.holder_id(),
-                    fence_token = g.fence_token(),
-                    waited = ?g.waited(),
-                    "granted"
-                );
-            },
-        )
-        .await;
-        #[cfg(not(feature = "tracing"))]
-        self.acquire_untraced(w).await
+    crate::trace::traced_acquire_with! {
+        fn(self, w) -> RedisClusterLockGuard = acquire_untraced,
+        span: [redis_cluster_lock = %self.cfg.name,],
+        granted: |g| [fence_token = g.fence_token(),],
     }
 
     async fn acquire_untraced(&self, w: WaitOptions) -> Result<RedisClusterLockGuard> {

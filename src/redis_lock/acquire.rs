@@ -17,29 +17,10 @@ use crate::file::flags::{Mode, Operation};
 use crate::options::WaitOptions;
 
 impl RedisLock {
-    pub(super) async fn acquire_with(&self, w: WaitOptions) -> Result<RedisLockGuard> {
-        #[cfg(feature = "tracing")]
-        return crate::trace::acquire_in_span(
-            tracing::debug_span!(
-                "acquire",
-                channel = %self.cfg.channel,
-                mode = ?self.cfg.flags,
-                timeout = ?w.timeout,
-                fail_when_locked = w.fail_when_locked,
-            ),
-            self.acquire_untraced(w),
-            |g| {
-                tracing::debug!(
-                    holder_id = g.holder_id(),
-                    fence_token = ?g.fence_token(),
-                    waited = ?g.waited(),
-                    "granted"
-                );
-            },
-        )
-        .await;
-        #[cfg(not(feature = "tracing"))]
-        self.acquire_untraced(w).await
+    crate::trace::traced_acquire_with! {
+        pub(super) fn(self, w) -> RedisLockGuard = acquire_untraced,
+        span: [channel = %self.cfg.channel, mode = ?self.cfg.flags,],
+        granted: |g| [fence_token = ?g.fence_token(),],
     }
 
     pub(super) async fn acquire_untraced(&self, w: WaitOptions) -> Result<RedisLockGuard> {

@@ -524,30 +524,13 @@ async fn check_self(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicBool, Ordering};
 
-    /// A task woken by the loss sees what the `on_lost` callback did: the
-    /// callback runs before watchers are told (they were told first before,
-    /// as the lease-based guards did). The callback is slow on purpose, so
-    /// the old order fails every time; a callback that panics does not keep
-    /// the watchers from being told.
+    /// The Redis holder's state calls `on_lost` before it tells watchers
+    /// (they were told first before, as the lease-based guards did).
     #[test]
     fn the_on_lost_callback_runs_before_watchers_wake() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        for panics in [false, true] {
-            let done = Arc::new(AtomicBool::new(false));
-            let flag = done.clone();
-            let cb: LossCallback = Arc::new(move |e: &Error| {
-                assert!(e.is_lock_lost());
-                std::thread::sleep(Duration::from_millis(100));
-                flag.store(true, Ordering::SeqCst);
-                assert!(!panics, "a callback that panics");
-            });
-            rt.block_on(async {
+        crate::loss::testing::callback_runs_before_watchers_wake(
+            |cb| {
                 let state = Arc::new(HolderState::new(
                     "ch".into(),
                     "id".into(),
@@ -555,14 +538,11 @@ mod tests {
                     Some(cb),
                 ));
                 state.status.send_replace(Status::Held);
-                let mut rx = state.watch_lost();
-                let failer = state.clone();
-                let t = std::thread::spawn(move || failer.fail("gone"));
-                rx.wait_for(|l| *l).await.unwrap();
-                assert!(done.load(Ordering::SeqCst), "woken before the callback ran");
-                assert_eq!(state.lost_reason().as_deref(), Some("gone"));
-                t.join().unwrap();
-            });
-        }
+                state
+            },
+            HolderState::watch_lost,
+            |s| s.fail("gone"),
+            |s| assert_eq!(s.lost_reason().as_deref(), Some("gone")),
+        );
     }
 }

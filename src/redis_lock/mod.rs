@@ -45,7 +45,7 @@ use self::keep_alive::LossCallback;
 use self::waiting::LocalQueue;
 use crate::error::{Error, Result};
 use crate::file::flags::LockFlags;
-use crate::options::{acquire_variants, wait_setters, WaitOptions, Waiting};
+use crate::options::{acquire_variants, wait_setters, WaitOptions};
 
 pub use self::guard::RedisLockGuard;
 
@@ -274,15 +274,7 @@ pub enum FenceReplicas {
 /// The margin a self-check must keep below `unavailable_timeout`.
 const SELF_CHECK_MARGIN: Duration = Duration::from_millis(50);
 
-impl Waiting for RedisLock {
-    fn wait_options(&self) -> WaitOptions {
-        self.cfg.wait
-    }
-
-    fn with_wait(self, wait: WaitOptions) -> Self {
-        self.map(|c| c.wait = wait)
-    }
-}
+crate::options::impl_waiting!(RedisLock, cfg);
 
 impl RedisLock {
     /// A lock on `channel` through `client`, with Python's defaults:

@@ -207,15 +207,7 @@ impl Drop for RingOnDrop {
     }
 }
 
-impl Waiting for BoundedSemaphore {
-    fn wait_options(&self) -> WaitOptions {
-        self.inner.config.wait
-    }
-
-    fn with_wait(self, wait: WaitOptions) -> Self {
-        self.map(|c| c.wait = wait)
-    }
-}
+crate::options::impl_waiting!(BoundedSemaphore, inner.config);
 
 impl Waiting for NamedBoundedSemaphore {
     fn wait_options(&self) -> WaitOptions {

@@ -68,46 +68,31 @@ mod generic;
 #[cfg(not(all(target_os = "linux", not(portalocker_portable))))]
 pub(crate) use self::generic::*;
 
-#[cfg(target_os = "linux")]
-mod mounts_linux;
-#[cfg(target_os = "linux")]
-pub(crate) use self::mounts_linux::{local_flock_magic, mount, process_start};
-
-#[cfg(any(
-    target_os = "macos",
-    target_os = "ios",
-    target_os = "freebsd",
-    target_os = "openbsd",
-    target_os = "dragonfly"
-))]
-mod mounts_bsd;
-#[cfg(any(
-    target_os = "macos",
-    target_os = "ios",
-    target_os = "freebsd",
-    target_os = "openbsd",
-    target_os = "dragonfly"
-))]
-pub(crate) use self::mounts_bsd::{local_flock_magic, mount, process_start};
-
-#[cfg(not(any(
-    target_os = "linux",
-    target_os = "macos",
-    target_os = "ios",
-    target_os = "freebsd",
-    target_os = "openbsd",
-    target_os = "dragonfly"
-)))]
-mod mounts_other;
-#[cfg(not(any(
-    target_os = "linux",
-    target_os = "macos",
-    target_os = "ios",
-    target_os = "freebsd",
-    target_os = "openbsd",
-    target_os = "dragonfly"
-)))]
-pub(crate) use self::mounts_other::{local_flock_magic, mount, process_start};
+// Mount tables and process start times: one file per platform family.
+#[cfg_attr(target_os = "linux", path = "mounts_linux.rs")]
+#[cfg_attr(
+    any(
+        target_os = "macos",
+        target_os = "ios",
+        target_os = "freebsd",
+        target_os = "openbsd",
+        target_os = "dragonfly"
+    ),
+    path = "mounts_bsd.rs"
+)]
+#[cfg_attr(
+    not(any(
+        target_os = "linux",
+        target_os = "macos",
+        target_os = "ios",
+        target_os = "freebsd",
+        target_os = "openbsd",
+        target_os = "dragonfly"
+    )),
+    path = "mounts_other.rs"
+)]
+mod mounts;
+pub(crate) use self::mounts::{local_flock_magic, mount, process_start};
 
 /// What the platform says about the filesystem a path is on, unsorted:
 /// `crate::filesystem` turns it into a `Filesystem` (so this layer does not
