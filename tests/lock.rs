@@ -722,3 +722,52 @@ async fn read_and_write_share_and_exclude() {
     assert!(shared.try_read().await.unwrap_err().is_already_locked());
     drop(w);
 }
+
+/// A task may wait for a lock whose guard it acquired, once that guard can
+/// be released elsewhere: handed to another task, or held by another
+/// branch of a `join!` in this very task. Both waits end with the lock
+/// granted. (This is why an acquisition is never refused "at once" as a
+/// self-deadlock: the crate cannot tell these from a guard that stays in
+/// the waiting task.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_may_wait_for_a_guard_it_acquired_and_handed_on() {
+    let (_d, path) = support::temp_path("handed.lock");
+    let lock = Lock::new(&path).timeout(Duration::from_secs(60));
+
+    // Handed to another task, which releases it when told.
+    let guard = lock.acquire().await.unwrap();
+    let (go, told) = tokio::sync::oneshot::channel::<()>();
+    let other = tokio::spawn(async move {
+        told.await.unwrap();
+        guard.release().await.unwrap();
+    });
+    let mut again = std::pin::pin!(lock.acquire());
+    assert!(
+        futures_util::FutureExt::now_or_never(again.as_mut()).is_none(),
+        "granted while held"
+    );
+    go.send(()).unwrap();
+    drop(again.await.unwrap());
+    other.await.unwrap();
+
+    // Held by the other branch of a `join!` in this task.
+    let guard = lock.acquire().await.unwrap();
+    let (go, told) = tokio::sync::oneshot::channel::<()>();
+    let (released, waited) = tokio::join!(
+        async move {
+            told.await.unwrap();
+            guard.release().await
+        },
+        async {
+            let mut again = std::pin::pin!(lock.acquire());
+            assert!(
+                futures_util::FutureExt::now_or_never(again.as_mut()).is_none(),
+                "granted while held"
+            );
+            go.send(()).unwrap();
+            again.await
+        },
+    );
+    released.unwrap();
+    drop(waited.unwrap());
+}

@@ -55,6 +55,18 @@ pub use guard::LockGuard;
 ///   instead of returning the same handle: guards, not the `Lock`, own
 ///   locks. Use [`RLock`](crate::RLock) for re-entrancy.
 ///
+/// # A lock this task already holds
+///
+/// Acquiring a `Lock` whose conflicting guard this same task holds waits
+/// like any other contention, and at the timeout fails with
+/// [`ErrorKind::AlreadyLocked`](crate::ErrorKind::AlreadyLocked) ("already
+/// locked by another owner in this process"); it is not refused at once.
+/// The guard may have been handed to another task, or be held by another
+/// branch of a `join!` in this very task, and then the wait ends as soon as
+/// it is released: nothing the crate can observe tells those cases from a
+/// guard that stays in the waiting task. Use [`RLock`](crate::RLock) to
+/// re-enter a lock, and [`try_acquire`](Self::try_acquire) to fail at once.
+///
 /// # Examples
 ///
 /// ```
