@@ -127,3 +127,27 @@ async fn non_blocking_in_a_lock_types_flags_is_implied() {
         drop((a, b));
     }
 }
+
+/// Why a held lock offers `downgrade` but no `try_upgrade`: `flock(2)`
+/// drops a shared lock before it finds that it cannot make it exclusive,
+/// so a failed non-blocking upgrade leaves nothing held (another
+/// description then locks the file exclusively). A `try_upgrade` that
+/// failed would hand back a "shared" lock that another writer could
+/// already have taken and released.
+#[cfg(unix)]
+#[test]
+fn a_failed_flock_upgrade_leaves_nothing_held() {
+    let (d, a, b) = two_handles();
+    a.lock_shared().unwrap();
+    b.lock_shared().unwrap();
+    assert!(
+        matches!(a.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+        "the upgrade succeeded beside another reader"
+    );
+    b.unlock().unwrap();
+    let c = File::open(d.path().join("f.lock")).unwrap();
+    assert!(
+        c.try_lock().is_ok(),
+        "the reader whose upgrade failed still holds its shared lock: a try_upgrade could keep it"
+    );
+}

@@ -771,3 +771,88 @@ async fn a_task_may_wait_for_a_guard_it_acquired_and_handed_on() {
     released.unwrap();
     drop(waited.unwrap());
 }
+
+/// A downgraded writer lets readers in (a task of this process already
+/// waiting at the gate, and another process) and keeps writers out, and
+/// what it wrote before is there for the readers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_downgraded_writer_lets_readers_in_and_keeps_writers_out() {
+    let (_d, path) = support::temp_path("downgrade.lock");
+    let lock = Lock::new(&path).timeout(Duration::from_secs(60));
+    let mut writer = lock.write().await.unwrap();
+    writer.write_all(b"v2").await.unwrap();
+    let mut waiting = std::pin::pin!(lock.read());
+    assert!(futures_util::FutureExt::now_or_never(waiting.as_mut()).is_none());
+    writer.downgrade().await.unwrap();
+    let mut reader = waiting.await.unwrap();
+    let mut seen = String::new();
+    reader.read_to_string(&mut seen).await.unwrap();
+    assert_eq!(seen, "v2", "the readers do not see what the writer wrote");
+    let mut other = Proc::role("child_entry", "hold", &[path.to_str().unwrap(), "sh"]);
+    other.expect("LOCKED");
+    let mut try_write = Proc::role("child_entry", "try", &[path.to_str().unwrap()]);
+    assert!(try_write.expect("RESULT").starts_with("AlreadyLocked"));
+    try_write.finish();
+    support::busy(lock.try_write()).await;
+    // Downgrading a shared lock changes nothing.
+    reader.downgrade().await.unwrap();
+    drop((reader, writer));
+    other.close_stdin();
+    other.expect("RELEASED");
+    other.finish();
+    drop(lock.try_write().await.unwrap());
+}
+
+/// A downgrade never lets a waiting writer in: another process loops on a
+/// plain blocking `flock` (the kernel wakes it the moment the lock is
+/// free), and this one takes the lock exclusively, downgrades it and holds
+/// it shared for a while, 4,000 times (an unlock and relock in between
+/// fails this within a few hundred). No section of the other process may
+/// overlap one of ours (each from the exclusive grant to the shared
+/// release), and every downgrade succeeds.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_downgrade_never_lets_a_waiting_writer_in() {
+    let (d, path) = support::temp_path("atomic-downgrade.lock");
+    std::fs::write(&path, b"").unwrap();
+    let out = d.path().join("writer-sections");
+    let mut writer = Proc::role(
+        "child_entry",
+        "flock-writer",
+        &[path.to_str().unwrap(), out.to_str().unwrap()],
+    );
+    writer.expect("LOOPING");
+    let lock = Lock::new(&path)
+        .timeout(Duration::from_secs(60))
+        .check_interval(Duration::from_millis(1));
+    let mut ours = Vec::new();
+    for _ in 0..4_000 {
+        let mut g = lock.write().await.unwrap();
+        let start = support::epoch_ns();
+        g.downgrade().await.unwrap();
+        let t = std::time::Instant::now();
+        while t.elapsed() < Duration::from_micros(50) {
+            std::hint::spin_loop();
+        }
+        ours.push((start, support::epoch_ns()));
+        drop(g);
+    }
+    writer.close_stdin();
+    let count: usize = writer.expect("DONE").trim().parse().unwrap();
+    writer.finish();
+    let theirs: Vec<(u128, u128)> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (a, b) = l.split_once(' ').unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(theirs.len(), count);
+    assert!(count > 1, "the other writer never contended");
+    for &(s, e) in &ours {
+        if let Some(t) = theirs.iter().find(|&&(ts, te)| ts < e && s < te) {
+            panic!("the other writer held {t:?} inside our section ({s}, {e})");
+        }
+    }
+}

@@ -127,6 +127,18 @@ enum PassGuard {
     Shared(#[allow(dead_code)] OwnedRwLockReadGuard<()>),
 }
 
+impl Pass {
+    /// Turns an exclusive pass into a shared one without giving it back:
+    /// tasks of this process waiting at the gate to read pass at once,
+    /// writers keep waiting. A shared pass stays as it is.
+    pub(crate) fn downgrade(&mut self) {
+        self.guard = match self.guard.take() {
+            Some(PassGuard::Exclusive(g)) => Some(PassGuard::Shared(g.downgrade())),
+            other => other,
+        };
+    }
+}
+
 impl Drop for Pass {
     fn drop(&mut self) {
         drop(self.guard.take());

@@ -125,6 +125,23 @@ pub(crate) fn try_lock(file: &File, mode: Mode) -> io::Result<bool> {
     }
 }
 
+/// Turns the exclusive lock `file` holds into a shared one without
+/// unlocking it in between: `flock(2)` converts a lock of one open file
+/// description in place (Linux, macOS and the BSDs check for conflicts
+/// and swap the lock under one lock of their own, and an exclusive holder
+/// has no conflicts), and Windows lets a handle take a shared lock over
+/// its own exclusive one, whose first unlock then removes the exclusive
+/// one. `Ok(false)`: the OS refused the shared lock, and the exclusive one
+/// may be gone.
+pub(crate) fn downgrade(file: &File) -> io::Result<bool> {
+    let shared = try_lock(file, Mode::Shared)?;
+    #[cfg(windows)]
+    if shared {
+        file.unlock()?;
+    }
+    Ok(shared)
+}
+
 /// How a lock file is opened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum OpenMode {

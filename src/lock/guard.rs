@@ -129,6 +129,89 @@ impl LockGuard {
         Ok(())
     }
 
+    /// Turns this exclusive lock into a shared one without letting go of
+    /// it: no writer can take the lock in between, and readers may join —
+    /// those of this process at once, those of other processes at their
+    /// next attempt (within their `check_interval`). Data written through
+    /// the guard is flushed first, so readers see it. A shared lock stays
+    /// as it is. (The reverse, a `try_upgrade`, is not offered: `flock(2)`
+    /// drops a shared lock before it finds that it cannot be made
+    /// exclusive, so a failed upgrade would leave nothing held.)
+    ///
+    /// # Cancel safety
+    ///
+    /// This method is cancel safe: its only wait is the flush, and a
+    /// downgrade cancelled there leaves the lock exclusive.
+    ///
+    /// # Errors
+    ///
+    /// The flush's error (the lock stays exclusive). An error of kind
+    /// [`ErrorKind::LockLost`](crate::ErrorKind::LockLost) if the OS
+    /// refused the shared lock (no supported OS does for a holder of the
+    /// exclusive one, but the conversion is the OS's): the guard holds
+    /// nothing then and reports itself lost.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tokio::io::AsyncWriteExt;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> portalocker::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let lock = portalocker::Lock::new(dir.path().join("config.lock"));
+    /// let mut guard = lock.write().await?;
+    /// guard.write_all(b"v2").await?;
+    /// guard.downgrade().await?;
+    /// // Readers get in now; writers still wait for this guard.
+    /// let reader = lock.try_read().await?;
+    /// assert!(lock.try_write().await.unwrap_err().is_already_locked());
+    /// drop((reader, guard));
+    /// # Ok(()) }
+    /// ```
+    pub async fn downgrade(&mut self) -> Result<()> {
+        let path = &self.lock.path;
+        let Some(file) = self.file.as_mut() else {
+            return Ok(());
+        };
+        file.flush()
+            .await
+            .map_err(|e| Error::io("failed to write lock file", Some(path), e))?;
+        let Some(file) = self.file.take() else {
+            return Ok(());
+        };
+        // Flushed: no operation is in flight, so the std file comes back
+        // at once (else the conversion waits for nothing and is not made).
+        let std = match file.try_into_std() {
+            Ok(std) => std,
+            Err(file) => {
+                self.file = Some(file);
+                return Err(Error::io(
+                    "failed to downgrade",
+                    Some(path),
+                    io::Error::other("an operation on the file is still in flight"),
+                ));
+            }
+        };
+        let converted = crate::file::raw::downgrade(&std);
+        self.file = Some(tokio::fs::File::from_std(std));
+        match converted {
+            Ok(true) => {
+                if let Some(pass) = self._pass.as_mut() {
+                    pass.downgrade();
+                }
+                Ok(())
+            }
+            Ok(false) => {
+                self.loss().fail(format!(
+                    "the OS refused to turn the exclusive lock on {} into a shared one",
+                    path.display()
+                ));
+                Err(self.lost_error())
+            }
+            Err(e) => Err(Error::io("failed to downgrade", Some(path), e)),
+        }
+    }
+
     fn loss(&self) -> &Arc<Loss> {
         self.loss.get_or_init(|| Arc::new(Loss::new()))
     }

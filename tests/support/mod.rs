@@ -603,6 +603,39 @@ async fn run_role(role: &str, args: &[String]) {
             tokio::task::spawn_blocking(wait_for_parent).await.unwrap();
             drop(guard);
         }
+        // A writer with plain blocking `flock` (std `File::lock`: a waiter
+        // the kernel itself wakes), until the parent closes stdin: open,
+        // lock, a 50 µs section, unlock, close. Says "LOOPING" after the
+        // first section; at the end writes the sections ("start end",
+        // epoch ns, a line each) to args[1] and says "DONE <count>".
+        "flock-writer" => {
+            let parent = std::thread::spawn(wait_for_parent);
+            let mut sections = String::new();
+            let mut n = 0u64;
+            while !parent.is_finished() {
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&args[0])
+                    .unwrap();
+                f.lock().unwrap();
+                let start = epoch_ns();
+                let t = std::time::Instant::now();
+                while t.elapsed() < Duration::from_micros(50) {
+                    std::hint::spin_loop();
+                }
+                let end = epoch_ns();
+                f.unlock().unwrap();
+                drop(f);
+                sections.push_str(&format!("{start} {end}\n"));
+                n += 1;
+                if n == 1 {
+                    say("LOOPING", "");
+                }
+            }
+            std::fs::write(&args[1], sections).unwrap();
+            say("DONE", n);
+        }
         // One attempt; report the outcome.
         "try" => {
             let r = Lock::new(&args[0]).try_acquire().await;
