@@ -856,3 +856,40 @@ async fn a_downgrade_never_lets_a_waiting_writer_in() {
         }
     }
 }
+
+/// The guard makes its Tokio file on first use: threads that dereference
+/// one guard at once all get the same file (50 rounds of 8 threads), and
+/// writes through it still reach the disk before the unlock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_dereferenced_from_many_threads_has_one_file() {
+    let (_d, path) = support::temp_path("shared-guard.lock");
+    let lock = Lock::new(&path).truncate(true);
+    for round in 0..50 {
+        let guard = std::sync::Arc::new(lock.acquire().await.unwrap());
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let addresses: Vec<usize> = (0..8)
+            .map(|_| {
+                let (guard, barrier) = (guard.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let file: &tokio::fs::File = &guard;
+                    std::ptr::from_ref(file) as usize
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        assert!(addresses.windows(2).all(|w| w[0] == w[1]), "{addresses:?}");
+        let mut guard = std::sync::Arc::into_inner(guard).unwrap();
+        guard
+            .write_all(format!("round {round}").as_bytes())
+            .await
+            .unwrap();
+        guard.release().await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("round {round}")
+        );
+    }
+}

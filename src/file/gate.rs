@@ -21,7 +21,7 @@
 
 use std::fs::File;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -69,8 +69,8 @@ pub(crate) struct Gate {
     /// (µs since `base()`; 0: never).
     handoff_until: AtomicU64,
     /// Notified whenever a pass is given back, for waiters that only try
-    /// the gate (a semaphore's sweeps).
-    released: Arc<Notify>,
+    /// the gate (a semaphore's sweeps), once one asked for it.
+    released: Arc<Released>,
     /// Whether announcements are safe on the file's filesystem (0: not
     /// known yet, 1: yes, 2: no).
     capable: AtomicU8,
@@ -109,12 +109,19 @@ const MISSES: u32 = 3;
 const IGNORE_MIN: Duration = Duration::from_secs(1);
 const IGNORE_MAX: Duration = Duration::from_secs(30);
 
+/// The gate's release notification and whether anyone listens to it.
+#[derive(Debug, Default)]
+struct Released {
+    notify: Arc<Notify>,
+    listened: AtomicBool,
+}
+
 /// A passed gate, held for as long as the lock; giving it back notifies
 /// [`Gate::released_notifier`].
 #[derive(Debug)]
 pub(crate) struct Pass {
     guard: Option<PassGuard>,
-    released: Arc<Notify>,
+    released: Arc<Released>,
     /// Whether a lock was granted under this pass: only then does giving
     /// it back release anything worth waking waiters for. (A failed
     /// attempt that woke them would wake its own sweep: a busy loop.)
@@ -142,8 +149,12 @@ impl Pass {
 impl Drop for Pass {
     fn drop(&mut self) {
         drop(self.guard.take());
-        if self.granted {
-            self.released.notify_waiters();
+        // Nobody listens on most gates (only a semaphore's sweeps do):
+        // then the notification, a lock of the `Notify`'s waiter list, is
+        // skipped. A listener that registers meanwhile tries the gate after
+        // registering, and finds it free (both orders are `SeqCst`).
+        if self.granted && self.released.listened.load(Ordering::SeqCst) {
+            self.released.notify.notify_waiters();
         }
     }
 }
@@ -284,9 +295,11 @@ impl Gate {
         }
     }
 
-    /// Notified each time a pass of this gate is given back.
+    /// Notified each time a pass of this gate is given back (from now on:
+    /// the gate notifies only once someone asked for this).
     pub(crate) fn released_notifier(&self) -> Arc<Notify> {
-        self.released.clone()
+        self.released.listened.store(true, Ordering::SeqCst);
+        self.released.notify.clone()
     }
 
     /// Whether this process may owe another one a handoff window (an

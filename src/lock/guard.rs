@@ -19,7 +19,7 @@ use super::*;
 #[must_use = "if unused the lock is released at once"]
 #[clippy::has_significant_drop]
 pub struct LockGuard {
-    pub(super) file: Option<tokio::fs::File>,
+    pub(super) file: GuardFile,
     pub(super) id: FileId,
     /// Whether the file was used mutably (read, written, sought), so its
     /// offset may have moved.
@@ -114,11 +114,14 @@ impl LockGuard {
     /// that removes its own file first checks for itself).
     pub(crate) async fn release_checked(mut self, check: bool) -> Result<()> {
         let lost = check && self.is_lost();
-        let Some(mut file) = self.file.take() else {
-            return Ok(());
+        let (std, flushed) = match self.file.take() {
+            None => return Ok(()),
+            Some(Taken::Std(std)) => (std, Ok(())),
+            Some(Taken::Tokio(mut file)) => {
+                let flushed = file.flush().await;
+                (file.into_std().await, flushed)
+            }
         };
-        let flushed = file.flush().await;
-        let std = file.into_std().await;
         let unlocked = self.lock.release(std, self.id, self.touched, self.keep);
         let path = &self.lock.path;
         flushed.map_err(|e| Error::io("failed to write lock file", Some(path), e))?;
@@ -170,30 +173,30 @@ impl LockGuard {
     /// ```
     pub async fn downgrade(&mut self) -> Result<()> {
         let path = &self.lock.path;
-        let Some(file) = self.file.as_mut() else {
-            return Ok(());
-        };
-        file.flush()
-            .await
-            .map_err(|e| Error::io("failed to write lock file", Some(path), e))?;
-        let Some(file) = self.file.take() else {
-            return Ok(());
-        };
-        // Flushed: no operation is in flight, so the std file comes back
-        // at once (else the conversion waits for nothing and is not made).
-        let std = match file.try_into_std() {
-            Ok(std) => std,
-            Err(file) => {
-                self.file = Some(file);
-                return Err(Error::io(
-                    "failed to downgrade",
-                    Some(path),
-                    io::Error::other("an operation on the file is still in flight"),
-                ));
-            }
+        if let Some(file) = self.file.made_mut() {
+            file.flush()
+                .await
+                .map_err(|e| Error::io("failed to write lock file", Some(path), e))?;
+        }
+        let std = match self.file.take() {
+            None => return Ok(()),
+            Some(Taken::Std(std)) => std,
+            // Flushed: no operation is in flight, so the std file comes
+            // back at once.
+            Some(Taken::Tokio(file)) => match file.try_into_std() {
+                Ok(std) => std,
+                Err(file) => {
+                    self.file = GuardFile::made(file);
+                    return Err(Error::io(
+                        "failed to downgrade",
+                        Some(path),
+                        io::Error::other("an operation on the file is still in flight"),
+                    ));
+                }
+            },
         };
         let converted = crate::file::raw::downgrade(&std);
-        self.file = Some(tokio::fs::File::from_std(std));
+        self.file = GuardFile::new(std);
         match converted {
             Ok(true) => {
                 if let Some(pass) = self._pass.as_mut() {
@@ -345,7 +348,7 @@ impl Deref for LockGuard {
 
     fn deref(&self) -> &tokio::fs::File {
         self.file
-            .as_ref()
+            .get()
             .expect("a LockGuard holds its file until it is released")
     }
 }
@@ -354,7 +357,7 @@ impl DerefMut for LockGuard {
     fn deref_mut(&mut self) -> &mut tokio::fs::File {
         self.touched = true;
         self.file
-            .as_mut()
+            .get_mut()
             .expect("a LockGuard holds its file until it is released")
     }
 }
@@ -364,8 +367,13 @@ impl Drop for LockGuard {
         if let Some(task) = self.monitor.get() {
             task.abort();
         }
-        let Some(file) = self.file.take() else {
-            return;
+        let file = match self.file.take() {
+            None => return,
+            Some(Taken::Std(std)) => {
+                let _ = self.lock.release(std, self.id, self.touched, self.keep);
+                return;
+            }
+            Some(Taken::Tokio(file)) => file,
         };
         // With no operation in flight the std file comes back at once:
         // unlock it now.
@@ -394,6 +402,85 @@ impl Drop for LockGuard {
         // No runtime to wait on: dropping our handle lets the write finish,
         // and the last close releases the lock after the data is written.
         drop(file);
+    }
+}
+
+/// A guard's locked file: the std `File` until the guard is first
+/// dereferenced, then the Tokio file made from it. A guard that is never
+/// dereferenced (most lock files only exclude) makes no Tokio file, which
+/// would cost an allocation on each grant and taking it apart on release.
+#[derive(Debug, Default)]
+pub(super) struct GuardFile {
+    std: std::sync::Mutex<Option<std::fs::File>>,
+    /// Boxed: the guard stays small, so grants move little.
+    tokio: OnceLock<Box<tokio::fs::File>>,
+}
+
+/// A guard's file, taken out of it for the release.
+pub(super) enum Taken {
+    /// Never dereferenced: nothing can be in flight.
+    Std(std::fs::File),
+    Tokio(tokio::fs::File),
+}
+
+impl GuardFile {
+    pub(super) fn new(file: std::fs::File) -> Self {
+        Self {
+            std: std::sync::Mutex::new(Some(file)),
+            tokio: OnceLock::new(),
+        }
+    }
+
+    fn made(file: tokio::fs::File) -> Self {
+        Self {
+            std: std::sync::Mutex::default(),
+            tokio: OnceLock::from(Box::new(file)),
+        }
+    }
+
+    /// The Tokio file, made on first use; `None` once taken.
+    fn get(&self) -> Option<&tokio::fs::File> {
+        if let Some(f) = self.tokio.get() {
+            return Some(&**f);
+        }
+        let mut std = crate::util::lock(&self.std);
+        // Another thread may have made it while this one waited.
+        if let Some(f) = self.tokio.get() {
+            return Some(&**f);
+        }
+        let file = std.take()?;
+        Some(
+            self.tokio
+                .get_or_init(|| Box::new(tokio::fs::File::from_std(file))),
+        )
+    }
+
+    fn get_mut(&mut self) -> Option<&mut tokio::fs::File> {
+        if self.tokio.get().is_none() {
+            let file = self
+                .std
+                .get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()?;
+            self.tokio = OnceLock::from(Box::new(tokio::fs::File::from_std(file)));
+        }
+        self.tokio.get_mut().map(|f| &mut **f)
+    }
+
+    /// The Tokio file if one was made.
+    fn made_mut(&mut self) -> Option<&mut tokio::fs::File> {
+        self.tokio.get_mut().map(|f| &mut **f)
+    }
+
+    fn take(&mut self) -> Option<Taken> {
+        if let Some(f) = self.tokio.take() {
+            return Some(Taken::Tokio(*f));
+        }
+        self.std
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .map(Taken::Std)
     }
 }
 

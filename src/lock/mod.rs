@@ -478,7 +478,7 @@ impl Lock {
         } = granted;
         LockGuard {
             waited,
-            file: Some(tokio::fs::File::from_std(file)),
+            file: guard::GuardFile::new(file),
             id,
             touched: false,
             keep: true,
