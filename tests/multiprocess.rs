@@ -5,7 +5,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use portalocker::Lock;
-use support::Proc;
+use support::{ms, Proc};
 
 support::child_entry!();
 
@@ -16,13 +16,8 @@ async fn a_lock_held_by_a_child_is_already_locked_here() {
     child.expect("LOCKED");
     let err = Lock::new(&path).try_acquire().await.unwrap_err();
     assert!(err.is_already_locked(), "{err}");
-    support::busy(
-        Lock::new(&path)
-            .timeout(support::ms(100))
-            .check_interval(support::ms(10))
-            .acquire(),
-    )
-    .await;
+    let waiting = Lock::new(&path).timeout(ms(100)).check_interval(ms(10));
+    support::busy(waiting.acquire()).await;
     child.close_stdin();
     child.expect("RELEASED");
     child.finish();

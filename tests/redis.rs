@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use portalocker::{ErrorKind, LockFlags, RedisLock};
-use support::{Proc, RedisServer};
+use support::{ms, Proc, RedisServer};
 
 support::child_entry!();
 
@@ -279,13 +279,8 @@ async fn bad_input_is_a_typed_error() {
     // Nothing listens on this port.
     let port = support::free_port();
     let client = portalocker::redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
-    let err = support::fails_with(
-        ErrorKind::Redis,
-        RedisLock::new("ok", client)
-            .timeout(support::ms(300))
-            .acquire(),
-    )
-    .await;
+    let lock = RedisLock::new("ok", client).timeout(ms(300));
+    let err = support::fails_with(ErrorKind::Redis, lock.acquire()).await;
     assert!(!err.is_already_locked());
     // An address this build cannot serve is refused before anything
     // connects: the listener never sees a connection.
@@ -587,13 +582,8 @@ async fn silent_subscribers_with_other_names_are_never_reaped() {
     )
     .await;
     let _b = fake_holder(&srv, "nr", "", None).await;
-    support::busy(
-        RedisLock::new("nr", srv.client())
-            .timeout(support::ms(1500))
-            .unavailable_timeout(support::ms(200))
-            .acquire(),
-    )
-    .await;
+    let lock = RedisLock::new("nr", srv.client()).timeout(ms(1500));
+    support::busy(lock.unavailable_timeout(ms(200)).acquire()).await;
     // Our own subscription may still be counted for a moment after the
     // error (the server drops it asynchronously, slower on a busy
     // machine): wait until the count settles at most at 2 — foreign

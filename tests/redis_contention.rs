@@ -138,13 +138,8 @@ async fn a_losing_waiter_waits_quietly() {
     let mut holder = Proc::role("child_entry", "redis-hold", &[&srv.url(), "quiet"]);
     holder.expect("LOCKED");
     let before = info_field(&srv, "total_connections_received").await;
-    support::busy(
-        RedisLock::new("quiet", srv.client())
-            .timeout(Duration::from_secs(2))
-            .check_interval(support::ms(20))
-            .acquire(),
-    )
-    .await;
+    let lock = RedisLock::new("quiet", srv.client()).timeout(Duration::from_secs(2));
+    support::busy(lock.check_interval(support::ms(20)).acquire()).await;
     let opened = info_field(&srv, "total_connections_received").await - before;
     // Attempts after ~20, 40, 80, …, 640 ms and then every ≤ 1.5 s: about
     // 8 attempts of two connections each, plus the command and side

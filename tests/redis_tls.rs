@@ -299,13 +299,8 @@ async fn an_unknown_ca_is_refused_unless_insecure() {
     let pki = Pki::new();
     let srv = TlsServer::start(&pki, false).await;
     let strict = redis::Client::open(srv.url("localhost")).unwrap();
-    let err = support::fails_with(
-        ErrorKind::Redis,
-        RedisLock::new("ins", strict)
-            .timeout(support::ms(500))
-            .acquire(),
-    )
-    .await;
+    let lock = RedisLock::new("ins", strict).timeout(support::ms(500));
+    let err = support::fails_with(ErrorKind::Redis, lock.acquire()).await;
     assert!(err.to_string().contains("UnknownIssuer"), "not why: {err}");
     let insecure = redis::Client::open(format!("{}#insecure", srv.url("localhost"))).unwrap();
     let g = RedisLock::new("ins", insecure).acquire().await.unwrap();

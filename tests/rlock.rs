@@ -1,6 +1,8 @@
 //! `RLock`: counting per owner, contention between owners.
 mod support;
 
+use support::ms;
+
 use std::time::Duration;
 
 use portalocker::RLock;
@@ -46,13 +48,8 @@ async fn a_second_rlock_on_the_same_path_contends() {
     let (_d, path) = support::temp_path("r.lock");
     let a = RLock::new(&path);
     let _g = a.acquire().await.unwrap();
-    support::busy(
-        RLock::new(&path)
-            .timeout(support::ms(50))
-            .check_interval(support::ms(10))
-            .acquire(),
-    )
-    .await;
+    let other = RLock::new(&path).timeout(ms(50)).check_interval(ms(10));
+    support::busy(other.acquire()).await;
     // Also from another process.
     let mut child = support::Proc::role("child_entry", "try", &[path.to_str().unwrap()]);
     assert_eq!(child.expect("RESULT"), "AlreadyLocked None");
