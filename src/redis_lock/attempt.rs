@@ -486,26 +486,29 @@ impl<'a> Attempt<'a> {
             .map_err(AttemptError::classify)?;
         let info = client.get_connection_info();
         let wait = cfg.unavailable_timeout.max(Duration::from_millis(100));
-        let mut pubsub = tokio::time::timeout(wait, connect::named_subscription(info, &name))
-            .await
-            .map_err(|_| AttemptError::Transient(timeout_error("connecting the subscription")))??;
-        match tokio::time::timeout(wait, pubsub.subscribe(&cfg.channel)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
+        // A slow connection or confirmation costs this attempt only: the
+        // connection is dropped here, so the subscription cannot linger.
+        let pubsub = match tokio::time::timeout(
+            wait,
+            connect::named_subscription(info, &name, &cfg.channel),
+        )
+        .await
+        {
+            Ok(Ok(pubsub)) => pubsub,
+            Ok(Err(Err(e))) => return Err(e),
+            Ok(Err(Ok(refused))) => {
                 return Err(AttemptError::on_channel(
-                    e,
+                    refused,
                     &cfg.channel,
                     &format!("the lock channel: allow &{}", cfg.channel),
                 ))
             }
-            // A slow confirmation costs this attempt only: the connection
-            // is dropped here, so the subscription cannot linger.
             Err(_) => {
                 return Err(AttemptError::Transient(timeout_error(
-                    "Redis did not confirm the lock channel subscription in time",
+                    "connecting and subscribing the lock channel's connection",
                 )))
             }
-        }
+        };
         Ok(keep_alive::Subscription::start(
             self.state.clone(),
             pubsub,

@@ -18,7 +18,8 @@
 
 use redis::aio::{MultiplexedConnection, PubSub, PubSubSink, PubSubStream};
 use redis::{
-    ConnectionAddr, ConnectionInfo, PushInfo, PushKind, RedisConnectionInfo, RedisResult, Value,
+    ConnectionAddr, ConnectionInfo, PushInfo, PushKind, RedisConnectionInfo, RedisError,
+    RedisResult, Value,
 };
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -56,14 +57,6 @@ pub(super) enum SubStream {
 }
 
 impl SubConn {
-    /// Subscribes, returning once the server confirmed.
-    pub(super) async fn subscribe(&mut self, channel: &str) -> RedisResult<()> {
-        match self {
-            Self::Resp2(ps) => ps.subscribe(channel).await,
-            Self::Resp3(con, _) => con.subscribe(channel).await,
-        }
-    }
-
     pub(super) fn split(self) -> (SubSink, SubStream) {
         match self {
             Self::Resp2(ps) => {
@@ -144,21 +137,75 @@ impl SubStream {
     }
 }
 
-/// Opens a subscription connection named `name`.
+/// Opens a subscription connection named `name` and subscribed to
+/// `channel`. Naming and subscribing go in one write (after `AUTH` where
+/// configured): the server runs them in order, so the connection carries
+/// its name before it is counted, and the pair costs one round trip. A
+/// refused subscription is `Err(Ok(error))`, for the caller to explain.
 pub(super) async fn named_subscription(
     info: &ConnectionInfo,
     name: &str,
-) -> Result<SubConn, AttemptError> {
+    channel: &str,
+) -> Result<SubConn, Result<RedisError, AttemptError>> {
     if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
-        return over_tls(info, name).await;
+        return over_tls(info, name, channel).await;
     }
-    let sock = open(info).await?;
+    let sock = open(info).await.map_err(Err)?;
     let settings = info.redis_settings();
-    let sock = handshake(sock, settings, name).await?;
+    let sock = handshake(sock, settings, name, channel).await?;
     PubSub::new(&without_auth(settings), sock)
         .await
         .map(SubConn::Resp2)
-        .map_err(AttemptError::classify)
+        .map_err(|e| Err(AttemptError::classify(e)))
+}
+
+/// A socket whose first bytes were already read (into `head`): messages
+/// the server sent right after the handshake's last reply.
+struct Prefixed {
+    head: Vec<u8>,
+    at: usize,
+    inner: Box<dyn Io>,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let me = self.get_mut();
+        if me.at < me.head.len() {
+            let n = (me.head.len() - me.at).min(buf.remaining());
+            buf.put_slice(&me.head[me.at..me.at + n]);
+            me.at += n;
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut me.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 /// Why `addr` cannot carry a lock, checked before anything connects.
@@ -185,15 +232,20 @@ pub(super) fn unsupported(addr: &ConnectionAddr) -> Option<String> {
     }
 }
 
-/// A RESP3 connection over redis-rs's TLS, named by its first command.
+/// A RESP3 connection over redis-rs's TLS, named by its first command and
+/// subscribed by its second, sent together.
 #[cfg(feature = "redis-tls")]
-async fn over_tls(info: &ConnectionInfo, name: &str) -> Result<SubConn, AttemptError> {
+async fn over_tls(
+    info: &ConnectionInfo,
+    name: &str,
+    channel: &str,
+) -> Result<SubConn, Result<RedisError, AttemptError>> {
     let settings = info
         .redis_settings()
         .clone()
         .set_protocol(redis::ProtocolVersion::RESP3);
     let client = redis::Client::open(info.clone().set_redis_settings(settings))
-        .map_err(AttemptError::classify)?;
+        .map_err(|e| Err(AttemptError::classify(e)))?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     // Every wait on this connection has its own bound.
     let config = redis::AsyncConnectionConfig::new()
@@ -203,26 +255,35 @@ async fn over_tls(info: &ConnectionInfo, name: &str) -> Result<SubConn, AttemptE
     let mut con = client
         .get_multiplexed_async_connection_with_config(&config)
         .await
-        .map_err(AttemptError::classify)?;
-    redis::cmd("CLIENT")
-        .arg("SETNAME")
-        .arg(name)
-        .query_async::<()>(&mut con)
-        .await
-        .map_err(|e| {
-            AttemptError::Fatal(Error::new(ErrorKind::Redis, OP).with_reason(format!(
+        .map_err(|e| Err(AttemptError::classify(e)))?;
+    let mut sub = con.clone();
+    let mut naming = redis::cmd("CLIENT");
+    naming.arg("SETNAME").arg(name);
+    // `join!` polls the naming first, which queues its request before the
+    // subscription queues its own: one round trip, the name first.
+    let (named, subscribed) =
+        tokio::join!(naming.query_async::<()>(&mut con), sub.subscribe(channel));
+    named.map_err(|e| {
+        Err(AttemptError::Fatal(
+            Error::new(ErrorKind::Redis, OP).with_reason(format!(
                 "naming the subscription connection {name:?} failed: {e}"
-            )))
-        })?;
+            )),
+        ))
+    })?;
+    subscribed.map_err(Ok)?;
     Ok(SubConn::Resp3(con, rx))
 }
 
 #[cfg(not(feature = "redis-tls"))]
-async fn over_tls(info: &ConnectionInfo, _name: &str) -> Result<SubConn, AttemptError> {
-    Err(AttemptError::Fatal(Error::invalid(
+async fn over_tls(
+    info: &ConnectionInfo,
+    _name: &str,
+    _channel: &str,
+) -> Result<SubConn, Result<RedisError, AttemptError>> {
+    Err(Err(AttemptError::Fatal(Error::invalid(
         OP,
         unsupported(info.addr()).unwrap_or_default(),
-    )))
+    ))))
 }
 
 async fn open(info: &ConnectionInfo) -> Result<Box<dyn Io>, AttemptError> {
@@ -245,13 +306,16 @@ async fn open(info: &ConnectionInfo) -> Result<Box<dyn Io>, AttemptError> {
     }
 }
 
-/// Sends `AUTH` (if configured) and `CLIENT SETNAME` in one write and
-/// reads one reply per command.
+/// Sends `AUTH` (if configured), `CLIENT SETNAME` and `SUBSCRIBE` in one
+/// write and reads one reply per command. Bytes read past the last reply
+/// (a message published on the channel at once) stay in the returned
+/// socket.
 async fn handshake(
     sock: Box<dyn Io>,
     settings: &RedisConnectionInfo,
     name: &str,
-) -> Result<Box<dyn Io>, AttemptError> {
+    channel: &str,
+) -> Result<Box<dyn Io>, Result<RedisError, AttemptError>> {
     let mut packed = Vec::new();
     let mut what = Vec::new();
     if let Some(pw) = settings.password() {
@@ -269,57 +333,86 @@ async fn handshake(
             .get_packed_command(),
     );
     what.push("naming");
+    packed.extend(redis::cmd("SUBSCRIBE").arg(channel).get_packed_command());
     let mut sock = BufReader::new(sock);
     sock.write_all(&packed)
         .await
-        .map_err(|e| AttemptError::Transient(e.into()))?;
-    // Every reply is read, so an error in the first does not leave the
-    // second for `PubSub` to misread.
+        .map_err(|e| Err(AttemptError::Transient(e.into())))?;
+    // Every reply is read, so an error in one does not leave the next for
+    // `PubSub` to misread.
     let mut failure = None;
     for what in what {
-        if let Err(e) = read_reply(&mut sock).await? {
+        if let Err(e) = read_reply(&mut sock).await.map_err(Err)? {
             failure.get_or_insert((what, e));
         }
     }
+    let subscribed = read_subscribed(&mut sock, channel).await.map_err(Err)?;
     if let Some((what, e)) = failure {
-        // A server restarting or failing over: worth another attempt.
-        let code = e
-            .trim_start_matches('-')
-            .split([' ', ':'])
-            .next()
-            .unwrap_or("");
-        if matches!(code, "LOADING" | "MASTERDOWN") {
-            return Err(AttemptError::Transient(redis::RedisError::from(
-                std::io::Error::other(format!(
-                    "{what} the subscription connection {name:?} failed: {e}"
-                )),
-            )));
-        }
-        let why = match super::errors::refusal_in(&e) {
-            Some(why) => format!("{why}: "),
-            None => String::new(),
-        };
-        return Err(AttemptError::Fatal(
-            Error::new(ErrorKind::Redis, OP).with_reason(format!(
-                "{why}{what} the subscription connection {name:?} failed: {e}"
-            )),
-        ));
+        return Err(Err(handshake_failure(what, name, &e)));
     }
-    if !sock.buffer().is_empty() {
-        return Err(protocol_error(
-            "the server sent more than the handshake's replies",
-        ));
-    }
-    Ok(sock.into_inner())
+    subscribed.map_err(Ok)?;
+    let head = sock.buffer().to_vec();
+    Ok(Box::new(Prefixed {
+        head,
+        at: 0,
+        inner: sock.into_inner(),
+    }))
 }
 
-/// Reads one handshake reply: `Ok(Ok(()))` for `+OK`, `Ok(Err(message))`
-/// for a server error. The reply is parsed by redis-rs's RESP parser;
-/// anything but a simple status or error (or a reply over [`MAX_REPLY`]
-/// bytes) is a protocol error.
-async fn read_reply<R: AsyncRead + Unpin>(
+/// The error for a failed `AUTH` or `CLIENT SETNAME` reply `e`.
+fn handshake_failure(what: &str, name: &str, e: &str) -> AttemptError {
+    // A server restarting or failing over: worth another attempt.
+    let code = e
+        .trim_start_matches('-')
+        .split([' ', ':'])
+        .next()
+        .unwrap_or("");
+    if matches!(code, "LOADING" | "MASTERDOWN") {
+        return AttemptError::Transient(RedisError::from(std::io::Error::other(format!(
+            "{what} the subscription connection {name:?} failed: {e}"
+        ))));
+    }
+    let why = match super::errors::refusal_in(e) {
+        Some(why) => format!("{why}: "),
+        None => String::new(),
+    };
+    AttemptError::Fatal(Error::new(ErrorKind::Redis, OP).with_reason(format!(
+        "{why}{what} the subscription connection {name:?} failed: {e}"
+    )))
+}
+
+/// Reads the reply to `SUBSCRIBE channel`: `Ok(Ok(()))` for the
+/// confirmation (`subscribe`, the channel, a count), `Ok(Err(error))` for
+/// the server's error; anything else is a protocol error.
+async fn read_subscribed<R: AsyncRead + Unpin>(
     r: &mut BufReader<R>,
-) -> Result<Result<(), String>, AttemptError> {
+    channel: &str,
+) -> Result<Result<(), RedisError>, AttemptError> {
+    let first = read_line(r).await?;
+    if first.starts_with(b"-") {
+        return match redis::parse_redis_value(&first) {
+            Ok(Value::ServerError(e)) => Ok(Err(e.into())),
+            Err(e) => Ok(Err(e)),
+            _ => Err(protocol_error("unexpected subscription reply")),
+        };
+    }
+    if first != b"*3\r\n" {
+        return Err(protocol_error("unexpected subscription reply"));
+    }
+    let kind = read_bulk(r).await?;
+    let named = read_bulk(r).await?;
+    let count = read_line(r).await?;
+    if !kind.eq_ignore_ascii_case(b"subscribe")
+        || named != channel.as_bytes()
+        || !count.starts_with(b":")
+    {
+        return Err(protocol_error("unexpected subscription reply"));
+    }
+    Ok(Ok(()))
+}
+
+/// One `\r\n`-terminated line of at most [`MAX_REPLY`] bytes.
+async fn read_line<R: AsyncRead + Unpin>(r: &mut BufReader<R>) -> Result<Vec<u8>, AttemptError> {
     let mut line = Vec::new();
     let n = r
         .take(MAX_REPLY)
@@ -334,6 +427,38 @@ async fn read_reply<R: AsyncRead + Unpin>(
     if !line.ends_with(b"\r\n") {
         return Err(protocol_error("a handshake reply is truncated or too long"));
     }
+    Ok(line)
+}
+
+/// One bulk string (`$len`, the bytes, `\r\n`) of at most [`MAX_REPLY`]
+/// bytes: its bytes.
+async fn read_bulk<R: AsyncRead + Unpin>(r: &mut BufReader<R>) -> Result<Vec<u8>, AttemptError> {
+    let head = read_line(r).await?;
+    let len = std::str::from_utf8(&head[..head.len() - 2])
+        .ok()
+        .and_then(|h| h.strip_prefix('$'))
+        .and_then(|n| n.parse::<u64>().ok())
+        .filter(|&n| n <= MAX_REPLY)
+        .ok_or_else(|| protocol_error("unexpected subscription reply"))?;
+    let mut data = vec![0; usize::try_from(len).unwrap_or(0) + 2];
+    r.read_exact(&mut data)
+        .await
+        .map_err(|e| AttemptError::Transient(e.into()))?;
+    if !data.ends_with(b"\r\n") {
+        return Err(protocol_error("unexpected subscription reply"));
+    }
+    data.truncate(data.len() - 2);
+    Ok(data)
+}
+
+/// Reads one handshake reply: `Ok(Ok(()))` for `+OK`, `Ok(Err(message))`
+/// for a server error. The reply is parsed by redis-rs's RESP parser;
+/// anything but a simple status or error (or a reply over [`MAX_REPLY`]
+/// bytes) is a protocol error.
+async fn read_reply<R: AsyncRead + Unpin>(
+    r: &mut BufReader<R>,
+) -> Result<Result<(), String>, AttemptError> {
+    let line = read_line(r).await?;
     match redis::parse_redis_value(&line) {
         Ok(Value::Okay) => Ok(Ok(())),
         Ok(Value::SimpleString(s)) if s == "OK" => Ok(Ok(())),
@@ -348,18 +473,14 @@ fn protocol_error(why: &str) -> AttemptError {
     AttemptError::Fatal(Error::new(ErrorKind::Redis, OP).with_reason(why.to_string()))
 }
 
-/// `settings` without the credentials (already sent by [`handshake`]).
+/// The settings `PubSub` gets for a connection [`handshake`] already
+/// authenticated and subscribed: no credentials, database 0 and no library
+/// name, so that it sends nothing (a subscribed connection may only
+/// (un)subscribe and ping; channels belong to no database).
 fn without_auth(settings: &RedisConnectionInfo) -> RedisConnectionInfo {
-    let plain = RedisConnectionInfo::default()
-        .set_db(settings.db())
-        .set_protocol(settings.protocol());
-    if settings.skip_set_lib_name() {
-        plain.set_skip_set_lib_name()
-    } else if let (Some(name), Some(ver)) = (settings.lib_name(), settings.lib_ver()) {
-        plain.set_lib_name(name, ver)
-    } else {
-        plain
-    }
+    RedisConnectionInfo::default()
+        .set_protocol(settings.protocol())
+        .set_skip_set_lib_name()
 }
 
 #[cfg(test)]
@@ -395,17 +516,91 @@ mod tests {
         assert!(matches!(read_reply(&mut r).await, Ok(Err(_))));
     }
 
+    async fn subscribed(bytes: &[u8]) -> Result<Result<(), RedisError>, AttemptError> {
+        read_subscribed(&mut BufReader::new(bytes), "ch").await
+    }
+
+    #[tokio::test]
+    async fn a_subscription_reply_is_checked() {
+        assert!(matches!(
+            subscribed(b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n").await,
+            Ok(Ok(()))
+        ));
+        match subscribed(b"-NOPERM no permissions to access one of the channels\r\n").await {
+            Ok(Err(e)) => assert_eq!(e.code(), Some("NOPERM"), "{e}"),
+            _ => panic!("a refusal is the server's error"),
+        }
+        for bad in [
+            &b"*3\r\n$9\r\nsubscribe\r\n$2\r\nxx\r\n:1\r\n"[..],
+            b"*3\r\n$11\r\nunsubscribe\r\n$2\r\nch\r\n:0\r\n",
+            b"+OK\r\n",
+            b"*3\r\n$999999\r\n",
+        ] {
+            assert!(
+                matches!(subscribed(bad).await, Err(AttemptError::Fatal(_))),
+                "{bad:?} is a protocol error"
+            );
+        }
+        assert!(matches!(
+            subscribed(b"*3\r\n$9\r\nsubs").await,
+            Err(AttemptError::Transient(_))
+        ));
+    }
+
+    /// A message the server sends right after confirming the subscription
+    /// (read with the confirmation) reaches the `PubSub` reading the
+    /// socket next. Without the carried-over bytes it was lost.
+    #[tokio::test]
+    async fn bytes_after_the_handshake_are_kept() {
+        let (client, mut server) = tokio::io::duplex(4096);
+        let served = tokio::spawn(async move {
+            let mut request = vec![0; 4096];
+            let n = server.read(&mut request).await.unwrap();
+            let request = String::from_utf8_lossy(&request[..n]).into_owned();
+            server
+                .write_all(
+                    b"+OK\r\n*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n\
+                      *3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n",
+                )
+                .await
+                .unwrap();
+            (request, server)
+        });
+        let Ok(mut sock) = handshake(
+            Box::new(client),
+            &RedisConnectionInfo::default(),
+            "ch-lock-x",
+            "ch",
+        )
+        .await
+        else {
+            panic!("the handshake failed");
+        };
+        let (request, _server) = served.await.unwrap();
+        let setname = request.find("SETNAME").expect("no SETNAME");
+        let subscribe = request.find("SUBSCRIBE").expect("no SUBSCRIBE");
+        assert!(setname < subscribe, "named after subscribing: {request:?}");
+        let message = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n";
+        let mut rest = vec![0; message.len()];
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            sock.read_exact(&mut rest),
+        );
+        read.await.expect("the message was lost").unwrap();
+        assert_eq!(rest, message);
+    }
+
     #[test]
-    fn credentials_are_dropped_and_the_rest_kept() {
+    fn the_subscribed_connection_is_set_up_with_nothing_to_send() {
         let s = RedisConnectionInfo::default()
             .set_username("u")
             .set_password("p")
             .set_db(3)
-            .set_skip_set_lib_name();
+            .set_lib_name("app", "1.0");
         let plain = without_auth(&s);
         assert_eq!(plain.password(), None);
         assert_eq!(plain.username(), None);
-        assert_eq!(plain.db(), 3);
+        assert_eq!(plain.db(), 0);
         assert!(plain.skip_set_lib_name());
     }
 }

@@ -74,7 +74,7 @@ pub(crate) const OP: &str = "failed to acquire Redis lock";
 ///
 /// ```text
 /// acquire ─► this process's turn (tasks of one process queue first come, first served)
-///          ─► connect, CLIENT SETNAME <channel>-lock-<id>, SUBSCRIBE <channel>
+///          ─► connect, then CLIENT SETNAME <channel>-lock-<id> + SUBSCRIBE <channel> in one write
 ///          ─► NUMSUB = 1 ? ──yes──► exclusive (fast path) ─┐
 ///                 │ no                                     │
 ///                 ▼                                        ▼
