@@ -11,6 +11,7 @@
 //! ```text
 //! cargo bench --bench contention                  # K = 2000, 2 s runs
 //! CONTENTION_K=500 CONTENTION_SECS=5 cargo bench --bench contention
+//! CONTENTION_ONLY=8,16 cargo bench --bench contention  # prints, writes nothing
 //! ```
 //!
 //! Prints Markdown tables (throughput, wait median / p99 / max, handoffs
@@ -624,6 +625,12 @@ with open(out, "w") as f:
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(2000);
+        // `CONTENTION_ONLY=P1,P2,...` measures the comparison tables at
+        // those P only (flock, this crate and its tasks), prints them and
+        // writes nothing: a quick look at one change.
+        let only: Option<Vec<usize>> = std::env::var("CONTENTION_ONLY")
+            .ok()
+            .map(|s| s.split(',').filter_map(|p| p.trim().parse().ok()).collect());
         let mut rows = Vec::new();
         let mut table = String::new();
         for run in [Run::Grants(k), Run::Secs(secs)] {
@@ -648,8 +655,14 @@ with open(out, "w") as f:
             });
             std::fs::create_dir_all(&run_dir).unwrap();
             for p in [2usize, 4, 8, 16] {
+                if only.as_ref().is_some_and(|o| !o.contains(&p)) {
+                    continue;
+                }
                 let mut flock_rate = f64::NAN;
                 for w in who {
+                    if only.is_some() && w.starts_with("python") {
+                        continue;
+                    }
                     let mut o = if w == "portalocker-tasks" {
                         run_tasks(&run_dir, p, run)
                     } else {
@@ -687,6 +700,10 @@ with open(out, "w") as f:
                     table.push('\n');
                 }
             }
+        }
+
+        if only.is_some() {
+            return;
         }
 
         // The field's conditions, this crate only.

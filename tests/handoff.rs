@@ -49,8 +49,8 @@ fn assert_served_against_looping_holder(
 /// another process (`waiter`, role `wait`) announces itself, the lock file
 /// is read (through the guard's descriptor and a fresh one — on relatime
 /// or strictatime mounts that changes the access time), and the release
-/// after the holder's burst hands over: it closes the descriptor, and the
-/// waiter gets the lock.
+/// after the holder's burst hands over: it rings the waiter's doorbell,
+/// and the waiter gets the lock.
 async fn assert_hands_over_despite_reads(path: &Path, waiter: impl FnOnce() -> Proc) {
     let ino = std::fs::metadata(path).unwrap().ino();
     let lock = Lock::new(path);
@@ -72,8 +72,8 @@ async fn assert_hands_over_despite_reads(path: &Path, waiter: impl FnOnce() -> P
     drop(guard);
     assert_eq!(
         support::open_count(path),
-        0,
-        "{}: the release handed over (and closed its descriptor)",
+        1,
+        "{}: the release handed over by ringing the waiter (keeping its descriptor)",
         path.display()
     );
     waiter.expect("ACQUIRED");
@@ -102,6 +102,38 @@ fn looping_holder(path: &Path, reads: bool) -> Proc {
     )
 }
 
+/// A handover wakes the longest-waiting waiter alone, by its doorbell: the
+/// holder keeps its descriptor (no close, so no inotify event wakes every
+/// waiter), and the waiter, which never polls, is served at once.
+#[tokio::test]
+async fn a_handover_rings_the_waiter_and_keeps_the_descriptor() {
+    let (_d, path) = support::temp_path("rung.lock");
+    std::fs::write(&path, b"").unwrap();
+    let ino = std::fs::metadata(&path).unwrap().ino();
+    let lock = Lock::new(&path);
+    let guard = lock.acquire().await.unwrap();
+    let held = std::time::Instant::now();
+    let mut waiter = Proc::role(
+        "child_entry",
+        "wait",
+        &[path.to_str().unwrap(), "wake-only"],
+    );
+    waiter.expect("WAITING");
+    wait_for_announcement(ino, &mut waiter).await;
+    // A holder hands over only after a burst of grants (a millisecond).
+    while held.elapsed() < Duration::from_millis(5) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    drop(guard);
+    assert_eq!(
+        support::open_count(&path),
+        1,
+        "the release kept its descriptor (it rang instead of closing)"
+    );
+    waiter.expect("ACQUIRED");
+    waiter.finish();
+}
+
 /// The old handoff (a sentinel access time) lost its announcement to every
 /// read of the lock file on relatime mounts — the default on ext4 and
 /// tmpfs — and a waiter timed out 3 times in 10.
@@ -115,7 +147,13 @@ async fn a_holder_reading_its_lock_file_hands_over_on_relatime_and_tmpfs() {
     for dir in [disk.path(), tmpfs.path()] {
         let path = dir.join("read.lock");
         std::fs::write(&path, b"hello world").unwrap();
-        let waiter = || Proc::role("child_entry", "wait", &[path.to_str().unwrap()]);
+        let waiter = || {
+            Proc::role(
+                "child_entry",
+                "wait",
+                &[path.to_str().unwrap(), "wake-only"],
+            )
+        };
         assert_hands_over_despite_reads(&path, waiter).await;
         assert_served_against_looping_holder(&path, true, |args| {
             Proc::role("child_entry", "serve-on-go", args)
@@ -141,8 +179,14 @@ async fn a_waiter_that_does_not_own_the_file_is_handed_the_lock() {
         let path = d.path().join("shared.lock");
         std::fs::write(&path, b"").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-        let waiter =
-            || Proc::role_as_nobody(d.path(), "child_entry", "wait", &[path.to_str().unwrap()]);
+        let waiter = || {
+            Proc::role_as_nobody(
+                d.path(),
+                "child_entry",
+                "wait",
+                &[path.to_str().unwrap(), "wake-only"],
+            )
+        };
         assert_hands_over_despite_reads(&path, waiter).await;
         assert_served_against_looping_holder(&path, false, |args| {
             Proc::role_as_nobody(d.path(), "child_entry", "serve-on-go", args)
@@ -211,9 +255,12 @@ async fn a_killed_announced_waiter_leaves_nothing_behind() {
 
 /// A waiter that cannot take what it is handed (SIGSTOPped while announced:
 /// a debugger, a frozen cgroup) stops being handed the lock after a few
-/// handovers: the holder's releases keep their descriptor again, instead
-/// of every one closing it and staying away for nothing. Resumed, the
-/// waiter is still served.
+/// handovers. The first one rings its doorbell (the holder keeps its
+/// descriptor); since it did not take that, the next ones close the
+/// descriptor, which wakes every waiter; then it is left out and the
+/// holder's releases keep their descriptor again, instead of every one
+/// closing it and staying away for nothing. Resumed, the waiter is still
+/// served.
 #[tokio::test]
 async fn a_stopped_announced_waiter_is_left_out_after_a_few_handovers() {
     let (_d, path) = support::temp_path("stopped.lock");
@@ -228,7 +275,7 @@ async fn a_stopped_announced_waiter_is_left_out_after_a_few_handovers() {
     support::kill("-STOP", waiter_pid);
     drop(guard);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut handovers = 0;
+    let mut closes = 0;
     loop {
         let g = lock.acquire().await.unwrap();
         // Past the holder's burst, so the release looks for announcements.
@@ -237,18 +284,20 @@ async fn a_stopped_announced_waiter_is_left_out_after_a_few_handovers() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         drop(g);
-        if support::open_count(&path) == 1 {
-            break; // kept its descriptor: no handover
+        if support::open_count(&path) == 0 {
+            closes += 1;
+        } else if closes > 0 {
+            break; // kept its descriptor again: left out
         }
-        handovers += 1;
         assert!(
             std::time::Instant::now() < deadline,
-            "after {handovers} releases every one still hands over to the stopped waiter"
+            "after {closes} closing handovers the stopped waiter is still handed the lock \
+             (or was never handed it)"
         );
     }
     assert!(
-        (1..=3).contains(&handovers),
-        "{handovers} handovers to the stopped waiter before it was left out"
+        (1..=3).contains(&closes),
+        "{closes} closing handovers to the stopped waiter before it was left out"
     );
     support::kill("-CONT", waiter_pid);
     waiter.expect("ACQUIRED");

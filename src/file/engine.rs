@@ -11,9 +11,10 @@
 //!    the next scheduled attempt, until the deadline;
 //! 3. **grant**: the pass is kept by the guard for as long as the lock;
 //! 4. **release** ([`Engine::release`]): unlock, let the gate hand the
-//!    lock over to an announced waiter of another process (then close the
-//!    descriptor: that wakes them), wake this process's waiters, keep the
-//!    descriptor for the next acquisition.
+//!    lock over to an announced waiter of another process (it rings that
+//!    waiter's doorbell, or has the descriptor closed, which wakes them
+//!    all), wake this process's waiters, keep the descriptor for the next
+//!    acquisition.
 //!
 //! [`wait`] is generic over a [`Contender`]: a single lock file
 //! ([`Engine`]'s own) or a semaphore's sweep over its slots. Both use the
@@ -346,6 +347,8 @@ impl Engine {
             timeout,
             since: None,
             announced: false,
+            bell: None,
+            bell_fresh: false,
             attempts: 0,
         };
         let schedule = Schedule::from(start, deadline, self.opts.wait.check_interval);
@@ -483,11 +486,13 @@ impl Engine {
         let Release {
             unlocked,
             hand_over,
+            close,
         } = match self.gate.get() {
-            Some(g) => g.on_release(&file),
+            Some(g) => g.on_release(&file, id),
             None => Release {
                 unlocked: crate::sys::unlock(&file),
                 hand_over: false,
+                close: false,
             },
         };
         wake::released(id);
@@ -495,13 +500,16 @@ impl Engine {
         if hand_over {
             tracing::debug!(
                 path = %self.path.display(),
+                rang = !close,
                 "released: handed over to a waiting process"
             );
         }
-        // Handing over: the close (when `file` drops here) is what wakes
-        // the waiters of other processes.
+        #[cfg(not(feature = "tracing"))]
+        let _ = hand_over;
+        // A handover that could not ring: the close (when `file` drops
+        // here) is what wakes the waiters of other processes.
         let reusable = matches!(unlocked, Ok(true))
-            && !hand_over
+            && !close
             && self.reuse
             && keep
             && (!touched || file.seek(SeekFrom::Start(0)).is_ok());
@@ -578,25 +586,35 @@ struct FileContender<'a> {
     watch: Option<Watch>,
     fail_fast: bool,
     timeout: Duration,
-    /// When this wait first found the lock held by another process (the
-    /// system-wide clock of the announcements).
+    /// This wait's key ([`crate::sys::wait_key`]), taken when it first
+    /// found the lock held by another process: when, on the system-wide
+    /// clock of the announcements, and which doorbell rings it.
     since: Option<u64>,
     /// Whether `current` carries an announcement.
     announced: bool,
+    /// The doorbell registration for the announcement on `current`'s file.
+    bell: Option<crate::sys::Bell>,
+    /// `bell` is new since the wake-up sources were last registered.
+    bell_fresh: bool,
     /// Attempts made (for diagnostics).
     #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
     attempts: u32,
 }
 
 impl FileContender<'_> {
-    /// Announces this waiter on `file` once per descriptor, so that a
-    /// holder in another process hands the lock over.
-    fn announce(&mut self, file: &File) {
-        if self.announced || !self.engine.gate().capable(file) {
+    /// Announces this waiter on `handle`'s file once per descriptor, so
+    /// that a holder in another process hands the lock over, and listens
+    /// to its doorbell for that file.
+    fn announce(&mut self, handle: &Handle) {
+        if self.announced || !self.engine.gate().capable(&handle.file) {
             return;
         }
-        let since = *self.since.get_or_insert_with(crate::sys::wait_clock);
-        self.announced = crate::sys::announce(file, since);
+        let since = *self.since.get_or_insert_with(crate::sys::wait_key);
+        self.announced = crate::sys::announce(&handle.file, since);
+        if self.announced {
+            self.bell = crate::sys::Bell::announced(handle.id, since);
+            self.bell_fresh = self.bell.is_some();
+        }
     }
 
     /// Gives an older announced waiter a head start before this attempt.
@@ -614,6 +632,7 @@ impl FileContender<'_> {
         if std::mem::take(&mut self.announced) {
             crate::sys::withdraw(file);
         }
+        self.bell = None;
     }
 }
 
@@ -639,6 +658,7 @@ impl Contender for FileContender<'_> {
             // (Closing also drops its announcement.)
             drop(handle);
             self.announced = false;
+            self.bell = None;
             self.stale += 1;
             if self.stale <= 3 {
                 return Ok(Attempt::Again);
@@ -653,7 +673,7 @@ impl Contender for FileContender<'_> {
         }
         if !self.fail_fast {
             // Ask a holder in another process to hand the lock over.
-            self.announce(&handle.file);
+            self.announce(&handle);
         }
         self.current = Some(handle);
         Ok(Attempt::Busy)
@@ -661,13 +681,18 @@ impl Contender for FileContender<'_> {
 
     fn register(&mut self) -> Option<Vec<Arc<Notify>>> {
         let id = self.current.as_ref()?.id;
-        if self.watch.as_ref().map(Watch::id) == Some(id) {
+        let new_watch = self.watch.as_ref().map(Watch::id) != Some(id);
+        if !new_watch && !std::mem::take(&mut self.bell_fresh) {
             return None;
         }
-        // First contention on this file (or on a new file at the path).
-        let w = Watch::new(&self.engine.path, id);
-        let n = vec![w.notifier()];
-        self.watch = Some(w);
+        // First contention on this file (or on a new file at the path), or
+        // a new doorbell registration.
+        if new_watch {
+            self.watch = Some(Watch::new(&self.engine.path, id));
+        }
+        self.bell_fresh = false;
+        let mut n: Vec<Arc<Notify>> = self.watch.iter().map(Watch::notifier).collect();
+        n.extend(self.bell.as_ref().map(crate::sys::Bell::notifier));
         Some(n)
     }
 

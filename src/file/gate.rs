@@ -9,14 +9,18 @@
 //!   the guard while held ([`Pass`]).
 //! * [`Gate::on_release`]: after a burst of grants ([`BURST`]) the holder
 //!   tests for announcements (at most once per [`CHECK_EVERY`]) and, if
-//!   there is one, hands over: closes its descriptor (the inotify event
-//!   that wakes the waiters) and stays away for [`HANDOFF_WINDOW`]. An
-//!   announcement that did not take three handovers in a row (a stopped
-//!   waiter) is not honoured for a back-off.
+//!   there is one, hands over: rings the doorbell of the longest-waiting
+//!   waiter (only that one wakes; the holder keeps its descriptor) and
+//!   stays away for [`HANDOFF_WINDOW`]. Where it cannot ring, or the
+//!   waiter did not take the last handover, it closes its descriptor
+//!   instead: the inotify event wakes every waiter. An announcement that
+//!   did not take three handovers in a row (a stopped waiter) is not
+//!   honoured for a back-off.
 //! * The waiter's half — announcing with an open-file-description byte
-//!   lock whose offset is its start time, and the [`DEFER`] head start it
-//!   gives an older announcement — is `engine.rs`'s `FileContender`,
-//!   through `sys` (`announce`, `announced_before`, `withdraw`).
+//!   lock whose offset is its key (start time and doorbell), listening to
+//!   its doorbell, and the [`DEFER`] head start it gives an older
+//!   announcement — is `engine.rs`'s `FileContender`, through `sys`
+//!   (`wait_key`, `announce`, `Bell`, `announced_before`, `withdraw`).
 //! * [`Gate::capable`]: only local filesystems announce (`sys::handoff_capable`).
 
 use std::fs::File;
@@ -28,6 +32,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 use tokio::time::Instant;
 
+use crate::file::raw::FileId;
 use crate::util::PerPath;
 
 /// How long a releasing holder that was asked to hand over stays away.
@@ -194,64 +199,74 @@ impl Gate {
         pass.granted = true;
     }
 
-    /// The release side of the protocol: unlocks `file` and, if a waiter of
-    /// another process announced itself and this process has had its burst,
-    /// hands the lock over: stays away for the handoff window, and asks
-    /// the caller to close `file` (the close wakes the waiters). Returns
-    /// the unlock's result (`true` when the handle may be kept for reuse)
-    /// and whether it handed over.
-    pub(crate) fn on_release(&self, file: &File) -> Release {
+    /// The release side of the protocol: unlocks `file` (the file `id`)
+    /// and, if a waiter of another process announced itself and this
+    /// process has had its burst, hands the lock over: stays away for the
+    /// handoff window, and rings the longest-waiting waiter's doorbell
+    /// (that one waiter wakes). Where that cannot be done — the waiter has
+    /// no doorbell, the ring could not be sent, or it did not take the
+    /// last handover — it asks the caller to close `file` instead, which
+    /// wakes every waiter. Returns the unlock's result (`true` when the
+    /// handle may be kept for reuse) and what was done.
+    pub(crate) fn on_release(&self, file: &File, id: FileId) -> Release {
         let now = now_micros();
-        let hand_over = self.burst_done(now)
-            && self.should_check(now)
-            && self.capable(file)
-            && self.pick_waiter(file, now);
+        let pick = if self.burst_done(now) && self.should_check(now) && self.capable(file) {
+            self.pick_waiter(file, now)
+        } else {
+            None
+        };
         let unlocked = crate::sys::unlock(file);
-        if hand_over {
-            self.owe_handoff();
-        }
+        let Some(pick) = pick else {
+            return Release {
+                unlocked,
+                hand_over: false,
+                close: false,
+            };
+        };
+        self.owe_handoff();
+        // After the unlock: the waiter's attempt must find the lock free.
+        let rung = !pick.repeat && crate::sys::ring_announced(id, pick.key);
         Release {
             unlocked,
-            hand_over,
+            hand_over: true,
+            close: !rung,
         }
     }
 
-    /// Whether an announced waiter should be handed the lock (see
+    /// The announced waiter to hand the lock to, if one should be (see
     /// [`Handovers`]).
-    fn pick_waiter(&self, file: &File, now: u64) -> bool {
+    fn pick_waiter(&self, file: &File, now: u64) -> Option<Pick> {
         let mut h = crate::util::lock(&self.handovers);
         let skip = h.ignored.filter(|_| now < h.ignored_until);
-        let Some(t) = crate::sys::announcement_except(file, skip) else {
-            return false;
-        };
-        if h.last != Some(t) {
-            h.last = Some(t);
+        let key = crate::sys::announcement_except(file, skip)?;
+        if h.last != Some(key) {
+            h.last = Some(key);
             h.misses = 0;
-            return true;
+            return Some(Pick { key, repeat: false });
         }
         h.misses += 1;
         if h.misses < MISSES {
-            return true;
+            return Some(Pick { key, repeat: true });
         }
         // It did not take the lock the last times: leave it out for a
         // while, and hand over to another announced waiter if there is one.
         let min = u64::try_from(IGNORE_MIN.as_micros()).unwrap_or(u64::MAX);
         let max = u64::try_from(IGNORE_MAX.as_micros()).unwrap_or(u64::MAX);
-        h.backoff = if h.ignored == Some(t) {
+        h.backoff = if h.ignored == Some(key) {
             h.backoff.saturating_mul(2).clamp(min, max)
         } else {
             min
         };
-        h.ignored = Some(t);
+        h.ignored = Some(key);
         h.ignored_until = now.saturating_add(h.backoff);
         h.misses = 0;
-        h.last = crate::sys::announcement_except(file, Some(t));
+        h.last = crate::sys::announcement_except(file, Some(key));
         #[cfg(feature = "tracing")]
         tracing::debug!(
             backoff = ?Duration::from_micros(h.backoff),
             "an announced waiter did not take {MISSES} handovers: left out for a while"
         );
-        h.last.is_some()
+        h.last.map(|key| Pick { key, repeat: false })
     }
 
     /// Whether waiters may announce themselves on `file` (its filesystem,
@@ -378,6 +393,18 @@ impl Gate {
 pub(crate) struct Release {
     /// The unlock's result: `true` when the handle may be kept for reuse.
     pub(crate) unlocked: std::io::Result<bool>,
-    /// The lock was handed over: close the descriptor now.
+    /// The lock was handed over to a waiter of another process.
     pub(crate) hand_over: bool,
+    /// Close the descriptor now: that wakes the waiters (a handover that
+    /// could not ring its waiter's doorbell).
+    pub(crate) close: bool,
+}
+
+/// The waiter a release hands over to: its announcement's key, and whether
+/// the last handover went to it too (it did not take that one: then every
+/// waiter is woken, not just this one).
+#[derive(Debug, Clone, Copy)]
+struct Pick {
+    key: u64,
+    repeat: bool,
 }

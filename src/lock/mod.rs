@@ -101,10 +101,14 @@ pub use guard::LockGuard;
 /// independent of the `flock` lock, and vanishes with the waiter's
 /// descriptor, even if the waiter is killed. A holder that has had a 1 ms
 /// run of re-acquisitions checks for announcements on release (at most
-/// once per millisecond); if there is one it *hands over*: it closes its
-/// descriptor, which inotify reports to the waiters, and stays away for
-/// 2 ms. Among the waiters the longest-waiting one goes first. Reads and
-/// writes of the lock file, by the holder or anyone else, wake nobody.
+/// once per millisecond); if there is one it *hands over*: it stays away
+/// for 2 ms and wakes the longest-waiting waiter alone, through that
+/// waiter's process's doorbell (an abstract Unix datagram socket), keeping
+/// its own descriptor. Where it cannot ring — the waiter's process has no
+/// doorbell, or the waiter did not take the last handover — it closes its
+/// descriptor instead, which inotify reports to every waiter, and among
+/// them the longest-waiting one goes first. Reads and writes of the lock
+/// file, by the holder or anyone else, wake nobody.
 ///
 /// Where `flock` may be emulated with byte-range locks (NFS, SMB, FUSE and
 /// other network or cluster filesystems), and off Linux, nobody announces:

@@ -78,8 +78,26 @@ pub(crate) fn handoff_capable(_file: &File) -> bool {
     false
 }
 
-pub(crate) fn wait_clock() -> u64 {
+pub(crate) fn wait_key() -> u64 {
     0
+}
+
+/// No doorbells here (no announcements to ring).
+#[derive(Debug)]
+pub(crate) struct Bell(std::convert::Infallible);
+
+impl Bell {
+    pub(crate) fn announced(_file: super::FileId, _key: u64) -> Option<Self> {
+        None
+    }
+
+    pub(crate) fn notifier(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        match self.0 {}
+    }
+}
+
+pub(crate) fn ring_announced(_file: super::FileId, _key: u64) -> bool {
+    false
 }
 
 pub(crate) fn announce(_file: &File, _t: u64) -> bool {

@@ -579,13 +579,25 @@ async fn run_role(role: &str, args: &[String]) {
             );
         }
         // Wait for the lock (announced to its holder) until killed.
+        // Wait for the lock; with `wake-only`, never polling (the only
+        // scheduled attempt is after 600 s), and giving up after 60 s: only
+        // a wake-up serves it.
         "wait" => {
             say("WAITING", std::process::id());
-            match Lock::new(&args[0])
-                .timeout(Duration::from_secs(600))
-                .acquire()
-                .await
-            {
+            let wake_only = args.get(1).map(String::as_str) == Some("wake-only");
+            let lock = Lock::new(&args[0]).timeout(Duration::from_secs(600));
+            let lock = if wake_only {
+                lock.check_interval(Duration::from_secs(600))
+            } else {
+                lock
+            };
+            let bound = Duration::from_secs(if wake_only { 60 } else { 3600 });
+            let acquired = tokio::time::timeout(bound, lock.acquire()).await;
+            let acquired = acquired.unwrap_or_else(|_| {
+                say("FAILED", "no wake-up within 60 s");
+                std::process::exit(1)
+            });
+            match acquired {
                 Ok(_) => say("ACQUIRED", ""),
                 Err(e) => say("FAILED", e),
             }
