@@ -12,6 +12,7 @@
 //! cargo bench --bench contention                  # K = 2000, 2 s runs
 //! CONTENTION_K=500 CONTENTION_SECS=5 cargo bench --bench contention
 //! CONTENTION_ONLY=8,16 cargo bench --bench contention  # prints, writes nothing
+//! CONTENTION_ONLY=field cargo bench --bench contention # the field's rows only
 //! ```
 //!
 //! Prints Markdown tables (throughput, wait median / p99 / max, handoffs
@@ -627,13 +628,20 @@ with open(out, "w") as f:
             .unwrap_or(2000);
         // `CONTENTION_ONLY=P1,P2,...` measures the comparison tables at
         // those P only (flock, this crate and its tasks), prints them and
-        // writes nothing: a quick look at one change.
-        let only: Option<Vec<usize>> = std::env::var("CONTENTION_ONLY")
-            .ok()
-            .map(|s| s.split(',').filter_map(|p| p.trim().parse().ok()).collect());
+        // writes nothing: a quick look at one change. `CONTENTION_ONLY=field`
+        // measures the field's conditions and the waiter's CPU only.
+        let only_var = std::env::var("CONTENTION_ONLY").ok();
+        let field_only = only_var.as_deref() == Some("field");
+        let only: Option<Vec<usize>> =
+            only_var.map(|s| s.split(',').filter_map(|p| p.trim().parse().ok()).collect());
         let mut rows = Vec::new();
         let mut table = String::new();
-        for run in [Run::Grants(k), Run::Secs(secs)] {
+        let runs = if field_only {
+            Vec::new()
+        } else {
+            vec![Run::Grants(k), Run::Secs(secs)]
+        };
+        for run in runs {
             match run {
             Run::Grants(k) => table.push_str(&format!(
                 "Throughput and waits: P processes (or tasks) each take the lock {k} times; \
@@ -702,7 +710,7 @@ with open(out, "w") as f:
             }
         }
 
-        if only.is_some() {
+        if only.is_some() && !field_only {
             return;
         }
 
@@ -789,6 +797,9 @@ with open(out, "w") as f:
             table.push('\n');
         }
 
+        if field_only {
+            return;
+        }
         let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
         std::fs::create_dir_all(&docs).unwrap();
         std::fs::write(docs.join("contention.md"), &table).unwrap();
