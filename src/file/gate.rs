@@ -19,7 +19,7 @@
 //! * The waiter's half — announcing with an open-file-description byte
 //!   lock whose offset is its key (start time and doorbell), listening to
 //!   its doorbell, and the [`DEFER`] head start it gives an older
-//!   announcement — is `engine.rs`'s `FileContender`, through `sys`
+//!   announcement — is `wait.rs`'s `FileContender`, through `sys`
 //!   (`wait_key`, `announce`, `Bell`, `announced_before`, `withdraw`).
 //! * [`Gate::capable`]: only local filesystems announce (`sys::handoff_capable`).
 

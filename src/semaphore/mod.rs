@@ -11,8 +11,9 @@ use futures_util::stream::StreamExt;
 
 use crate::deadline::Schedule;
 use crate::error::{Error, Result};
-use crate::file::engine::{self, Attempt, Contender, FileOptions, SlotTry};
+use crate::file::engine::{FileOptions, SlotTry};
 use crate::file::raw::{Handle, OpenMode};
+use crate::file::wait::{self, Attempt, Contender};
 use crate::file::wake::Watch;
 use crate::lock::{absolute, Lock, LockGuard};
 use crate::options::{acquire_variants, wait_setters, WaitOptions, Waiting};
@@ -370,7 +371,7 @@ impl BoundedSemaphore {
             timeout = ?w.timeout,
             fail_when_locked = w.fail_when_locked,
         );
-        let waited = engine::wait(&mut sweep, schedule, w.fail_when_locked);
+        let waited = wait::wait(&mut sweep, schedule, w.fail_when_locked);
         #[cfg(feature = "tracing")]
         let waited = tracing::Instrument::instrument(waited, span.clone());
         let r = waited.await;

@@ -183,7 +183,7 @@ async fn open_window(
         }
         files
     });
-    let as_error = |i: usize, e| Error::io(engine::OP_OPEN, Some(slots[i].path()), e);
+    let as_error = |i: usize, e| Error::io(crate::file::engine::OP_OPEN, Some(slots[i].path()), e);
     match opened {
         Ok(v) => kept.extend(
             v.into_iter()

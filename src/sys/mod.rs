@@ -4,10 +4,12 @@
 //!
 //! * `unix.rs` — every Unix (macOS, the BSDs, Linux): `O_NOFOLLOW` and
 //!   `O_NONBLOCK` opens, (device, inode) identity, `fsync` of directories.
-//! * `linux.rs` — what only Linux has: unnamed temporary files
+//! * `linux/` — what only Linux has: in `mod.rs`, unnamed temporary files
 //!   (`O_TMPFILE` + `linkat`), `renameat2(RENAME_NOREPLACE)`, inotify
-//!   wake-ups for waiters of another process's lock, and the waiters'
-//!   announcements (open-file-description byte locks).
+//!   wake-ups for waiters of another process's lock and the `flock`
+//!   holders of a file; in `handoff.rs`, the waiters' announcements
+//!   (open-file-description byte locks), the doorbells that wake one
+//!   waiter, and a semaphore's wait queue.
 //! * `generic.rs` — the same interface without those: named temporary
 //!   files, hard-link publication, polling waiters. macOS, the BSDs and
 //!   Windows use it, and so does Linux when built with
