@@ -206,7 +206,8 @@ fn announcements(ino: u64) -> usize {
 /// A waiter SIGKILLed while announced leaves no state: its announcement
 /// was the kernel's and died with it, the lock file's times were never
 /// touched, and the holder's next releases keep their descriptor (a
-/// release that hands over closes it).
+/// release that handed over to it would close it: a ring to a process
+/// that is gone cannot be sent).
 #[tokio::test]
 async fn a_killed_announced_waiter_leaves_nothing_behind() {
     let (_d, path) = support::temp_path("killed.lock");
