@@ -1533,8 +1533,11 @@ fn a_lease_lock_runs_the_command_and_a_lost_one_stops_it() {
     let ds = dir.to_str().unwrap();
     let script = "trap 'echo GOT-TERM; exit 0' TERM; echo token=$PORTALOCKER_FENCING_TOKEN; \
                   echo READY; while :; do sleep 0.05; done";
+    // A TTL long enough that, on a loaded machine, the claim's removal is
+    // what the holder's next renewal finds, not a renewal late past its
+    // TTL (with 0.3 s a busy CI run saw the expiry first).
     let mut r = Run::cli(&[
-        "lease", "--ttl", "0.3", "--grace", "5", ds, "--", "sh", "-c", script,
+        "lease", "--ttl", "3", "--grace", "5", ds, "--", "sh", "-c", script,
     ]);
     let seen = r.expect("READY");
     let token: u64 = seen[0].strip_prefix("token=").unwrap().parse().unwrap();
