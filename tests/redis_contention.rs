@@ -172,6 +172,45 @@ async fn processes_take_turns_without_overlap() {
     assert_eq!(left, 0, "the waiting queue was left on the server");
 }
 
+/// Two processes that hand the lock back and forth (each releases and at
+/// once asks again, so each acquisition waits for the other's release):
+/// one new connection per grant, the subscription that wins. A waiter's
+/// first attempt after its wait used to count the server-side queue as a
+/// fresh writer does, find its own place there, give up and try again on
+/// another connection: two per grant (the bench's N = 2 processes row
+/// read 2.00 connections per grant).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handover_between_processes_costs_one_connection() {
+    let srv = RedisServer::start();
+    let url = srv.url();
+    let n = 100;
+    let before = info_field(&srv, "total_connections_received").await;
+    let procs: Vec<_> = (0..2)
+        .map(|_| {
+            Proc::role(
+                "child_entry",
+                "redis-counter",
+                &[&url, "handover", "hc", &n.to_string(), "250"],
+            )
+        })
+        .collect();
+    for mut p in procs {
+        assert_eq!(p.expect("DONE"), n.to_string());
+        p.finish();
+    }
+    let opened = info_field(&srv, "total_connections_received").await - before;
+    let total: u64 = srv.cmd(&["GET", "hc"]).await;
+    assert_eq!(total, 2 * n, "lost updates");
+    // 200 grants: 200 subscriptions, each process's command, side-channel
+    // and counter connections, this test's own, and a few attempts lost
+    // to a poll (every 250 ms) racing a handover.
+    let grants = 2 * n;
+    assert!(
+        opened <= grants + grants / 4 + 10,
+        "{opened} new connections for {grants} grants"
+    );
+}
+
 /// A waiter cancelled while queued leaves the server-side queue at once,
 /// so the next waiter is not held up until its heartbeat goes stale.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -127,6 +127,7 @@ impl RedisLock {
             if !waiter.next(deadline, attempt.own_subscribers()).await {
                 break;
             }
+            attempt.waited();
             go = true;
         }
         waiter.leave(false).await;

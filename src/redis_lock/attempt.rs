@@ -56,9 +56,11 @@ pub(super) struct Attempt<'a> {
     /// writer that may wait): then, when it finds a foreign holder, it
     /// stands (below) instead of leaving.
     queued: bool,
-    /// The first attempt of a writer that may wait: it counts the
-    /// server-side queue with the subscribers (one round trip) and, if
-    /// anyone waits there, leaves the lock to them and waits its turn.
+    /// The first attempt of a writer that may wait, made before it has
+    /// waited: it counts the server-side queue with the subscribers (one
+    /// round trip) and, if anyone waits there, leaves the lock to them and
+    /// waits its turn. Once it has waited it has a place of its own in
+    /// that queue, so the count would always find someone (itself).
     defer_to_queue: bool,
 }
 
@@ -85,6 +87,13 @@ impl<'a> Attempt<'a> {
             queued: writer && !wait.fail_when_locked,
             defer_to_queue: writer && !wait.fail_when_locked,
         }
+    }
+
+    /// Notes that this acquisition waited (and so joined the server-side
+    /// queue): its next attempt no longer defers to that queue; the wait
+    /// already gave it its turn.
+    pub(super) fn waited(&mut self) {
+        self.defer_to_queue = false;
     }
 
     /// Subscribers of the channel that are this acquisition's: 1 while it

@@ -874,9 +874,11 @@ async fn run_role(role: &str, args: &[String]) {
             // contenders one waiter can starve for most of the run (the
             // Redis protocol has no queue; that is issue #16's work), so the
             // timeout is the whole run's budget, not a per-grant bound.
+            // Optional fifth argument: the check interval in ms (20).
+            let ci = args.get(4).map_or(20, |s| s.parse().unwrap());
             let lock = portalocker::RedisLock::new(&args[1], client.clone())
                 .timeout(Duration::from_secs(900))
-                .check_interval(Duration::from_millis(20))
+                .check_interval(Duration::from_millis(ci))
                 .fencing(true);
             let mut con = client.get_multiplexed_async_connection().await.unwrap();
             let mut last = 0;
