@@ -185,23 +185,32 @@ impl RedisLockGuard {
     /// connection is closed all the same, and the lock is free once the
     /// server notices.
     pub async fn release(mut self) -> Result<()> {
+        let turn = self.state.take_turn();
         let unsubscribed = match self.sub.take() {
             Some(sub) => {
                 let r = sub.stop().await;
-                // The lock is free once the server confirmed; the notice to
-                // waiters of other processes goes out without being waited
-                // for (one round trip less; a waiter that missed it sees the
-                // count at its next look).
+                // The lock is free once the server confirmed. Where this
+                // process met contention on its way in, others are likely
+                // waiting: the notice goes out before this call returns,
+                // so that a caller that asks again at once does not race
+                // the waiters it has not told yet (a waiter whose look
+                // found the channel taken by that caller's passing attempt
+                // slept until its next poll: up to 0.77 s at 16 processes,
+                // against 61 ms with the notice awaited). Otherwise it goes
+                // out without being waited for (one round trip less).
                 let (cmd, channel) = (self.cmd.clone(), self.state.channel.clone());
+                let contended = turn.as_ref().is_some_and(Turn::contended);
                 match tokio::runtime::Handle::try_current() {
-                    Ok(rt) => drop(rt.spawn(async move { announce_release(&cmd, &channel).await })),
-                    Err(_) => announce_release(&cmd, &channel).await,
+                    Ok(rt) if !contended => {
+                        drop(rt.spawn(async move { announce_release(&cmd, &channel).await }));
+                    }
+                    _ => announce_release(&cmd, &channel).await,
                 }
                 r
             }
             None => Ok(()),
         };
-        drop(self.state.take_turn());
+        drop(turn);
         if let Some(why) = self.state.lost_reason() {
             return Err(self.lost_error(why));
         }

@@ -73,6 +73,12 @@ pub(in crate::redis_lock) struct Turn {
 }
 
 impl Turn {
+    /// Whether this process's last acquisition on the channel met
+    /// contention (so others are likely waiting for its release).
+    pub(in crate::redis_lock) fn contended(&self) -> bool {
+        self.queue.contended()
+    }
+
     /// Records the holder (for other tasks' error messages).
     pub(in crate::redis_lock) fn held_by(&self, id: &str) {
         *lock(&self.queue.holder) = Some(id.to_string());
