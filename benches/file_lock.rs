@@ -3,7 +3,8 @@
 //!
 //! * **reused**: one `Lock` acquired and dropped over and over (and with
 //!   `release().await`), against std's `try_lock` + `unlock` on a file
-//!   that stays open.
+//!   that stays open; and the floor of that path beside the same
+//!   baseline: the pair plus the one `lstat` of the path each grant makes.
 //! * **fresh**: a new `Lock` each time (open, lock, release, close),
 //!   against one bare `spawn_blocking` hop that opens and locks, the file
 //!   closed when dropped; and, for scale, a synchronous open + lock +
@@ -155,6 +156,25 @@ fn main() {
                 })
             },
         ));
+        if only.is_empty() {
+            // The floor of the reused path: the same pair plus the one
+            // `lstat` of the path that every grant makes, so that a lock
+            // file deleted or replaced meanwhile is never trusted.
+            rows.push(compare(
+                "floor of the reused path (not this crate): std `try_lock` + `lstat` of the path + `unlock`",
+                "std `try_lock` + `unlock` on an open file",
+                rounds,
+                20_000 / scale,
+                std_pair,
+                |n| {
+                    sync_loop(n, || {
+                        file.try_lock().unwrap();
+                        black_box(std::fs::symlink_metadata(&path).unwrap());
+                        file.unlock().unwrap();
+                    })
+                },
+            ));
+        }
         if only != "reused-drop" {
             rows.push(compare(
                 "reused `Lock`: acquire + `release().await`",
