@@ -18,6 +18,45 @@ async fn info_field(srv: &RedisServer, field: &str) -> u64 {
     support::info_field(&info, field)
 }
 
+/// Whether the server-side queue of `channel` holds `n` waiters within
+/// `within`.
+async fn queue_reaches(srv: &RedisServer, channel: &str, n: u64, within: Duration) -> bool {
+    let key = format!("{channel} portalocker-queue");
+    support::eventually_async(within, || async {
+        srv.cmd::<u64>(&["ZCARD", &key]).await == n
+    })
+    .await
+}
+
+/// A guard on `channel` whose acquisition met contention: another
+/// process holds while this one's waiter queues, then releases and exits
+/// (so nothing of its release reaches the server later).
+async fn contended_guard(srv: &RedisServer, channel: &str) -> portalocker::RedisLockGuard {
+    let mut holder = Proc::role("child_entry", "redis-hold", &[&srv.url(), channel]);
+    holder.expect("LOCKED");
+    let lock = RedisLock::new(channel, srv.client()).timeout(Duration::from_secs(60));
+    let waiter = tokio::spawn(async move { lock.acquire().await });
+    assert!(
+        queue_reaches(srv, channel, 1, Duration::from_secs(10)).await,
+        "the waiter never queued"
+    );
+    holder.close_stdin();
+    holder.expect("RELEASED");
+    holder.finish();
+    waiter.await.unwrap().unwrap()
+}
+
+/// The number of `PUBLISH` commands the server has run.
+fn publishes(c: &mut portalocker::redis::Connection) -> u64 {
+    let info: String = portalocker::redis::cmd("INFO")
+        .arg("commandstats")
+        .query(c)
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_publish:calls="))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+}
+
 /// Tasks get the lock in the order they asked for it, and a task that
 /// releases and asks again queues behind the others (it used to win most
 /// of the time: 49–81 of 89 grants went to the task that had just
@@ -223,29 +262,8 @@ async fn a_handover_between_processes_costs_one_connection() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_contended_release_has_told_the_waiters_when_it_returns() {
     let srv = RedisServer::start();
-    let mut holder = Proc::role("child_entry", "redis-hold", &[&srv.url(), "told"]);
-    holder.expect("LOCKED");
-    let lock = RedisLock::new("told", srv.client()).timeout(Duration::from_secs(60));
-    let waiter = tokio::spawn(async move { lock.acquire().await });
-    let queued = support::eventually_async(Duration::from_secs(10), || async {
-        srv.cmd::<u64>(&["ZCARD", "told portalocker-queue"]).await == 1
-    })
-    .await;
-    assert!(queued, "the waiter never queued");
-    holder.close_stdin();
-    holder.expect("RELEASED");
-    holder.finish();
-    let guard = waiter.await.unwrap().unwrap();
+    let guard = contended_guard(&srv, "told").await;
     let mut sync = srv.client().get_connection().unwrap();
-    let publishes = |c: &mut portalocker::redis::Connection| -> u64 {
-        let info: String = portalocker::redis::cmd("INFO")
-            .arg("commandstats")
-            .query(c)
-            .unwrap();
-        info.lines()
-            .find_map(|l| l.strip_prefix("cmdstat_publish:calls="))
-            .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
-    };
     let before = publishes(&mut sync);
     guard.release().await.unwrap();
     // No await between the release and this look.
@@ -257,6 +275,33 @@ async fn a_contended_release_has_told_the_waiters_when_it_returns() {
     );
 }
 
+/// `release()` is cancel safe where it also waits for the release notice
+/// (the acquisition met contention): dropped unpolled, after one poll, or
+/// once the server no longer counts the holder (it then waits for, or has
+/// sent, the notice), the lock is free and the next contender gets it.
+#[tokio::test(flavor = "current_thread")]
+async fn a_dropped_contended_release_still_frees_the_lock() {
+    let srv = RedisServer::start();
+    for stage in 0..3 {
+        let guard = contended_guard(&srv, "dropped").await;
+        {
+            let mut release = std::pin::pin!(guard.release());
+            if stage >= 1 {
+                let _ = futures_util::poll!(release.as_mut());
+            }
+            while stage == 2 && srv.numsub("dropped").await > 0 {
+                if futures_util::poll!(release.as_mut()).is_ready() {
+                    break;
+                }
+            }
+        }
+        let next = RedisLock::new("dropped", srv.other_client()).timeout(Duration::from_secs(10));
+        let g = next.acquire().await;
+        assert!(g.is_ok(), "stage {stage}: the lock stayed taken: {g:?}");
+        g.unwrap().release().await.unwrap();
+    }
+}
+
 /// A waiter cancelled while queued leaves the server-side queue at once,
 /// so the next waiter is not held up until its heartbeat goes stale.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,17 +310,11 @@ async fn a_cancelled_waiter_leaves_the_queue() {
     let holder = RedisLock::new("cq", srv.client()).acquire().await.unwrap();
     let waiter = RedisLock::new("cq", srv.other_client()).timeout(Duration::from_secs(30));
     let task = tokio::spawn(async move { waiter.acquire().await });
-    let queued = support::eventually_async(Duration::from_secs(10), || async {
-        srv.cmd::<u64>(&["ZCARD", "cq portalocker-queue"]).await == 1
-    })
-    .await;
+    let queued = queue_reaches(&srv, "cq", 1, Duration::from_secs(10)).await;
     assert!(queued, "the waiter never queued");
     task.abort();
     let _ = task.await;
-    let left = support::eventually_async(Duration::from_secs(2), || async {
-        srv.cmd::<u64>(&["ZCARD", "cq portalocker-queue"]).await == 0
-    })
-    .await;
+    let left = queue_reaches(&srv, "cq", 0, Duration::from_secs(2)).await;
     assert!(left, "the cancelled waiter stayed in the queue");
     holder.release().await.unwrap();
 }
@@ -324,10 +363,7 @@ async fn waiting_processes_are_served_in_arrival_order() {
             "redis-hold",
             &[&srv.url(), "order"],
         ));
-        let queued = support::eventually_async(Duration::from_secs(10), || async {
-            srv.cmd::<u64>(&["ZCARD", "order portalocker-queue"]).await == i
-        })
-        .await;
+        let queued = queue_reaches(&srv, "order", i, Duration::from_secs(10)).await;
         assert!(queued, "waiter {i} did not queue");
     }
     holder.release().await.unwrap();

@@ -192,17 +192,14 @@ impl RedisLockGuard {
         let unsubscribed = match self.sub.take() {
             Some(sub) => {
                 let r = sub.stop().await;
-                // The lock is free once the server confirmed. Where this
-                // process met contention on its way in, others are likely
-                // waiting: the notice goes out before this call returns,
-                // so that a caller that asks again at once does not race
-                // the waiters it has not told yet (a waiter whose look
-                // found the channel taken by that caller's passing attempt
-                // slept until its next poll: up to 0.77 s at 16 processes,
-                // against 61 ms with the notice awaited). Otherwise it goes
-                // out without being waited for (one round trip less).
-                // The notice is sent by a task of its own either way, so
-                // that dropping this call while it waits still sends it.
+                // The lock is free once the server confirmed. The notice
+                // to waiting processes is sent by a task of its own (a
+                // dropped call still sends it). Where this process met
+                // contention on its way in, the call also waits for it, so
+                // that asking again at once cannot hide the free channel
+                // from waiters not yet told (they slept to their next poll:
+                // up to 0.77 s at 16 processes, 61 ms with the wait);
+                // otherwise it does not (one round trip less).
                 let (cmd, channel) = (self.cmd.clone(), self.state.channel.clone());
                 let contended = turn.as_ref().is_some_and(Turn::contended);
                 match tokio::runtime::Handle::try_current() {
