@@ -1393,25 +1393,51 @@ impl Proxy {
                 let _ = server.set_nodelay(true);
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                for (mut r, mut w) in [
+                // A real client's connect takes a round trip before its
+                // first bytes can leave; here the kernel completes it at
+                // once, so the first chunk towards the server waits for it.
+                let accepted = tokio::time::Instant::now();
+                for (mut r, mut w, handshake) in [
                     (
                         Box::new(cr) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
                         Box::new(sw) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                        true,
                     ),
-                    (Box::new(sr), Box::new(cw)),
+                    (Box::new(sr), Box::new(cw), false),
                 ] {
-                    let (bh, dl) = (bh.clone(), dl.clone());
+                    // Each chunk is due its delay after it was read, as on
+                    // a link (chunks in flight do not wait for each other).
+                    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(
+                        tokio::time::Instant,
+                        Option<Vec<u8>>,
+                    )>();
+                    let dl = dl.clone();
                     cs.lock().unwrap().push(tokio::spawn(async move {
                         let mut buf = vec![0u8; 16384];
-                        while let Ok(n) = r.read(&mut buf).await {
-                            if n == 0 {
+                        let mut first = handshake;
+                        loop {
+                            let n = r.read(&mut buf).await.unwrap_or(0);
+                            let d = Duration::from_millis(dl.load(Ordering::SeqCst));
+                            let mut due = tokio::time::Instant::now();
+                            if std::mem::take(&mut first) {
+                                due = due.max(accepted + 2 * d);
+                            }
+                            let chunk = (n > 0).then(|| buf[..n].to_vec());
+                            if tx.send((due + d, chunk)).is_err() || n == 0 {
                                 break;
                             }
-                            let d = dl.load(Ordering::SeqCst);
-                            if d > 0 {
-                                tokio::time::sleep(Duration::from_millis(d)).await;
+                        }
+                    }));
+                    let bh = bh.clone();
+                    cs.lock().unwrap().push(tokio::spawn(async move {
+                        while let Some((due, chunk)) = rx.recv().await {
+                            // (The timer would round even a due time
+                            // already passed up to its next tick.)
+                            if due > tokio::time::Instant::now() {
+                                tokio::time::sleep_until(due).await;
                             }
-                            if !bh.load(Ordering::SeqCst) && w.write_all(&buf[..n]).await.is_err() {
+                            let Some(chunk) = chunk else { break };
+                            if !bh.load(Ordering::SeqCst) && w.write_all(&chunk).await.is_err() {
                                 break;
                             }
                         }
