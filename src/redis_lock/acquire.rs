@@ -107,7 +107,9 @@ impl RedisLock {
                     local.set_contended(got.is_none());
                 }
                 if let Some(mut guard) = got {
-                    waiter.leave(true).await;
+                    // The queue entry and the side subscription go
+                    // meanwhile: the grant does not wait for them.
+                    waiter.leave_soon();
                     guard.set_waited(start.elapsed());
                     if writer {
                         turn.held_by(guard.holder_id());
@@ -130,7 +132,7 @@ impl RedisLock {
             attempt.waited();
             go = true;
         }
-        waiter.leave(false).await;
+        waiter.leave().await;
         Err(attempt.timed_out().await)
     }
 

@@ -83,6 +83,8 @@ pub(super) struct Waiter {
     foreign_turn: bool,
     /// This waiter asked who holds since it last saw the channel free.
     looked: bool,
+    /// The last poll found this waiter first in the queue.
+    first: bool,
 }
 
 /// What the count poll found.
@@ -127,6 +129,7 @@ impl Waiter {
             used_side: false,
             foreign_turn: false,
             looked: false,
+            first: false,
         }
     }
 
@@ -181,9 +184,51 @@ impl Waiter {
             if now >= deadline {
                 return false;
             }
-            let poll = self.poll().await;
+            // A release announced while the count is being read: the first
+            // in the queue (as of its last look) goes at once rather than
+            // after the answer.
+            // (Replies seen meanwhile are read after it.)
+            let mut heard = None;
+            let mut replies = Vec::new();
+            let poll = match side.as_mut() {
+                Some(s) if self.first && self.watching() => {
+                    let notice = async {
+                        loop {
+                            match s.stream.next().await {
+                                Some(m) if m.from_pattern() => replies.push(m),
+                                other => return other,
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        biased;
+                        p = self.poll() => p,
+                        m = notice => {
+                            heard = Some(m);
+                            None
+                        }
+                    }
+                }
+                _ => self.poll().await,
+            };
+            for m in &replies {
+                self.read(m);
+            }
+            match heard {
+                Some(Some(_)) => {
+                    self.backoff = self.interval;
+                    self.looked = false;
+                    return true;
+                }
+                Some(None) => {
+                    *side = None;
+                    continue;
+                }
+                None => {}
+            }
             let free = poll.as_ref().is_some_and(|p| p.subscribers <= own);
             let first = poll.as_ref().is_none_or(|p| p.rank == 0);
+            self.first = first;
             // The first of this crate's waiters: only foreign contenders
             // (or nobody) ahead. It attempts on a busy channel now and then
             // (to reap a holder that went silent, and to see who holds).
@@ -245,6 +290,14 @@ impl Waiter {
                                 break;
                             }
                         }
+                        // A release: the first in the queue attempts at
+                        // once (its attempt counts the subscribers anyway);
+                        // the others look at the count again.
+                        Some(_) if first && self.watching() => {
+                            self.backoff = self.interval;
+                            self.looked = false;
+                            return true;
+                        }
                         Some(_) => break,
                         None => {
                             *side = None;
@@ -298,20 +351,16 @@ impl Waiter {
         holds
     }
 
-    /// Leaves the server-side queue (`granted`: after a grant; else giving
-    /// up) and unsubscribes the side connection.
+    /// Leaves the server-side queue, giving up, and unsubscribes the side
+    /// connection (a grant leaves through [`leave_soon`](Self::leave_soon)).
     ///
     /// Each flag is cleared only once its clean-up has run, so an
-    /// acquisition cancelled in the middle of this (right after a grant,
-    /// say) still leaves the queue through [`Drop`].
-    pub(super) async fn leave(&mut self, granted: bool) {
-        if granted {
-            // The foreign turn is over (the served key goes too).
-            self.local.note_served("");
-        }
+    /// acquisition cancelled in the middle of this still leaves the queue
+    /// through [`Drop`].
+    pub(super) async fn leave(&mut self) {
         if self.joined {
             if let Ok(mut c) = self.cmd.get().await {
-                let _ = remove(&self.channel, &self.id, granted)
+                let _ = remove(&self.channel, &self.id, false)
                     .query_async::<()>(&mut c.con)
                     .await;
             }
@@ -458,10 +507,17 @@ impl Waiter {
     }
 }
 
-impl Drop for Waiter {
-    fn drop(&mut self) {
-        // Cancelled while waiting: leave the queue now rather than when the
-        // heartbeat goes stale, and stop the side notices.
+impl Waiter {
+    /// After a grant: leaves the queue and unsubscribes the side connection
+    /// in a task of its own, so that the grant does not wait for that
+    /// clean-up (three round trips).
+    pub(super) fn leave_soon(mut self) {
+        // The foreign turn is over (the served key goes too).
+        self.local.note_served("");
+        self.detach(true);
+    }
+
+    fn detach(&mut self, granted: bool) {
         if !self.joined && !self.used_side {
             return;
         }
@@ -470,6 +526,7 @@ impl Drop for Waiter {
         };
         let (cmd, channel, id) = (self.cmd.clone(), self.channel.clone(), self.id.clone());
         let (joined, used_side, side) = (self.joined, self.used_side, self.local.side.clone());
+        (self.joined, self.used_side) = (false, false);
         // The queue entry goes first: the side connection's mutex may be
         // held by another waiter of this process for the whole of its wait.
         // The removal goes over the command connection that carried this
@@ -477,7 +534,7 @@ impl Drop for Waiter {
         rt.spawn(async move {
             if joined {
                 if let Ok(mut c) = cmd.get().await {
-                    let _ = remove(&channel, &id, false)
+                    let _ = remove(&channel, &id, granted)
                         .query_async::<()>(&mut c.con)
                         .await;
                 }
@@ -486,6 +543,14 @@ impl Drop for Waiter {
                 unsubscribe_side(&side, &channel).await;
             }
         });
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        // Cancelled while waiting: leave the queue now rather than when the
+        // heartbeat goes stale, and stop the side notices.
+        self.detach(false);
     }
 }
 
