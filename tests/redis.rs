@@ -1556,3 +1556,76 @@ async fn holders_are_listed_and_dropped_calls_leave_nothing() {
     guard.release().await.unwrap();
     assert!(lock.holders().await.unwrap().is_empty());
 }
+
+/// The `id=` of each connection `CLIENT LIST` shows whose fields match
+/// `pick`.
+async fn client_ids(srv: &RedisServer, pick: impl Fn(&str) -> bool) -> Vec<u64> {
+    let list: String = srv.cmd(&["CLIENT", "LIST"]).await;
+    list.lines()
+        .filter(|l| l.split(' ').any(&pick))
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+/// The one connection that has not sent a command yet (the lock's spare),
+/// once it is open.
+async fn spare_client(srv: &RedisServer) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let silent = client_ids(srv, |f| f == "cmd=NULL").await;
+        match silent.as_slice() {
+            [id] => return *id,
+            [] if Instant::now() < deadline => tokio::time::sleep(ms(5)).await,
+            other => panic!("expected one connection opened ahead, found {other:?}"),
+        }
+    }
+}
+
+/// The id of the subscription connection of `g`.
+async fn holder_client(srv: &RedisServer, channel: &str, g: &portalocker::RedisLockGuard) -> u64 {
+    let name = format!("name={channel}-lock-{}", g.holder_id());
+    let ids = client_ids(srv, |f| f == name).await;
+    assert_eq!(ids.len(), 1, "{name}: {ids:?}");
+    ids[0]
+}
+
+/// A lock that acquired once has the next subscription connection open
+/// before it is asked again, so the acquisition does not wait for a
+/// connect; one the server closed costs nothing but a fresh connection,
+/// not the attempt (a zero timeout: one attempt only).
+#[tokio::test]
+async fn a_warm_lock_subscribes_on_a_connection_it_opened_ahead() {
+    let srv = RedisServer::start();
+    let lock = RedisLock::new("warm", srv.client()).timeout(Duration::ZERO);
+    lock.acquire().await.unwrap().release().await.unwrap();
+    let spare = spare_client(&srv).await;
+    let g = lock.acquire().await.unwrap();
+    assert_eq!(holder_client(&srv, "warm", &g).await, spare);
+    g.release().await.unwrap();
+    // The server closes the next spare (an idle timeout, a restart of a
+    // proxy on the way): the one attempt still succeeds.
+    let spare = spare_client(&srv).await;
+    let killed: i64 = srv.cmd(&["CLIENT", "KILL", "ID", &spare.to_string()]).await;
+    assert_eq!(killed, 1);
+    let g = lock
+        .acquire()
+        .await
+        .expect("a spare the server closed cost the attempt");
+    assert!(holder_client(&srv, "warm", &g).await > spare);
+    g.release().await.unwrap();
+}
+
+/// With `preconnect(false)` every attempt connects when it starts.
+#[tokio::test]
+async fn without_preconnect_the_attempt_connects_itself() {
+    let srv = RedisServer::start();
+    let lock = RedisLock::new("cold", srv.client())
+        .preconnect(false)
+        .timeout(Duration::ZERO);
+    lock.acquire().await.unwrap().release().await.unwrap();
+    let before: u64 = srv.cmd(&["CLIENT", "ID"]).await;
+    let g = lock.acquire().await.unwrap();
+    assert!(holder_client(&srv, "cold", &g).await > before);
+    g.release().await.unwrap();
+}

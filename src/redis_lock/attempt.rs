@@ -497,9 +497,13 @@ impl<'a> Attempt<'a> {
         let wait = cfg.unavailable_timeout.max(Duration::from_millis(100));
         // A slow connection or confirmation costs this attempt only: the
         // connection is dropped here, so the subscription cannot linger.
+        let spare = self.lock.spare.take(info);
+        if cfg.preconnect {
+            self.lock.spare.refill(info);
+        }
         let pubsub = match tokio::time::timeout(
             wait,
-            connect::named_subscription(info, &name, &cfg.channel),
+            connect::named_subscription(info, &name, &cfg.channel, spare),
         )
         .await
         {

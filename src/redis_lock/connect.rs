@@ -21,6 +21,8 @@ use redis::{
     ConnectionAddr, ConnectionInfo, PushInfo, PushKind, RedisConnectionInfo, RedisError,
     RedisResult, Value,
 };
+use std::time::Duration;
+
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -138,25 +140,168 @@ impl SubStream {
 }
 
 /// Opens a subscription connection named `name` and subscribed to
-/// `channel`. Naming and subscribing go in one write (after `AUTH` where
-/// configured): the server runs them in order, so the connection carries
-/// its name before it is counted, and the pair costs one round trip. A
-/// refused subscription is `Err(Ok(error))`, for the caller to explain.
+/// `channel`, on `spare` (opened ahead, see [`Spare`]) where there is one.
+/// Naming and subscribing go in one write (after `AUTH` where configured):
+/// the server runs them in order, so the connection carries its name
+/// before it is counted, and the pair costs one round trip. A refused
+/// subscription is `Err(Ok(error))`, for the caller to explain. A spare
+/// that turns out broken costs nothing but a fresh connection.
 pub(super) async fn named_subscription(
     info: &ConnectionInfo,
     name: &str,
     channel: &str,
+    spare: Option<Opened>,
 ) -> Result<SubConn, Result<RedisError, AttemptError>> {
-    if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
-        return over_tls(info, name, channel).await;
-    }
-    let sock = open(info).await.map_err(Err)?;
     let settings = info.redis_settings();
-    let sock = handshake(sock, settings, name, channel).await?;
+    match spare.map(|s| s.conn) {
+        Some(Fresh::Raw(sock)) => match handshake(sock, settings, name, channel).await {
+            Ok(sock) => return pubsub(settings, sock).await,
+            Err(Err(AttemptError::Transient(_))) => {}
+            Err(e) => return Err(e),
+        },
+        #[cfg(feature = "redis-tls")]
+        Some(Fresh::Tls(con, pushes)) => match tls_subscribe(con, pushes, name, channel).await {
+            Ok(sub) => return Ok(sub),
+            Err(TlsFailure::Broken) => {}
+            Err(TlsFailure::Other(e)) => return Err(e),
+        },
+        None => {}
+    }
+    match Fresh::open(info).await.map_err(Err)? {
+        Fresh::Raw(sock) => {
+            let sock = handshake(sock, settings, name, channel).await?;
+            pubsub(settings, sock).await
+        }
+        #[cfg(feature = "redis-tls")]
+        Fresh::Tls(con, pushes) => tls_subscribe(con, pushes, name, channel)
+            .await
+            .map_err(|e| match e {
+                TlsFailure::Broken => Err(AttemptError::Transient(RedisError::from(
+                    std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+                ))),
+                TlsFailure::Other(e) => e,
+            }),
+    }
+}
+
+/// Hands a subscribed socket to redis-rs's `PubSub`.
+async fn pubsub(
+    settings: &RedisConnectionInfo,
+    sock: Box<dyn Io>,
+) -> Result<SubConn, Result<RedisError, AttemptError>> {
     PubSub::new(&without_auth(settings), sock)
         .await
         .map(SubConn::Resp2)
         .map_err(|e| Err(AttemptError::classify(e)))
+}
+
+/// How long a spare connection is trusted. An older one is closed unused:
+/// a NAT or a firewall on the way may have dropped it without a word, and
+/// the attempt would wait for the silence to time out.
+const SPARE_MAX_AGE: Duration = Duration::from_secs(60);
+
+/// The longest a spare connection may take to open.
+const SPARE_CONNECT: Duration = Duration::from_secs(10);
+
+/// A connection to the server, open but not yet named or subscribed.
+enum Fresh {
+    Raw(Box<dyn Io>),
+    #[cfg(feature = "redis-tls")]
+    Tls(MultiplexedConnection, UnboundedReceiver<PushInfo>),
+}
+
+impl Fresh {
+    async fn open(info: &ConnectionInfo) -> Result<Self, AttemptError> {
+        if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
+            return tls_open(info).await;
+        }
+        open(info).await.map(Self::Raw)
+    }
+
+    /// Whether the server has neither closed it nor sent anything (an idle
+    /// connection gets nothing but an error such as `maxclients`).
+    fn still_open(&mut self) -> bool {
+        match self {
+            Self::Raw(sock) => {
+                let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
+                let mut byte = [0u8; 1];
+                let mut buf = tokio::io::ReadBuf::new(&mut byte);
+                std::pin::Pin::new(sock)
+                    .poll_read(&mut cx, &mut buf)
+                    .is_pending()
+            }
+            #[cfg(feature = "redis-tls")]
+            Self::Tls(_, pushes) => pushes.try_recv().is_err() && !pushes.is_closed(),
+        }
+    }
+}
+
+/// A connection opened ahead of the next attempt, and the server it was
+/// opened for.
+pub(super) struct Opened {
+    conn: Fresh,
+    addr: ConnectionAddr,
+    /// The credentials a TLS connection authenticated with (a plain socket
+    /// sends them with its handshake).
+    user: Option<String>,
+    password: Option<String>,
+    at: std::time::Instant,
+}
+
+/// The connection a lock keeps open for its next attempt
+/// ([`RedisLock::preconnect`](super::RedisLock::preconnect)), so that the
+/// attempt starts by naming and subscribing (one round trip) instead of
+/// connecting first (one more; three over TLS). The next one is opened in
+/// the background when an attempt takes one.
+#[derive(Default)]
+pub(super) struct Spare {
+    ready: std::sync::Mutex<Option<Opened>>,
+    opening: std::sync::atomic::AtomicBool,
+}
+
+impl Spare {
+    /// The spare, if it is for the server `info` names, young enough and
+    /// still open; any other is closed.
+    pub(super) fn take(&self, info: &ConnectionInfo) -> Option<Opened> {
+        let mut spare = crate::util::lock(&self.ready).take()?;
+        let settings = info.redis_settings();
+        let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
+        let same = spare.addr == *info.addr()
+            && (!tls
+                || (spare.user.as_deref() == settings.username()
+                    && spare.password.as_deref() == settings.password()));
+        (same && spare.at.elapsed() < SPARE_MAX_AGE && spare.conn.still_open()).then_some(spare)
+    }
+
+    /// Opens the next spare in the background, unless one is ready or on
+    /// its way. Failures are silent: an attempt that finds no spare
+    /// connects itself and reports what goes wrong.
+    pub(super) fn refill(self: &std::sync::Arc<Self>, info: &ConnectionInfo) {
+        use std::sync::atomic::Ordering;
+        if crate::util::lock(&self.ready).is_some() || self.opening.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = std::sync::Arc::downgrade(self);
+        let info = info.clone();
+        tokio::spawn(async move {
+            let opened = tokio::time::timeout(SPARE_CONNECT, Fresh::open(&info)).await;
+            // A lock dropped meanwhile closes the connection here.
+            let Some(me) = me.upgrade() else {
+                return;
+            };
+            if let Ok(Ok(conn)) = opened {
+                let settings = info.redis_settings();
+                *crate::util::lock(&me.ready) = Some(Opened {
+                    conn,
+                    addr: info.addr().clone(),
+                    user: settings.username().map(str::to_string),
+                    password: settings.password().map(str::to_string),
+                    at: std::time::Instant::now(),
+                });
+            }
+            me.opening.store(false, Ordering::Release);
+        });
+    }
 }
 
 /// A socket whose first bytes were already read (into `head`): messages
@@ -232,30 +377,54 @@ pub(super) fn unsupported(addr: &ConnectionAddr) -> Option<String> {
     }
 }
 
-/// A RESP3 connection over redis-rs's TLS, named by its first command and
-/// subscribed by its second, sent together.
+/// A RESP3 connection over redis-rs's TLS (`HELLO 3` with the
+/// credentials), not yet named: messages will arrive as pushes.
 #[cfg(feature = "redis-tls")]
-async fn over_tls(
-    info: &ConnectionInfo,
-    name: &str,
-    channel: &str,
-) -> Result<SubConn, Result<RedisError, AttemptError>> {
+async fn tls_open(info: &ConnectionInfo) -> Result<Fresh, AttemptError> {
     let settings = info
         .redis_settings()
         .clone()
         .set_protocol(redis::ProtocolVersion::RESP3);
     let client = redis::Client::open(info.clone().set_redis_settings(settings))
-        .map_err(|e| Err(AttemptError::classify(e)))?;
+        .map_err(AttemptError::classify)?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     // Every wait on this connection has its own bound.
     let config = redis::AsyncConnectionConfig::new()
         .set_push_sender(tx)
         .set_connection_timeout(None)
         .set_response_timeout(None);
-    let mut con = client
+    let con = client
         .get_multiplexed_async_connection_with_config(&config)
         .await
-        .map_err(|e| Err(AttemptError::classify(e)))?;
+        .map_err(AttemptError::classify)?;
+    Ok(Fresh::Tls(con, rx))
+}
+
+#[cfg(not(feature = "redis-tls"))]
+async fn tls_open(info: &ConnectionInfo) -> Result<Fresh, AttemptError> {
+    Err(AttemptError::Fatal(Error::invalid(
+        OP,
+        unsupported(info.addr()).unwrap_or_default(),
+    )))
+}
+
+/// Why naming and subscribing a TLS connection failed.
+#[cfg(feature = "redis-tls")]
+enum TlsFailure {
+    /// The connection broke: another one may do.
+    Broken,
+    Other(Result<RedisError, AttemptError>),
+}
+
+/// Names the TLS connection by its first command and subscribes it by its
+/// second, sent together.
+#[cfg(feature = "redis-tls")]
+async fn tls_subscribe(
+    mut con: MultiplexedConnection,
+    pushes: UnboundedReceiver<PushInfo>,
+    name: &str,
+    channel: &str,
+) -> Result<SubConn, TlsFailure> {
     let mut sub = con.clone();
     let mut naming = redis::cmd("CLIENT");
     naming.arg("SETNAME").arg(name);
@@ -263,27 +432,19 @@ async fn over_tls(
     // subscription queues its own: one round trip, the name first.
     let (named, subscribed) =
         tokio::join!(naming.query_async::<()>(&mut con), sub.subscribe(channel));
+    let broken = |e: &RedisError| e.is_io_error() || e.is_connection_dropped();
+    if named.as_ref().err().is_some_and(broken) || subscribed.as_ref().err().is_some_and(broken) {
+        return Err(TlsFailure::Broken);
+    }
     named.map_err(|e| {
-        Err(AttemptError::Fatal(
+        TlsFailure::Other(Err(AttemptError::Fatal(
             Error::new(ErrorKind::Redis, OP).with_reason(format!(
                 "naming the subscription connection {name:?} failed: {e}"
             )),
-        ))
+        )))
     })?;
-    subscribed.map_err(Ok)?;
-    Ok(SubConn::Resp3(con, rx))
-}
-
-#[cfg(not(feature = "redis-tls"))]
-async fn over_tls(
-    info: &ConnectionInfo,
-    _name: &str,
-    _channel: &str,
-) -> Result<SubConn, Result<RedisError, AttemptError>> {
-    Err(Err(AttemptError::Fatal(Error::invalid(
-        OP,
-        unsupported(info.addr()).unwrap_or_default(),
-    ))))
+    subscribed.map_err(|e| TlsFailure::Other(Ok(e)))?;
+    Ok(SubConn::Resp3(con, pushes))
 }
 
 async fn open(info: &ConnectionInfo) -> Result<Box<dyn Io>, AttemptError> {
