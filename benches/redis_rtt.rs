@@ -65,13 +65,14 @@ async fn uncontended(port: u16) -> f64 {
 /// proxies, so the two locks contend on the server, not in this process).
 async fn handover(server: &support::RedisServer, holder_port: u16, waiter_port: u16) -> f64 {
     let mut ts = Vec::new();
+    // One value each, as a service keeps its lock: after the first round
+    // the waiter knows the lock is contended and waits without a first
+    // attempt.
+    let holding = RedisLock::new("rtt-hand", client(holder_port));
+    let waiting = RedisLock::new("rtt-hand", client(waiter_port)).timeout(Duration::from_secs(30));
     for _ in 0..ROUNDS {
-        let holder = RedisLock::new("rtt-hand", client(holder_port))
-            .acquire()
-            .await
-            .unwrap();
-        let waiter =
-            RedisLock::new("rtt-hand", client(waiter_port)).timeout(Duration::from_secs(30));
+        let holder = holding.acquire().await.unwrap();
+        let waiter = waiting.clone();
         let task = tokio::spawn(async move {
             let g = waiter.acquire().await.unwrap();
             let at = Instant::now();

@@ -99,6 +99,13 @@ impl RedisLock {
         // count, and then waits.
         let contended = writer && !w.fail_when_locked && local.contended();
         let mut go = !contended || waiter.free_now().await;
+        if !go && self.cfg.preconnect {
+            // It waits without an attempt: its first attempt, when the
+            // lock is released, finds its connection open.
+            if let Some(client) = self.cfg.endpoint.current() {
+                self.spare.refill(client.get_connection_info());
+            }
+        }
         let mut first = true;
         loop {
             if go {

@@ -135,8 +135,10 @@ impl Waiter {
 
     /// Whether a first attempt may go ahead at once: nobody is subscribed
     /// and nobody of this crate waits. Errors say yes (the attempt reports
-    /// them).
-    pub(super) async fn free_now(&self) -> bool {
+    /// them). Where nobody waits, this waiter will be first in the queue
+    /// (as far as it can know before its first look), so a release
+    /// announced during that look already moves it.
+    pub(super) async fn free_now(&mut self) -> bool {
         let Ok(mut c) = self.cmd.get().await else {
             return true;
         };
@@ -150,7 +152,10 @@ impl Waiter {
             .query_async::<(Vec<(String, usize)>, usize)>(&mut c.con)
             .await
         {
-            Ok((n, waiting)) => n.first().is_none_or(|(_, n)| *n == 0) && waiting == 0,
+            Ok((n, waiting)) => {
+                self.first = waiting == 0;
+                n.first().is_none_or(|(_, n)| *n == 0) && waiting == 0
+            }
             Err(_) => true,
         }
     }
