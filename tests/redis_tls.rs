@@ -271,6 +271,37 @@ async fn a_lock_over_tls_is_named_excludes_and_releases() {
     g.release().await.unwrap();
 }
 
+/// Over TLS a connect costs three round trips (TCP, TLS, `HELLO`): a lock
+/// that acquired before subscribes on a connection it opened ahead, one
+/// older than the acquisition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_lock_over_tls_subscribes_on_a_connection_opened_ahead() {
+    let pki = Pki::new();
+    let srv = TlsServer::start(&pki, false).await;
+    let lock = RedisLock::new("warm", srv.client("localhost", pki.certificates(false)));
+    let mut ahead = false;
+    // The first acquisition connects itself; from the second on, the
+    // connection opened meanwhile is used once it is ready.
+    for _ in 0..50 {
+        let before: u64 = srv.cmd(&pki, &["CLIENT", "ID"]).await;
+        let g = lock.acquire().await.unwrap();
+        let list: String = srv.cmd(&pki, &["CLIENT", "LIST"]).await;
+        let name = format!("name=warm-lock-{} ", g.holder_id());
+        let id: u64 = list
+            .lines()
+            .find(|l| l.contains(&name))
+            .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no client {name}in {list}"));
+        g.release().await.unwrap();
+        if id < before {
+            ahead = true;
+            break;
+        }
+    }
+    assert!(ahead, "every acquisition over TLS connected anew");
+}
+
 /// A server that requires client certificates: without one the lock fails
 /// with a Redis error (no panic, nothing left behind); with one it works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -191,8 +191,7 @@ impl Waiter {
             }
             // A release announced while the count is being read: the first
             // in the queue (as of its last look) goes at once rather than
-            // after the answer.
-            // (Replies seen meanwhile are read after it.)
+            // after the answer. Replies seen meanwhile are read after it.
             let mut heard = None;
             let mut replies = Vec::new();
             let poll = match side.as_mut() {
