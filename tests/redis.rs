@@ -1590,7 +1590,7 @@ async fn holder_client(srv: &RedisServer, channel: &str, g: &portalocker::RedisL
     ids[0]
 }
 
-/// A lock that acquired once has the next subscription connection open
+/// A lock that acquired before has the next subscription connection open
 /// before it is asked again, so the acquisition does not wait for a
 /// connect; one the server closed costs nothing but a fresh connection,
 /// not the attempt (a zero timeout: one attempt only).
@@ -1598,7 +1598,11 @@ async fn holder_client(srv: &RedisServer, channel: &str, g: &portalocker::RedisL
 async fn a_warm_lock_subscribes_on_a_connection_it_opened_ahead() {
     let srv = RedisServer::start();
     let lock = RedisLock::new("warm", srv.client()).timeout(Duration::ZERO);
-    lock.acquire().await.unwrap().release().await.unwrap();
+    // The first acquisition of a value opens nothing ahead (it may be the
+    // only one); the second opens the connection for the third.
+    for _ in 0..2 {
+        lock.acquire().await.unwrap().release().await.unwrap();
+    }
     let spare = spare_client(&srv).await;
     let g = lock.acquire().await.unwrap();
     assert_eq!(holder_client(&srv, "warm", &g).await, spare);
@@ -1628,4 +1632,29 @@ async fn without_preconnect_the_attempt_connects_itself() {
     let g = lock.acquire().await.unwrap();
     assert!(holder_client(&srv, "cold", &g).await > before);
     g.release().await.unwrap();
+}
+
+/// A lock value made for one acquisition (`RedisLock::new(..).acquire()`
+/// each time) opens its command connection and its subscription, and no
+/// connection ahead that it would only throw away.
+#[tokio::test]
+async fn a_lock_value_used_once_opens_no_spare_connection() {
+    let srv = RedisServer::start();
+    let opened = || async {
+        let info: String = srv.cmd(&["INFO", "stats"]).await;
+        support::info_field(&info, "total_connections_received")
+    };
+    let before = opened().await;
+    for _ in 0..20 {
+        RedisLock::new("once", srv.client())
+            .acquire()
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+    }
+    // Two per value, and the connection that reads the count.
+    let n = opened().await - before;
+    assert!(n <= 2 * 20 + 3, "{n} connections for 20 one-shot values");
 }

@@ -99,12 +99,10 @@ impl RedisLock {
         // count, and then waits.
         let contended = writer && !w.fail_when_locked && local.contended();
         let mut go = !contended || waiter.free_now().await;
-        if !go && self.cfg.preconnect {
+        if !go {
             // It waits without an attempt: its first attempt, when the
             // lock is released, finds its connection open.
-            if let Some(client) = self.cfg.endpoint.current() {
-                self.spare.refill(client.get_connection_info());
-            }
+            self.open_spare();
         }
         let mut first = true;
         loop {
@@ -125,6 +123,10 @@ impl RedisLock {
                     return Ok(guard);
                 }
                 waiter.lost_attempt();
+                if !once {
+                    // The next attempt finds its connection open.
+                    self.open_spare();
+                }
             }
             if !go {
                 local.set_contended(true);
@@ -203,6 +205,17 @@ impl RedisLock {
             ));
         }
         Ok(())
+    }
+
+    /// Opens the connection for the next attempt in the background
+    /// ([`preconnect`](Self::preconnect)), to the server as last known.
+    fn open_spare(&self) {
+        if !self.cfg.preconnect {
+            return;
+        }
+        if let Some(client) = self.cfg.endpoint.current() {
+            self.spare.refill(client.get_connection_info());
+        }
     }
 
     /// The command connection, created once and re-created after it broke.

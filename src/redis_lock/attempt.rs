@@ -497,8 +497,11 @@ impl<'a> Attempt<'a> {
         let wait = cfg.unavailable_timeout.max(Duration::from_millis(100));
         // A slow connection or confirmation costs this attempt only: the
         // connection is dropped here, so the subscription cannot linger.
+        // A value's first attempt opens no spare (a lock made for one
+        // acquisition would only throw it away); from its second on, the
+        // next one is opened while this one is used.
         let spare = self.lock.spare.take(info);
-        if cfg.preconnect {
+        if cfg.preconnect && self.lock.spare.used_before() {
             self.lock.spare.refill(info);
         }
         let pubsub = match tokio::time::timeout(

@@ -252,11 +252,14 @@ pub(super) struct Opened {
 /// ([`RedisLock::preconnect`](super::RedisLock::preconnect)), so that the
 /// attempt starts by naming and subscribing (one round trip) instead of
 /// connecting first (one more; three over TLS). The next one is opened in
-/// the background when an attempt takes one.
+/// the background when an attempt of a value used before takes one, after
+/// an attempt that lost, and when an acquisition starts by waiting.
 #[derive(Default)]
 pub(super) struct Spare {
     ready: std::sync::Mutex<Option<Opened>>,
     opening: std::sync::atomic::AtomicBool,
+    /// An attempt of this lock value has subscribed before.
+    used: std::sync::atomic::AtomicBool,
 }
 
 impl Spare {
@@ -271,6 +274,12 @@ impl Spare {
                 || (spare.user.as_deref() == settings.username()
                     && spare.password.as_deref() == settings.password()));
         (same && spare.at.elapsed() < SPARE_MAX_AGE && spare.conn.still_open()).then_some(spare)
+    }
+
+    /// Whether an earlier attempt of this lock value subscribed (and so
+    /// the value is used more than once); marks this one.
+    pub(super) fn used_before(&self) -> bool {
+        self.used.swap(true, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Opens the next spare in the background, unless one is ready or on

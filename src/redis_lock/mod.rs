@@ -533,15 +533,18 @@ impl RedisLock {
     /// Keep a connection open ahead of the next attempt (default true).
     ///
     /// An attempt subscribes on a connection of its own. With this on, the
-    /// lock opens the next one in the background when an attempt takes
-    /// one, so the next attempt (the next acquisition, or a waiter's move
-    /// when the lock is released) starts by naming and subscribing instead
-    /// of connecting first: one round trip less, and three over TLS. The
-    /// cost is one idle connection per lock value (and its clones) beside
-    /// the ones it uses; a spare older than a minute, or one the server
-    /// closed, is closed unused and the attempt connects itself. Turn it
-    /// off where the server's `maxclients` is tight, or for a lock that
-    /// acquires once.
+    /// lock opens the next one in the background, so the next attempt
+    /// starts by naming and subscribing instead of connecting first: one
+    /// round trip less, and three over TLS. It is opened when an attempt
+    /// of a value that acquired before takes one (the next acquisition),
+    /// after an attempt that lost, and when an acquisition starts by
+    /// waiting (a waiter's move when the lock is released). A value's
+    /// first attempt opens none, so a lock made for one acquisition costs
+    /// no extra connection. The cost otherwise is one idle connection per
+    /// lock value (and its clones) beside the ones it uses; a spare older
+    /// than a minute, or one the server closed, is closed unused and the
+    /// attempt connects itself. Turn it off where the server's
+    /// `maxclients` is tight.
     ///
     /// # Examples
     ///
